@@ -1,0 +1,297 @@
+"""Unit tests of the sans-I/O protocol core: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trio_asr.protocol import (
+    Audio,
+    ConnectionProtocol,
+    EndStream,
+    ErrorReply,
+    FinalResult,
+    PartialResult,
+    ProtocolLimits,
+    ServerReady,
+    StartStream,
+    State,
+    encode_reply,
+)
+
+
+def start_msg(**fields: object) -> str:
+    msg = {"name": "a.wav", "signal": "start", "nbest": 1}
+    msg.update(fields)
+    return json.dumps(msg)
+
+
+def started(limits: ProtocolLimits = ProtocolLimits(), **fields: object) -> ConnectionProtocol:
+    proto = ConnectionProtocol(limits)
+    [event] = proto.receive_text(start_msg(**fields))
+    assert isinstance(event, StartStream)
+    return proto
+
+
+def pcm(values: list[int]) -> bytes:
+    return np.asarray(values, dtype="<i2").tobytes()
+
+
+# ------------------------------------------------------------ happy path
+
+
+def test_start_defaults_and_fields() -> None:
+    proto = ConnectionProtocol()
+    [ev] = proto.receive_text(json.dumps({"name": "x.wav", "signal": "start", "nbest": 3}))
+    assert ev == StartStream(name="x.wav", nbest=3, sample_rate=16000, bits_per_sample=16, channels=1)
+    assert proto.state is State.STREAMING
+    proto2 = ConnectionProtocol()
+    [ev2] = proto2.receive_text(start_msg(sampleRate=48000, channels=2, bitsPerSample=16))
+    assert (ev2.sample_rate, ev2.channels) == (48000, 2)
+
+
+def test_missing_nbest_defaults_to_one() -> None:
+    [ev] = ConnectionProtocol().receive_text(json.dumps({"name": "x", "signal": "start"}))
+    assert ev.nbest == 1
+
+
+def test_audio_end_and_new_stream_on_same_connection() -> None:
+    proto = started()
+    [a0] = proto.receive_bytes(pcm([0, 16384, -32768]))
+    [a1] = proto.receive_bytes(pcm([32767]))
+    assert isinstance(a0, Audio) and (a0.frame_index, a1.frame_index) == (0, 1)
+    np.testing.assert_array_equal(a0.samples, np.array([0.0, 0.5, -1.0], dtype=np.float32))
+    assert a0.samples.dtype == np.float32
+    assert proto.receive_text(json.dumps({"signal": "end", "name": "a.wav", "nbest": 1})) == [
+        EndStream(name="a.wav", reply=True)
+    ]
+    assert proto.state is State.IDLE
+    [again] = proto.receive_text(start_msg(name="b.wav"))
+    assert again.name == "b.wav"
+    [b0] = proto.receive_bytes(b"")
+    assert b0.frame_index == 0, "frame numbering restarts per stream"
+
+
+def test_zero_length_frame_still_yields_one_event() -> None:
+    proto = started()
+    [ev] = proto.receive_bytes(b"")
+    assert isinstance(ev, Audio) and ev.samples.size == 0 and ev.pcm == b""
+
+
+def test_odd_bytes_carry_across_frames() -> None:
+    values = np.arange(-500, 500, 7, dtype="<i2")
+    data = values.tobytes()
+    proto = started()
+    got = []
+    cuts = [0, 1, 2, 5, 6, 11, 40, len(data) - 1, len(data)]
+    for a, b in zip(cuts, cuts[1:]):
+        [ev] = proto.receive_bytes(data[a:b])
+        assert ev.pcm == data[a:b]
+        got.append(ev.samples)
+    np.testing.assert_array_equal(np.concatenate(got), values.astype(np.float32) / 32768)
+
+
+def test_multichannel_is_down_mixed_with_carry_inside_groups() -> None:
+    frames = np.array([[1000, 3000], [-200, 200], [32767, 32767], [-4, 0]], dtype="<i2")
+    data = frames.tobytes()
+    proto = started(channels=2)
+    out = []
+    for a, b in [(0, 3), (3, 9), (9, 10), (10, 16)]:
+        [ev] = proto.receive_bytes(data[a:b])
+        out.append(ev.samples)
+    # 3 bytes complete no 4-byte group, 9 bytes complete two groups, ...
+    assert [len(x) for x in out] == [0, 2, 0, 2]
+    expected = frames.astype(np.float64).mean(axis=1) / 32768
+    np.testing.assert_allclose(np.concatenate(out), expected, rtol=0, atol=1e-7)
+
+
+def test_second_start_finishes_open_stream_first() -> None:
+    proto = started(name="first.wav")
+    proto.receive_bytes(pcm([1]))
+    events = proto.receive_text(start_msg(name="second.wav", nbest=2))
+    assert events == [
+        EndStream(name="first.wav", reply=True),
+        StartStream(name="second.wav", nbest=2, sample_rate=16000, bits_per_sample=16, channels=1),
+    ]
+    [ev] = proto.receive_bytes(pcm([5]))
+    assert ev.frame_index == 0
+
+
+def test_second_start_resets_carry() -> None:
+    proto = started()
+    proto.receive_bytes(b"\x01")  # half a sample left over
+    proto.receive_text(start_msg())
+    [ev] = proto.receive_bytes(pcm([256]))
+    np.testing.assert_array_equal(ev.samples, np.array([256 / 32768], dtype=np.float32))
+
+
+def test_disconnect_mid_stream_cuts_stream_without_reply() -> None:
+    proto = started(name="cut.wav")
+    proto.receive_bytes(pcm([1, 2]))
+    assert proto.connection_closed() == [EndStream(name="cut.wav", reply=False)]
+    assert proto.state is State.CLOSED
+    assert proto.receive_bytes(pcm([1])) == []
+    assert proto.receive_text(start_msg()) == []
+
+
+def test_disconnect_when_idle_has_no_events() -> None:
+    assert ConnectionProtocol().connection_closed() == []
+
+
+def test_fail_cuts_open_stream_then_errors() -> None:
+    proto = started(name="t.wav")
+    events = proto.fail(1008, "idle for too long")
+    assert events == [EndStream(name="t.wav", reply=False), ErrorReply(1008, None, "idle for too long")]
+    assert proto.fail(1001, "again") == []
+
+
+# ------------------------------------------------------------ §6 error cases
+
+
+def error_of(events: list) -> ErrorReply:
+    assert isinstance(events[-1], ErrorReply), events
+    return events[-1]
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "signal"),
+    [
+        ("not json", 1007, None),
+        ("{", 1007, None),
+        ("[1, 2]", 1007, None),
+        ('"start"', 1007, None),
+        ("null", 1007, None),
+        ('{"name": "a"}', 1007, None),
+        ('{"signal": 5, "name": "a"}', 1007, None),
+        ('{"signal": "start"}', 1007, "start"),
+        ('{"signal": "start", "name": 3, "nbest": 1}', 1007, "start"),
+        ('{"signal": "start", "name": null, "nbest": 1}', 1007, "start"),
+        ('{"signal": "start", "name": "a", "nbest": "1"}', 1007, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1.0}', 1007, "start"),
+        ('{"signal": "start", "name": "a", "nbest": true}', 1007, "start"),
+        ('{"signal": "start", "name": "a", "nbest": null}', 1007, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": "16000"}', 1007, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "channels": false}', 1007, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 0}', 1008, "start"),
+        ('{"signal": "start", "name": "a", "nbest": -3}', 1008, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 11}', 1008, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "bitsPerSample": 8}', 1003, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "bitsPerSample": 32}', 1003, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "channels": 0}', 1003, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "channels": 9}', 1003, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": 100}', 1003, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": 10000000}', 1003, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": -16000}', 1003, "start"),
+        ('{"signal": "stop", "name": "a"}', 1008, "stop"),
+        ('{"signal": "end", "name": "a", "nbest": 1}', 1008, "end"),
+    ],
+)
+def test_bad_text_frames_on_fresh_connection(text: str, code: int, signal: str | None) -> None:
+    proto = ConnectionProtocol()
+    events = proto.receive_text(text)
+    assert events == [error_of(events)]
+    err = events[0]
+    assert (err.code, err.signal) == (code, signal)
+    assert err.message
+    assert proto.state is State.CLOSED
+    assert proto.receive_text(start_msg()) == [], "input after an error is ignored"
+
+
+def test_name_too_long_is_refused() -> None:
+    proto = ConnectionProtocol(ProtocolLimits(max_name_length=8))
+    assert error_of(proto.receive_text(start_msg(name="x" * 9))).code == 1008
+    assert isinstance(ConnectionProtocol(ProtocolLimits(max_name_length=8)).receive_text(start_msg(name="x" * 8))[0], StartStream)
+
+
+def test_sample_rates_accepted() -> None:
+    for rate in (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000):
+        [ev] = ConnectionProtocol().receive_text(start_msg(sampleRate=rate))
+        assert ev.sample_rate == rate
+
+
+def test_nbest_limit_is_configurable() -> None:
+    limits = ProtocolLimits(nbest_max=5)
+    assert ConnectionProtocol(limits).receive_text(start_msg(nbest=5))[0].nbest == 5
+    assert error_of(ConnectionProtocol(limits).receive_text(start_msg(nbest=6))).code == 1008
+
+
+def test_audio_before_start() -> None:
+    proto = ConnectionProtocol()
+    assert proto.receive_bytes(b"\x00\x00") == [ErrorReply(1008, None, 'audio before "start"')]
+
+
+def test_audio_after_end_is_audio_before_start() -> None:
+    proto = started()
+    proto.receive_text('{"signal": "end"}')
+    assert error_of(proto.receive_bytes(b"\x00\x00")).code == 1008
+
+
+def test_error_mid_stream_cuts_the_stream_first() -> None:
+    proto = started(name="s.wav")
+    proto.receive_bytes(pcm([1, 2, 3]))
+    events = proto.receive_text("garbage")
+    assert events[0] == EndStream(name="s.wav", reply=False)
+    assert error_of(events).code == 1007
+
+
+def test_oversize_frames() -> None:
+    limits = ProtocolLimits(max_message_bytes=100)
+    proto = started(limits)
+    assert isinstance(proto.receive_bytes(b"\x00" * 100)[0], Audio)
+    events = proto.receive_bytes(b"\x00" * 101)
+    assert events[0] == EndStream(name="a.wav", reply=False)
+    assert error_of(events).code == 1009
+    long_text = json.dumps({"signal": "start", "name": "é" * 60})  # 120 bytes of UTF-8, 60 chars
+    assert error_of(ConnectionProtocol(limits).receive_text(long_text)).code == 1009
+
+
+def test_stream_length_limit() -> None:
+    proto = started(ProtocolLimits(max_stream_seconds=0.001), sampleRate=8000)  # 8 samples
+    assert isinstance(proto.receive_bytes(pcm([0] * 8))[0], Audio)
+    events = proto.receive_bytes(pcm([0]))
+    assert error_of(events).code == 1008 and isinstance(events[0], EndStream)
+
+
+@pytest.mark.parametrize("field", ["nbest_max", "max_message_bytes", "max_stream_seconds", "max_channels"])
+def test_limits_validate(field: str) -> None:
+    with pytest.raises(ValueError):
+        ProtocolLimits(**{field: 0})
+
+
+# ------------------------------------------------------------ serialisation
+
+
+def test_encode_server_ready() -> None:
+    assert json.loads(encode_reply(ServerReady())) == {"status": "ok", "signal": "server_ready"}
+
+
+def test_encode_partial() -> None:
+    assert json.loads(encode_reply(PartialResult("你好"))) == {"result": "你好"}
+    assert "你好" in encode_reply(PartialResult("你好")), "UTF-8 text, not \\u escapes"
+    obj = json.loads(encode_reply(PartialResult("a b", nbest=(("a b", -1.5), ("a c", -2.0)))))
+    assert obj == {"result": "a b", "nbest": [{"text": "a b", "score": -1.5}, {"text": "a c", "score": -2.0}]}
+
+
+def test_encode_final() -> None:
+    reply = FinalResult(name="t.wav", text="hi", times=(("hi", 0.12345, 0.5),))
+    assert json.loads(encode_reply(reply)) == {
+        "name": "t.wav",
+        "signal": "end",
+        "result": "hi",
+        "status": "ok",
+        "times": [{"w": "hi", "bg": 0.123, "ed": 0.5}],
+    }
+    obj = json.loads(encode_reply(FinalResult(name="t", text="x", nbest=(("x", np.float32(-0.5)),))))
+    assert obj["nbest"] == [{"text": "x", "score": -0.5}]
+    assert isinstance(obj["nbest"][0]["score"], float)
+
+
+def test_encode_error() -> None:
+    assert json.loads(encode_reply(ErrorReply(1007, None, "bad"))) == {
+        "status": "error",
+        "signal": None,
+        "message": "bad",
+    }
+    assert json.loads(encode_reply(ErrorReply(1008, "end", "no")))["signal"] == "end"
