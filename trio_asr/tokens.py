@@ -1,0 +1,200 @@
+"""Token tables (sherpa-onnx ``tokens.txt``) and token-id to text conversion.
+
+Two piece spellings are understood:
+
+* SentencePiece pieces, where ``▁`` (U+2581) marks the start of a word and a
+  piece ``<0xHH>`` is a byte-fallback byte;
+* byte-level BPE ("bbpe", icefall): every UTF-8 byte of the training text was
+  first replaced by one printable character, so a piece spells bytes, not
+  characters, and one token may hold part of a character. Pieces may still
+  start with ``▁``.
+
+Text is made of words joined by single spaces, except that no space is put
+next to an East Asian wide character (CJK ideographs, kana, full-width
+punctuation), so Chinese comes out without spurious spaces while mixed
+Chinese/English keeps spaces between English words.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+__all__ = ["BYTE_TO_CHAR", "CHAR_TO_BYTE", "TokenTable"]
+
+WORD_BOUNDARY = "\u2581"
+BLANK_PIECES = ("<blk>", "<blank>")
+
+
+def _byte_alphabet() -> tuple[str, ...]:
+    """icefall's printable stand-in character for every byte value.
+
+    Printable ASCII (32..126) stands for itself; the other 161 byte values, in
+    increasing order, take the characters from U+0100 upward that NFKC leaves
+    unchanged (so the alphabet survives SentencePiece's normalisation).
+    """
+    stand_ins = (chr(c) for c in range(0x100, 0x300) if unicodedata.normalize("NFKC", chr(c)) == chr(c))
+    return tuple(chr(b) if 32 <= b <= 126 else next(stand_ins) for b in range(256))
+
+
+BYTE_TO_CHAR: tuple[str, ...] = _byte_alphabet()
+CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
+
+_LINE = re.compile(r"^(.*?)\s*(-?\d+)\s*$")
+_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_CONTROL = re.compile(r"^<[^<>\s]+>$")
+_WHITESPACE_BYTES = frozenset(b" \t\n\r\x0b\x0c")
+
+# A token's content: byte values, with None marking a word boundary.
+_Units = tuple[int | None, ...]
+
+
+def _is_unspaced(ch: str) -> bool:
+    """Whether ``ch`` belongs to writing that puts no spaces between words."""
+    if "\uac00" <= ch <= "\ud7af" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f":
+        return False  # Hangul is wide but Korean is written with spaces
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def _looks_bbpe(pieces: Iterable[str]) -> bool:
+    uses_high_bytes = False
+    for piece in pieces:
+        if _CONTROL.match(piece):
+            continue
+        body = piece.replace(WORD_BOUNDARY, "")
+        if any(ch not in CHAR_TO_BYTE for ch in body):
+            return False
+        uses_high_bytes = uses_high_bytes or any(ord(ch) >= 0x100 for ch in body)
+    return uses_high_bytes
+
+
+def _units(piece: str, *, bbpe: bool) -> _Units:
+    fallback = _BYTE_FALLBACK.match(piece)
+    if fallback:
+        raw: list[int | None] = [int(fallback.group(1), 16)]
+    elif _CONTROL.match(piece):
+        return ()
+    else:
+        raw = []
+        for ch in piece:
+            if ch == WORD_BOUNDARY or ch.isspace():
+                raw.append(None)
+            elif bbpe and ch in CHAR_TO_BYTE:
+                raw.append(CHAR_TO_BYTE[ch])
+            else:
+                raw.extend(ch.encode("utf-8"))
+    return tuple(None if u in _WHITESPACE_BYTES else u for u in raw)
+
+
+@attrs.frozen(init=False)
+class TokenTable:
+    """Id <-> piece table of a model, and the rules that turn ids into text.
+
+    ``bbpe`` is detected from the pieces unless given: a table is byte-level
+    BPE when every ordinary piece (``<...>`` control pieces aside) is spelled
+    with ``▁`` and the 256 byte stand-in characters only, and some piece uses
+    a stand-in beyond ASCII.
+    """
+
+    _pieces: tuple[str, ...]
+    blank_id: int
+    bbpe: bool
+    _units: tuple[_Units, ...]
+
+    def __init__(self, pieces: Sequence[str], *, blank_id: int | None = None, bbpe: bool | None = None):
+        pieces = tuple(pieces)
+        if not pieces:
+            raise ValueError("a token table needs at least one token")
+        if blank_id is None:
+            blank_id = next((i for i, p in enumerate(pieces) if p in BLANK_PIECES), 0)
+        if not 0 <= blank_id < len(pieces):
+            raise ValueError(f"blank_id {blank_id} is outside the table of {len(pieces)} tokens")
+        if bbpe is None:
+            bbpe = _looks_bbpe(pieces)
+        units = tuple(() if i == blank_id else _units(p, bbpe=bbpe) for i, p in enumerate(pieces))
+        self.__attrs_init__(pieces, blank_id, bbpe, units)
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], *, blank_id: int | None = None, bbpe: bool | None = None
+    ) -> TokenTable:
+        """Read a sherpa-onnx ``tokens.txt``: one ``<piece> <id>`` per line.
+
+        A line holding only an id stands for the piece " " (sherpa-onnx's
+        reading of a whitespace piece). Ids must be exactly ``0 .. N-1``.
+        """
+        by_id: dict[int, str] = {}
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                match = _LINE.match(line)
+                if match is None:
+                    raise ValueError(f"{path}:{number}: expected '<piece> <id>', got {line!r}")
+                piece, token_id = match.group(1) or " ", int(match.group(2))
+                if token_id in by_id:
+                    raise ValueError(f"{path}:{number}: id {token_id} appears twice")
+                by_id[token_id] = piece
+        if sorted(by_id) != list(range(len(by_id))):
+            raise ValueError(f"{path}: token ids are not exactly 0..{len(by_id) - 1}")
+        return cls([by_id[i] for i in range(len(by_id))], blank_id=blank_id, bbpe=bbpe)
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def piece(self, token_id: int) -> str:
+        """The piece exactly as spelled in the table."""
+        return self._pieces[token_id]
+
+    def id(self, piece: str) -> int:
+        """The id of ``piece``; KeyError if it is not in the table."""
+        try:
+            return self._pieces.index(piece)
+        except ValueError:
+            raise KeyError(piece) from None
+
+    def text(self, ids: Iterable[int]) -> str:
+        """The text of a token sequence.
+
+        Blank and ``<...>`` control tokens (``<unk>``, ``<sos/eos>``) add
+        nothing. Bytes that are not valid UTF-8 are dropped, and so are the
+        bytes of a character that is still incomplete at the end: a partial
+        result shows that character once the token completing it arrives.
+        """
+        return "".join(self.pieces(ids))
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The display text contributed by each token, for timestamps.
+
+        ``"".join(pieces(ids)) == text(ids)``. A character belongs to the token
+        holding its first byte, so with byte-level BPE a token that only
+        finishes a character (and blank/control tokens) contributes "". The
+        space before a word is part of the piece of the token starting it.
+        """
+        ids = list(ids)
+        out = [""] * len(ids)
+        decoder = codecs.getincrementaldecoder("utf-8")("ignore")
+        owner: int | None = None  # token holding the first byte of a pending character
+        pending_space = False
+        previous = ""
+        for k, token_id in enumerate(ids):
+            for unit in self._units[token_id]:
+                if unit is None:
+                    pending_space = True
+                    continue
+                if owner is None:
+                    owner = k
+                for ch in decoder.decode(bytes((unit,))):
+                    if pending_space and previous and not (_is_unspaced(previous) or _is_unspaced(ch)):
+                        out[owner] += " "
+                    out[owner] += ch
+                    previous, pending_space = ch, False
+                if not decoder.getstate()[0]:
+                    owner = None
+        return out
