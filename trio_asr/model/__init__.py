@@ -1,0 +1,109 @@
+"""Acoustic models: one module per ONNX format, chosen by :func:`load_model`.
+
+Adding a format: write ``trio_asr/model/<format>.py`` with a ``matches(session)``
+predicate and an :class:`AcousticModel` subclass taking ``(session, tokens)``,
+then add one entry to ``_FORMATS``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from trio_asr.model import zipformer2_ctc
+from trio_asr.model.base import (
+    AcousticModel,
+    ModelError,
+    ModelState,
+    ModelStream,
+    decode_streams,
+    make_session_options,
+)
+
+__all__ = [
+    "AcousticModel",
+    "ModelError",
+    "ModelState",
+    "ModelStream",
+    "decode_streams",
+    "find_model_file",
+    "load_model",
+    "make_session_options",
+]
+
+# (name, module) in detection order; each module has matches() and a model class.
+_FORMATS = (
+    ("zipformer2-ctc", zipformer2_ctc, zipformer2_ctc.Zipformer2CtcModel),
+)
+
+# sherpa-onnx release archives name the file model.int8.onnx or model.onnx;
+# older ones ctc-epoch-*-chunk-*.onnx, with an .int8 twin.
+_PREFERRED = ("model.int8.onnx", "model.onnx")
+
+
+def find_model_file(model_dir: Path) -> Path:
+    """The ONNX file to load from ``model_dir``: ``model.int8.onnx``, else
+    ``model.onnx``, else the only ``*.onnx`` (an ``*.int8.onnx`` preferred)."""
+    for name in _PREFERRED:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    candidates = sorted(model_dir.glob("*.onnx"))
+    int8 = [p for p in candidates if p.name.endswith(".int8.onnx")]
+    for group in (int8, candidates):
+        if len(group) == 1:
+            return group[0]
+        if len(group) > 1:
+            names = ", ".join(p.name for p in group)
+            raise ModelError(
+                f"{model_dir} holds several ONNX files ({names}); "
+                f"name the one to use model.onnx or model.int8.onnx"
+            )
+    raise ModelError(f"no model file (model.int8.onnx, model.onnx or *.onnx) in {model_dir}")
+
+
+def _read_tokens(path: Path):
+    from trio_asr.tokens import TokenTable
+
+    return TokenTable.from_file(path)
+
+
+def load_model(
+    model_dir: str | os.PathLike,
+    *,
+    threads: int = 1,
+    session_options: ort.SessionOptions | None = None,
+) -> AcousticModel:
+    """Load the model in ``model_dir`` (its ONNX file and ``tokens.txt``).
+
+    The format is detected from the ONNX inputs, outputs and metadata; every
+    dimension comes from the model itself.  Raises :class:`ModelError` naming
+    what is missing or unsupported.  ``session_options`` (see
+    :func:`make_session_options`) overrides ``threads``.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {model_dir} does not exist")
+    tokens_path = model_dir / "tokens.txt"
+    if not tokens_path.is_file():
+        raise ModelError(f"tokens.txt is missing from {model_dir}")
+    model_file = find_model_file(model_dir)
+    if session_options is None:
+        session_options = make_session_options(threads=threads)
+    try:
+        session = ort.InferenceSession(
+            str(model_file), sess_options=session_options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own, undocumented classes
+        raise ModelError(f"onnxruntime cannot load {model_file}: {exc}") from exc
+    for _name, module, cls in _FORMATS:
+        if module.matches(session):
+            return cls(session, _read_tokens(tokens_path))
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    supported = ", ".join(name for name, _, _ in _FORMATS)
+    raise ModelError(
+        f"{model_file} is not a supported model (supported: {supported}); "
+        f"its inputs are {inputs}, outputs {outputs}"
+    )

@@ -1,0 +1,270 @@
+"""Format-independent parts of the acoustic-model layer.
+
+An :class:`AcousticModel` turns fixed-size chunks of feature frames into CTC
+log-probabilities, carrying per-stream recurrent state (:class:`ModelState`)
+from one chunk to the next.  :class:`ModelStream` sits on top of it and turns
+a stream of feature frames of arbitrary sizes into chunks.
+
+Chunking convention (the one sherpa-onnx uses for streaming CTC models): a run
+consumes ``chunk_frames`` feature frames and advances by ``chunk_shift``
+frames; the frames beyond ``chunk_shift`` are right context only and are fed
+again, at the start of the next chunk.  The output frames of a run therefore
+cover exactly the ``chunk_shift`` frames the run advanced by.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import numpy as np
+import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from trio_asr.features import FbankOptions
+    from trio_asr.tokens import TokenTable
+
+__all__ = [
+    "AcousticModel",
+    "ModelError",
+    "ModelState",
+    "ModelStream",
+    "decode_streams",
+    "make_session_options",
+]
+
+_OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ModelError(Exception):
+    """A model directory is incomplete, unsupported or inconsistent."""
+
+
+def make_session_options(
+    *, threads: int = 1, inter_op_threads: int = 1, optimization: str = "all"
+) -> ort.SessionOptions:
+    """Build onnxruntime session options.
+
+    ``threads`` is the intra-op thread count (the one that matters for a
+    sequential model), ``optimization`` one of ``disable``, ``basic``,
+    ``extended``, ``all``.
+    """
+    if threads < 1 or inter_op_threads < 1:
+        raise ValueError("thread counts must be >= 1")
+    try:
+        level = _OPTIMIZATION_LEVELS[optimization]
+    except KeyError:
+        raise ValueError(
+            f"optimization must be one of {sorted(_OPTIMIZATION_LEVELS)}, not {optimization!r}"
+        ) from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = inter_op_threads
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    return options
+
+
+@attrs.frozen(eq=False)
+class ModelState:
+    """The recurrent state of one stream: a tuple of arrays, each of which has
+    batch size 1 along its own ``batch_axes[i]``.
+
+    States are immutable values: :meth:`AcousticModel.run` returns new ones.
+    """
+
+    tensors: tuple[np.ndarray, ...] = attrs.field(converter=tuple)
+    batch_axes: tuple[int, ...] = attrs.field(converter=tuple)
+
+    @batch_axes.validator
+    def _check(self, _attribute, axes):
+        if len(axes) != len(self.tensors):
+            raise ValueError("one batch axis per tensor is needed")
+        for tensor, axis in zip(self.tensors, axes):
+            if tensor.shape[axis] != 1:
+                raise ValueError(f"batch axis {axis} of a {tensor.shape} state is not 1")
+
+    @staticmethod
+    def stack(states: Sequence[ModelState]) -> list[np.ndarray]:
+        """Concatenate per-stream states into batched tensors, in stream order."""
+        if not states:
+            raise ValueError("no states to stack")
+        axes = states[0].batch_axes
+        return [
+            np.concatenate([s.tensors[i] for s in states], axis=axis)
+            for i, axis in enumerate(axes)
+        ]
+
+    @classmethod
+    def unstack(cls, tensors: Sequence[np.ndarray], batch_axes: Sequence[int]) -> list[ModelState]:
+        """Split batched tensors (as :meth:`stack` made them) into per-stream states."""
+        batch = tensors[0].shape[batch_axes[0]]
+        parts = [np.split(t, batch, axis=a) for t, a in zip(tensors, batch_axes)]
+        return [cls(tuple(p[n] for p in parts), batch_axes) for n in range(batch)]
+
+
+class AcousticModel(abc.ABC):
+    """A streaming CTC acoustic model.
+
+    Attributes every format sets:
+
+    - ``sample_rate``: audio rate the features are computed at;
+    - ``feature_options``: the fbank options this model was trained with;
+    - ``chunk_frames``: feature frames per run, ``chunk_shift``: frames advanced per run;
+    - ``subsampling``: feature frames per output frame;
+    - ``frame_shift_s``: seconds per output frame;
+    - ``vocab_size``, ``tokens``;
+    - ``feature_pad_value``: the feature value of digital silence, used to pad
+      the last chunk of a stream (see :meth:`ModelStream.finalize`).
+    """
+
+    sample_rate: int
+    chunk_frames: int
+    chunk_shift: int
+    subsampling: int
+    frame_shift_s: float
+    vocab_size: int
+    feature_dim: int
+    feature_pad_value: float
+    tokens: TokenTable
+
+    @property
+    @abc.abstractmethod
+    def feature_options(self) -> FbankOptions:
+        """Fbank options the model expects."""
+
+    @abc.abstractmethod
+    def initial_state(self) -> ModelState:
+        """The state of a fresh stream."""
+
+    @abc.abstractmethod
+    def run(
+        self, features: np.ndarray, states: Sequence[ModelState]
+    ) -> tuple[np.ndarray, list[ModelState]]:
+        """Run one chunk for each of B streams.
+
+        ``features`` is float32 (B, chunk_frames, feature_dim), ``states`` the B
+        streams' states.  Returns float32 log-probs (B, T_out, vocab_size) and
+        the B new states, in the same order.
+        """
+
+    def create_stream(self) -> ModelStream:
+        """A fresh per-stream chunker bound to this model."""
+        return ModelStream(self)
+
+    def _check_batch(self, features: np.ndarray, states: Sequence[ModelState]) -> np.ndarray:
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        expected = (len(states), self.chunk_frames, self.feature_dim)
+        if features.shape != expected:
+            raise ValueError(f"features of shape {features.shape}, expected {expected}")
+        return features
+
+
+class ModelStream:
+    """Cuts one stream's feature frames into model chunks and carries its state.
+
+    Not thread-safe; one stream is fed by one task.
+    """
+
+    def __init__(self, model: AcousticModel) -> None:
+        self.model = model
+        self.state = model.initial_state()
+        self._buffer = np.zeros((0, model.feature_dim), np.float32)
+        self._finalized = False
+        self.chunks_run = 0
+
+    @property
+    def frames_pending(self) -> int:
+        """Frames accepted whose output frames have not been produced yet."""
+        return len(self._buffer)
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+    def accept_features(self, frames: np.ndarray) -> None:
+        """Append feature frames (n, feature_dim)."""
+        if self._finalized:
+            raise RuntimeError("stream is finalized")
+        frames = np.asarray(frames, dtype=np.float32)
+        if frames.ndim != 2 or frames.shape[1] != self.model.feature_dim:
+            raise ValueError(
+                f"frames of shape {frames.shape}, expected (n, {self.model.feature_dim})"
+            )
+        self._buffer = np.concatenate([self._buffer, frames])
+
+    def next_chunk(self) -> np.ndarray | None:
+        """The next chunk's features if one is complete, else None.
+
+        After :meth:`finalize` began, incomplete chunks are completed with
+        ``feature_pad_value`` as long as accepted frames remain.
+        """
+        size = self.model.chunk_frames
+        if len(self._buffer) >= size:
+            return self._buffer[:size]
+        if self._finalized and len(self._buffer):
+            pad = np.full(
+                (size - len(self._buffer), self.model.feature_dim),
+                self.model.feature_pad_value,
+                np.float32,
+            )
+            return np.concatenate([self._buffer, pad])
+        return None
+
+    def advance(self, state: ModelState) -> None:
+        """Record that :meth:`next_chunk` was run and produced ``state``."""
+        self.state = state
+        self._buffer = self._buffer[self.model.chunk_shift :]
+        self.chunks_run += 1
+
+    def decode_ready_chunks(self) -> np.ndarray:
+        """Run every complete chunk; log-probs (t, V) of all of them."""
+        outputs = []
+        while (chunk := self.next_chunk()) is not None:
+            log_probs, (state,) = self.model.run(chunk[None], [self.state])
+            self.advance(state)
+            outputs.append(log_probs[0])
+        return self._concat(outputs)
+
+    def finalize(self) -> np.ndarray:
+        """End of input: run the remaining chunks, the last one padded.
+
+        Padding uses ``feature_pad_value`` (for fbank models: log of the
+        energy floor, which is exactly what the fbank of zero samples gives),
+        so the result is what sherpa-onnx gives for the same audio followed by
+        enough zero samples ("tail padding"), up to the few frames that straddle
+        the end of the audio.  Chunks are run until every accepted frame lies
+        within the ``chunk_shift`` part of some chunk: no frame's output is lost.
+        """
+        self._finalized = True
+        return self.decode_ready_chunks()
+
+    def _concat(self, outputs: list[np.ndarray]) -> np.ndarray:
+        if not outputs:
+            return np.zeros((0, self.model.vocab_size), np.float32)
+        return np.concatenate(outputs)
+
+
+def decode_streams(model: AcousticModel, streams: Sequence[ModelStream]) -> list[np.ndarray]:
+    """Run all ready chunks of many streams, stacking one chunk per stream into
+    each model call.  Returns each stream's log-probs (t_i, V), as
+    ``stream.decode_ready_chunks()`` would have, but with fewer model calls.
+    """
+    outputs: list[list[np.ndarray]] = [[] for _ in streams]
+    while True:
+        ready = [(i, c) for i, s in enumerate(streams) if (c := s.next_chunk()) is not None]
+        if not ready:
+            break
+        features = np.stack([c for _, c in ready])
+        log_probs, states = model.run(features, [streams[i].state for i, _ in ready])
+        for (i, _), lp, state in zip(ready, log_probs, states):
+            streams[i].advance(state)
+            outputs[i].append(lp)
+    return [s._concat(o) for s, o in zip(streams, outputs)]
