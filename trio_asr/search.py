@@ -167,7 +167,7 @@ class PrefixBeamSearch:
             grow[rows, cols] = beam.blank[rows] + columns[cols]
 
         # Growing into a prefix that already survives merges into it.
-        if len(beam.merge_child):
+        if len(beam.merge_child) and len(columns):
             child_last = beam.last[beam.merge_child]
             if tokens is None:
                 cols = child_last

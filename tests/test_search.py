@@ -1,0 +1,241 @@
+"""CTC searches against brute force and against themselves under streaming."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
+
+EXACT_BEAM = 5000  # more than the distinct label sequences of any small case below
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+@st.composite
+def small_cases(draw):
+    """(log_probs (T<=6, V<=4) float32, blank_id)."""
+    frames = draw(st.integers(1, 6))
+    vocab = draw(st.integers(2, 4))
+    values = draw(st.lists(st.floats(-6, 6), min_size=frames * vocab, max_size=frames * vocab))
+    logits = np.array(values, dtype=np.float64).reshape(frames, vocab)
+    return log_softmax(logits).astype(np.float32), draw(st.integers(0, vocab - 1))
+
+
+@st.composite
+def peaky_cases(draw, max_frames=60, max_vocab=30):
+    """Model-like log-probs: mostly blank, sometimes one dominant token."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    frames = draw(st.integers(1, max_frames))
+    vocab = draw(st.integers(2, max_vocab))
+    logits = rng.normal(size=(frames, vocab))
+    winners = np.where(rng.random(frames) < 0.4, rng.integers(1, vocab, size=frames), 0)
+    logits[np.arange(frames), winners] += rng.uniform(0.0, 8.0, size=frames)
+    return log_softmax(logits).astype(np.float32)
+
+
+def brute_force(log_probs: np.ndarray, blank_id: int) -> dict[tuple[int, ...], float]:
+    """Log probability of every label sequence: sum over all V**T alignments."""
+    frames, vocab = log_probs.shape
+    lp = log_probs.astype(np.float64)
+    total: dict[tuple[int, ...], float] = defaultdict(float)
+    for path in itertools.product(range(vocab), repeat=frames):
+        labels = tuple(k for k, _ in itertools.groupby(path) if k != blank_id)
+        total[labels] += math.exp(sum(lp[t, k] for t, k in enumerate(path)))
+    return {labels: math.log(p) for labels, p in total.items()}
+
+
+def argmax_collapse(log_probs: np.ndarray, blank_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    tokens, frames = [], []
+    previous = None
+    for t, k in enumerate(int(k) for k in log_probs.argmax(axis=1)):
+        if k != previous and k != blank_id:
+            tokens.append(k)
+            frames.append(t)
+        previous = k
+    return tuple(tokens), tuple(frames)
+
+
+def fed_in_pieces(search, log_probs: np.ndarray, cuts: list[int]):
+    bounds = [0, *sorted(set(cuts)), len(log_probs)]
+    for start, stop in itertools.pairwise(bounds):
+        search.accept(log_probs[start:stop])
+    return search
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_cases(), st.integers(1, 8))
+def test_exact_beam_equals_brute_force(case, n):
+    log_probs, blank_id = case
+    exact = brute_force(log_probs, blank_id)
+    search = PrefixBeamSearch(EXACT_BEAM, blank_id)
+    search.accept(log_probs)
+    got = search.nbest(n)
+
+    assert len(got) == min(n, len(exact))
+    ranked = sorted(exact.values(), reverse=True)
+    assert [h.score for h in got] == pytest.approx(ranked[: len(got)], abs=1e-5)
+    for h in got:  # the right sequences, whatever order equal scores take
+        assert h.score == pytest.approx(exact[h.tokens], abs=1e-5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_cases(), st.integers(1, 3), st.integers(1, 4) | st.none(), st.floats(-4, -0.5) | st.none())
+def test_narrow_or_pruned_beam_scores_never_exceed_the_truth(case, beam, top_k, threshold):
+    """A narrow beam or pruning loses alignments, so it can only underestimate."""
+    log_probs, blank_id = case
+    exact = brute_force(log_probs, blank_id)
+    search = PrefixBeamSearch(beam, blank_id, token_top_k=top_k, token_threshold=threshold)
+    search.accept(log_probs)
+    for h in search.nbest(beam):
+        assert h.score <= exact[h.tokens] + 1e-6
+
+
+@settings(max_examples=50, deadline=None)
+@given(peaky_cases(), st.integers(1, 12))
+def test_pruning_that_removes_nothing_changes_nothing(log_probs, beam):
+    plain = PrefixBeamSearch(beam)
+    plain.accept(log_probs)
+    vocab = log_probs.shape[1]
+    unpruned = PrefixBeamSearch(beam, token_top_k=vocab, token_threshold=-np.inf)
+    unpruned.accept(log_probs)
+    assert unpruned.nbest(beam) == plain.nbest(beam)
+
+
+@settings(max_examples=60, deadline=None)
+@given(peaky_cases(), st.lists(st.integers(0, 60), max_size=6), st.integers(1, 8))
+def test_streaming_gives_the_same_nbest_as_one_block(log_probs, cuts, beam):
+    whole = PrefixBeamSearch(beam)
+    whole.accept(log_probs)
+    split = fed_in_pieces(PrefixBeamSearch(beam), log_probs, [c for c in cuts if c < len(log_probs)])
+    assert split.nbest(beam) == whole.nbest(beam)
+
+
+@settings(max_examples=30, deadline=None)
+@given(peaky_cases(max_frames=30), st.integers(1, 5))
+def test_partial_results_match_a_search_of_the_frames_so_far(log_probs, chunk):
+    streaming = PrefixBeamSearch(4)
+    for stop in range(chunk, len(log_probs) + chunk, chunk):
+        streaming.accept(log_probs[stop - chunk : stop])
+        fresh = PrefixBeamSearch(4)
+        fresh.accept(log_probs[:stop])
+        assert streaming.nbest(4) == fresh.nbest(4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(peaky_cases(), st.integers(1, 12), st.integers(1, 20))
+def test_nbest_is_sorted_distinct_and_headed_by_best(log_probs, beam, n):
+    search = PrefixBeamSearch(beam)
+    search.accept(log_probs)
+    got = search.nbest(n)
+    assert 1 <= len(got) <= min(n, beam)
+    assert got[0] == search.best
+    assert [h.score for h in got] == sorted((h.score for h in got), reverse=True)
+    assert len({h.tokens for h in got}) == len(got)
+    assert all(h.score <= 1e-6 for h in got)
+
+
+def test_nbest_is_as_long_as_asked_when_the_beam_allows():
+    rng = np.random.default_rng(7)
+    log_probs = log_softmax(rng.normal(size=(20, 6)))
+    search = PrefixBeamSearch(10)
+    search.accept(log_probs)
+    assert [len(search.nbest(n)) for n in (1, 5, 10, 11, 50)] == [1, 5, 10, 10, 10]
+
+
+@settings(max_examples=60, deadline=None)
+@given(peaky_cases(), st.integers(1, 10))
+def test_token_frames_are_increasing_and_inside_the_stream(log_probs, beam):
+    search = PrefixBeamSearch(beam)
+    search.accept(log_probs[: len(log_probs) // 2])
+    search.accept(log_probs[len(log_probs) // 2 :])
+    for h in search.nbest(beam):
+        assert len(h.frames) == len(h.tokens)
+        assert all(0 <= f < len(log_probs) for f in h.frames)
+        assert all(a < b for a, b in itertools.pairwise(h.frames))
+        assert all(log_probs[f, k] > -np.inf for f, k in zip(h.frames, h.tokens))
+
+
+@settings(max_examples=80, deadline=None)
+@given(peaky_cases(), st.lists(st.integers(0, 60), max_size=5), st.integers(0, 29))
+def test_greedy_is_argmax_then_collapse(log_probs, cuts, blank_id):
+    blank_id %= log_probs.shape[1]
+    greedy = fed_in_pieces(GreedySearch(blank_id), log_probs, [c for c in cuts if c < len(log_probs)])
+    tokens, frames = argmax_collapse(log_probs, blank_id)
+    path_score = float(log_probs.astype(np.float64).max(axis=1).sum())
+    assert greedy.best.tokens == tokens
+    assert greedy.best.frames == frames
+    assert greedy.best.score == pytest.approx(path_score, abs=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_cases())
+def test_exact_best_is_at_least_as_likely_as_the_greedy_path(case):
+    log_probs, blank_id = case
+    greedy = GreedySearch(blank_id)
+    greedy.accept(log_probs)
+    search = PrefixBeamSearch(EXACT_BEAM, blank_id)
+    search.accept(log_probs)
+    exact = brute_force(log_probs, blank_id)
+    assert exact[greedy.best.tokens] >= greedy.best.score - 1e-6
+    assert search.best.score >= exact[greedy.best.tokens] - 1e-6
+
+
+@settings(max_examples=60, deadline=None)
+@given(peaky_cases(), st.integers(0, 2**32 - 1))
+def test_beam_one_follows_greedy_when_every_frame_is_confident(log_probs, seed):
+    """With an arg-max probability of at least 0.9 in every frame, the single
+    surviving prefix always takes the greedy step (the other candidates hold
+    at most 0.1 of the prefix's mass)."""
+    rng = np.random.default_rng(seed)
+    frames, vocab = log_probs.shape
+    winners = log_probs.argmax(axis=1)
+    rest = rng.dirichlet(np.ones(vocab - 1), size=frames) * rng.uniform(0, 0.1, size=(frames, 1))
+    probs = np.empty((frames, vocab))
+    for t, w in enumerate(winners):
+        probs[t] = np.insert(rest[t], w, 1.0 - rest[t].sum())
+    confident = np.log(probs).astype(np.float32)
+
+    greedy = GreedySearch()
+    greedy.accept(confident)
+    search = PrefixBeamSearch(1)
+    search.accept(confident)
+    assert search.best.tokens == greedy.best.tokens
+    assert search.best.frames == greedy.best.frames
+
+
+def test_before_any_frame_the_only_hypothesis_is_empty_and_certain():
+    search = PrefixBeamSearch(4)
+    search.accept(np.zeros((0, 5), dtype=np.float32))
+    assert search.nbest(3) == [Hypothesis((), 0.0, ())]
+    greedy = GreedySearch()
+    greedy.accept(np.zeros((0, 5), dtype=np.float32))
+    assert greedy.best == Hypothesis((), 0.0, ())
+
+
+@pytest.mark.parametrize("make", [GreedySearch, PrefixBeamSearch])
+def test_bad_input_is_refused(make):
+    search = make(blank_id=3)
+    with pytest.raises(ValueError, match="shape"):
+        search.accept(np.zeros(5, dtype=np.float32))
+    with pytest.raises(ValueError, match="blank_id"):
+        search.accept(np.zeros((2, 3), dtype=np.float32))
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        PrefixBeamSearch(0)
+    with pytest.raises(ValueError):
+        PrefixBeamSearch(4, token_top_k=0)
+    with pytest.raises(ValueError):
+        PrefixBeamSearch(4).nbest(0)
