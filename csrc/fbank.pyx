@@ -250,7 +250,7 @@ cdef class FbankCore:
 
     # ---- streaming -------------------------------------------------------
 
-    cdef double* _reserve(self, int64_t n) except NULL:
+    cdef int _reserve(self, int64_t n) except -1:
         """Make room for ``n`` more samples at the end of the buffer."""
         cdef double* grown
         cdef int64_t cap
@@ -261,13 +261,15 @@ cdef class FbankCore:
                 raise MemoryError()
             self.buf = grown
             self.buf_cap = cap
-        return self.buf + self.buf_len
+        return 0
 
     def accept_int16(self, const int16_t[::1] samples not None):
         """Append int16 samples (used as-is); return the new frames."""
         cdef int64_t i, n = samples.shape[0]
+        cdef double* dst
         self._check_open()
-        cdef double* dst = self._reserve(n)
+        self._reserve(n)
+        dst = self.buf + self.buf_len
         with nogil:
             for i in range(n):
                 dst[i] = samples[i]
@@ -278,8 +280,10 @@ cdef class FbankCore:
     def accept_float32(self, const float[::1] samples not None):
         """Append float samples in [-1, 1] (scaled by 32768); return the new frames."""
         cdef int64_t i, n = samples.shape[0]
+        cdef double* dst
         self._check_open()
-        cdef double* dst = self._reserve(n)
+        self._reserve(n)
+        dst = self.buf + self.buf_len
         with nogil:
             for i in range(n):
                 dst[i] = samples[i] * 32768.0
