@@ -63,7 +63,11 @@ def test_read_wav_pcm_widths_and_float(tmp_path: Path) -> None:
     ref = rng.uniform(-1, 1, size=(50, 2))
     cases = {
         # name: (fmt chunk, data bytes, tolerance)
-        "u8": (_fmt(1, 2, 8000, 8), np.clip(np.round(ref * 128 + 128), 0, 255).astype(np.uint8).tobytes(), 1 / 127),
+        "u8": (
+            _fmt(1, 2, 8000, 8),
+            np.clip(np.round(ref * 128 + 128), 0, 255).astype(np.uint8).tobytes(),
+            1 / 127,
+        ),
         "s16": (_fmt(1, 2, 8000, 16), np.round(ref * 32767).astype("<i2").tobytes(), 1e-4),
         "s24": (
             _fmt(1, 2, 8000, 24),

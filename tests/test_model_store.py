@@ -50,7 +50,7 @@ def _tokens() -> bytes:
     path = SHARED_MODEL / "tokens.txt"
     if path.is_file():
         return path.read_bytes()
-    return "<blk> 0\n<sos/eos> 1\n<unk> 2\n".encode()
+    return b"<blk> 0\n<sos/eos> 1\n<unk> 2\n"
 
 
 def _build_archive(path: Path, members: dict[str, bytes], *, extra: list[tarfile.TarInfo] = ()) -> None:
@@ -90,7 +90,9 @@ class Server:
 def server(tmp_path: Path) -> Iterator[Server]:
     root = tmp_path / "www"
     root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(root))
+    )
     httpd.requests = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -157,7 +159,9 @@ def test_already_cached_needs_no_network(tmp_path: Path, published: tuple[Server
 def test_url_parameter_overrides_env(tmp_path: Path, published: tuple[Server, ModelSpec, dict]) -> None:
     server, spec, _ = published
     env = _env(tmp_path, **{ENV_MODEL_URL: _closed_port_url()})
-    path = resolve_model_dir(None, env, model=NAME, registry={NAME: spec}, url_base=server.base, progress=None)
+    path = resolve_model_dir(
+        None, env, model=NAME, registry={NAME: spec}, url_base=server.base, progress=None
+    )
     assert is_complete(spec, path)
 
 
@@ -173,7 +177,9 @@ def test_sha_mismatch_is_rejected_and_leaves_nothing(
     assert _cache_entries(env) == []
 
 
-def test_wrong_size_is_rejected_before_reading(tmp_path: Path, published: tuple[Server, ModelSpec, dict]) -> None:
+def test_wrong_size_is_rejected_before_reading(
+    tmp_path: Path, published: tuple[Server, ModelSpec, dict]
+) -> None:
     server, spec, _ = published
     bad = attrs.evolve(spec, archive_size=spec.archive_size + 1)
     env = _env(tmp_path, **{ENV_MODEL_URL: server.base})
@@ -182,7 +188,9 @@ def test_wrong_size_is_rejected_before_reading(tmp_path: Path, published: tuple[
     assert _cache_entries(env) == []
 
 
-def test_unpacked_file_checksum_is_verified(tmp_path: Path, published: tuple[Server, ModelSpec, dict]) -> None:
+def test_unpacked_file_checksum_is_verified(
+    tmp_path: Path, published: tuple[Server, ModelSpec, dict]
+) -> None:
     server, spec, _ = published
     wrong_file = ModelFile("model.int8.onnx", len(MODEL_BYTES), _sha(b"something else"))
     bad = attrs.evolve(spec, files=(wrong_file, spec.files[1]))
@@ -192,7 +200,9 @@ def test_unpacked_file_checksum_is_verified(tmp_path: Path, published: tuple[Ser
     assert _cache_entries(env) == []
 
 
-def test_missing_file_in_archive_is_rejected(tmp_path: Path, published: tuple[Server, ModelSpec, dict]) -> None:
+def test_missing_file_in_archive_is_rejected(
+    tmp_path: Path, published: tuple[Server, ModelSpec, dict]
+) -> None:
     server, spec, _ = published
     bad = attrs.evolve(spec, files=(*spec.files, ModelFile("bbpe.model", 1, "a" * 64)))
     env = _env(tmp_path, **{ENV_MODEL_URL: server.base})
@@ -305,7 +315,9 @@ def test_concurrent_downloads_do_not_corrupt_the_cache(
         assert (expected / name).read_bytes() == data
 
 
-def test_incomplete_cache_directory_is_reported(tmp_path: Path, published: tuple[Server, ModelSpec, dict]) -> None:
+def test_incomplete_cache_directory_is_reported(
+    tmp_path: Path, published: tuple[Server, ModelSpec, dict]
+) -> None:
     server, spec, _ = published
     env = _env(tmp_path, **{ENV_MODEL_URL: server.base})
     stale = cache_root(env) / NAME
@@ -328,8 +340,9 @@ def test_resolution_order(tmp_path: Path, published: tuple[Server, ModelSpec, di
     env_dir.mkdir()
     env = _env(tmp_path, **{ENV_MODEL_URL: server.base, ENV_MODEL_DIR: str(env_dir)})
     registry = {NAME: spec}
-    cached = resolve_model_dir(None, _env(tmp_path, **{ENV_MODEL_URL: server.base}), model=NAME,
-                               registry=registry, progress=None)
+    cached = resolve_model_dir(
+        None, _env(tmp_path, **{ENV_MODEL_URL: server.base}), model=NAME, registry=registry, progress=None
+    )
     assert resolve_model_dir(str(cli_dir), env, model=NAME, registry=registry) == cli_dir
     assert resolve_model_dir(cli_dir, env, model=NAME, registry=registry) == cli_dir
     assert resolve_model_dir(None, env, model=NAME, registry=registry) == env_dir

@@ -69,7 +69,7 @@ def test_chunked_output_equals_one_shot(pair: tuple[int, int], n: int, cuts: lis
     assert whole.size == math.ceil(n * out_rate / in_rate)
     resampler = StreamingResampler(in_rate, out_rate)
     bounds = [0, *sorted(min(c, n) for c in cuts), n]
-    pieces = [resampler.process(x[a:b]) for a, b in zip(bounds, bounds[1:])]
+    pieces = [resampler.process(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     pieces.append(resampler.flush())
     assert all(p.dtype == np.float32 for p in pieces)
     np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=0, atol=1e-6)

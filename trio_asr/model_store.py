@@ -366,9 +366,13 @@ def _safe_extract(archive: Path, dest: Path, url: str) -> None:
             members = tar.getmembers()
             for member in members:
                 if not (member.isfile() or member.isdir()):
-                    raise UnsafeArchive(f"refusing model archive from {url}: {member.name!r} is not a regular file")
+                    raise UnsafeArchive(
+                        f"refusing model archive from {url}: {member.name!r} is not a regular file"
+                    )
                 if not _is_safe_member_name(member.name):
-                    raise UnsafeArchive(f"refusing model archive from {url}: member {member.name!r} escapes the target")
+                    raise UnsafeArchive(
+                        f"refusing model archive from {url}: member {member.name!r} escapes the target"
+                    )
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:  # Python without extraction filters: the checks above stand alone
