@@ -45,7 +45,7 @@ def _byte_alphabet() -> tuple[str, ...]:
 BYTE_TO_CHAR: tuple[str, ...] = _byte_alphabet()
 CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
 
-_LINE = re.compile(r"^(.*?)\s*(-?\d+)\s*$")
+_LINE = re.compile(r"^(?:(.*?)[ \t]+)?(-?\d+)[ \t]*$")
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _CONTROL = re.compile(r"^<[^<>\s]+>$")
 _WHITESPACE_BYTES = frozenset(b" \t\n\r\x0b\x0c")
@@ -131,7 +131,7 @@ class TokenTable:
         by_id: dict[int, str] = {}
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
+                line = line.rstrip("\r\n").lstrip(" \t")
                 if not line.strip():
                     continue
                 match = _LINE.match(line)

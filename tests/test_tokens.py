@@ -1,0 +1,198 @@
+"""Token tables and token-id to text, checked against the byte-level BPE rule
+as icefall publishes it (the table is rebuilt here from its ranges)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_asr.tokens import BYTE_TO_CHAR, TokenTable
+
+# icefall/byte_utils.py: the code point standing in for byte b is PUBLISHED[b].
+PUBLISHED = [
+    *range(256, 288),
+    *range(32, 127),
+    *range(288, 306),
+    *range(308, 319),
+    *range(321, 329),
+    *range(330, 383),
+    *range(384, 423),
+]
+ENCODE = {b: chr(c) for b, c in enumerate(PUBLISHED)}
+DECODE = {chr(c): b for b, c in enumerate(PUBLISHED)}
+SPECIALS = ["<blk>", "<sos/eos>", "<unk>"]
+
+# Sentences the model's publisher reports for its own test clips.
+CHINESE = [
+    "对我做了介绍那么我想说的是呢大家如果对我的研究感兴趣呢",
+    "重点呢想谈三个问题首先呢就是这一轮全球金融动荡的表现",
+]
+
+
+def byte_encode(word: str) -> str:
+    return "".join(ENCODE[b] for b in word.encode("utf-8"))
+
+
+def icefall_pieces(text: str) -> str:
+    """What SentencePiece sees in icefall's bbpe recipes: CJK characters and
+    other words are each a word, each word byte-encoded and led by ▁."""
+    words = []
+    for chunk in text.split():
+        words.extend(list(chunk) if not chunk.isascii() else [chunk])
+    return "".join("\u2581" + byte_encode(w) for w in words)
+
+
+def segment(table: TokenTable, spelled: str) -> list[int]:
+    """Longest-match segmentation of ``spelled`` into the table's pieces."""
+    by_piece = {table.piece(i): i for i in range(len(table))}
+    ids, i = [], 0
+    while i < len(spelled):
+        j = next(j for j in range(len(spelled), i, -1) if spelled[i:j] in by_piece)
+        ids.append(by_piece[spelled[i:j]])
+        i = j
+    return ids
+
+
+def reference_bytes(table: TokenTable, ids) -> bytes:
+    """The bytes the pieces spell, control pieces such as <blk> left out."""
+    pieces = [table.piece(i) for i in ids if table.piece(i) not in SPECIALS]
+    return bytes(DECODE[ch] for piece in pieces for ch in piece if ch in DECODE and ch != " ")
+
+
+def synthetic_bbpe() -> TokenTable:
+    """Every byte alone and after ▁, plus a few merged pieces, English and Chinese."""
+    singles = [ENCODE[b] for b in range(256) if b != 32]
+    merged = ["\u2581hello", "\u2581wor", "ld", byte_encode("你"), "\u2581" + byte_encode("好")]
+    return TokenTable([*SPECIALS, "\u2581", *singles, *("\u2581" + s for s in singles), *merged])
+
+
+@pytest.fixture(scope="module")
+def real_table(real_model_dir: Path) -> TokenTable:
+    return TokenTable.from_file(real_model_dir / "tokens.txt")
+
+
+def test_byte_alphabet_is_icefalls():
+    assert [ord(c) for c in BYTE_TO_CHAR] == PUBLISHED
+
+
+def test_real_table_is_detected_as_bbpe(real_table):
+    assert real_table.bbpe
+    assert real_table.blank_id == real_table.id("<blk>") == 0
+    assert len(real_table) == 1000
+
+
+@pytest.mark.parametrize("sentence", CHINESE)
+def test_real_table_round_trips_chinese(real_table, sentence):
+    ids = segment(real_table, icefall_pieces(sentence))
+    assert real_table.text(ids) == sentence
+    assert "".join(real_table.pieces(ids)) == sentence
+
+
+@pytest.mark.parametrize("sentence", CHINESE)
+def test_partial_results_hold_back_an_unfinished_character(real_table, sentence):
+    ids = segment(real_table, icefall_pieces(sentence))
+    for k in range(len(ids) + 1):
+        expected = reference_bytes(real_table, ids[:k]).decode("utf-8", errors="ignore")
+        assert real_table.text(ids[:k]) == expected
+        assert sentence.startswith(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_random_real_ids_decode_like_their_bytes(real_table, data):
+    ids = data.draw(st.lists(st.integers(0, len(real_table) - 1), max_size=40))
+    text = real_table.text(ids)
+    assert text == reference_bytes(real_table, ids).decode("utf-8", errors="ignore")
+    assert "".join(real_table.pieces(ids)) == text
+
+
+def test_synthetic_bbpe_mixed_chinese_and_english():
+    table = synthetic_bbpe()
+    assert table.bbpe
+    ids = segment(table, icefall_pieces("我 爱 hello world 你好 hello"))
+    # Words are spaced; nothing is put next to a CJK character.
+    assert table.text(ids) == "我爱hello world你好hello"
+    assert table.text(segment(table, icefall_pieces("hello, world"))) == "hello, world"
+
+
+def test_pieces_attribute_a_character_to_the_token_holding_its_first_byte():
+    table = synthetic_bbpe()
+    first, *rest = "你".encode("utf-8")
+    ids = [table.id("\u2581" + ENCODE[first]), table.id(ENCODE[rest[0]]), table.id(ENCODE[rest[1]])]
+    ids += segment(table, icefall_pieces("hello"))
+    pieces = table.pieces(ids)
+    assert pieces[:3] == ["你", "", ""]
+    assert "".join(pieces[3:]) == "hello"  # no space next to a CJK character
+    assert table.pieces(ids[:2]) == ["", ""]  # still incomplete: nothing to show
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["hello", "world", "a", "你好", "世界", "é", ",", "一"]), max_size=8))
+def test_synthetic_bbpe_text_is_the_words_joined_by_the_spacing_rule(words):
+    table = synthetic_bbpe()
+    ids = segment(table, "".join("\u2581" + byte_encode(w) for w in words))
+    expected = ""
+    for w in words:
+        cjk = "\u4e00" <= w[0] <= "\u9fff" or (expected and "\u4e00" <= expected[-1] <= "\u9fff")
+        expected += w if not expected or cjk else " " + w
+    assert table.text(ids) == expected
+    assert "".join(table.pieces(ids)) == expected
+
+
+def sentencepiece_table() -> TokenTable:
+    return TokenTable(["<blk>", "<unk>", "\u2581HE", "LLO", "\u2581WORLD", "\u2581", "S", "<0xE4>", "<0xBD>", "<0xA0>"])
+
+
+def test_sentencepiece_words_get_single_spaces():
+    table = sentencepiece_table()
+    assert not table.bbpe
+    ids = [table.id(p) for p in ["\u2581HE", "LLO", "\u2581WORLD", "\u2581", "S"]]
+    assert table.text(ids) == "HELLO WORLD S"
+    assert table.pieces(ids) == ["HE", "LLO", " WORLD", "", " S"]
+    assert table.text([table.id("\u2581"), *ids, table.id("\u2581")]) == "HELLO WORLD S"
+
+
+def test_blank_unk_and_byte_fallback():
+    table = sentencepiece_table()
+    ids = [0, 7, 0, 8, 1, 9, 2, 3]
+    assert table.text(ids) == "你HELLO"  # <0xE4><0xBD><0xA0> is 你; blank and <unk> say nothing
+
+
+def write(tmp_path, text: str, newline: str = "\n") -> Path:
+    path = tmp_path / "tokens.txt"
+    path.write_bytes(text.replace("\n", newline).encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_from_file_reads_odd_pieces(tmp_path, newline):
+    path = write(tmp_path, "\u2581the 0\n  1\n\u3000 2\n' 3\n<blank> 4\n", newline)
+    table = TokenTable.from_file(path)
+    assert [table.piece(i) for i in range(len(table))] == ["\u2581the", " ", "\u3000", "'", "<blank>"]
+    assert table.blank_id == 4  # NeMo puts blank last
+    assert table.text([0, 1, 3, 4, 2, 0]) == "the ' the"
+
+
+def test_a_line_with_only_an_id_is_a_space_piece(tmp_path):
+    table = TokenTable.from_file(write(tmp_path, "<blk> 0\n1\na 2\n"))
+    assert table.piece(1) == " "
+    assert table.text([2, 1, 2]) == "a a"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("a 0\nb 0\n", "twice"), ("a 0\nb 2\n", "not exactly"), ("a 0\nb\n", "expected")],
+)
+def test_from_file_refuses_broken_tables(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        TokenTable.from_file(write(tmp_path, text))
+
+
+def test_bbpe_can_be_forced_either_way():
+    pieces = [*SPECIALS, "\u2581" + byte_encode("你")]
+    assert TokenTable(pieces).text([3]) == "你"
+    assert TokenTable(pieces, bbpe=False).text([3]) == byte_encode("你")
+    assert TokenTable(["<blk>", "\u2581ab", "c"], bbpe=True).text([1, 2]) == "abc"
