@@ -122,7 +122,10 @@ class AcousticModel(abc.ABC):
     - ``frame_shift_s``: seconds per output frame;
     - ``vocab_size``, ``tokens``;
     - ``feature_pad_value``: the feature value of digital silence, used to pad
-      the last chunk of a stream (see :meth:`ModelStream.finalize`).
+      the last chunk of a stream (see :meth:`ModelStream.finalize`);
+    - ``sample_scale``: the amplitude the model's fbank expects for full-scale
+      audio: 1.0 when features are computed on samples in [-1, 1] (icefall /
+      sherpa-onnx zipformer models), 32768.0 for the int16 range (Kaldi, WeNet).
     """
 
     sample_rate: int
@@ -133,6 +136,7 @@ class AcousticModel(abc.ABC):
     vocab_size: int
     feature_dim: int
     feature_pad_value: float
+    sample_scale: float
     tokens: TokenTable
 
     @property
@@ -243,8 +247,14 @@ class ModelStream:
         the end of the audio.  Chunks are run until every accepted frame lies
         within the ``chunk_shift`` part of some chunk: no frame's output is lost.
         """
-        self._finalized = True
+        self.input_finished()
         return self.decode_ready_chunks()
+
+    def input_finished(self) -> None:
+        """Mark the end of input without running anything: from now on
+        :meth:`next_chunk` pads the tail (so :func:`decode_streams` can batch
+        the streams' last chunks too)."""
+        self._finalized = True
 
     def _concat(self, outputs: list[np.ndarray]) -> np.ndarray:
         if not outputs:

@@ -67,6 +67,7 @@ class Zipformer2CtcModel(AcousticModel):
 
     sample_rate = 16000
     feature_pad_value = _SILENCE_LOG_ENERGY
+    sample_scale = 1.0  # sherpa-onnx's normalize_samples=True
 
     def __init__(self, session: ort.InferenceSession, tokens) -> None:
         self._session = session

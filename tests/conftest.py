@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic model directories written once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import zipformer2_ctc
+
+REAL_MODEL_ENV = "TRIO_ASR_TEST_MODEL_DIR"
+
+
+@pytest.fixture(scope="session")
+def zipformer2_model_dir(tmp_path_factory) -> Path:
+    """A tiny model in sherpa-onnx's streaming zipformer2-CTC format (+ tokens.txt)."""
+    return zipformer2_ctc.write_model(tmp_path_factory.mktemp("zipformer2_ctc"))
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The real model directory named by $TRIO_ASR_TEST_MODEL_DIR (skips if unset)."""
+    value = os.environ.get(REAL_MODEL_ENV)
+    if not value:
+        pytest.skip(f"{REAL_MODEL_ENV} is not set: no real model to test")
+    return Path(value)
+
+
+@pytest.fixture(params=["fixture", "real"])
+def streaming_ctc_model_dir(request) -> Path:
+    """Every streaming zipformer2-CTC model directory available: the synthetic
+    fixture always, the real model when $TRIO_ASR_TEST_MODEL_DIR is set."""
+    if request.param == "fixture":
+        return request.getfixturevalue("zipformer2_model_dir")
+    return request.getfixturevalue("real_model_dir")
