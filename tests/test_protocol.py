@@ -184,6 +184,7 @@ def error_of(events: list) -> ErrorReply:
         ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": 100}', 1003, "start"),
         ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": 10000000}', 1003, "start"),
         ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": -16000}', 1003, "start"),
+        ('{"signal": "start", "name": "a", "nbest": 1, "sampleRate": 16001}', 1003, "start"),
         ('{"signal": "stop", "name": "a"}', 1008, "stop"),
         ('{"signal": "end", "name": "a", "nbest": 1}', 1008, "end"),
     ],

@@ -23,8 +23,9 @@ Decisions on points the spec leaves open:
   and we take the lenient reading so that no existing client breaks).
 * ``end`` needs only ``signal``; its ``name``/``nbest`` are ignored and the
   reply echoes the name given at ``start``.
-* ``sampleRate`` may be any integer within the limits (default 8000-96000);
-  audio is resampled to the model rate by the server.  ``channels`` are
+* ``sampleRate`` must be one of the common rates (8000, 11025, 12000, 16000,
+  22050, 24000, 32000, 44100, 48000, 88200, 96000 by default); audio is
+  resampled to the model rate by the server.  ``channels`` are
   down-mixed by averaging.  ``bitsPerSample`` must be 16.
 * A second ``start`` while a stream is open ends the open stream as ``end``
   would (with its reply), then starts the new one.
@@ -76,6 +77,9 @@ CLOSE_INTERNAL_ERROR = 1011
 
 DEFAULT_SAMPLE_RATE = 16000
 SUPPORTED_BITS_PER_SAMPLE = 16
+#: rates the server resamples from; arbitrary integers are refused because
+#: a rate like 8001 Hz has no practical polyphase ratio to the model's rate
+STANDARD_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000})
 
 
 def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -92,8 +96,7 @@ class ProtocolLimits:
     max_stream_seconds: float = attrs.field(default=3600.0, validator=_positive)
     max_name_length: int = attrs.field(default=256, validator=_positive)
     max_channels: int = attrs.field(default=8, validator=_positive)
-    min_sample_rate: int = attrs.field(default=8000, validator=_positive)
-    max_sample_rate: int = attrs.field(default=96000, validator=_positive)
+    sample_rates: frozenset[int] = attrs.field(default=STANDARD_SAMPLE_RATES, converter=frozenset)
 
 
 # ---------------------------------------------------------------- events
@@ -361,11 +364,9 @@ class ConnectionProtocol:
             raise _BadMessage(
                 CLOSE_UNSUPPORTED_DATA, f'"channels" must be between 1 and {limits.max_channels}, got {channels}'
             )
-        if not limits.min_sample_rate <= rate <= limits.max_sample_rate:
-            raise _BadMessage(
-                CLOSE_UNSUPPORTED_DATA,
-                f'"sampleRate" must be between {limits.min_sample_rate} and {limits.max_sample_rate}, got {rate}',
-            )
+        if rate not in limits.sample_rates:
+            rates = ", ".join(map(str, sorted(limits.sample_rates)))
+            raise _BadMessage(CLOSE_UNSUPPORTED_DATA, f'"sampleRate" {rate} is not supported (one of {rates})')
         return StartStream(name=name, nbest=nbest, sample_rate=rate, bits_per_sample=bits, channels=channels)
 
     @staticmethod

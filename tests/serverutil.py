@@ -1,0 +1,116 @@
+"""Helpers for the server tests: a test-double recognizer and a tiny client."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import attrs
+import numpy as np
+import trio
+import trio_websocket
+
+from trio_asr.server import WS_PATH
+
+
+@attrs.frozen
+class FakeResult:
+    text: str
+    nbest: list[tuple[str, float]]
+    times: list[tuple[str, float, float]]
+
+
+class CountingStream:
+    """Test double of a recognizer stream: the "text" summarises the audio.
+
+    ``n=<samples> s=<sum of samples * 32768>`` lets a test compute the
+    expected result from the audio it sent, so lost, duplicated, reordered
+    or cross-connection audio shows up in the text.
+    """
+
+    def __init__(self, recognizer: CountingRecognizer, nbest: int) -> None:
+        self.recognizer = recognizer
+        self.nbest = nbest
+        self.samples: list[np.ndarray] = []
+        self.finished = False
+
+    def accept_waveform(self, samples: np.ndarray) -> None:
+        assert samples.dtype == np.float32 and samples.ndim == 1
+        assert not self.finished
+        assert threading.current_thread() is not threading.main_thread(), "must run in a worker thread"
+        self.samples.append(samples.copy())
+
+    def decode(self) -> None:
+        if self.recognizer.decode_delay:
+            threading.Event().wait(self.recognizer.decode_delay)
+        if self.recognizer.fail_on_decode:
+            raise RuntimeError("boom")
+
+    def input_finished(self) -> None:
+        self.finished = True
+
+    def result(self) -> FakeResult:
+        x = np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
+        text = summary(x) + (" final" if self.finished else "")
+        nbest = [(text + "'" * i, -float(i)) for i in range(self.nbest)]
+        return FakeResult(text, nbest, [("n", 0.0, x.size / self.recognizer.sample_rate)])
+
+
+def summary(x: np.ndarray) -> str:
+    return f"n={x.size} s={int(round(float(np.sum(x.astype(np.float64))) * 32768))}"
+
+
+class CountingRecognizer:
+    def __init__(self, sample_rate: int = 16000) -> None:
+        self.sample_rate = sample_rate
+        self.streams: list[CountingStream] = []
+        self.decode_delay = 0.0
+        self.fail_on_decode = False
+
+    def create_stream(self, nbest: int) -> CountingStream:
+        stream = CountingStream(self, nbest)
+        self.streams.append(stream)
+        return stream
+
+
+def ws_url(port: int, path: str = WS_PATH) -> str:
+    return f"ws://127.0.0.1:{port}{path}"
+
+
+def start_msg(name: str = "t.wav", **fields: Any) -> str:
+    return json.dumps({"name": name, "signal": "start", "nbest": 1, **fields})
+
+
+def end_msg(name: str = "t.wav") -> str:
+    return json.dumps({"name": name, "signal": "end", "nbest": 1})
+
+
+async def recv_json(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
+    with trio.fail_after(10):
+        message = await ws.get_message()
+    assert isinstance(message, str)
+    return json.loads(message)
+
+
+async def expect_close(ws: trio_websocket.WebSocketConnection) -> int:
+    """Wait for the server's close; return its code."""
+    with trio.fail_after(10):
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            return exc.reason.code
+
+
+async def http_get(port: int, path: str, headers: str = "") -> tuple[int, bytes]:
+    """Plain HTTP/1.1 GET; returns (status, body)."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+            data = b""
+            while chunk := await stream.receive_some():
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

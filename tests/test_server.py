@@ -1,0 +1,457 @@
+"""Server tests: in-process server on a free port, trio-websocket clients.
+
+The recognizer here is a test double (:class:`serverutil.CountingRecognizer`)
+whose "text" summarises the audio it received; it tests the plumbing
+(ordering, errors, saving, limits, shutdown), not recognition.  End-to-end
+tests with the real recognizer live in ``test_client_interop.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio_websocket
+from serverutil import (
+    CountingRecognizer,
+    end_msg,
+    expect_close,
+    http_get,
+    recv_json,
+    start_msg,
+    summary,
+    ws_url,
+)
+
+from trio_asr.audio import read_wav
+from trio_asr.config import ServerConfig
+from trio_asr.resample import resample
+from trio_asr.server import Server, serve
+
+RNG = np.random.default_rng(1234)
+
+
+def make_config(tmp_path: Path, **overrides: object) -> ServerConfig:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "audio_dir": tmp_path / "audio",
+        "idle_timeout": 5.0,
+        "grace_period": 2.0,
+        "handshake_timeout": 2.0,
+        "workers": 4,
+    }
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+async def start_server(nursery: trio.Nursery, tmp_path: Path, recognizer=None, **overrides: object) -> Server:
+    config = make_config(tmp_path, **overrides)
+    return await nursery.start(serve, config, recognizer or CountingRecognizer())
+
+
+@pytest.fixture
+def recognizer() -> CountingRecognizer:
+    return CountingRecognizer()
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, tmp_path: Path, recognizer: CountingRecognizer) -> Server:
+    return await start_server(nursery, tmp_path, recognizer)
+
+
+def pcm16(n: int) -> np.ndarray:
+    return RNG.integers(-20000, 20000, size=n, dtype=np.int16)
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def wavs(server: Server) -> list[Path]:
+    return sorted(server.config.audio_dir.glob("*.wav"))
+
+
+# ------------------------------------------------------------ happy path
+
+
+async def test_lock_step_session_replies_byte_for_byte(server: Server) -> None:
+    audio = pcm16(16000)
+    data = audio.tobytes()
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("hello.wav"))
+        ready = await ws.get_message()
+        assert json.loads(ready) == {"status": "ok", "signal": "server_ready"}
+        sent = 0
+        for chunk in chunks(data, 2720):
+            await ws.send_message(chunk)
+            sent += len(chunk) // 2
+            reply = await recv_json(ws)
+            assert reply == {"result": summary(audio[:sent].astype(np.float32) / 32768)}
+        await ws.send_message(end_msg("hello.wav"))
+        final = await recv_json(ws)
+    expected_text = summary(audio.astype(np.float32) / 32768) + " final"
+    assert final == {
+        "name": "hello.wav",
+        "signal": "end",
+        "result": expected_text,
+        "status": "ok",
+        "times": [{"w": "n", "bg": 0.0, "ed": 1.0}],
+    }
+    [path] = wavs(server)
+    assert path.name == "hello.wav"
+    saved, rate = read_wav(path)
+    assert rate == 16000 and saved.shape == (16000, 1)
+    np.testing.assert_array_equal((saved[:, 0] * 32768).astype(np.int16), audio)
+
+
+async def test_nbest_replies(server: Server) -> None:
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg(nbest=3))
+        await recv_json(ws)
+        await ws.send_message(pcm16(100).tobytes())
+        partial = await recv_json(ws)
+        assert set(partial) == {"result", "nbest"}
+        assert len(partial["nbest"]) == 3
+        assert all(set(h) == {"text", "score"} and isinstance(h["score"], float) for h in partial["nbest"])
+        assert partial["nbest"][0]["text"] == partial["result"]
+        await ws.send_message(end_msg())
+        final = await recv_json(ws)
+        assert len(final["nbest"]) == 3 and final["nbest"][0]["text"] == final["result"]
+
+
+async def test_pipelined_client_gets_one_reply_per_frame_in_order(server: Server, recognizer) -> None:
+    recognizer.decode_delay = 0.001
+    audio = pcm16(30000)
+    frames = chunks(audio.tobytes(), 999) + [b""] * 3  # odd sizes and empty frames
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg())
+        for frame in frames:
+            await ws.send_message(frame)
+        await ws.send_message(end_msg())
+        replies = [await recv_json(ws) for _ in range(len(frames) + 2)]
+    assert replies[0]["signal"] == "server_ready"
+    total = 0
+    for frame, reply in zip(frames, replies[1:-1]):
+        total += len(frame)
+        n = total // 2
+        assert reply == {"result": summary(audio[:n].astype(np.float32) / 32768)}
+    assert replies[-1]["signal"] == "end"
+    assert replies[-1]["result"] == summary(audio.astype(np.float32) / 32768) + " final"
+
+
+async def test_second_start_finishes_first_stream(server: Server) -> None:
+    a, b = pcm16(500), pcm16(700)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("one.wav"))
+        await ws.send_message(a.tobytes())
+        await ws.send_message(start_msg("two.wav"))
+        await ws.send_message(b.tobytes())
+        await ws.send_message(end_msg("two.wav"))
+        replies = [await recv_json(ws) for _ in range(6)]
+    assert [r.get("signal") for r in replies] == ["server_ready", None, "end", "server_ready", None, "end"]
+    assert replies[2]["name"] == "one.wav" and replies[2]["result"].startswith(summary(a / np.float32(32768)))
+    assert replies[5]["name"] == "two.wav" and replies[5]["result"].startswith(summary(b / np.float32(32768)))
+    assert [p.name for p in wavs(server)] == ["one.wav", "two.wav"]
+
+
+async def test_stereo_48k_is_saved_as_sent_and_decoded_as_16k_mono(server: Server, recognizer) -> None:
+    stereo = RNG.integers(-10000, 10000, size=(4800, 2), dtype=np.int16)
+    data = stereo.tobytes()
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("st.wav", sampleRate=48000, channels=2))
+        await recv_json(ws)
+        for chunk in chunks(data, 1001):  # splits inside sample groups
+            await ws.send_message(chunk)
+            await recv_json(ws)
+        await ws.send_message(end_msg())
+        await recv_json(ws)
+    saved, rate = read_wav(wavs(server)[0])
+    assert rate == 48000 and saved.shape == (4800, 2)
+    np.testing.assert_array_equal((saved * 32768).astype(np.int16), stereo)
+    decoded = np.concatenate(recognizer.streams[0].samples)
+    mono = stereo.astype(np.float32).mean(axis=1) / 32768
+    np.testing.assert_allclose(decoded, resample(mono, 48000, 16000), atol=1e-5)
+
+
+# ------------------------------------------------------------ HTTP routing
+
+
+async def test_health(server: Server) -> None:
+    for path in ("/health", "/healthz"):
+        status, body = await http_get(server.port, path)
+        assert status == 200
+        assert json.loads(body)["status"] == "ok"
+
+
+async def test_wrong_path_is_404(server: Server) -> None:
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with trio_websocket.open_websocket_url(ws_url(server.port, "/paddlespeech/asr/other")):
+            pass
+    assert info.value.status_code == 404
+    status, _ = await http_get(server.port, "/nothing")
+    assert status == 404
+
+
+async def test_plain_get_of_ws_path_is_426(server: Server) -> None:
+    status, _ = await http_get(server.port, "/paddlespeech/asr/streaming")
+    assert status == 426
+
+
+async def test_garbage_http_is_400(server: Server) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(b"\x00\x01 not http\r\n\r\n")
+        with trio.fail_after(5):
+            data = await stream.receive_some()
+    assert data.startswith(b"HTTP/1.1 400")
+
+
+async def test_max_connections_is_503(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start_server(nursery, tmp_path, max_connections=2)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as one:
+        async with trio_websocket.open_websocket_url(ws_url(server.port)):
+            with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                async with trio_websocket.open_websocket_url(ws_url(server.port)):
+                    pass
+            assert info.value.status_code == 503
+            status, body = await http_get(server.port, "/health")
+            assert status == 503 and json.loads(body)["status"] == "full"
+        await one.send_message(start_msg())
+        assert (await recv_json(one))["signal"] == "server_ready"
+    # slots are given back once clients leave
+    with trio.fail_after(5):
+        while server.connections:
+            await trio.sleep(0.01)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg())
+        await recv_json(ws)
+
+
+# ------------------------------------------------------------ errors (§6)
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "signal"),
+    [
+        (["not json"], 1007, None),
+        (["[1]"], 1007, None),
+        (['{"signal": "start", "nbest": 1}'], 1007, "start"),
+        (['{"signal": "start", "name": "a", "nbest": true}'], 1007, "start"),
+        (['{"signal": "pause", "name": "a"}'], 1008, "pause"),
+        ([b"\x00\x00"], 1008, None),
+        (['{"signal": "end", "name": "a", "nbest": 1}'], 1008, "end"),
+        ([start_msg(bitsPerSample=8)], 1003, "start"),
+        ([start_msg(channels=0)], 1003, "start"),
+        ([start_msg(sampleRate=1)], 1003, "start"),
+        ([start_msg(nbest=0)], 1008, "start"),
+        ([start_msg(nbest=1000)], 1008, "start"),
+        ([start_msg(), b"\x00" * 10, "{oops"], 1007, None),
+    ],
+)
+async def test_protocol_errors_get_json_error_and_close_code(
+    server: Server, messages: list, code: int, signal: str | None
+) -> None:
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        for message in messages:
+            await ws.send_message(message)
+        replies = []
+        with trio.fail_after(10):
+            try:
+                while True:
+                    replies.append(json.loads(await ws.get_message()))
+            except trio_websocket.ConnectionClosed as exc:
+                closed = exc.reason.code
+    error = replies[-1]
+    assert error["status"] == "error" and error["signal"] == signal and isinstance(error["message"], str)
+    assert closed == code
+    assert all(r.get("status") != "error" for r in replies[:-1])
+
+
+async def test_oversize_frame_is_1009(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start_server(nursery, tmp_path, max_message_bytes=4000)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg())
+        await recv_json(ws)
+        await ws.send_message(b"\x00" * 4000)
+        assert "result" in await recv_json(ws)
+        await ws.send_message(b"\x00" * 4001)
+        error = await recv_json(ws)
+        assert error["status"] == "error"
+        assert await expect_close(ws) == 1009
+    # far over the limit: the WebSocket layer cuts it off before buffering it
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("big.wav"))
+        await recv_json(ws)
+        await ws.send_message(b"\x00" * 100_000)
+        assert await expect_close(ws) == 1009
+    assert len(wavs(server)) == 2
+
+
+async def test_idle_client_is_closed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start_server(nursery, tmp_path, idle_timeout=0.3)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("idle.wav"))
+        await recv_json(ws)
+        await ws.send_message(pcm16(160).tobytes())
+        await recv_json(ws)
+        error = await recv_json(ws)  # nothing sent for longer than the timeout
+        assert error["status"] == "error" and "0.3" in error["message"]
+        assert await expect_close(ws) == 1008
+    saved, _ = read_wav(wavs(server)[0])
+    assert saved.shape == (160, 1)
+
+
+async def test_recognizer_failure_is_1011_and_isolated(server: Server, recognizer) -> None:
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as good:
+        await good.send_message(start_msg("good.wav"))
+        await recv_json(good)
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as bad:
+            await bad.send_message(start_msg("bad.wav"))
+            await recv_json(bad)
+            recognizer.fail_on_decode = True
+            await bad.send_message(pcm16(10).tobytes())
+            error = await recv_json(bad)
+            assert error["status"] == "error"
+            assert await expect_close(bad) == 1011
+        recognizer.fail_on_decode = False
+        await good.send_message(pcm16(10).tobytes())
+        assert "result" in await recv_json(good)
+    saved, _ = read_wav(server.config.audio_dir / "bad.wav")
+    assert saved.shape == (10, 1), "audio of the failed stream is still saved"
+
+
+# ------------------------------------------------------------ saving
+
+
+async def test_disconnect_mid_stream_saves_all_audio(server: Server) -> None:
+    audio = pcm16(8001)
+    data = audio.tobytes()
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("cut.wav"))
+        await recv_json(ws)
+        for chunk in chunks(data, 3001):  # odd sizes: the last byte pairs up across frames
+            await ws.send_message(chunk)
+    # the client is gone without "end"; wait until the server let go of it
+    with trio.fail_after(5):
+        while server.connections:
+            await trio.sleep(0.01)
+    saved, _ = read_wav(server.config.audio_dir / "cut.wav")
+    np.testing.assert_array_equal((saved[:, 0] * 32768).astype(np.int16), audio)
+
+
+async def test_abrupt_tcp_reset_mid_stream(server: Server) -> None:
+    audio = pcm16(4000)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("reset.wav"))
+        await recv_json(ws)
+        await ws.send_message(audio.tobytes())
+        await recv_json(ws)
+        await ws._stream.aclose()  # vanish without a close handshake
+    with trio.fail_after(5):
+        while server.connections:
+            await trio.sleep(0.01)
+    saved, _ = read_wav(server.config.audio_dir / "reset.wav")
+    assert saved.shape == (4000, 1)
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escape.wav", "/etc/passwd", "..", "a/b\\c.wav", "CON", "nul.txt", "", "x" * 250]
+)
+async def test_untrusted_names_stay_inside_audio_dir(server: Server, name: str) -> None:
+    for _ in range(2):
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+            await ws.send_message(start_msg(name))
+            await recv_json(ws)
+            await ws.send_message(pcm16(10).tobytes())
+            await recv_json(ws)
+            await ws.send_message(end_msg(name))
+            await recv_json(ws)
+    audio_dir = server.config.audio_dir.resolve()
+    files = [p for p in audio_dir.parent.rglob("*") if p.is_file()]
+    assert len(files) == 2, "same name twice gives two files"
+    assert all(p.parent == audio_dir for p in files)
+    assert all(read_wav(p)[0].shape == (10, 1) for p in files)
+
+
+async def test_save_audio_off(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start_server(nursery, tmp_path, save_audio=False)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg())
+        await recv_json(ws)
+        await ws.send_message(end_msg())
+        assert (await recv_json(ws))["signal"] == "end"
+    assert not server.config.audio_dir.exists()
+
+
+# ------------------------------------------------------------ concurrency, shutdown
+
+
+async def test_concurrent_clients_get_their_own_results(server: Server) -> None:
+    results: dict[int, tuple[str, str]] = {}
+
+    async def client(i: int) -> None:
+        audio = pcm16(3000 + 37 * i)
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+            await ws.send_message(start_msg(f"c{i}.wav"))
+            await recv_json(ws)
+            for chunk in chunks(audio.tobytes(), 800):
+                await ws.send_message(chunk)
+                await recv_json(ws)
+                await trio.sleep(0)
+            await ws.send_message(end_msg())
+            final = await recv_json(ws)
+        results[i] = (final["result"], summary(audio.astype(np.float32) / 32768) + " final")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(client, i)
+    assert len(results) == 20
+    for got, expected in results.values():
+        assert got == expected
+    assert len(wavs(server)) == 20
+
+
+async def test_graceful_shutdown_lets_open_stream_finish(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start_server(nursery, tmp_path, grace_period=5.0)
+    audio = pcm16(2000)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as busy:
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as idle:
+            await busy.send_message(start_msg("busy.wav"))
+            await recv_json(busy)
+            server.shutdown()
+            # an idle connection is closed at once with 1001
+            error = await recv_json(idle)
+            assert error["status"] == "error"
+            assert await expect_close(idle) == 1001
+            # no new connections
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", server.port)
+            # the open stream can still finish
+            await busy.send_message(audio.tobytes())
+            assert "result" in await recv_json(busy)
+            await busy.send_message(end_msg("busy.wav"))
+            assert (await recv_json(busy))["signal"] == "end"
+            assert await expect_close(busy) == 1001
+
+
+async def test_shutdown_after_grace_cuts_stream_and_saves(tmp_path: Path) -> None:
+    audio = pcm16(1000)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, make_config(tmp_path, grace_period=0.2), CountingRecognizer())
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+            await ws.send_message(start_msg("slow.wav"))
+            await recv_json(ws)
+            await ws.send_message(audio.tobytes())
+            await recv_json(ws)
+            with trio.fail_after(5):
+                server.shutdown()
+                error = await recv_json(ws)
+                assert await expect_close(ws) == 1001
+            assert error["status"] == "error"
+    # serve() returned by itself (the nursery exited without cancellation)
+    saved, _ = read_wav(tmp_path / "audio" / "slow.wav")
+    assert saved.shape == (1000, 1)
