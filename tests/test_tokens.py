@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures import zipformer2_ctc
 from trio_asr.tokens import BYTE_TO_CHAR, TokenTable
 
 # icefall/byte_utils.py: the code point standing in for byte b is PUBLISHED[b].
@@ -196,3 +198,42 @@ def test_bbpe_can_be_forced_either_way():
     assert TokenTable(pieces).text([3]) == "你"
     assert TokenTable(pieces, bbpe=False).text([3]) == byte_encode("你")
     assert TokenTable(["<blk>", "\u2581ab", "c"], bbpe=True).text([1, 2]) == "abc"
+
+
+def bbpe_tokens_file(path: Path, size: int) -> Path:
+    """A Chinese byte-level BPE tokens.txt: each character whole (after ▁) and
+    split after its first and second byte, then every single byte."""
+    pieces = [*SPECIALS, "\u2581"]
+    for ch in "".join(CHINESE) + "".join(chr(0x4E00 + 37 * k) for k in range(200)):
+        spelled = byte_encode(ch)
+        pieces += ["\u2581" + spelled, spelled[:1], spelled[1:], spelled[:2], spelled[2:]]
+    pieces += [ENCODE[b] for b in range(256) if b != 32]
+    pieces = list(dict.fromkeys(pieces))[:size]
+    path.write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bbpe_text_matches_sherpa_onnx(tmp_path, seed):
+    """sherpa-onnx decodes a synthetic model's (random, so often broken)
+    byte-level token sequence; our text of its tokens must be its text."""
+    sherpa_onnx = pytest.importorskip("sherpa_onnx")
+
+    tokens = bbpe_tokens_file(tmp_path / "bbpe_tokens.txt", zipformer2_ctc.TINY.vocab_size)
+    model_dir = zipformer2_ctc.write_model(tmp_path / "model", tokens=tokens, seed=seed)
+    recognizer = sherpa_onnx.OnlineRecognizer.from_zipformer2_ctc(
+        tokens=str(model_dir / "tokens.txt"), model=str(model_dir / "model.onnx"), num_threads=1
+    )
+    stream = recognizer.create_stream()
+    noise = np.random.default_rng(seed).standard_normal(16000 * 4).astype(np.float32) * 0.1
+    stream.accept_waveform(16000, noise)
+    stream.input_finished()
+    while recognizer.is_ready(stream):
+        recognizer.decode_stream(stream)
+    result = recognizer.get_result_all(stream)
+
+    table = TokenTable.from_file(model_dir / "tokens.txt")
+    assert table.bbpe
+    ids = [table.id(piece) for piece in result.tokens]
+    assert len(ids) > 10
+    assert table.text(ids) == result.text
