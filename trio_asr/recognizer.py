@@ -1,0 +1,150 @@
+"""A streaming recognizer: features, acoustic model, CTC search and text, per stream.
+
+:class:`Recognizer` holds what streams share (the loaded model, the decoding
+settings); :class:`RecognizerStream` is one utterance being decoded.  Nothing
+here knows about sockets or trio: the server calls these methods from a worker
+thread, one thread per stream at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import numpy as np
+
+from trio_asr.features import StreamingFbank
+from trio_asr.model import AcousticModel
+from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
+
+__all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "TokenTime"]
+
+# StreamingFbank scales float input by this (the int16 range).
+_FBANK_FLOAT_SCALE = 32768.0
+
+
+@attrs.frozen
+class TokenTime:
+    """One token of a result with its time span in seconds from the stream's start."""
+
+    piece: str
+    start: float
+    end: float
+
+
+@attrs.frozen
+class RecognitionResult:
+    """The recognizer's view of a stream so far.
+
+    ``nbest`` holds ``(text, log score)`` pairs, best first, distinct texts
+    (at most the number of hypotheses asked for); ``text == nbest[0][0]``.
+    ``times`` covers the best hypothesis' tokens that produce visible text.
+    """
+
+    text: str
+    nbest: tuple[tuple[str, float], ...]
+    times: tuple[TokenTime, ...]
+
+
+@attrs.frozen
+class Recognizer:
+    """Creates streams over one acoustic model.
+
+    ``decoding`` is ``"beam"`` (CTC prefix beam search of width ``beam``) or
+    ``"greedy"`` (best path; n-best then has one entry).
+    """
+
+    model: AcousticModel
+    beam: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    decoding: Literal["beam", "greedy"] = attrs.field(
+        default="beam", validator=attrs.validators.in_(("beam", "greedy"))
+    )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    def create_stream(self, nbest: int = 1) -> RecognizerStream:
+        return RecognizerStream(self, nbest)
+
+
+class RecognizerStream:
+    """One utterance: accepts audio at the model's rate, decodes it chunk by chunk.
+
+    Call :meth:`accept_waveform` as audio arrives, :meth:`decode` to run every
+    model chunk that is complete, :meth:`input_finished` once at the end (it
+    decodes the padded tail, so no audio is lost), and :meth:`result` at any
+    time.  Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, recognizer: Recognizer, nbest: int = 1) -> None:
+        if nbest < 1:
+            raise ValueError(f"nbest must be >= 1, not {nbest}")
+        model = recognizer.model
+        self.nbest = nbest
+        self._model = model
+        self._fbank = StreamingFbank(model.feature_options)
+        self._input_scale = model.sample_scale / _FBANK_FLOAT_SCALE
+        self._chunks = model.create_stream()
+        blank = model.tokens.blank_id
+        if recognizer.decoding == "greedy":
+            self._search: GreedySearch | PrefixBeamSearch = GreedySearch(blank_id=blank)
+        else:
+            self._search = PrefixBeamSearch(beam=max(recognizer.beam, nbest), blank_id=blank)
+        self.samples_accepted = 0
+        self._finished = False
+
+    @property
+    def seconds_accepted(self) -> float:
+        return self.samples_accepted / self._model.sample_rate
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def accept_waveform(self, samples: np.ndarray) -> None:
+        """Append mono float samples in [-1, 1] at the model's sample rate."""
+        if self._finished:
+            raise RuntimeError("input already finished")
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected 1-D samples, got shape {samples.shape}")
+        self.samples_accepted += len(samples)
+        frames = self._fbank.accept_waveform(samples * np.float32(self._input_scale))
+        if len(frames):
+            self._chunks.accept_features(frames)
+
+    def decode(self) -> None:
+        """Run every complete model chunk and advance the search."""
+        log_probs = self._chunks.decode_ready_chunks()
+        if len(log_probs):
+            self._search.accept(log_probs)
+
+    def input_finished(self) -> None:
+        """End of audio: flush the features, decode everything left (padded)."""
+        if self._finished:
+            return
+        self._finished = True
+        tail = self._fbank.flush()
+        if len(tail):
+            self._chunks.accept_features(tail)
+        self._chunks.input_finished()
+        self.decode()
+
+    def result(self) -> RecognitionResult:
+        if isinstance(self._search, GreedySearch):
+            hypotheses = [self._search.best]
+        else:
+            hypotheses = self._search.nbest(self.nbest)
+        tokens = self._model.tokens
+        nbest = tuple((tokens.text(h.tokens), h.score) for h in hypotheses)
+        return RecognitionResult(nbest[0][0], nbest, self._times(hypotheses[0]))
+
+    def _times(self, hypothesis: Hypothesis) -> tuple[TokenTime, ...]:
+        shift = self._model.frame_shift_s
+        pieces = self._model.tokens.pieces(hypothesis.tokens)
+        return tuple(
+            TokenTime(piece.strip() or piece, frame * shift, (frame + 1) * shift)
+            for piece, frame in zip(pieces, hypothesis.frames)
+            if piece.strip()
+        )
