@@ -239,3 +239,11 @@ def test_bad_settings_are_refused():
         PrefixBeamSearch(4, token_top_k=0)
     with pytest.raises(ValueError):
         PrefixBeamSearch(4).nbest(0)
+
+
+@pytest.mark.parametrize("make", [GreedySearch, PrefixBeamSearch])
+def test_frames_are_counted_across_calls(make):
+    search = make()
+    for frames in (3, 0, 5):
+        search.accept(np.log(np.full((frames, 4), 0.25, dtype=np.float32)))
+    assert search.num_frames == 8

@@ -69,6 +69,11 @@ class GreedySearch:
     def best(self) -> Hypothesis:
         return Hypothesis(tuple(self._tokens), self._score, tuple(self._frames))
 
+    @property
+    def num_frames(self) -> int:
+        """Frames accepted so far."""
+        return self._num_frames
+
 
 @attrs.define
 class _Beam:
@@ -89,10 +94,11 @@ class _Beam:
     @classmethod
     def build(cls, prefixes, frames, blank, token) -> _Beam:
         row = {p: i for i, p in enumerate(prefixes)}
-        pairs = [(row[p[:-1]], i) for i, p in enumerate(prefixes) if p and p[:-1] in row]
-        parent, child = (np.array(x, dtype=np.intp) for x in zip(*pairs)) if pairs else (np.empty(0, np.intp),) * 2
+        pairs = np.array(
+            [(row[p[:-1]], i) for i, p in enumerate(prefixes) if p and p[:-1] in row], dtype=np.intp
+        ).reshape(-1, 2)
         last = np.array([p[-1] if p else -1 for p in prefixes], dtype=np.intp)
-        return cls(prefixes, frames, blank, token, last, parent, child)
+        return cls(prefixes, frames, blank, token, last, pairs[:, 0], pairs[:, 1])
 
     @property
     def total(self) -> np.ndarray:
@@ -216,3 +222,8 @@ class PrefixBeamSearch:
     @property
     def best(self) -> Hypothesis:
         return self.nbest(1)[0]
+
+    @property
+    def num_frames(self) -> int:
+        """Frames accepted so far."""
+        return self._num_frames
