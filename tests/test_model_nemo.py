@@ -85,8 +85,8 @@ def padded(samples: np.ndarray) -> np.ndarray:
 
 
 def fbank(model: NemoCtcModel, samples: np.ndarray) -> np.ndarray:
-    """All frames of ``samples`` ([-1, 1], as sherpa-onnx takes them) with the
-    model's feature options, computed by kaldi-native-fbank."""
+    """All frames of ``samples`` (in [-1, 1], as sherpa-onnx takes them) with
+    the model's feature options and sample scale, by kaldi-native-fbank."""
     o = model.feature_options
     opts = knf.FbankOptions()
     f, m = opts.frame_opts, opts.mel_opts
@@ -98,7 +98,7 @@ def fbank(model: NemoCtcModel, samples: np.ndarray) -> np.ndarray:
     m.num_bins, m.low_freq, m.high_freq = o.num_bins, o.low_freq, o.high_freq
     m.is_librosa = model.librosa_mel  # not expressible in FbankOptions (yet)
     online = knf.OnlineFbank(opts)
-    online.accept_waveform(o.sample_rate, samples.tolist())
+    online.accept_waveform(o.sample_rate, (samples * model.sample_scale).tolist())
     online.input_finished()
     return np.array([online.get_frame(i) for i in range(online.num_frames_ready)], np.float32)
 
@@ -198,6 +198,11 @@ def test_frame_geometry_comes_from_metadata(model, model_dir):
     x = np.zeros((1, model.chunk_frames, model.feature_dim), np.float32)
     log_probs, _ = model.run(x, [model.initial_state()])
     assert log_probs.shape == (1, model.chunk_shift // model.subsampling, model.vocab_size)
+
+
+def test_pad_value_is_the_features_of_silence(model):
+    silence = fbank(model, np.zeros(16000, np.float32))
+    np.testing.assert_allclose(silence, model.feature_pad_value, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("feed", [1, 13, 200])

@@ -91,6 +91,7 @@ class NemoCtcModel(AcousticModel):
 
     sample_rate = 16000
     feature_pad_value = _SILENCE_LOG_ENERGY
+    sample_scale = 1.0  # sherpa-onnx's normalize_samples=True
     #: The features need librosa (Slaney) mel filters, see the module docstring.
     librosa_mel = True
 
