@@ -6,19 +6,12 @@ import json
 import threading
 from typing import Any
 
-import attrs
 import numpy as np
 import trio
 import trio_websocket
 
+from trio_asr.recognizer import RecognitionResult, TokenTime
 from trio_asr.server import WS_PATH
-
-
-@attrs.frozen
-class FakeResult:
-    text: str
-    nbest: list[tuple[str, float]]
-    times: list[tuple[str, float, float]]
 
 
 class CountingStream:
@@ -50,11 +43,11 @@ class CountingStream:
     def input_finished(self) -> None:
         self.finished = True
 
-    def result(self) -> FakeResult:
+    def result(self) -> RecognitionResult:
         x = np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
         text = summary(x) + (" final" if self.finished else "")
-        nbest = [(text + "'" * i, -float(i)) for i in range(self.nbest)]
-        return FakeResult(text, nbest, [("n", 0.0, x.size / self.recognizer.sample_rate)])
+        nbest = tuple((text + "'" * i, -float(i)) for i in range(self.nbest))
+        return RecognitionResult(text, nbest, (TokenTime("n", 0.0, x.size / self.recognizer.sample_rate),))
 
 
 def summary(x: np.ndarray) -> str:

@@ -31,10 +31,12 @@ overwrite a file.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -49,6 +51,7 @@ import trio_websocket
 
 from trio_asr.audio import WavWriter, create_unique_wav
 from trio_asr.config import ServerConfig
+from trio_asr.config import ConfigError, load_config
 from trio_asr.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -67,9 +70,10 @@ from trio_asr.protocol import (
     State,
     encode_reply,
 )
+from trio_asr.recognizer import RecognitionResult
 from trio_asr.resample import StreamingResampler
 
-__all__ = ["WS_PATH", "Recognizer", "Server", "serve"]
+__all__ = ["WS_PATH", "Recognizer", "Server", "add_serve_parser", "serve"]
 
 log = logging.getLogger("trio_asr.server")
 
@@ -81,15 +85,15 @@ class RecognizerStream(Protocol):
     def accept_waveform(self, samples: np.ndarray) -> None: ...
     def decode(self) -> None: ...
     def input_finished(self) -> None: ...
-    def result(self) -> Any: ...
+    def result(self) -> RecognitionResult: ...
 
 
 class Recognizer(Protocol):
     """What the server needs of a recognizer (see ``trio_asr.recognizer``).
 
     ``create_stream(nbest)`` returns a stream taking float32 mono samples at
-    :attr:`sample_rate`; ``result()`` gives an object with ``text``,
-    ``nbest`` [(text, score)] and ``times`` [(piece, start s, end s)].
+    :attr:`sample_rate`; ``result()`` gives a
+    :class:`~trio_asr.recognizer.RecognitionResult`.
     Stream methods are called from worker threads, one call at a time per
     stream.
     """
@@ -519,7 +523,7 @@ class Session:
         rs.decode()
         result = rs.result()
         stream.decode_seconds += time.perf_counter() - t0
-        times = tuple((str(w), float(bg), float(ed)) for w, bg, ed in result.times)
+        times = tuple((t.piece, float(t.start), float(t.end)) for t in result.times)
         return FinalResult(
             name=stream.start.name, text=result.text, nbest=_nbest(result, stream.start.nbest), times=times
         )
@@ -573,7 +577,7 @@ class _Unsupported(Exception):
     """The client's audio format cannot be served (close 1003)."""
 
 
-def _nbest(result: Any, n: int) -> tuple[tuple[str, float], ...]:
+def _nbest(result: RecognitionResult, n: int) -> tuple[tuple[str, float], ...]:
     if n <= 1:
         return ()
     return tuple((str(text), float(score)) for text, score in list(result.nbest)[:n])
@@ -610,3 +614,68 @@ async def _shutdown_on_signals(server: Server) -> None:
         async for signum in received:
             log.warning("received %s: shutting down", signal.Signals(signum).name)
             server.shutdown(immediately=server.draining)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` sub-command to ``trio-asr``'s parser.
+
+    Flags left out keep the value from ``--config`` (TOML) or the default.
+    """
+    parser = subparsers.add_parser("serve", help="run the streaming ASR WebSocket server")
+    parser.add_argument("--config", type=Path, help="TOML file with ServerConfig settings")
+    parser.add_argument("--host", help="interface to bind (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="TCP port (default 8090; 0 picks a free one)")
+    parser.add_argument("--model", help="model directory or registry name (default: $TRIO_ASR_MODEL_DIR or the cache)")
+    parser.add_argument("--audio-dir", type=Path, help="where streams are saved as WAV (default ./audio)")
+    parser.add_argument(
+        "--save-audio", action=argparse.BooleanOptionalAction, default=None, help="save each stream (default on)"
+    )
+    parser.add_argument("--beam", type=int, help="CTC prefix beam width (default 10)")
+    parser.add_argument("--nbest-max", type=int, help="largest nbest a client may ask for (default 10)")
+    parser.add_argument("--max-connections", type=int, help="WebSocket sessions at once (default 100)")
+    parser.add_argument("--max-message-bytes", type=int, help="largest frame accepted (default 1 MiB)")
+    parser.add_argument("--max-stream-seconds", type=float, help="longest stream accepted (default 3600)")
+    parser.add_argument("--idle-timeout", type=float, help="close clients silent this long, s (default 60)")
+    parser.add_argument("--grace-period", type=float, help="s open streams get on shutdown (default 10)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model run (default 1)")
+    parser.add_argument("--workers", type=int, help="decode calls at once (default: CPU count)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default warning")
+    parser.set_defaults(run=run_serve)
+    return parser
+
+
+_SERVE_FLAGS = (
+    "host", "port", "model", "audio_dir", "save_audio", "beam", "nbest_max", "max_connections",
+    "max_message_bytes", "max_stream_seconds", "idle_timeout", "grace_period", "threads", "workers", "log_level",
+)  # fmt: skip
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from trio_asr.model import ModelError, load_model
+    from trio_asr.model_store import ModelNotAvailable, resolve_model_dir
+    from trio_asr.recognizer import Recognizer as AsrRecognizer
+
+    try:
+        config = load_config(args.config, {flag: getattr(args, flag) for flag in _SERVE_FLAGS})
+    except ConfigError as exc:
+        print(f"trio-asr serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model_dir = resolve_model_dir(config.model)
+        model = load_model(model_dir, threads=config.threads)
+    except (ModelNotAvailable, ModelError) as exc:
+        print(f"trio-asr serve: {exc}", file=sys.stderr)
+        return 1
+    recognizer = AsrRecognizer(model, beam=config.beam)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve, config, recognizer, handle_signals=True))
+            print(f"trio-asr: serving ws://{config.host}:{server.port}{WS_PATH} (model {model_dir})", file=sys.stderr)
+
+    trio.run(main)
+    return 0
