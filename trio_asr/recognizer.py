@@ -15,6 +15,7 @@ import numpy as np
 
 from trio_asr.features import StreamingFbank
 from trio_asr.model import AcousticModel
+from trio_asr.resample import StreamingResampler
 from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
 
 __all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "TokenTime"]
@@ -64,12 +65,16 @@ class Recognizer:
     def sample_rate(self) -> int:
         return self.model.sample_rate
 
-    def create_stream(self, nbest: int = 1) -> RecognizerStream:
-        return RecognizerStream(self, nbest)
+    def create_stream(self, nbest: int = 1, sample_rate: int | None = None) -> RecognizerStream:
+        """A new stream taking audio at ``sample_rate`` (default: the model's)."""
+        return RecognizerStream(self, nbest, sample_rate)
 
 
 class RecognizerStream:
-    """One utterance: accepts audio at the model's rate, decodes it chunk by chunk.
+    """One utterance: accepts mono audio, decodes it chunk by chunk.
+
+    Audio at another rate than the model's is resampled on the way in
+    (streaming polyphase resampler; see :mod:`trio_asr.resample`).
 
     Call :meth:`accept_waveform` as audio arrives, :meth:`decode` to run every
     model chunk that is complete, :meth:`input_finished` once at the end (it
@@ -77,11 +82,19 @@ class RecognizerStream:
     time.  Not thread-safe: one caller at a time.
     """
 
-    def __init__(self, recognizer: Recognizer, nbest: int = 1) -> None:
+    def __init__(
+        self, recognizer: Recognizer, nbest: int = 1, sample_rate: int | None = None
+    ) -> None:
         if nbest < 1:
             raise ValueError(f"nbest must be >= 1, not {nbest}")
         model = recognizer.model
         self.nbest = nbest
+        self.sample_rate = model.sample_rate if sample_rate is None else sample_rate
+        self._resampler = (
+            None
+            if self.sample_rate == model.sample_rate
+            else StreamingResampler(self.sample_rate, model.sample_rate)
+        )
         self._model = model
         self._fbank = StreamingFbank(model.feature_options)
         self._input_scale = model.sample_scale / _FBANK_FLOAT_SCALE
@@ -96,20 +109,25 @@ class RecognizerStream:
 
     @property
     def seconds_accepted(self) -> float:
-        return self.samples_accepted / self._model.sample_rate
+        return self.samples_accepted / self.sample_rate
 
     @property
     def finished(self) -> bool:
         return self._finished
 
     def accept_waveform(self, samples: np.ndarray) -> None:
-        """Append mono float samples in [-1, 1] at the model's sample rate."""
+        """Append mono float samples in [-1, 1] at the stream's sample rate."""
         if self._finished:
             raise RuntimeError("input already finished")
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected 1-D samples, got shape {samples.shape}")
         self.samples_accepted += len(samples)
+        if self._resampler is not None:
+            samples = self._resampler.process(samples)
+        self._accept_model_rate(samples)
+
+    def _accept_model_rate(self, samples: np.ndarray) -> None:
         frames = self._fbank.accept_waveform(samples * np.float32(self._input_scale))
         if len(frames):
             self._chunks.accept_features(frames)
@@ -125,6 +143,8 @@ class RecognizerStream:
         if self._finished:
             return
         self._finished = True
+        if self._resampler is not None:
+            self._accept_model_rate(self._resampler.flush())
         tail = self._fbank.flush()
         if len(tail):
             self._chunks.accept_features(tail)

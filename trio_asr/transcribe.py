@@ -1,0 +1,107 @@
+"""Batch transcription of WAV files through the streaming recognizer.
+
+Files are streamed in fixed-size pieces through exactly the path the server
+uses (:class:`~trio_asr.recognizer.RecognizerStream`, resampling included), so
+``trio-asr transcribe`` and a client streaming the same file get the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import numpy as np
+
+from trio_asr.audio import down_mix, read_wav
+from trio_asr.progress import Progress
+from trio_asr.recognizer import RecognitionResult, Recognizer
+
+__all__ = ["format_result", "transcribe_file", "transcribe_samples"]
+
+
+def transcribe_samples(
+    recognizer: Recognizer,
+    samples: np.ndarray,
+    sample_rate: int,
+    *,
+    nbest: int = 1,
+    chunk_seconds: float = 0.1,
+) -> RecognitionResult:
+    """Decode ``samples`` ((n,) or (n, channels) float in [-1, 1]) as one stream,
+    fed ``chunk_seconds`` at a time."""
+    if chunk_seconds <= 0:
+        raise ValueError("chunk_seconds must be positive")
+    mono = down_mix(samples)
+    stream = recognizer.create_stream(nbest, sample_rate)
+    step = max(1, round(chunk_seconds * sample_rate))
+    for start in range(0, len(mono), step):
+        stream.accept_waveform(mono[start : start + step])
+        stream.decode()
+    stream.input_finished()
+    return stream.result()
+
+
+def transcribe_file(
+    recognizer: Recognizer, path: str | os.PathLike, *, nbest: int = 1, chunk_seconds: float = 0.1
+) -> RecognitionResult:
+    samples, rate = read_wav(path)
+    return transcribe_samples(recognizer, samples, rate, nbest=nbest, chunk_seconds=chunk_seconds)
+
+
+def format_result(
+    path: str, result: RecognitionResult, *, as_json: bool, nbest: int, timestamps: bool
+) -> str:
+    """One file's output: a JSON object per line, or ``path<TAB>text`` plus
+    indented n-best / timestamp lines."""
+    if as_json:
+        record: dict = {"file": path, "text": result.text}
+        if nbest > 1:
+            record["nbest"] = [{"text": t, "score": round(s, 4)} for t, s in result.nbest]
+        if timestamps:
+            record["times"] = [
+                {"w": t.piece, "bg": round(t.start, 3), "ed": round(t.end, 3)} for t in result.times
+            ]
+        return json.dumps(record, ensure_ascii=False)
+    lines = [f"{path}\t{result.text}"]
+    if nbest > 1:
+        lines += [f"  {rank}. {score:9.3f}  {text}" for rank, (text, score) in enumerate(result.nbest, 1)]
+    if timestamps:
+        lines += [f"  {t.start:7.2f} {t.end:7.2f}  {t.piece}" for t in result.times]
+    return "\n".join(lines)
+
+
+def run_batch(
+    recognizer: Recognizer,
+    paths: Sequence[str],
+    *,
+    nbest: int,
+    timestamps: bool,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+    progress: TextIO | None = sys.stderr,
+) -> int:
+    """Transcribe ``paths`` in order, printing each result as it is ready.
+
+    A file that cannot be read is reported on stderr and skipped; the return
+    value is the number of such failures.
+    """
+    failures = 0
+    show_bar = progress is not None and len(paths) > 1
+    with Progress(len(paths), "transcribing", stream=progress if show_bar else None) as bar:
+        for path in paths:
+            try:
+                result = transcribe_file(recognizer, path, nbest=nbest)
+            except (OSError, ValueError) as exc:
+                failures += 1
+                print(f"trio-asr: {path}: {exc}", file=sys.stderr)
+            else:
+                print(
+                    format_result(path, result, as_json=as_json, nbest=nbest, timestamps=timestamps),
+                    file=out,
+                    flush=True,
+                )
+            bar.advance()
+    return failures
