@@ -139,10 +139,12 @@ def test_greedy_matches_sherpa(request, streaming_ctc_model_dir, name, feed):
     search.accept(log_probs[: n_chunks * frames_per_chunk])
     best = search.best
     result = recognizer.get_result_all(theirs)
-    # sherpa-onnx's symbol table spells the word-boundary mark as a space.
-    assert [model.tokens.piece(t).replace("\u2581", " ") for t in best.tokens] == list(
-        result.tokens
-    )
+    # sherpa-onnx's symbol table spells the word-boundary mark as a space
+    # (except in byte-level BPE tables); compare modulo that spelling.
+    def spelled(pieces):
+        return [p.replace("\u2581", " ") for p in pieces]
+
+    assert spelled(model.tokens.piece(t) for t in best.tokens) == spelled(result.tokens)
     np.testing.assert_allclose(
         np.array(best.frames) * model.frame_shift_s, result.timestamps, atol=1e-5
     )
@@ -220,10 +222,9 @@ class _CheckEachBatch:
 
 
 def test_batched_equals_one_by_one(streaming_ctc_model_dir):
-    # Per run, batched == one by one to 1e-5.  Over a whole stream, float
-    # rounding differences of batched GEMMs (~1e-6) are amplified by the
-    # recurrent state of this deliberately sensitive fixture, so whole streams
-    # are compared more loosely.
+    # Per run, batched == one by one to 1e-5 (+1e-6 relative).  Over a whole
+    # stream the ~1e-6 rounding differences of batched GEMMs pass through the
+    # recurrent state, so whole streams are compared to 1e-4.
     model = load_zipformer2(streaming_ctc_model_dir)
     inputs = [features(model, audio(n)) for n in ("numbers.wav", "something.wav", "noise")]
     inputs[2] = inputs[2][:150]  # lengths differ: streams drop out of the batch
@@ -244,7 +245,7 @@ def test_batched_equals_one_by_one(streaming_ctc_model_dir):
     assert max(checking.batch_sizes) == 3 and min(checking.batch_sizes) < 3
     assert len(checking.batch_sizes) < sum(s.chunks_run for s in streams)
     for one, many, tail in zip(single, batched, tails):
-        np.testing.assert_allclose(np.concatenate([many, tail]), one, atol=2e-3, rtol=0)
+        np.testing.assert_allclose(np.concatenate([many, tail]), one, atol=1e-4, rtol=0)
 
 
 def test_fixture_depends_on_every_state(zipformer2_model_dir):
