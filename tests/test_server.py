@@ -455,3 +455,63 @@ async def test_shutdown_after_grace_cuts_stream_and_saves(tmp_path: Path) -> Non
     # serve() returned by itself (the nursery exited without cancellation)
     saved, _ = read_wav(tmp_path / "audio" / "slow.wav")
     assert saved.shape == (1000, 1)
+
+
+# ------------------------------------------------------------ configuration
+
+
+def test_config_from_toml_with_cli_overrides(tmp_path: Path) -> None:
+    from trio_asr.config import ConfigError, load_config
+
+    path = tmp_path / "server.toml"
+    path.write_text('port = 9000\nidle_timeout = 5\n[server]\nmax_connections = 3\naudio_dir = "/tmp/x"\n')
+    config = load_config(path, {"port": 9100, "beam": None})
+    assert (config.port, config.idle_timeout, config.max_connections) == (9100, 5.0, 3)
+    assert config.audio_dir == Path("/tmp/x") and config.beam == 10
+    path.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="prot"):
+        load_config(path)
+    path.write_text("port = 'x'\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
+    path.write_text("port = [\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "missing.toml")
+    for bad in ({"max_connections": 0}, {"port": 70000}, {"idle_timeout": -1}, {"log_level": "loud"}):
+        with pytest.raises(ConfigError):
+            load_config(None, bad)
+
+
+async def test_serve_command_exits_0_on_sigint(tmp_path: Path, zipformer2_model_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import argparse, sys\n"
+        "from trio_asr.server import add_serve_parser\n"
+        "parser = argparse.ArgumentParser(); add_serve_parser(parser.add_subparsers())\n"
+        "args = parser.parse_args(['serve'] + sys.argv[1:]); sys.exit(args.run(args))\n"
+    )
+    cmd = [sys.executable, "-c", script, "--port", "0", "--host", "127.0.0.1", "--model", str(zipformer2_model_dir)]
+    cmd += ["--audio-dir", str(tmp_path / "a")]
+    proc = await trio.lowlevel.open_process(cmd, stderr=subprocess.PIPE)
+    try:
+        line = b""
+        with trio.fail_after(30):
+            while b"serving ws://" not in line:
+                chunk = await proc.stderr.receive_some()
+                assert chunk, "server exited early"
+                line += chunk
+        port = int(line.split(b"serving ws://127.0.0.1:")[1].split(b"/")[0])
+        status, _ = await http_get(port, "/health")
+        assert status == 200
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(15):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
