@@ -515,3 +515,24 @@ async def test_serve_command_exits_0_on_sigint(tmp_path: Path, zipformer2_model_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_abrupt_and_silent_tcp_clients_do_not_hurt_the_server(nursery: trio.Nursery, tmp_path: Path) -> None:
+    import socket
+
+    server = await start_server(nursery, tmp_path, handshake_timeout=0.3)
+    for payload in (b"", b"GET /heal", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"GET " + b"x" * 70000):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        try:
+            await stream.send_all(payload)
+        except trio.BrokenResourceError:
+            pass
+        await stream.aclose()  # with SO_LINGER 0: a TCP reset
+    # a client that connects and says nothing is dropped after the handshake timeout
+    silent = await trio.open_tcp_stream("127.0.0.1", server.port)
+    with trio.fail_after(5):
+        assert await silent.receive_some() == b""
+    await silent.aclose()
+    status, _ = await http_get(server.port, "/health")
+    assert status == 200

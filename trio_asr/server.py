@@ -243,15 +243,26 @@ class Server:
         return 200, body
 
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
+        """Serve one TCP connection; its failures are logged, never propagated."""
         try:
             peer = "%s:%s" % stream.socket.getpeername()[:2]
         except (OSError, TypeError):
             peer = "?"
+        try:
+            await self._route(stream, peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("connection from %s broke", peer)
+        except Exception:
+            log.exception("connection from %s failed", peer)
+
+    async def _route(self, stream: trio.SocketStream, peer: str) -> None:
         async with stream:
+            conn: h11.Connection | None = None
+            request: h11.Request | None = None
             with trio.move_on_after(self.config.handshake_timeout):
                 conn, request, raw = await _read_request(stream)
             if request is None:
-                if conn.their_state is h11.ERROR:
+                if conn is not None and conn.their_state is h11.ERROR:
                     await _respond(stream, conn, 400, {"status": "error", "message": "bad request"})
                 return
             path = request.target.decode("ascii", "replace").split("?", 1)[0]
@@ -351,6 +362,7 @@ class Session:
         self._audio_seconds = 0.0
         self._decode_seconds = 0.0
         self._failed = False
+        self._nursery: trio.Nursery | None = None
 
     def wake(self) -> None:
         """Make the reader look at the server state (used when draining starts)."""
@@ -563,6 +575,7 @@ class Session:
                     if scope.cancelled_caught:
                         log.info("connection id=%d: client stopped reading; dropping it", self.id)
                         self.outcome = "client stopped reading"
+                        assert self._nursery is not None
                         self._nursery.cancel_scope.cancel()
                         return
                     if isinstance(reply, ErrorReply):
