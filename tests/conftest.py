@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import zipformer2_ctc
+from fixtures import zipformer2_ctc
 
 REAL_MODEL_ENV = "TRIO_ASR_TEST_MODEL_DIR"
 

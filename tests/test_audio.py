@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import SPEECH_FILES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,7 @@ from trio_asr.audio import (
     safe_wav_name,
 )
 
-SPEECH = sorted(Path("/work/shared/audio").glob("*.wav"))
+SPEECH = SPEECH_FILES
 
 
 def _riff(fmt_body: bytes, data: bytes, *, extra_chunks: bytes = b"") -> bytes:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from paths import MODELS_DIR
 
 from trio_asr.model_store import (
     DEFAULT_MODEL,
@@ -37,7 +38,7 @@ from trio_asr.model_store import (
     resolve_model_dir,
 )
 
-SHARED_MODEL = Path("/work/shared/models") / DEFAULT_MODEL
+SHARED_MODEL = MODELS_DIR / DEFAULT_MODEL
 NAME = "test-model"
 MODEL_BYTES = b"stand-in for model.int8.onnx"
 

@@ -33,7 +33,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.fixtures import zipformer2_ctc as fixture
+from fixtures import zipformer2_ctc as fixture
+from paths import AUDIO_DIR
 from trio_asr.features import StreamingFbank
 from trio_asr.model import ModelError, decode_streams, find_model_file, load_model
 from trio_asr.model.zipformer2_ctc import Zipformer2CtcModel
@@ -41,7 +42,7 @@ from trio_asr.search import GreedySearch
 
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 
-AUDIO = Path("/work/shared/audio")
+AUDIO = AUDIO_DIR
 SPEECH = ["numbers.wav", "something.wav", "paddlespeech-test.wav"]
 
 

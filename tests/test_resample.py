@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import SPEECH_FILES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_asr.audio import read_wav
 from trio_asr.resample import StreamingResampler, design_lowpass, resample
 
-SPEECH = sorted(Path("/work/shared/audio").glob("*.wav"))
+SPEECH = SPEECH_FILES
 PAIRS = [
     (48000, 16000),
     (44100, 16000),
@@ -29,7 +30,7 @@ PAIRS = [
 
 def _speech(max_seconds: float = 3.0) -> np.ndarray:
     if not SPEECH:
-        pytest.skip("no shared speech files in /work/shared/audio")
+        pytest.skip("no shared speech files in ../shared/audio")
     x, rate = read_wav(SPEECH[0])
     assert rate == 16000
     return x[: int(max_seconds * rate), 0]

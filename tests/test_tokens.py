@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures import zipformer2_ctc
+from fixtures import zipformer2_ctc
 from trio_asr.tokens import BYTE_TO_CHAR, TokenTable
 
 # icefall/byte_utils.py: the code point standing in for byte b is PUBLISHED[b].

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from trio_asr.model import zipformer2_ctc
+from trio_asr.model import nemo_ctc, zipformer2_ctc
 from trio_asr.model.base import (
     AcousticModel,
     ModelError,
@@ -36,6 +36,7 @@ __all__ = [
 # (name, module) in detection order; each module has matches() and a model class.
 _FORMATS = (
     ("zipformer2-ctc", zipformer2_ctc, zipformer2_ctc.Zipformer2CtcModel),
+    ("nemo-ctc", nemo_ctc, nemo_ctc.NemoCtcModel),
 )
 
 # sherpa-onnx release archives name the file model.int8.onnx or model.onnx;
