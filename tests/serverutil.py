@@ -11,6 +11,7 @@ import trio
 import trio_websocket
 
 from trio_asr.recognizer import RecognitionResult, TokenTime
+from trio_asr.resample import StreamingResampler
 from trio_asr.server import WS_PATH
 
 
@@ -22,9 +23,14 @@ class CountingStream:
     or cross-connection audio shows up in the text.
     """
 
-    def __init__(self, recognizer: CountingRecognizer, nbest: int) -> None:
+    def __init__(self, recognizer: CountingRecognizer, nbest: int, sample_rate: int) -> None:
         self.recognizer = recognizer
         self.nbest = nbest
+        # Like the real stream, resample to the recognizer's rate on the way in.
+        self.resampler = (
+            None if sample_rate == recognizer.sample_rate
+            else StreamingResampler(sample_rate, recognizer.sample_rate)
+        )
         self.samples: list[np.ndarray] = []
         self.finished = False
 
@@ -32,6 +38,8 @@ class CountingStream:
         assert samples.dtype == np.float32 and samples.ndim == 1
         assert not self.finished
         assert threading.current_thread() is not threading.main_thread(), "must run in a worker thread"
+        if self.resampler is not None:
+            samples = self.resampler.process(samples)
         self.samples.append(samples.copy())
 
     def decode(self) -> None:
@@ -41,6 +49,8 @@ class CountingStream:
             raise RuntimeError("boom")
 
     def input_finished(self) -> None:
+        if self.resampler is not None:
+            self.samples.append(self.resampler.flush())
         self.finished = True
 
     def result(self) -> RecognitionResult:
@@ -61,8 +71,8 @@ class CountingRecognizer:
         self.decode_delay = 0.0
         self.fail_on_decode = False
 
-    def create_stream(self, nbest: int) -> CountingStream:
-        stream = CountingStream(self, nbest)
+    def create_stream(self, nbest: int, sample_rate: int) -> CountingStream:
+        stream = CountingStream(self, nbest, sample_rate)
         self.streams.append(stream)
         return stream
 

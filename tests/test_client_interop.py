@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import trio
 import websockets.sync.client
+from paths import SPEECH_FILES
 from serverutil import ws_url
 
 from trio_asr.audio import WavWriter, read_wav
@@ -26,6 +27,7 @@ from trio_asr.model import load_model
 from trio_asr.recognizer import Recognizer
 from trio_asr.resample import resample
 from trio_asr.server import Server, serve
+from trio_asr.transcribe import transcribe_file
 
 RNG = np.random.default_rng(99)
 
@@ -177,3 +179,17 @@ async def test_client_command_prints_final_text(server: Server, recognizer: Reco
     bad = parser.parse_args(["client", str(path), "--url", ws_url(server.port, "/nope")])
     assert await trio.to_thread.run_sync(bad.run, bad) == 1
     assert "404" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", SPEECH_FILES, ids=[p.name for p in SPEECH_FILES])
+async def test_real_speech_over_the_wire_equals_transcribe(
+    server: Server, recognizer: Recognizer, path: Path
+) -> None:
+    """Each shared speech file sent the way PaddleSpeech's client sends it
+    ends with exactly the text `trio-asr transcribe` prints for the file."""
+    samples, rate = read_wav(path)
+    pcm = to_pcm16(samples[:, 0])
+    _, final = await trio.to_thread.run_sync(paddlespeech_like_session, ws_url(server.port), pcm.tobytes())
+    expected = transcribe_file(recognizer, path)
+    assert expected.text
+    assert final["result"] == expected.text

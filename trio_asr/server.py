@@ -71,7 +71,6 @@ from trio_asr.protocol import (
     encode_reply,
 )
 from trio_asr.recognizer import RecognitionResult
-from trio_asr.resample import StreamingResampler
 
 __all__ = ["WS_PATH", "Recognizer", "Server", "add_serve_parser", "serve"]
 
@@ -91,8 +90,9 @@ class RecognizerStream(Protocol):
 class Recognizer(Protocol):
     """What the server needs of a recognizer (see ``trio_asr.recognizer``).
 
-    ``create_stream(nbest)`` returns a stream taking float32 mono samples at
-    :attr:`sample_rate`; ``result()`` gives a
+    ``create_stream(nbest, sample_rate)`` returns a stream taking float32 mono
+    samples at ``sample_rate`` (resampling them to the model's rate itself, or
+    raising ValueError for a rate it cannot take); ``result()`` gives a
     :class:`~trio_asr.recognizer.RecognitionResult`.
     Stream methods are called from worker threads, one call at a time per
     stream.
@@ -100,7 +100,7 @@ class Recognizer(Protocol):
 
     sample_rate: int
 
-    def create_stream(self, nbest: int) -> RecognizerStream: ...
+    def create_stream(self, nbest: int, sample_rate: int) -> RecognizerStream: ...
 
 
 # ---------------------------------------------------------------- HTTP router
@@ -332,7 +332,6 @@ class _Stream:
 
     start: StartStream
     recognizer_stream: RecognizerStream
-    resampler: StreamingResampler | None
     wav: WavWriter | None
     path: Path | None
     samples: int = 0
@@ -492,20 +491,16 @@ class Session:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.server.limiter)
 
     def _open(self, start: StartStream) -> _Stream:
-        rate = self.server.recognizer.sample_rate
-        resampler = None
-        if start.sample_rate != rate:
-            try:
-                resampler = StreamingResampler(start.sample_rate, rate)
-            except ValueError as exc:
-                raise _Unsupported(str(exc)) from None
-        recognizer_stream = self.server.recognizer.create_stream(start.nbest)
+        try:
+            recognizer_stream = self.server.recognizer.create_stream(start.nbest, start.sample_rate)
+        except ValueError as exc:
+            raise _Unsupported(str(exc)) from None
         wav = path = None
         if self.config.save_audio:
             self.config.audio_dir.mkdir(parents=True, exist_ok=True)
             path, file = create_unique_wav(self.config.audio_dir, start.name)
             wav = WavWriter(file, start.sample_rate, start.channels)
-        return _Stream(start, recognizer_stream, resampler, wav, path)
+        return _Stream(start, recognizer_stream, wav, path)
 
     def _feed(self, stream: _Stream, audio: Audio) -> PartialResult:
         t0 = time.perf_counter()
@@ -513,8 +508,6 @@ class Session:
             stream.wav.write(audio.pcm)
         samples = audio.samples
         stream.samples += samples.size
-        if stream.resampler is not None:
-            samples = stream.resampler.process(samples)
         rs = stream.recognizer_stream
         if samples.size:
             rs.accept_waveform(samples)
@@ -527,12 +520,7 @@ class Session:
     def _finish(self, stream: _Stream) -> FinalResult:
         t0 = time.perf_counter()
         rs = stream.recognizer_stream
-        if stream.resampler is not None:
-            tail = stream.resampler.flush()
-            if tail.size:
-                rs.accept_waveform(tail)
         rs.input_finished()
-        rs.decode()
         result = rs.result()
         stream.decode_seconds += time.perf_counter() - t0
         times = tuple((t.piece, float(t.start), float(t.end)) for t in result.times)
