@@ -158,7 +158,8 @@ cdef class FbankCore:
         self.frame = <double*>malloc(length * sizeof(double))
         self.re = <double*>malloc(self.half * sizeof(double))
         self.im = <double*>malloc(self.half * sizeof(double))
-        self.power = <double*>malloc(self.half * sizeof(double))
+        # bins 0 .. half: the Nyquist bin too (librosa-style filters use it)
+        self.power = <double*>malloc((self.half + 1) * sizeof(double))
         self.tw_re = <double*>malloc(self.half * sizeof(double))
         self.tw_im = <double*>malloc(self.half * sizeof(double))
         self.split_re = <double*>malloc(self.half * sizeof(double))
@@ -200,6 +201,8 @@ cdef class FbankCore:
         self.power_hi = 0
         j = 0
         for i in range(self.num_bins):
+            if mel_start[i] < 0 or mel_len[i] < 1 or mel_start[i] + mel_len[i] > self.half + 1:
+                raise ValueError(f"mel bin {i} lies outside FFT bins 0..{self.half}")
             self.mel_start[i] = mel_start[i]
             self.mel_len[i] = mel_len[i]
             self.mel_pos[i] = j
@@ -429,13 +432,17 @@ cdef class FbankCore:
             self.im[b] = x[k + 1] * self.window[k + 1] if k + 1 < n else 0.0
         self._fft()
 
-        # Untangle the real spectrum; only the bins the filters use.
+        # Untangle the real spectrum; only the bins the filters use.  Bins 0
+        # and half (Nyquist) are the sum and difference of the packed DC terms.
         k = self.power_lo
         if k == 0:
             xr = self.re[0] + self.im[0]
             self.power[0] = xr * xr
             k = 1
-        for k in range(k, self.power_hi):
+        if self.power_hi > self.half:
+            xr = self.re[0] - self.im[0]
+            self.power[self.half] = xr * xr
+        for k in range(k, min(self.power_hi, self.half)):
             m = self.half - k
             zr = self.re[k]
             zi = self.im[k]

@@ -1,7 +1,6 @@
 """StreamingFbank: Kaldi compatibility (against kaldi-native-fbank), chunking
 invariance, CMVN and option validation."""
 
-import os
 import wave
 from pathlib import Path
 
@@ -12,11 +11,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_asr.features import FbankOptions, GlobalCmvn, StreamingFbank, load_global_cmvn
+from paths import AUDIO_DIR, SPEECH_FILES
+from trio_asr._fbank import FbankCore
+from trio_asr.features import (
+    FbankOptions,
+    GlobalCmvn,
+    StreamingFbank,
+    _mel_filters,
+    load_global_cmvn,
+)
 
-AUDIO_DIR = Path(os.environ.get("TRIO_ASR_TEST_AUDIO_DIR", "/work/shared/audio"))
-WAVS = sorted(AUDIO_DIR.glob("*.wav"))
 KNF_TOL = 1e-3
+# What sherpa-onnx feeds NeMo models: librosa mel filters over 0 Hz .. Nyquist,
+# applied to samples in [-1, 1] (NEMO_AMPLITUDE times the int16 scale).
+NEMO = FbankOptions(
+    window_type="hann", remove_dc_offset=False, snip_edges=False,
+    low_freq=0.0, high_freq=0.0, is_librosa=True,
+)
+NEMO_AMPLITUDE = 2.0**-15
 
 OPTION_SETS = {
     "default": FbankOptions(),
@@ -31,6 +43,8 @@ OPTION_SETS = {
     "blackman-23": FbankOptions(window_type="blackman", num_bins=23),
     "energy-magnitude": FbankOptions(use_energy=True, energy_floor=1.0, use_power=False),
     "32ms-unpadded": FbankOptions(frame_length_ms=32.0, round_to_power_of_two=False),
+    "librosa-band": FbankOptions(is_librosa=True, num_bins=40, low_freq=60.0, high_freq=7000.0),
+    "librosa-nyquist": FbankOptions(is_librosa=True, low_freq=0.0, high_freq=0.0),
 }
 
 
@@ -68,6 +82,7 @@ def knf_options(o: FbankOptions) -> knf.FbankOptions:
     k.mel_opts.num_bins = o.num_bins
     k.mel_opts.low_freq = o.low_freq
     k.mel_opts.high_freq = o.high_freq
+    k.mel_opts.is_librosa = o.is_librosa
     k.use_energy = o.use_energy
     k.energy_floor = o.energy_floor
     k.use_power = o.use_power
@@ -99,7 +114,8 @@ def ours(x: np.ndarray, o: FbankOptions, chunks=None, cmvn=None) -> np.ndarray:
 
 
 def reference_frames(x: np.ndarray, o: FbankOptions) -> np.ndarray:
-    """Straightforward float64 numpy version of Kaldi's fbank (whole signal)."""
+    """Straightforward float64 numpy version of Kaldi's fbank (whole signal),
+    with librosa's mel filters when ``o.is_librosa``."""
     n, shift, nfft = o.window_size, o.window_shift, o.padded_window_size
     x = x.astype(np.float64)
     if o.snip_edges:
@@ -132,10 +148,23 @@ def reference_frames(x: np.ndarray, o: FbankOptions) -> np.ndarray:
         "rectangular": np.ones(n),
         "blackman": o.blackman_coeff - 0.5 * np.cos(a * i) + (0.5 - o.blackman_coeff) * np.cos(2 * a * i),
     }[o.window_type].astype(np.float32)  # Kaldi keeps the window in single precision
-    spectrum = np.abs(np.fft.rfft(frames * window, nfft, axis=1))[:, : nfft // 2]
+    spectrum = np.abs(np.fft.rfft(frames * window, nfft, axis=1))
     if o.use_power:
         spectrum = spectrum**2
-    # Kaldi's triangular filters, computed in single precision as Kaldi does.
+    if o.is_librosa:
+        weights = librosa_weights(o)
+    else:
+        spectrum = spectrum[:, : nfft // 2]
+        weights = kaldi_weights(o)
+    fbank = np.log(np.maximum(spectrum @ weights.T.astype(np.float64), np.finfo(np.float32).eps))
+    if o.use_energy:
+        fbank = np.concatenate([log_energy[:, None], fbank], axis=1)
+    return fbank
+
+
+def kaldi_weights(o: FbankOptions) -> np.ndarray:
+    """Kaldi's triangular filters, computed in single precision as Kaldi does."""
+    nfft = o.padded_window_size
     f32 = np.float32
     mel = lambda f: f32(1127) * np.log(f32(1) + np.asarray(f, f32) / f32(700))  # noqa: E731
     fft_mel = mel(f32(o.sample_rate) / f32(nfft) * np.arange(nfft // 2, dtype=f32))
@@ -145,24 +174,49 @@ def reference_frames(x: np.ndarray, o: FbankOptions) -> np.ndarray:
     left, center, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
     up = (fft_mel - left) / (center - left)
     down = (right - fft_mel) / (right - center)
-    weights = np.where((fft_mel > left) & (fft_mel < right), np.where(fft_mel <= center, up, down), 0)
-    fbank = np.log(np.maximum(spectrum @ weights.T.astype(np.float64), np.finfo(np.float32).eps))
-    if o.use_energy:
-        fbank = np.concatenate([log_energy[:, None], fbank], axis=1)
-    return fbank
+    return np.where((fft_mel > left) & (fft_mel < right), np.where(fft_mel <= center, up, down), 0)
 
 
-def assert_matches_knf(x: np.ndarray, o: FbankOptions) -> None:
+def librosa_weights(o: FbankOptions) -> np.ndarray:
+    """librosa.filters.mel(htk=False, norm="slaney") in float64: Slaney mel
+    scale, triangles in Hz over FFT bins 0 .. n/2, each of unit area."""
+
+    def to_mel(hz):
+        hz = np.asarray(hz, np.float64)
+        log_part = 15 + 27 * np.log(np.maximum(hz, 1e-9) / 1000) / np.log(6.4)
+        return np.where(hz <= 1000, 3 * hz / 200, log_part)
+
+    def to_hz(mel):
+        return np.where(mel <= 15, 200 * mel / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
+
+    nfft = o.padded_window_size
+    fft_hz = np.arange(nfft // 2 + 1) * o.sample_rate / nfft
+    edges = to_hz(np.linspace(to_mel(o.low_freq), to_mel(o.resolved_high_freq), o.num_bins + 2))
+    left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (fft_hz - left) / (center - left)
+    falling = (right - fft_hz) / (right - center)
+    return np.maximum(0, np.minimum(rising, falling)) * 2 / (right - left)
+
+
+def assert_matches_knf(x: np.ndarray, o: FbankOptions, amplitude: float = 1.0) -> None:
     """Within KNF_TOL of kaldi-native-fbank, except where knf's own single
     precision FFT is off from the exact (float64) value by more than that,
-    which must be rare (under 0.1% of the values)."""
-    expected = knf_frames(x, o)
-    exact = reference_frames(x, o)
-    got = ours(x, o)
+    which must be rare (under 0.1% of the values).
+
+    ``x`` (int16) is scaled by ``amplitude`` (a power of two, so exactly) for
+    knf and the reference; ours gets the same samples as floats in
+    ``[-1, 1]`` scale, or ``x`` itself when ``amplitude == 1``.
+    """
+    samples = x.astype(np.float32) * np.float32(amplitude)
+    expected = knf_frames(samples, o)
+    exact = reference_frames(samples, o)
+    got = ours(x if amplitude == 1 else samples / np.float32(32768), o)
     assert got.shape == expected.shape == exact.shape
     if not got.size:
         return
-    assert np.abs(got - exact).max() <= 1e-4
+    # The reference's librosa filters are float64, ours (like knf's) float32,
+    # which costs a little at the triangles' small-weight ends.
+    assert np.abs(got - exact).max() <= (2e-4 if o.is_librosa else 1e-4)
     knf_error = np.abs(expected - exact)
     diff = np.abs(got - expected)
     assert diff[knf_error <= KNF_TOL].max(initial=0.0) <= KNF_TOL
@@ -179,11 +233,82 @@ def snip_edges(request):
 
 @pytest.mark.parametrize("name", OPTION_SETS)
 def test_matches_knf_on_real_speech(name, snip_edges):
-    if not WAVS:
-        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_TEST_AUDIO_DIR)")
+    if not SPEECH_FILES:
+        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_SHARED_DIR)")
     o = attrs.evolve(OPTION_SETS[name], snip_edges=snip_edges)
-    for path in WAVS:
+    for path in SPEECH_FILES:
         assert_matches_knf(read_wav_int16(path), o)
+
+
+def test_nemo_options_match_knf_on_real_speech(snip_edges):
+    if not SPEECH_FILES:
+        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_SHARED_DIR)")
+    o = attrs.evolve(NEMO, snip_edges=snip_edges)
+    for path in SPEECH_FILES:
+        assert_matches_knf(read_wav_int16(path), o, amplitude=NEMO_AMPLITUDE)
+
+
+def filter_matrix(o: FbankOptions) -> np.ndarray:
+    """Our mel filters as a dense (num_bins, n/2 + 1) matrix."""
+    starts, lengths, weights = _mel_filters(o)
+    matrix = np.zeros((o.num_bins, o.padded_window_size // 2 + 1))
+    ends = np.cumsum(lengths)
+    for b, (start, length, end) in enumerate(zip(starts, lengths, ends)):
+        matrix[b, start : start + length] = weights[end - length : end]
+    return matrix
+
+
+# At 8050 Hz the single-precision round trip of Nyquist through the mel scale
+# lands just above it, so the last triangle reaches the Nyquist bin (in knf too).
+LIBROSA_FILTER_CASES = {
+    "nemo": NEMO,
+    "band": OPTION_SETS["librosa-band"],
+    "8k": attrs.evolve(NEMO, sample_rate=8000, num_bins=64),
+    "8050-nyquist": attrs.evolve(NEMO, sample_rate=8050, num_bins=40),
+}
+
+
+@pytest.mark.parametrize("o", LIBROSA_FILTER_CASES.values(), ids=LIBROSA_FILTER_CASES)
+def test_librosa_filters_equal_knf_matrix(o):
+    k = knf_options(o)
+    expected = knf.MelBanks(k.mel_opts, k.frame_opts, 1.0).get_matrix()
+    got = filter_matrix(o)
+    assert got.shape == expected.shape
+    assert np.array_equal(got != 0, expected != 0)
+    # float32 rounding differs a little (expf, operation order): compare
+    # each weight relative to its filter's peak.
+    peak = expected.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(got / peak, expected / peak, rtol=0, atol=1e-5)
+
+
+def test_librosa_filters_can_reach_the_nyquist_bin():
+    assert filter_matrix(LIBROSA_FILTER_CASES["8050-nyquist"])[:, -1].any()
+    assert not filter_matrix(NEMO)[:, -1].any()
+
+
+def test_core_computes_dc_and_nyquist_bins():
+    """Filters picking single FFT bins (0, 1, n/2 - 1, n/2) give the exact power there."""
+    length, shift, padded = 400, 160, 512
+    half = padded // 2
+    t = np.arange(16000)
+    x = 3000 * np.cos(np.pi * t) + 1000 * np.sin(0.3 * t) + 500.0  # Nyquist tone, another, DC
+    x = x.astype(np.int16)
+    bins = np.array([0, 1, half - 1, half], dtype=np.intc)
+    core = FbankCore(
+        length, shift, padded, True, np.ones(length), 0.0, False, 0.0, 0,
+        bins, np.ones(4, np.intc), np.ones(4), True, False, -np.inf, None, None,
+    )
+    got = np.concatenate([core.accept_int16(x), core.flush()])
+    count = 1 + (x.size - length) // shift
+    frames = x[np.arange(count)[:, None] * shift + np.arange(length)].astype(np.float64)
+    power = np.abs(np.fft.rfft(frames, padded, axis=1)[:, bins]) ** 2
+    np.testing.assert_allclose(got, np.log(power), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="outside"):
+        FbankCore(
+            length, shift, padded, True, np.ones(length), 0.0, False, 0.0, 0,
+            np.array([half], np.intc), np.array([2], np.intc), np.ones(2), True, False,
+            -np.inf, None, None,
+        )
 
 
 @pytest.mark.parametrize("name", OPTION_SETS)
@@ -257,12 +382,13 @@ def test_fixed_odd_chunks_equal_whole(size, snip_edges):
     assert np.array_equal(ours(x, o, [size] * (x.size // size)), ours(x, o))
 
 
-def test_real_speech_in_random_chunks_equals_whole(snip_edges):
-    if not WAVS:
-        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_TEST_AUDIO_DIR)")
-    o = FbankOptions(snip_edges=snip_edges)
+@pytest.mark.parametrize("base", [FbankOptions(), NEMO], ids=["kaldi", "nemo"])
+def test_real_speech_in_random_chunks_equals_whole(base, snip_edges):
+    if not SPEECH_FILES:
+        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_SHARED_DIR)")
+    o = attrs.evolve(base, snip_edges=snip_edges)
     rng = np.random.default_rng(2)
-    for path in WAVS:
+    for path in SPEECH_FILES:
         x = read_wav_int16(path)
         chunks = rng.integers(0, 3000, size=x.size // 1000).tolist()
         assert np.array_equal(ours(x, o, chunks), ours(x, o))

@@ -56,7 +56,10 @@ class FbankOptions:
     ``energy_floor`` only matters with ``use_energy``, which prepends Kaldi's
     raw log-energy as column 0.  ``window_type="hanning"`` is Kaldi's
     symmetric Hann window, ``"hann"`` the periodic one of kaldi-native-fbank
-    and torch.  Invalid combinations raise ``ValueError`` on construction.
+    and torch.  ``is_librosa`` swaps Kaldi's mel filters for librosa's
+    (Slaney mel scale and area normalisation, as NeMo uses; the name is
+    kaldi-native-fbank's).  Invalid combinations raise ``ValueError`` on
+    construction.
     """
 
     sample_rate: int = attrs.field(default=16000, validator=_positive)
@@ -76,6 +79,7 @@ class FbankOptions:
     use_power: bool = True
     round_to_power_of_two: bool = True
     blackman_coeff: float = 0.42
+    is_librosa: bool = False
 
     @num_bins.validator
     def _check_num_bins(self, attribute, value):
@@ -155,40 +159,77 @@ def _window(options: FbankOptions) -> np.ndarray:
 
 
 def _mel_filters(options: FbankOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Kaldi's triangular mel filters as (start bin, length, concatenated weights).
+    """The mel filters as (start bin, length, concatenated weights).
 
-    Computed in single precision like Kaldi, so bin edges agree exactly.
+    Kaldi's triangles cover FFT bins 0 .. n/2 - 1, librosa's 0 .. n/2 (the
+    Nyquist bin included).  Computed in single precision like Kaldi and
+    kaldi-native-fbank, so bin edges agree exactly.
     """
-    f32 = np.float32
-
-    def mel(freq):
-        return f32(1127.0) * np.log(f32(1.0) + np.asarray(freq, f32) / f32(700.0))
-
-    num_fft_bins = options.padded_window_size // 2
-    bin_width = f32(options.sample_rate) / f32(options.padded_window_size)
-    fft_mel = mel(bin_width * np.arange(num_fft_bins, dtype=f32))
-    mel_low = mel(f32(options.low_freq))
-    mel_high = mel(f32(options.resolved_high_freq))
-    delta = (mel_high - mel_low) / f32(options.num_bins + 1)
-
+    triangles = _librosa_triangles if options.is_librosa else _kaldi_triangles
     starts, lengths, weights = [], [], []
-    for b in range(options.num_bins):
-        left = mel_low + f32(b) * delta
-        center = mel_low + f32(b + 1) * delta
-        right = mel_low + f32(b + 2) * delta
-        (inside,) = np.nonzero((fft_mel > left) & (fft_mel < right))
-        if inside.size == 0:
+    for b, (first, w) in enumerate(triangles(options)):
+        if w.size == 0:
             raise ValueError(f"num_bins={options.num_bins} is too large: mel bin {b} is empty")
-        m = fft_mel[inside[0] : inside[-1] + 1]
-        w = np.where(m <= center, (m - left) / (center - left), (right - m) / (right - center))
-        starts.append(inside[0])
-        lengths.append(m.size)
+        starts.append(first)
+        lengths.append(w.size)
         weights.append(w.astype(np.float32))
     return (
         np.asarray(starts, dtype=np.intc),
         np.asarray(lengths, dtype=np.intc),
         np.concatenate(weights).astype(np.float64),
     )
+
+
+def _triangle(x, left, center, right):
+    """(first index, weights) of the triangle on the points ``x`` strictly inside."""
+    (inside,) = np.nonzero((x > left) & (x < right))
+    if inside.size == 0:
+        return 0, inside
+    x = x[inside[0] : inside[-1] + 1]
+    w = np.where(x <= center, (x - left) / (center - left), (right - x) / (right - center))
+    return int(inside[0]), w
+
+
+def _kaldi_triangles(options: FbankOptions):
+    f32 = np.float32
+
+    def mel(freq):
+        return f32(1127.0) * np.log(f32(1.0) + np.asarray(freq, f32) / f32(700.0))
+
+    bin_width = f32(options.sample_rate) / f32(options.padded_window_size)
+    fft_mel = mel(bin_width * np.arange(options.padded_window_size // 2, dtype=f32))
+    mel_low = mel(f32(options.low_freq))
+    delta = (mel(f32(options.resolved_high_freq)) - mel_low) / f32(options.num_bins + 1)
+    for b in range(options.num_bins):
+        edges = [mel_low + f32(b + i) * delta for i in range(3)]
+        yield _triangle(fft_mel, *edges)
+
+
+def _slaney_mel(hz: np.float32) -> np.float32:
+    f32 = np.float32
+    if hz <= 1000:
+        return hz * f32(3) / f32(200)
+    return f32(15) + f32(27 / math.log(6.4)) * np.log(hz / f32(1000))
+
+
+def _slaney_hz(mel: np.float32) -> np.float32:
+    f32 = np.float32
+    if mel <= 15:
+        return f32(200) / f32(3) * mel
+    return f32(1000) * np.exp((mel - f32(15)) * f32(math.log(6.4) / 27))
+
+
+def _librosa_triangles(options: FbankOptions):
+    f32 = np.float32
+    bin_width = f32(options.sample_rate) / f32(options.padded_window_size)
+    fft_hz = bin_width * np.arange(options.padded_window_size // 2 + 1, dtype=f32)
+    mel_low = _slaney_mel(f32(options.low_freq))
+    delta = (_slaney_mel(f32(options.resolved_high_freq)) - mel_low) / f32(options.num_bins + 1)
+    for b in range(options.num_bins):
+        left, center, right = (_slaney_hz(mel_low + f32(b + i) * delta) for i in range(3))
+        first, w = _triangle(fft_hz, left, center, right)
+        # Slaney normalisation: every triangle has unit area.
+        yield first, w * (f32(2) / (right - left))
 
 
 def _vector(value) -> np.ndarray:
