@@ -2,10 +2,11 @@
 
 sherpa-onnx loads the very same ONNX file and is the oracle for tokens, text
 and timestamps; an independent onnxruntime loop written here is the oracle for
-log-probs and state plumbing.  Features come from kaldi-native-fbank (what
-sherpa-onnx uses) configured from ``model.feature_options``, so a wrong
-feature option also breaks parity.  Everything runs on the synthetic fixture
-and, when ``TRIO_ASR_TEST_MODEL_DIR`` names a NeMo model directory, on it too.
+log-probs and state plumbing.  Features come from our ``StreamingFbank`` with
+``model.feature_options``; that they equal sherpa-onnx's (kaldi-native-fbank
+set up the way sherpa-onnx sets it up for NeMo) is checked on its own.
+Everything runs on the synthetic fixture and, when ``TRIO_ASR_TEST_MODEL_DIR``
+names a NeMo model directory, on it too.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import onnxruntime as ort
 import pytest
 import sherpa_onnx
 
-from tests.fixtures.nemo_ctc import NemoCtcSpec, write_nemo_ctc_model
+from fixtures.nemo_ctc import NemoCtcSpec, write_nemo_ctc_model
+from paths import SPEECH_FILES as SPEECH
+from trio_asr.features import StreamingFbank
 from trio_asr.model import ModelError, ModelState, decode_streams, find_model_file
 from trio_asr.model.nemo_ctc import NemoCtcModel, matches
+from trio_asr.recognizer import Recognizer
 from trio_asr.search import GreedySearch
 from trio_asr.tokens import TokenTable
 
-AUDIO_DIR = Path("/work/shared/audio")
-SPEECH = sorted(AUDIO_DIR.glob("*.wav"))
 TAIL_PADDING_S = 0.5  # silence after the audio, as sherpa-onnx's examples append
 
 # 480 ms-like (6 output frames per run) and 80 ms-like (1 output frame per run)
@@ -86,19 +88,23 @@ def padded(samples: np.ndarray) -> np.ndarray:
 
 def fbank(model: NemoCtcModel, samples: np.ndarray) -> np.ndarray:
     """All frames of ``samples`` (in [-1, 1], as sherpa-onnx takes them) with
-    the model's feature options and sample scale, by kaldi-native-fbank."""
-    o = model.feature_options
+    the model's feature options and sample scale, by our StreamingFbank
+    (which scales float input by 32768, like the recognizer undoes)."""
+    fb = StreamingFbank(model.feature_options)
+    scaled = (samples * (model.sample_scale / 32768)).astype(np.float32)
+    return np.concatenate([fb.accept_waveform(scaled), fb.flush()])
+
+
+def sherpa_fbank(samples: np.ndarray, num_bins: int) -> np.ndarray:
+    """What sherpa-onnx 2.x computes for NeMo CTC models: kaldi-native-fbank
+    with these options, written out here (not taken from feature_options)."""
     opts = knf.FbankOptions()
     f, m = opts.frame_opts, opts.mel_opts
-    f.samp_freq = o.sample_rate
-    f.frame_length_ms, f.frame_shift_ms = o.frame_length_ms, o.frame_shift_ms
-    f.dither, f.snip_edges = o.dither, o.snip_edges
-    f.window_type, f.preemph_coeff = o.window_type, o.preemph_coeff
-    f.remove_dc_offset = o.remove_dc_offset
-    m.num_bins, m.low_freq, m.high_freq = o.num_bins, o.low_freq, o.high_freq
-    m.is_librosa = model.librosa_mel  # not expressible in FbankOptions (yet)
+    f.samp_freq, f.dither, f.snip_edges = 16000, 0.0, False
+    f.window_type, f.preemph_coeff, f.remove_dc_offset = "hann", 0.97, False
+    m.num_bins, m.low_freq, m.high_freq, m.is_librosa = num_bins, 0.0, 0.0, True
     online = knf.OnlineFbank(opts)
-    online.accept_waveform(o.sample_rate, (samples * model.sample_scale).tolist())
+    online.accept_waveform(16000, samples.astype(np.float32))
     online.input_finished()
     return np.array([online.get_frame(i) for i in range(online.num_frames_ready)], np.float32)
 
@@ -183,6 +189,52 @@ def test_greedy_result_equals_sherpa_onnx(model, model_dir, wav, feed):
     # subsampling (a constant in online-recognizer-ctc-impl.h), so compare frames.
     assert list(best.frames) == [round(t / 0.04) for t in expected.timestamps]
     assert len(expected.tokens) > 0 or wav is None
+
+
+@pytest.mark.parametrize("wav", _utterances())
+def test_features_equal_sherpa_onnx_features(model, wav):
+    samples = padded(read_wav(wav) if wav is not None else noise())
+    expected = sherpa_fbank(samples, model.feature_dim)
+    got = fbank(model, samples)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("wav", _utterances())
+@pytest.mark.parametrize("feed", [160, 4000], ids=lambda n: f"feed{n}")
+def test_recognizer_greedy_equals_sherpa_onnx(model, model_dir, wav, feed):
+    """The whole path (audio -> StreamingFbank -> model chunks -> greedy CTC ->
+    text and times) against sherpa-onnx's streaming greedy decode.
+
+    sherpa-onnx stops before the padded tail we decode in input_finished, so
+    only what both decoded is compared: tokens in output frames of the chunks
+    sherpa-onnx ran."""
+    samples = padded(read_wav(wav) if wav is not None else noise())
+    expected = sherpa_decode(model_dir, samples, feed)
+
+    stream = Recognizer(model, decoding="greedy").create_stream()
+    for start in range(0, len(samples), feed):
+        stream.accept_waveform(samples[start : start + feed])
+        stream.decode()
+    stream.input_finished()
+    result = stream.result()
+
+    n_chunks = chunks_sherpa_runs(model, len(sherpa_fbank(samples, model.feature_dim)))
+    limit = n_chunks * model.chunk_shift // model.subsampling  # output frames sherpa decoded
+    got = [(t.piece, round(t.start / model.frame_shift_s)) for t in result.times]
+    both = [(piece, frame) for piece, frame in got if frame < limit]
+    want = [
+        (piece.strip(), round(t / 0.04))
+        for piece, t in zip(expected.tokens, expected.timestamps)
+        if piece.strip() and piece != "<unk>"
+    ]
+    assert both == want
+    assert len(want) > 0 or wav is None
+    ours_text = " ".join(result.text.split())
+    sherpa_text = " ".join(expected.text.replace("<unk>", "").split())
+    assert ours_text.startswith(sherpa_text)
+    if len(both) == len(got):  # nothing after sherpa's last chunk
+        assert ours_text == sherpa_text
 
 
 def test_frame_geometry_comes_from_metadata(model, model_dir):

@@ -25,11 +25,8 @@ Features are what sherpa-onnx (2.x) feeds these models, i.e. NeMo's front end
 as kaldi-native-fbank approximates it: 80 bins, 25 ms periodic Hann window,
 10 ms shift, pre-emphasis 0.97, no DC removal, dither 0, ``snip_edges=False``,
 mel filters from 0 Hz to Nyquist, samples in [-1, 1] (*not* scaled to the
-int16 range), no normalisation, and librosa ("Slaney") mel filters: Slaney mel
-scale, triangles in Hz over all ``n_fft/2 + 1`` FFT bins, each scaled by
-``2 / (f_right - f_left)``.  :class:`~trio_asr.features.FbankOptions` cannot
-express that last point yet; :attr:`NemoCtcModel.librosa_mel` says it is
-needed.
+int16 range), no normalisation, and librosa ("Slaney") mel filters
+(``FbankOptions.is_librosa``).
 """
 
 from __future__ import annotations
@@ -92,8 +89,6 @@ class NemoCtcModel(AcousticModel):
     sample_rate = 16000
     feature_pad_value = _SILENCE_LOG_ENERGY
     sample_scale = 1.0  # sherpa-onnx's normalize_samples=True
-    #: The features need librosa (Slaney) mel filters, see the module docstring.
-    librosa_mel = True
 
     def __init__(self, session: ort.InferenceSession, tokens) -> None:
         self._session = session
@@ -160,7 +155,7 @@ class NemoCtcModel(AcousticModel):
         return FbankOptions(
             sample_rate=self.sample_rate, num_bins=self.feature_dim, window_type="hann",
             preemph_coeff=0.97, remove_dc_offset=False, dither=0.0, snip_edges=False,
-            low_freq=0.0, high_freq=0.0,
+            low_freq=0.0, high_freq=0.0, is_librosa=True,
         )
 
     def initial_state(self) -> ModelState:
