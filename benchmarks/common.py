@@ -1,0 +1,113 @@
+"""Shared pieces of the benchmarks: where things are, test audio, fixture models.
+
+Benchmarks import this as ``benchmarks.common`` (run from the repository root)
+or as ``common`` (run as ``python benchmarks/<name>.py``).
+
+- :func:`speech` loads every WAV of the shared speech directory (``../shared/audio``
+  beside the checkout, or ``$TRIO_ASR_SHARED_DIR/audio``) as 16 kHz mono float32;
+- :func:`fixture_model` writes the real-size synthetic Zipformer2-CTC model
+  (the default model's geometry, random weights) into ``benchmarks/.cache`` once,
+  in float32 or dynamically int8-quantized (the real default model is int8);
+- :func:`write_results` stores a JSON record under ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from trio_asr.audio import down_mix, read_wav
+from trio_asr.progress import Progress
+from trio_asr.resample import resample
+
+__all__ = [
+    "CACHE_DIR",
+    "REPO_ROOT",
+    "RESULTS_DIR",
+    "SAMPLE_RATE",
+    "Progress",
+    "fixture_model",
+    "shared_dir",
+    "speech",
+    "tile_to",
+    "write_results",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = REPO_ROOT / "benchmarks" / ".cache"
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+SAMPLE_RATE = 16000
+
+
+def shared_dir() -> Path:
+    """``$TRIO_ASR_SHARED_DIR``, else ``shared`` beside the checkout (as tests/paths.py)."""
+    return Path(os.environ.get("TRIO_ASR_SHARED_DIR") or REPO_ROOT.parent / "shared")
+
+
+def speech(audio_dir: Path | None = None) -> list[tuple[str, np.ndarray]]:
+    """``(file name, float32 mono samples at 16 kHz)`` for every WAV in ``audio_dir``."""
+    audio_dir = audio_dir or shared_dir() / "audio"
+    files = sorted(Path(audio_dir).glob("*.wav"))
+    if not files:
+        raise SystemExit(f"no WAV files in {audio_dir} (set TRIO_ASR_SHARED_DIR or --audio-dir)")
+    clips = []
+    for path in files:
+        samples, rate = read_wav(path)
+        mono = down_mix(samples)
+        if rate != SAMPLE_RATE:
+            mono = resample(mono, rate, SAMPLE_RATE)
+        clips.append((path.name, np.ascontiguousarray(mono, dtype=np.float32)))
+    return clips
+
+
+def tile_to(clips: list[tuple[str, np.ndarray]], seconds: float, offset: int = 0) -> np.ndarray:
+    """The clips joined (starting at clip ``offset``) and repeated to ``seconds``."""
+    order = clips[offset % len(clips) :] + clips[: offset % len(clips)]
+    joined = np.concatenate([samples for _, samples in order])
+    need = int(seconds * SAMPLE_RATE)
+    return np.tile(joined, -(-need // joined.size))[:need]
+
+
+def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path:
+    """Directory of the real-size synthetic Zipformer2-CTC model, written on first use.
+
+    ``kind`` is ``"float32"`` (``model.onnx``, ~100 MB) or ``"int8"``
+    (``model.int8.onnx``: onnxruntime dynamic quantization of the float32 one).
+    """
+    if kind not in ("float32", "int8"):
+        raise ValueError(f"kind must be float32 or int8, not {kind!r}")
+    float_dir = cache_dir / "zipformer2-ctc-real-size"
+    if not (float_dir / "model.onnx").is_file():
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
+        try:
+            from fixtures.zipformer2_ctc import REAL_SIZE, write_model
+        finally:
+            sys.path.remove(str(REPO_ROOT / "tests"))
+        print(f"writing the real-size fixture model into {float_dir}", file=sys.stderr)
+        write_model(float_dir, REAL_SIZE)
+    if kind == "float32":
+        return float_dir
+    int8_dir = cache_dir / "zipformer2-ctc-real-size-int8"
+    if not (int8_dir / "model.int8.onnx").is_file():
+        import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice
+        int8_dir.mkdir(parents=True, exist_ok=True)
+        print(f"quantizing the fixture model into {int8_dir}", file=sys.stderr)
+        quantize_dynamic(float_dir / "model.onnx", int8_dir / "model.int8.onnx", weight_type=QuantType.QInt8)
+        (int8_dir / "tokens.txt").write_bytes((float_dir / "tokens.txt").read_bytes())
+    return int8_dir
+
+
+def write_results(name: str, record: dict) -> Path:
+    """Write ``record`` as ``benchmarks/results/<name>.json``; returns the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
