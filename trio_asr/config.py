@@ -70,6 +70,14 @@ class ServerConfig:
     workers: int = attrs.field(
         factory=lambda: max(1, os.cpu_count() or 1), validator=[attrs.validators.instance_of(int), _positive]
     )
+    #: run the model of all connections in one service that batches their chunks
+    #: (see :mod:`trio_asr.model_service`); off: each connection runs its own
+    batching: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    #: most chunks (streams) per batched model call
+    max_batch: int = attrs.field(default=16, validator=[attrs.validators.instance_of(int), _positive])
+    #: seconds of model queue delay above which new connections get HTTP 503
+    #: (only with ``batching``; existing streams go on)
+    max_queue_delay: float = attrs.field(default=0.5, converter=float, validator=_positive)
     log_level: str = attrs.field(default="warning", validator=attrs.validators.in_(_LOG_LEVELS))
     #: capacity of the reader->decoder and decoder->writer channels of a connection
     channel_size: int = attrs.field(default=16, validator=[attrs.validators.instance_of(int), _positive])

@@ -4,6 +4,14 @@
 settings); :class:`RecognizerStream` is one utterance being decoded.  Nothing
 here knows about sockets or trio: the server calls these methods from a worker
 thread, one thread per stream at a time.
+
+A stream can decode by itself (:meth:`RecognizerStream.decode` runs its model
+chunks one by one) or be driven in steps so that the model runs elsewhere,
+batched with other streams (see :mod:`trio_asr.model_service`):
+:meth:`~RecognizerStream.accept_waveform` and :meth:`~RecognizerStream.flush_input`
+only compute features, the caller runs the chunks of
+:attr:`~RecognizerStream.model_stream` and hands their log-probs to
+:meth:`~RecognizerStream.accept_log_probs`.  Both ways give the same results.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import attrs
 import numpy as np
 
 from trio_asr.features import StreamingFbank
-from trio_asr.model import AcousticModel
+from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.resample import StreamingResampler
 from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
 
@@ -80,6 +88,12 @@ class RecognizerStream:
     model chunk that is complete, :meth:`input_finished` once at the end (it
     decodes the padded tail, so no audio is lost), and :meth:`result` at any
     time.  Not thread-safe: one caller at a time.
+
+    Driven in steps instead (the model run by someone else): replace
+    :meth:`decode` by running the chunks of :attr:`model_stream`
+    (``next_chunk`` / ``advance``) and passing their log-probs, in order, to
+    :meth:`accept_log_probs`; replace :meth:`input_finished` by
+    :meth:`flush_input` followed by the same.
     """
 
     def __init__(
@@ -115,8 +129,16 @@ class RecognizerStream:
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def model_stream(self) -> ModelStream:
+        """The chunker holding this stream's features and model state."""
+        return self._chunks
+
     def accept_waveform(self, samples: np.ndarray) -> None:
-        """Append mono float samples in [-1, 1] at the stream's sample rate."""
+        """Append mono float samples in [-1, 1] at the stream's sample rate.
+
+        Only computes features; the model runs in :meth:`decode` (or wherever
+        the chunks of :attr:`model_stream` are run)."""
         if self._finished:
             raise RuntimeError("input already finished")
         samples = np.asarray(samples, dtype=np.float32)
@@ -134,12 +156,17 @@ class RecognizerStream:
 
     def decode(self) -> None:
         """Run every complete model chunk and advance the search."""
-        log_probs = self._chunks.decode_ready_chunks()
+        self.accept_log_probs(self._chunks.decode_ready_chunks())
+
+    def accept_log_probs(self, log_probs: np.ndarray) -> None:
+        """Advance the search by the log-probs (t, V) of the next chunks of
+        :attr:`model_stream`, run elsewhere (t may be 0)."""
         if len(log_probs):
             self._search.accept(log_probs)
 
-    def input_finished(self) -> None:
-        """End of audio: flush the features, decode everything left (padded)."""
+    def flush_input(self) -> None:
+        """End of audio, without running the model: flush the resampler and
+        the features and let :attr:`model_stream` pad its last chunk."""
         if self._finished:
             return
         self._finished = True
@@ -149,6 +176,10 @@ class RecognizerStream:
         if len(tail):
             self._chunks.accept_features(tail)
         self._chunks.input_finished()
+
+    def input_finished(self) -> None:
+        """End of audio: flush the features, decode everything left (padded)."""
+        self.flush_input()
         self.decode()
 
     def result(self) -> RecognitionResult:

@@ -16,6 +16,15 @@ Structure (see ``docs/design.md``):
   saving -> replies) and *writer* (replies -> JSON frames, then the close
   code after an error).  Bounded memory channels join them, so replies keep
   the order of the requests, exactly one per binary frame.
+* With ``config.batching`` the server nursery also runs one
+  :class:`~trio_asr.model_service.ModelService`: decoders compute features
+  and run the CTC search in worker threads as before, but hand their model
+  chunks to the service, which batches the chunks of all connections into
+  one model call.  Recognizers without a ``model`` (test doubles) are served
+  unbatched, each stream running its own model calls.
+* Admission control: while the service's queue delay exceeds
+  ``config.max_queue_delay``, new WebSocket upgrades get HTTP 503 and
+  ``/health`` answers 503 ``overloaded``; open streams go on.
 
 Close codes are those of :mod:`trio_asr.protocol`; in addition an idle
 client (no message for ``idle_timeout`` s) gets an error and 1008, an
@@ -52,6 +61,7 @@ import trio_websocket
 from trio_asr.audio import WavWriter, create_unique_wav
 from trio_asr.config import ServerConfig
 from trio_asr.config import ConfigError, load_config
+from trio_asr.model_service import ModelService
 from trio_asr.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -70,6 +80,7 @@ from trio_asr.protocol import (
     State,
     encode_reply,
 )
+from trio_asr.model import ModelStream
 from trio_asr.recognizer import RecognitionResult
 
 __all__ = ["WS_PATH", "Recognizer", "Server", "add_serve_parser", "serve"]
@@ -87,6 +98,16 @@ class RecognizerStream(Protocol):
     def result(self) -> RecognitionResult: ...
 
 
+class SteppedRecognizerStream(RecognizerStream, Protocol):
+    """A stream whose model chunks can be run elsewhere (batched); see
+    :class:`trio_asr.recognizer.RecognizerStream`."""
+
+    model_stream: ModelStream
+
+    def accept_log_probs(self, log_probs: np.ndarray) -> None: ...
+    def flush_input(self) -> None: ...
+
+
 class Recognizer(Protocol):
     """What the server needs of a recognizer (see ``trio_asr.recognizer``).
 
@@ -96,6 +117,11 @@ class Recognizer(Protocol):
     :class:`~trio_asr.recognizer.RecognitionResult`.
     Stream methods are called from worker threads, one call at a time per
     stream.
+
+    A recognizer with a ``model`` attribute (an
+    :class:`~trio_asr.model.AcousticModel`) must create
+    :class:`SteppedRecognizerStream` s; with ``config.batching`` their chunks
+    are then run by the server's :class:`~trio_asr.model_service.ModelService`.
     """
 
     sample_rate: int
@@ -180,6 +206,13 @@ class Server:
         self.config = config
         self.recognizer = recognizer
         self.limiter = trio.CapacityLimiter(config.workers)
+        model = getattr(recognizer, "model", None)
+        #: runs the model for every connection; None without batching (or model)
+        self.service: ModelService | None = (
+            ModelService(model, max_batch=config.max_batch, max_queue_delay=config.max_queue_delay)
+            if config.batching and model is not None
+            else None
+        )
         self.draining = False
         self._shutdown = trio.Event()
         self._grace_over = trio.Event()
@@ -198,6 +231,12 @@ class Server:
     def connections(self) -> int:
         return self._reserved
 
+    @property
+    def overloaded(self) -> bool:
+        """The model's queue delay exceeds ``config.max_queue_delay``: new
+        connections are refused until it drops."""
+        return self.service is not None and self.service.overloaded
+
     def shutdown(self, *, immediately: bool = False) -> None:
         """Stop accepting; close idle sessions; give open streams the grace period.
 
@@ -213,6 +252,13 @@ class Server:
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`shutdown` and the drain that follows complete."""
         self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
+        async with trio.open_nursery() as services:
+            if self.service is not None:
+                await services.start(self.service.run)
+            await self._serve(task_status)
+            services.cancel_scope.cancel()  # after every connection has ended
+
+    async def _serve(self, task_status: trio.TaskStatus[Server]) -> None:
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as acceptors:
                 acceptors.start_soon(
@@ -240,6 +286,10 @@ class Server:
             return 503, {**body, "status": "shutting down"}
         if self._reserved >= self.config.max_connections:
             return 503, {**body, "status": "full"}
+        if self.service is not None:
+            body["queue_delay"] = round(self.service.queue_delay, 3)
+            if self.service.overloaded:
+                return 503, {**body, "status": "overloaded"}
         return 200, body
 
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
@@ -274,6 +324,8 @@ class Server:
                 await _respond(stream, conn, 426, {"status": "error", "message": "WebSocket upgrade required"})
             elif self.draining or self._reserved >= self.config.max_connections:
                 await _respond(stream, conn, 503, {"status": "error", "message": "server busy"})
+            elif self.overloaded:
+                await _respond(stream, conn, 503, {"status": "error", "message": "server overloaded"})
             else:
                 self._reserved += 1
                 try:
@@ -463,7 +515,7 @@ class Session:
     ) -> _Stream | None:
         if isinstance(event, Audio):
             assert stream is not None
-            await replies.send(await self._run(self._feed, stream, event))
+            await replies.send(await self._feed(stream, event))
             return stream
         if isinstance(event, StartStream):
             stream = await self._run(self._open, event)
@@ -473,7 +525,7 @@ class Session:
         if isinstance(event, EndStream):
             assert stream is not None
             if event.reply:
-                final = await self._run(self._finish, stream)
+                final = await self._finish(stream)
                 self._close(stream, "finished")
                 await replies.send(final)
             else:
@@ -502,27 +554,61 @@ class Session:
             wav = WavWriter(file, start.sample_rate, start.channels)
         return _Stream(start, recognizer_stream, wav, path)
 
-    def _feed(self, stream: _Stream, audio: Audio) -> PartialResult:
+    async def _feed(self, stream: _Stream, audio: Audio) -> PartialResult:
+        """Save and decode one audio frame: features, model (batched through
+        the service or run by the stream itself), search, partial result."""
         t0 = time.perf_counter()
+        service = self.server.service
+        if service is None:
+            partial_result = await self._run(self._feed_unbatched, stream, audio)
+        else:
+            await self._run(self._accept, stream, audio)
+            log_probs = await service.decode(stream.recognizer_stream.model_stream)
+            partial_result = await self._run(self._partial, stream, log_probs)
+        stream.decode_seconds += time.perf_counter() - t0
+        return partial_result
+
+    async def _finish(self, stream: _Stream) -> FinalResult:
+        """End of the stream: decode the padded tail, give the final result."""
+        t0 = time.perf_counter()
+        service = self.server.service
+        rs = stream.recognizer_stream
+        if service is None:
+            await self._run(rs.input_finished)
+            final = await self._run(self._final, stream, None)
+        else:
+            await self._run(rs.flush_input)
+            log_probs = await service.decode(rs.model_stream)
+            final = await self._run(self._final, stream, log_probs)
+        stream.decode_seconds += time.perf_counter() - t0
+        return final
+
+    def _accept(self, stream: _Stream, audio: Audio) -> None:
         if stream.wav is not None:
             stream.wav.write(audio.pcm)
         samples = audio.samples
         stream.samples += samples.size
-        rs = stream.recognizer_stream
         if samples.size:
-            rs.accept_waveform(samples)
-            rs.decode()
-        result = rs.result()
-        stream.decode_seconds += time.perf_counter() - t0
-        nbest = _nbest(result, stream.start.nbest)
-        return PartialResult(text=result.text, nbest=nbest)
+            stream.recognizer_stream.accept_waveform(samples)
 
-    def _finish(self, stream: _Stream) -> FinalResult:
-        t0 = time.perf_counter()
+    def _feed_unbatched(self, stream: _Stream, audio: Audio) -> PartialResult:
+        self._accept(stream, audio)
+        if audio.samples.size:
+            stream.recognizer_stream.decode()
+        return self._partial(stream, None)
+
+    def _partial(self, stream: _Stream, log_probs: np.ndarray | None) -> PartialResult:
         rs = stream.recognizer_stream
-        rs.input_finished()
+        if log_probs is not None:
+            rs.accept_log_probs(log_probs)
         result = rs.result()
-        stream.decode_seconds += time.perf_counter() - t0
+        return PartialResult(text=result.text, nbest=_nbest(result, stream.start.nbest))
+
+    def _final(self, stream: _Stream, log_probs: np.ndarray | None) -> FinalResult:
+        rs = stream.recognizer_stream
+        if log_probs is not None:
+            rs.accept_log_probs(log_probs)
+        result = rs.result()
         times = tuple((t.piece, float(t.start), float(t.end)) for t in result.times)
         return FinalResult(
             name=stream.start.name, text=result.text, nbest=_nbest(result, stream.start.nbest), times=times
@@ -643,6 +729,16 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--grace-period", type=float, help="s open streams get on shutdown (default 10)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model run (default 1)")
     parser.add_argument("--workers", type=int, help="decode calls at once (default: CPU count)")
+    parser.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="batch the model calls of all connections (default on)",
+    )
+    parser.add_argument("--max-batch", type=int, help="most chunks per batched model call (default 16)")
+    parser.add_argument(
+        "--max-queue-delay", type=float, help="model queue delay, s, above which new connections get 503 (default 0.5)"
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default warning")
     parser.set_defaults(run=run_serve)
     return parser
@@ -651,6 +747,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 _SERVE_FLAGS = (
     "host", "port", "model", "audio_dir", "save_audio", "beam", "nbest_max", "max_connections",
     "max_message_bytes", "max_stream_seconds", "idle_timeout", "grace_period", "threads", "workers", "log_level",
+    "batching", "max_batch", "max_queue_delay",
 )  # fmt: skip
 
 

@@ -1,0 +1,237 @@
+"""One task that runs the acoustic model for every stream, batching their chunks.
+
+Connections do not call the model themselves: their decoder tasks hand the
+:class:`~trio_asr.model.ModelStream` whose chunks they want run to
+:meth:`ModelService.decode`, which queues one request per chunk on a channel.
+The service task (:meth:`ModelService.run`, started in the server's nursery)
+takes every request queued right now, up to ``max_batch``, stacks their
+chunks and states along the batch axis, runs one ``model.run`` in a worker
+thread, gives each stream its new state and wakes its decoder with its
+log-probs.  Requests that arrive while a batch runs wait for the next one.
+There is no timer: under low load a request runs at once in a batch of one,
+under high load batches grow by themselves.  The CTC search stays with the
+stream's owner; only the model call is shared.
+
+Queue delay and admission: every request records when it was queued.
+:attr:`ModelService.queue_delay` is the longest wait among the requests
+waiting now and those of the batch now running (0 while the service is
+idle); :attr:`ModelService.overloaded` says whether it exceeds
+``max_queue_delay``.  The server refuses new connections while overloaded, so
+that existing streams keep their pace instead of all of them slowing down.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import trio
+
+from trio_asr.model import AcousticModel, ModelState, ModelStream
+
+__all__ = ["ModelService", "ModelServiceError", "ServiceStats"]
+
+
+class ModelServiceError(Exception):
+    """The batch a chunk belonged to failed, or the service is not running.
+    The original error is the ``__cause__``."""
+
+
+@attrs.define(eq=False)
+class _Request:
+    """One chunk of one stream, queued for the next batch."""
+
+    stream: ModelStream
+    queued_at: float
+    done: trio.Event = attrs.Factory(trio.Event)
+    log_probs: np.ndarray | None = None
+    error: BaseException | None = None
+    #: the requester is gone: skip it if still queued, do not advance it if running
+    abandoned: bool = False
+
+    def finish(self, log_probs: np.ndarray | None = None, error: BaseException | None = None) -> None:
+        """Complete the request; safe whether or not anybody still waits."""
+        self.log_probs, self.error = log_probs, error
+        self.done.set()
+
+
+@attrs.frozen
+class ServiceStats:
+    """Counters since the service was created."""
+
+    batches: int
+    chunks: int
+    largest_batch: int
+    failed_batches: int
+
+    @property
+    def mean_batch(self) -> float:
+        return self.chunks / self.batches if self.batches else 0.0
+
+
+class ModelService:
+    """Runs ``model`` for many streams, one batched call at a time.
+
+    ``max_batch`` bounds the chunks per model call; ``max_queue_delay`` (s) is
+    the queue delay above which :attr:`overloaded` is true.
+
+    Contracts:
+
+    * One :meth:`decode` at a time per stream, and nobody else touches the
+      stream while it runs.
+    * Each chunk either runs and is recorded (``stream.advance``) with its
+      log-probs delivered to the caller, or leaves the stream as it was: a
+      caller cancelled while its chunk is queued is skipped, one cancelled
+      while its chunk runs gets the batch's work discarded for its stream.
+      Other streams of the batch are not affected either way.
+    * If ``model.run`` raises, every caller in that batch gets
+      :class:`ModelServiceError` (their streams are left as they were) and the
+      service goes on with the next batch.
+    """
+
+    def __init__(self, model: AcousticModel, *, max_batch: int = 16, max_queue_delay: float = 0.5) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+        if max_queue_delay <= 0:
+            raise ValueError(f"max_queue_delay must be positive, not {max_queue_delay}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue_delay = max_queue_delay
+        self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
+        # queued_at of the requests in the channel, oldest first (the channel is FIFO)
+        self._waiting: collections.deque[float] = collections.deque()
+        self._running_since: float | None = None  # queued_at of the oldest request of the running batch
+        self._limiter = trio.CapacityLimiter(1)
+        self._batches = self._chunks = self._largest = self._failed = 0
+
+    @property
+    def stats(self) -> ServiceStats:
+        return ServiceStats(self._batches, self._chunks, self._largest, self._failed)
+
+    @property
+    def queue_delay(self) -> float:
+        """Seconds the longest-waiting current request has waited (or waited,
+        if its batch is running) for its batch to start; 0 when idle."""
+        oldest = [t for t in (self._running_since, self._waiting[0] if self._waiting else None) if t is not None]
+        return trio.current_time() - min(oldest) if oldest else 0.0
+
+    @property
+    def overloaded(self) -> bool:
+        return self.queue_delay > self.max_queue_delay
+
+    # ------------------------------------------------------------ clients
+
+    async def decode(self, stream: ModelStream) -> np.ndarray:
+        """Run every ready chunk of ``stream`` (one per batch, in order) and
+        return their log-probs (t, V), as ``stream.decode_ready_chunks()``.
+
+        If cancelled, the chunks that already ran are recorded in ``stream``
+        but their log-probs are lost with the call: a stream whose decode was
+        cancelled should be discarded."""
+        outputs = []
+        while stream.next_chunk() is not None:
+            outputs.append(await self._run_chunk(stream))
+        if not outputs:
+            await trio.lowlevel.checkpoint()
+            return np.zeros((0, self.model.vocab_size), np.float32)
+        return np.concatenate(outputs)
+
+    async def _run_chunk(self, stream: ModelStream) -> np.ndarray:
+        request = _Request(stream, trio.current_time())
+        try:
+            self._send.send_nowait(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ModelServiceError("the model service is not running") from None
+        self._waiting.append(request.queued_at)
+        try:
+            await request.done.wait()
+        except BaseException:
+            request.abandoned = True
+            raise
+        if request.error is not None:
+            raise ModelServiceError(f"model run failed: {request.error!r}") from request.error
+        assert request.log_probs is not None
+        return request.log_probs
+
+    # ------------------------------------------------------------ service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve requests until cancelled; then fail whatever is still queued."""
+        try:
+            task_status.started()
+            while True:
+                batch = await self._gather()
+                if batch:
+                    await self._run_batch(batch)
+        finally:
+            self._send.close()
+            self._fail_queued()
+            self._receive.close()
+
+    async def _gather(self) -> list[tuple[_Request, np.ndarray]]:
+        """Wait for a request, then take every one queued now, up to max_batch."""
+        requests = [await self._receive.receive()]
+        self._waiting.popleft()
+        while len(requests) < self.max_batch:
+            try:
+                requests.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+            self._waiting.popleft()
+        batch = []
+        for request in requests:
+            if request.abandoned:
+                continue
+            chunk = request.stream.next_chunk()
+            if chunk is None:  # nothing to run after all: complete it empty
+                request.finish(np.zeros((0, self.model.vocab_size), np.float32))
+            else:
+                batch.append((request, chunk))
+        return batch
+
+    async def _run_batch(self, batch: list[tuple[_Request, np.ndarray]]) -> None:
+        requests = [r for r, _ in batch]
+        self._running_since = min(r.queued_at for r in requests)
+        self._batches += 1
+        self._chunks += len(batch)
+        self._largest = max(self._largest, len(batch))
+        try:
+            chunks = [c for _, c in batch]
+            states = [r.stream.state for r in requests]
+            log_probs, new_states = await trio.to_thread.run_sync(
+                self._call_model, chunks, states, limiter=self._limiter
+            )
+        except BaseException as exc:  # the service's own cancellation too: nobody is left hanging
+            self._failed += 1
+            for request in requests:
+                request.finish(error=exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._running_since = None
+        for request, lp, state in zip(requests, log_probs, new_states):
+            if not request.abandoned:
+                request.stream.advance(state)
+            request.finish(lp)
+
+    def _call_model(
+        self, chunks: list[np.ndarray], states: Sequence[ModelState]
+    ) -> tuple[np.ndarray, list[ModelState]]:
+        log_probs, new_states = self.model.run(np.stack(chunks), states)
+        if len(log_probs) != len(chunks) or len(new_states) != len(chunks):
+            raise ValueError(f"model returned {len(log_probs)} outputs for {len(chunks)} chunks")
+        return log_probs, new_states
+
+    def _fail_queued(self) -> None:
+        error = ModelServiceError("the model service stopped")
+        while True:
+            try:
+                request = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            request.finish(error=error)
+        self._waiting.clear()
