@@ -80,23 +80,26 @@ def run_batch(
     nbest: int,
     timestamps: bool,
     as_json: bool,
-    out: TextIO = sys.stdout,
-    progress: TextIO | None = sys.stderr,
+    out: TextIO | None = None,
+    progress: TextIO | None = None,
 ) -> int:
-    """Transcribe ``paths`` in order, printing each result as it is ready.
+    """Transcribe ``paths`` in order, printing each result to ``out`` (stdout)
+    as it is ready, with a progress bar on ``progress`` (stderr) for several files.
 
     A file that cannot be read is reported on stderr and skipped; the return
     value is the number of such failures.
     """
+    out = sys.stdout if out is None else out
+    progress = sys.stderr if progress is None else progress
     failures = 0
-    show_bar = progress is not None and len(paths) > 1
+    show_bar = len(paths) > 1
     with Progress(len(paths), "transcribing", stream=progress if show_bar else None) as bar:
         for path in paths:
             try:
                 result = transcribe_file(recognizer, path, nbest=nbest)
             except (OSError, ValueError) as exc:
                 failures += 1
-                print(f"trio-asr: {path}: {exc}", file=sys.stderr)
+                print(f"trio-asr transcribe: {exc}", file=sys.stderr)  # names the file
             else:
                 print(
                     format_result(path, result, as_json=as_json, nbest=nbest, timestamps=timestamps),

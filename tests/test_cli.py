@@ -1,0 +1,110 @@
+"""The ``trio-asr`` command line, run in-process (and once as a real process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from paths import SPEECH_FILES
+
+from trio_asr import __version__
+from trio_asr.cli import main
+from trio_asr.model import load_model
+from trio_asr.recognizer import Recognizer
+from trio_asr.transcribe import transcribe_file
+
+
+def closed_port_url() -> str:
+    """A base URL on loopback where nothing listens: downloads fail at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/models"
+
+
+@pytest.fixture
+def offline_env(tmp_path, monkeypatch):
+    """No model anywhere: empty cache, no TRIO_ASR_MODEL_DIR, unreachable download URL."""
+    monkeypatch.delenv("TRIO_ASR_MODEL_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRIO_ASR_MODEL_URL", closed_port_url())
+    return os.environ.copy()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"trio-asr {__version__}"
+
+
+def test_help_lists_the_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("serve", "client", "transcribe", "models"):
+        assert command in out
+
+
+def test_transcribe_json_equals_the_library(zipformer2_model_dir, capsys):
+    files = [str(p) for p in SPEECH_FILES[:3]]
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), "--json", "--nbest", "3", *files]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    recognizer = Recognizer(load_model(zipformer2_model_dir))
+    assert [r["file"] for r in records] == files
+    for record, path in zip(records, files):
+        expected = transcribe_file(recognizer, path, nbest=3)
+        assert record["text"] == expected.text and expected.text
+        assert [h["text"] for h in record["nbest"]] == [t for t, _ in expected.nbest]
+
+
+def test_transcribe_text_output_with_nbest_and_timestamps(zipformer2_model_dir, capsys):
+    path = str(SPEECH_FILES[0])
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), "--nbest", "2", "--timestamps", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = transcribe_file(Recognizer(load_model(zipformer2_model_dir)), path, nbest=2)
+    assert lines[0] == f"{path}\t{expected.text}"
+    assert lines[1].split(maxsplit=2)[0] == "1." and lines[2].split(maxsplit=2)[0] == "2."
+    assert len(lines) == 3 + len(expected.times)
+    start, end, piece = lines[3].split(maxsplit=2)
+    assert (float(start), float(end), piece) == pytest.approx(
+        (expected.times[0].start, expected.times[0].end, expected.times[0].piece), abs=0.01
+    )
+
+
+def test_transcribe_reports_a_bad_file_and_goes_on(zipformer2_model_dir, tmp_path, capsys):
+    bad = tmp_path / "not-a.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    good = str(SPEECH_FILES[0])
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), str(bad), good]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(good + "\t")
+    assert str(bad) in captured.err
+
+
+def test_transcribe_without_a_model_says_what_to_do(offline_env, capsys):
+    assert main(["transcribe", str(SPEECH_FILES[0])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err.split("trio-asr transcribe: ", 1)[1]
+    assert "--model" in err and "TRIO_ASR_MODEL_DIR" in err
+
+
+def test_models_lists_the_default_model(offline_env, capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "sherpa-onnx-streaming-zipformer-small-ctc-zh-int8-2025-04-01\tnot downloaded" in out
+
+
+def test_serve_without_a_model_exits_with_one_actionable_line(offline_env):
+    """The README's first command on a machine that cannot download the model."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "trio_asr", "serve", "--port", "0"],
+        env=offline_env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("trio-asr serve: ") and "--model" in lines[0]
