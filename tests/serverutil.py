@@ -1,4 +1,9 @@
-"""Helpers for the server tests: a test-double recognizer and a tiny client."""
+"""Helpers for the server tests: test-double recognizer and model, a tiny client.
+
+:class:`CountingRecognizer` has no ``model``, so the server serves it
+unbatched (each stream runs its own "model"); :class:`ControlledModel` wraps
+a real model for the batched path (:mod:`trio_asr.model_service`).
+"""
 
 from __future__ import annotations
 
@@ -75,6 +80,38 @@ class CountingRecognizer:
         stream = CountingStream(self, nbest, sample_rate)
         self.streams.append(stream)
         return stream
+
+
+class ControlledModel:
+    """A real acoustic model whose :meth:`run` the test controls.
+
+    Records each batch size; ``gate`` (when set to a ``threading.Event``)
+    holds every run until the event is set, ``entered`` is set whenever a run
+    starts, runs whose index (0-based) is in ``fail_calls`` raise.  Swap
+    ``gate`` for a new event before setting the old one to hold the next run
+    too.  Everything else is the wrapped model's.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batch_sizes: list[int] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.fail_calls: set[int] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def run(self, features: np.ndarray, states: Any) -> Any:
+        call = len(self.batch_sizes)
+        self.batch_sizes.append(len(features))
+        gate = self.gate
+        self.entered.set()
+        if gate is not None:
+            gate.wait(30)
+        if call in self.fail_calls:
+            raise RuntimeError("model failure (test)")
+        return self.inner.run(features, states)
 
 
 def ws_url(port: int, path: str = WS_PATH) -> str:

@@ -1,0 +1,278 @@
+"""The model service: batched results equal unbatched ones, adaptive batches,
+cancellation and model errors stay with their own requests.
+
+The model is the synthetic zipformer2-CTC fixture (and the real model too when
+$TRIO_ASR_TEST_MODEL_DIR is set), wrapped in :class:`serverutil.ControlledModel`
+where a test needs to hold or break a model call.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from paths import SPEECH_FILES
+from serverutil import ControlledModel
+
+from trio_asr.audio import down_mix, read_wav
+from trio_asr.model import load_model
+from trio_asr.model_service import ModelService, ModelServiceError
+from trio_asr.recognizer import Recognizer, RecognizerStream
+from trio_asr.transcribe import transcribe_samples
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.fixture
+def model(streaming_ctc_model_dir: Path) -> ControlledModel:
+    return ControlledModel(load_model(streaming_ctc_model_dir))
+
+
+@pytest.fixture
+async def service(nursery: trio.Nursery, model: ControlledModel) -> ModelService:
+    service = ModelService(model, max_batch=16)
+    await nursery.start(service.run)
+    return service
+
+
+def stream_with_chunks(model: ControlledModel, n_chunks: int):
+    """A fresh model stream holding features for exactly ``n_chunks`` chunks."""
+    stream = model.create_stream()
+    frames = model.chunk_frames + (n_chunks - 1) * model.chunk_shift
+    stream.accept_features(RNG.standard_normal((frames, model.feature_dim)).astype(np.float32))
+    return stream
+
+
+def reference_log_probs(model: ControlledModel, stream) -> np.ndarray:
+    """What ``stream`` would give decoding all its ready chunks by itself."""
+    copy = model.create_stream()
+    copy.state = stream.state
+    copy.accept_features(stream._buffer)
+    return copy.decode_ready_chunks()
+
+
+async def wait_until_running(model: ControlledModel) -> None:
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(model.entered.wait)
+    model.entered.clear()
+
+
+# ------------------------------------------------------------ results
+
+
+async def decode_batched(service: ModelService, rs: RecognizerStream, x: np.ndarray, step: int) -> None:
+    """Drive a recognizer stream as the server does, its model via the service."""
+    for start in range(0, len(x), step):
+        await trio.to_thread.run_sync(rs.accept_waveform, x[start : start + step])
+        rs.accept_log_probs(await service.decode(rs.model_stream))
+    await trio.to_thread.run_sync(rs.flush_input)
+    rs.accept_log_probs(await service.decode(rs.model_stream))
+
+
+async def test_concurrent_streams_batched_equal_unbatched(service: ModelService, model: ControlledModel) -> None:
+    recognizer = Recognizer(model, beam=4)
+    utterances = []
+    for path in SPEECH_FILES:
+        samples, rate = read_wav(path)
+        utterances.append((down_mix(samples), rate))
+    assert len(utterances) >= 4, "needs the shared speech files"
+    # more streams than files, of unequal lengths: cut copies of the files
+    utterances += [(x[: len(x) * (k + 1) // 5], rate) for k, (x, rate) in enumerate(utterances[:3])]
+    streams = [recognizer.create_stream(3, rate) for _, rate in utterances]
+    async with trio.open_nursery() as nursery:
+        for rs, (x, rate) in zip(streams, utterances):
+            nursery.start_soon(decode_batched, service, rs, x, round(0.1 * rate))
+    for rs, (x, rate) in zip(streams, utterances):
+        got = rs.result()
+        expected = transcribe_samples(recognizer, x, rate, nbest=3)
+        assert got.text == expected.text
+        assert [t for t, _ in got.nbest] == [t for t, _ in expected.nbest]
+        assert [s for _, s in got.nbest] == pytest.approx([s for _, s in expected.nbest], abs=1e-4)
+        assert got.times == expected.times
+    assert any(rs.result().text for rs in streams), "the model must emit text for the comparison to mean something"
+    stats = service.stats
+    assert stats.largest_batch > 1 and stats.mean_batch > 1, stats
+    assert stats.chunks == sum(rs.model_stream.chunks_run for rs in streams)
+    assert sum(model.batch_sizes) == stats.chunks and len(model.batch_sizes) == stats.batches
+
+
+async def test_single_stream_runs_at_once_in_batches_of_one(service: ModelService, model: ControlledModel) -> None:
+    stream = stream_with_chunks(model, 3)
+    expected = reference_log_probs(model, stream)
+    log_probs = await service.decode(stream)
+    np.testing.assert_allclose(log_probs, expected, atol=1e-5)
+    assert stream.next_chunk() is None and stream.chunks_run == 3
+    assert model.batch_sizes == [1, 1, 1]
+    stats = service.stats
+    assert (stats.batches, stats.chunks, stats.largest_batch) == (3, 3, 1)
+    assert service.queue_delay == 0.0 and not service.overloaded
+    # nothing ready: no model call at all
+    assert (await service.decode(stream)).shape == (0, model.vocab_size)
+    assert service.stats.batches == 3
+
+
+async def test_requests_queued_during_a_batch_form_the_next_one(
+    service: ModelService, model: ControlledModel
+) -> None:
+    model.gate = threading.Event()
+    streams = [stream_with_chunks(model, 1) for _ in range(4)]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.decode, streams[0])
+            await wait_until_running(model)
+            for stream in streams[1:]:
+                nursery.start_soon(service.decode, stream)
+            await trio.testing.wait_all_tasks_blocked()
+            assert service.queue_delay > 0
+            model.gate.set()
+    finally:
+        model.gate.set()
+    assert model.batch_sizes == [1, 3]
+
+
+async def test_max_batch_bounds_the_batch(nursery: trio.Nursery, model: ControlledModel) -> None:
+    service = ModelService(model, max_batch=2)
+    await nursery.start(service.run)
+    model.gate = threading.Event()
+    try:
+        async with trio.open_nursery() as clients:
+            clients.start_soon(service.decode, stream_with_chunks(model, 1))
+            await wait_until_running(model)
+            for _ in range(5):
+                clients.start_soon(service.decode, stream_with_chunks(model, 1))
+            await trio.testing.wait_all_tasks_blocked()
+            model.gate.set()
+    finally:
+        model.gate.set()
+    assert model.batch_sizes == [1, 2, 2, 1]
+
+
+# ------------------------------------------------------------ cancellation and errors
+
+
+def hold_next_run(model: ControlledModel) -> None:
+    """Let the held run go on, but hold the one after it."""
+    held, model.gate = model.gate, threading.Event()
+    assert held is not None
+    held.set()
+
+
+@pytest.mark.parametrize("where", ["queued", "running"])
+async def test_cancelled_request_leaves_its_stream_and_the_others_intact(
+    service: ModelService, model: ControlledModel, where: str
+) -> None:
+    model.gate = threading.Event()
+    first = stream_with_chunks(model, 1)
+    victim, other = stream_with_chunks(model, 2), stream_with_chunks(model, 2)
+    expected = {id(s): reference_log_probs(model, s) for s in (first, victim, other)}
+    results = {}
+
+    async def decode(stream) -> None:
+        results[id(stream)] = await service.decode(stream)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decode, first)
+            await wait_until_running(model)  # batch 1: first, held
+            victim_scope = trio.CancelScope()
+            nursery.start_soon(_in_scope, victim_scope, decode, victim)
+            nursery.start_soon(decode, other)
+            await trio.testing.wait_all_tasks_blocked()
+            if where == "running":  # batch 2: victim and other, held
+                hold_next_run(model)
+                await wait_until_running(model)
+            victim_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            model.gate.set()
+    finally:
+        model.gate.set()
+    assert id(victim) not in results
+    assert victim.chunks_run == 0, "a cancelled request must not advance its stream"
+    for stream in (first, other):
+        np.testing.assert_allclose(results[id(stream)], expected[id(stream)], atol=1e-5)
+    if where == "queued":
+        assert model.batch_sizes[:2] == [1, 1], "the cancelled request was skipped"
+    else:
+        assert model.batch_sizes[:2] == [1, 2]
+    # the victim's stream still decodes exactly as it would have
+    np.testing.assert_allclose(await service.decode(victim), expected[id(victim)], atol=1e-5)
+
+
+async def _in_scope(scope: trio.CancelScope, fn, *args) -> None:
+    with scope:
+        await fn(*args)
+
+
+async def test_model_error_reaches_only_its_batch(service: ModelService, model: ControlledModel) -> None:
+    model.gate = threading.Event()
+    model.fail_calls = {1}
+    first, doomed1, doomed2 = (stream_with_chunks(model, 1) for _ in range(3))
+    expected_first = reference_log_probs(model, first)
+    outcome: dict[str, object] = {}
+
+    async def decode(name: str, stream) -> None:
+        try:
+            outcome[name] = await service.decode(stream)
+        except ModelServiceError as exc:
+            outcome[name] = exc
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decode, "first", first)
+            await wait_until_running(model)
+            nursery.start_soon(decode, "doomed1", doomed1)
+            nursery.start_soon(decode, "doomed2", doomed2)
+            await trio.testing.wait_all_tasks_blocked()
+            model.gate.set()
+    finally:
+        model.gate.set()
+    assert model.batch_sizes == [1, 2]
+    np.testing.assert_allclose(outcome["first"], expected_first, atol=1e-5)
+    for name, stream in (("doomed1", doomed1), ("doomed2", doomed2)):
+        error = outcome[name]
+        assert isinstance(error, ModelServiceError) and isinstance(error.__cause__, RuntimeError)
+        assert stream.chunks_run == 0
+    assert service.stats.failed_batches == 1
+    # the service goes on, and the failed streams can be decoded again
+    expected = reference_log_probs(model, doomed1)
+    np.testing.assert_allclose(await service.decode(doomed1), expected, atol=1e-5)
+
+
+async def test_stopped_service_fails_requests_instead_of_hanging(model: ControlledModel) -> None:
+    service = ModelService(model)
+    model.gate = threading.Event()
+    outcomes: dict[str, object] = {}
+
+    async def decode(name: str, stream) -> None:
+        try:
+            outcomes[name] = await service.decode(stream)
+        except ModelServiceError as exc:
+            outcomes[name] = exc
+
+    try:
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as service_nursery:
+                await service_nursery.start(service.run)
+                nursery.start_soon(decode, "running", stream_with_chunks(model, 1))
+                await wait_until_running(model)
+                nursery.start_soon(decode, "queued", stream_with_chunks(model, 1))
+                await trio.testing.wait_all_tasks_blocked()
+                service_nursery.cancel_scope.cancel()
+                model.gate.set()
+    finally:
+        model.gate.set()
+    assert set(outcomes) == {"running", "queued"}, "every caller got an answer"
+    assert isinstance(outcomes["queued"], ModelServiceError)
+    with pytest.raises(ModelServiceError):
+        await service.decode(stream_with_chunks(model, 1))
+
+
+def test_invalid_settings(model: ControlledModel) -> None:
+    with pytest.raises(ValueError):
+        ModelService(model, max_batch=0)
+    with pytest.raises(ValueError):
+        ModelService(model, max_queue_delay=0)
