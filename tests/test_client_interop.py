@@ -4,7 +4,8 @@ The recognizer runs on the synthetic zipformer2-CTC fixture (and on the real
 model too when $TRIO_ASR_TEST_MODEL_DIR is set).  The reference for every
 final result is the same :class:`Recognizer` decoding the whole audio in one
 call, without the server: the server must give exactly that, whatever the
-client's chunking, pacing, rate or channel count.
+client's chunking, pacing, rate or channel count, and whether the server
+batches model calls across connections or not.
 """
 
 from __future__ import annotations
@@ -37,10 +38,15 @@ def recognizer(streaming_ctc_model_dir: Path) -> Recognizer:
     return Recognizer(load_model(streaming_ctc_model_dir), beam=4)
 
 
-@pytest.fixture
-async def server(nursery: trio.Nursery, tmp_path: Path, recognizer: Recognizer) -> Server:
-    config = ServerConfig(host="127.0.0.1", port=0, audio_dir=tmp_path / "audio", idle_timeout=20.0, workers=2)
-    return await nursery.start(serve, config, recognizer)
+@pytest.fixture(params=[True, False], ids=["batched", "unbatched"])
+async def server(nursery: trio.Nursery, tmp_path: Path, recognizer: Recognizer, request) -> Server:
+    """The server with its model service (batching) and without it."""
+    config = ServerConfig(
+        host="127.0.0.1", port=0, audio_dir=tmp_path / "audio", idle_timeout=20.0, workers=2, batching=request.param
+    )
+    server = await nursery.start(serve, config, recognizer)
+    assert (server.service is not None) == request.param
+    return server
 
 
 def speechlike(seconds: float, rate: int = 16000) -> np.ndarray:
@@ -162,6 +168,8 @@ async def test_concurrent_real_streams_do_not_mix(server: Server, recognizer: Re
             nursery.start_soon(one, i)
     for i, clip in enumerate(clips):
         assert finals[i] == reference(recognizer, clip, 16000).text
+    if server.service is not None:
+        assert server.service.stats.chunks > 0, "the model ran through the service"
 
 
 async def test_client_command_prints_final_text(server: Server, recognizer: Recognizer, tmp_path: Path, capsys) -> None:

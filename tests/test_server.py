@@ -9,6 +9,7 @@ tests with the real recognizer live in ``test_client_interop.py``.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import trio
 import trio_websocket
 from serverutil import (
+    ControlledModel,
     CountingRecognizer,
     end_msg,
     expect_close,
@@ -28,6 +30,8 @@ from serverutil import (
 
 from trio_asr.audio import read_wav
 from trio_asr.config import ServerConfig
+from trio_asr.model import load_model
+from trio_asr.recognizer import Recognizer
 from trio_asr.resample import resample
 from trio_asr.server import Server, serve
 
@@ -324,6 +328,93 @@ async def test_recognizer_failure_is_1011_and_isolated(server: Server, recognize
     assert saved.shape == (10, 1), "audio of the failed stream is still saved"
 
 
+# ------------------------------------------------------------ model service (batching, admission)
+
+
+@pytest.fixture
+def controlled_model(zipformer2_model_dir: Path) -> ControlledModel:
+    return ControlledModel(load_model(zipformer2_model_dir))
+
+
+async def wait_until_running(model: ControlledModel) -> None:
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(model.entered.wait)
+
+
+async def wait_for_health(port: int, expected: int) -> dict:
+    with trio.fail_after(10):
+        while True:
+            status, body = await http_get(port, "/health")
+            if status == expected:
+                return json.loads(body)
+            await trio.sleep(0.02)
+
+
+async def test_overloaded_model_refuses_new_connections_until_it_catches_up(
+    nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
+) -> None:
+    model = controlled_model
+    server = await start_server(nursery, tmp_path, Recognizer(model, beam=2), max_queue_delay=0.05)
+    assert server.service is not None
+    assert (await wait_for_health(server.port, 200))["queue_delay"] == 0
+    model.gate = threading.Event()  # the model "takes forever": the queue delay grows
+    try:
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as busy:
+            await busy.send_message(start_msg())
+            await recv_json(busy)
+            await busy.send_message(pcm16(16000).tobytes())  # 1 s: at least one chunk
+            await wait_until_running(model)
+            body = await wait_for_health(server.port, 503)
+            assert body["status"] == "overloaded" and body["queue_delay"] > 0.05
+            with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                async with trio_websocket.open_websocket_url(ws_url(server.port)):
+                    pass
+            assert info.value.status_code == 503
+            model.gate.set()  # load drops
+            assert "result" in await recv_json(busy), "the open stream goes on"
+            assert (await wait_for_health(server.port, 200))["status"] == "ok"
+            async with trio_websocket.open_websocket_url(ws_url(server.port)) as late:
+                await late.send_message(start_msg("late.wav"))
+                assert (await recv_json(late))["signal"] == "server_ready"
+            await busy.send_message(end_msg())
+            assert (await recv_json(busy))["signal"] == "end"
+    finally:
+        model.gate.set()
+
+
+async def test_model_failure_ends_only_the_streams_of_that_batch(
+    nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
+) -> None:
+    model = controlled_model
+    server = await start_server(nursery, tmp_path, Recognizer(model, beam=2))
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as good:
+        await good.send_message(start_msg("good.wav"))
+        await recv_json(good)
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as bad:
+            await bad.send_message(start_msg("bad.wav"))
+            await recv_json(bad)
+            model.fail_calls = {len(model.batch_sizes)}  # the next model call
+            await bad.send_message(pcm16(16000).tobytes())
+            error = await recv_json(bad)
+            assert error["status"] == "error"
+            assert await expect_close(bad) == 1011
+        await good.send_message(pcm16(16000).tobytes())
+        assert "result" in await recv_json(good)
+        await good.send_message(end_msg("good.wav"))
+        assert (await recv_json(good))["signal"] == "end"
+    assert server.service is not None and server.service.stats.failed_batches == 1
+
+
+async def test_batching_off_or_no_model_means_no_service(
+    nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
+) -> None:
+    unbatched = await start_server(nursery, tmp_path, Recognizer(controlled_model), batching=False)
+    assert unbatched.service is None
+    assert "queue_delay" not in json.loads((await http_get(unbatched.port, "/health"))[1])
+    counting = await start_server(nursery, tmp_path, CountingRecognizer())
+    assert counting.service is None and not counting.overloaded
+
+
 # ------------------------------------------------------------ saving
 
 
@@ -479,9 +570,17 @@ def test_config_from_toml_with_cli_overrides(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError):
         load_config(tmp_path / "missing.toml")
-    for bad in ({"max_connections": 0}, {"port": 70000}, {"idle_timeout": -1}, {"log_level": "loud"}):
+    for bad in (
+        {"max_connections": 0}, {"port": 70000}, {"idle_timeout": -1}, {"log_level": "loud"},
+        {"max_batch": 0}, {"max_queue_delay": 0}, {"batching": "yes"},
+    ):  # fmt: skip
         with pytest.raises(ConfigError):
             load_config(None, bad)
+    defaults = load_config()
+    assert (defaults.batching, defaults.max_batch, defaults.max_queue_delay) == (True, 16, 0.5)
+    path.write_text("batching = false\nmax_batch = 4\nmax_queue_delay = 0.25\n")
+    config = load_config(path, {"max_batch": 8})
+    assert (config.batching, config.max_batch, config.max_queue_delay) == (False, 8, 0.25)
 
 
 async def test_serve_command_exits_0_on_sigint(tmp_path: Path, zipformer2_model_dir: Path) -> None:
