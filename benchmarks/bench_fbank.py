@@ -20,11 +20,12 @@ import kaldi_native_fbank as knf
 import numpy as np
 
 from trio_asr.features import FbankOptions, StreamingFbank
+from trio_asr.progress import Progress
 
 try:
-    from benchmarks._progress import Progress
+    from benchmarks.common import shared_dir
 except ImportError:
-    from _progress import Progress
+    from common import shared_dir
 
 OPTIONS = FbankOptions(num_bins=80)
 
@@ -98,7 +99,7 @@ def best_rate(fn, audio, size, repeats, bar):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--audio-dir", type=Path, default=Path("/work/shared/audio"))
+    parser.add_argument("--audio-dir", type=Path, default=shared_dir() / "audio")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--chunk-ms", type=float, default=85.0)
     parser.add_argument("--repeats", type=int, default=5)
