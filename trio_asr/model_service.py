@@ -6,8 +6,8 @@ Connections do not call the model themselves: their decoder tasks hand the
 The service task (:meth:`ModelService.run`, started in the server's nursery)
 takes every request queued right now, up to ``max_batch``, stacks their
 chunks and states along the batch axis, runs one ``model.run`` in a worker
-thread, gives each stream its new state and wakes its decoder with its
-log-probs.  Requests that arrive while a batch runs wait for the next one.
+thread and wakes each decoder with its log-probs and new state, which the
+decoder records in its stream (``ModelStream.advance``) as it wakes.  Requests that arrive while a batch runs wait for the next one.
 There is no timer: under low load a request runs at once in a batch of one,
 under high load batches grow by themselves.  The CTC search stays with the
 stream's owner; only the model call is shared.
@@ -48,13 +48,18 @@ class _Request:
     queued_at: float
     done: trio.Event = attrs.Factory(trio.Event)
     log_probs: np.ndarray | None = None
+    state: ModelState | None = None
     error: BaseException | None = None
-    #: the requester is gone: skip it if still queued, do not advance it if running
+    #: the requester is gone: skip the request if it is still queued
     abandoned: bool = False
 
-    def finish(self, log_probs: np.ndarray | None = None, error: BaseException | None = None) -> None:
-        """Complete the request; safe whether or not anybody still waits."""
-        self.log_probs, self.error = log_probs, error
+    def finish(
+        self, log_probs: np.ndarray | None = None, state: ModelState | None = None, error: BaseException | None = None
+    ) -> None:
+        """Complete the request; safe whether or not anybody still waits
+        (the service never touches the stream: the requester records the
+        result in it, or nobody does)."""
+        self.log_probs, self.state, self.error = log_probs, state, error
         self.done.set()
 
 
@@ -82,10 +87,10 @@ class ModelService:
 
     * One :meth:`decode` at a time per stream, and nobody else touches the
       stream while it runs.
-    * Each chunk either runs and is recorded (``stream.advance``) with its
-      log-probs delivered to the caller, or leaves the stream as it was: a
-      caller cancelled while its chunk is queued is skipped, one cancelled
-      while its chunk runs gets the batch's work discarded for its stream.
+    * Each chunk either runs and is recorded (``stream.advance``, by the
+      caller's task as it wakes) with its log-probs returned, or leaves the
+      stream as it was: a caller cancelled while its chunk is queued is
+      skipped, one cancelled while its chunk runs has that result dropped.
       Other streams of the batch are not affected either way.
     * If ``model.run`` raises, every caller in that batch gets
       :class:`ModelServiceError` (their streams are left as they were) and the
@@ -153,7 +158,8 @@ class ModelService:
             raise
         if request.error is not None:
             raise ModelServiceError(f"model run failed: {request.error!r}") from request.error
-        assert request.log_probs is not None
+        assert request.log_probs is not None and request.state is not None
+        stream.advance(request.state)
         return request.log_probs
 
     # ------------------------------------------------------------ service
@@ -187,7 +193,7 @@ class ModelService:
                 continue
             chunk = request.stream.next_chunk()
             if chunk is None:  # nothing to run after all: complete it empty
-                request.finish(np.zeros((0, self.model.vocab_size), np.float32))
+                request.finish(error=RuntimeError("no chunk ready: two decodes of one stream at once?"))
             else:
                 batch.append((request, chunk))
         return batch
@@ -214,9 +220,7 @@ class ModelService:
         finally:
             self._running_since = None
         for request, lp, state in zip(requests, log_probs, new_states):
-            if not request.abandoned:
-                request.stream.advance(state)
-            request.finish(lp)
+            request.finish(lp, state)
 
     def _call_model(
         self, chunks: list[np.ndarray], states: Sequence[ModelState]
