@@ -1,6 +1,6 @@
 """The streaming-ASR WebSocket server (Trio + trio-websocket).
 
-Structure (see ``docs/design.md``):
+Structure:
 
 * :class:`Server` owns the TCP listeners and one nursery of connections.
   Each accepted TCP stream first goes through a tiny HTTP router built on
