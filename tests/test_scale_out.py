@@ -6,7 +6,7 @@ differ on a test machine (backend addresses, the listen address, the
 config's relative pid/log/scratch paths then land).  Both backends are real
 servers on the fixture model; each PaddleSpeech-style client's final text
 must equal the recognizer's result for the same audio without any server.
-Needs the ``nginx`` binary (Debian/Ubuntu package ``nginx-light``).
+Needs the ``nginx`` binary (Debian/Ubuntu package ``nginx-light`` or ``nginx``); skips without it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def find_nginx() -> str:
     # Debian installs it in /usr/sbin, which is not on every user's PATH.
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        pytest.skip("nginx is not installed (apt-get install nginx-light): cannot test deploy/nginx.conf")
+        pytest.skip("nginx is not installed (Debian/Ubuntu: apt-get install nginx-light, or nginx): cannot test deploy/nginx.conf")
     return found
 
 
