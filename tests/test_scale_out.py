@@ -44,7 +44,10 @@ def find_nginx() -> str:
     # Debian installs it in /usr/sbin, which is not on every user's PATH.
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        pytest.skip("nginx is not installed (Debian/Ubuntu: apt-get install nginx-light, or nginx): cannot test deploy/nginx.conf")
+        pytest.skip(
+            "nginx is not installed (Debian/Ubuntu: apt-get install nginx-light, or nginx): "
+            "cannot test deploy/nginx.conf"
+        )
     return found
 
 
