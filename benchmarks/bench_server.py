@@ -403,13 +403,16 @@ def plot(records: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax_lat, ax_rtf) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, rec in records.items():
         ns = [r["n"] for r in rec["levels"]]
-        ax_lat.plot(ns, [r["p95_ms"] for r in rec["levels"]], marker="o", label=f"{name} p95")
-        ax_lat.plot(ns, [r["p50_ms"] for r in rec["levels"]], marker=".", linestyle=":", label=f"{name} p50")
-        ax_rtf.plot(ns, [r["aggregate_rtf"] for r in rec["levels"]], marker="o", label=name)
+        (line,) = ax_lat.plot(ns, [r["p95_ms"] for r in rec["levels"]], marker="o", label=f"{name} p95")
+        color = line.get_color()
+        ax_lat.plot(ns, [r["p50_ms"] for r in rec["levels"]], marker=".", linestyle=":", color=color,
+                    label=f"{name} p50")  # fmt: skip
+        ax_rtf.plot(ns, [r["aggregate_rtf"] for r in rec["levels"]], marker="o", color=color, label=name)
         failed = [r for r in rec["levels"] if not r["pass"]]
         ax_lat.scatter([r["n"] for r in failed], [r["p95_ms"] for r in failed], marker="x", s=80, color="red",
                        zorder=3)  # fmt: skip
@@ -417,6 +420,7 @@ def plot(records: dict, path: Path) -> None:
     for ax, title, ylabel in ((ax_lat, "reply latency (red x: N fails)", "ms"),
                               (ax_rtf, "aggregate RTF (server CPU s / audio s)", "RTF")):  # fmt: skip
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:.0f}"))
         ax.set_xlabel("concurrent real-time streams N")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
