@@ -120,6 +120,7 @@ class RecognizerStream:
             self._search = PrefixBeamSearch(beam=max(recognizer.beam, nbest), blank_id=blank)
         self.samples_accepted = 0
         self._finished = False
+        self._result: RecognitionResult | None = None  # valid until the search moves
 
     @property
     def seconds_accepted(self) -> float:
@@ -163,6 +164,7 @@ class RecognizerStream:
         :attr:`model_stream`, run elsewhere (t may be 0)."""
         if len(log_probs):
             self._search.accept(log_probs)
+            self._result = None
 
     def flush_input(self) -> None:
         """End of audio, without running the model: flush the resampler and
@@ -182,7 +184,18 @@ class RecognizerStream:
         self.flush_input()
         self.decode()
 
+    @property
+    def result_is_cached(self) -> bool:
+        """Whether :meth:`result` is a lookup (the search has not moved since)."""
+        return self._result is not None
+
     def result(self) -> RecognitionResult:
+        """The n-best so far (computed once per search step, then cached)."""
+        if self._result is None:
+            self._result = self._compute_result()
+        return self._result
+
+    def _compute_result(self) -> RecognitionResult:
         if isinstance(self._search, GreedySearch):
             hypotheses = [self._search.best]
         else:

@@ -563,8 +563,12 @@ class Session:
             partial_result = await self._run(self._feed_unbatched, stream, audio)
         else:
             await self._run(self._accept, stream, audio)
-            log_probs = await service.decode(stream.recognizer_stream.model_stream)
-            partial_result = await self._run(self._partial, stream, log_probs)
+            rs = stream.recognizer_stream
+            log_probs = await service.decode(rs.model_stream)
+            if len(log_probs) == 0 and rs.result_is_cached:
+                partial_result = self._partial(stream, None)  # nothing new: a lookup
+            else:
+                partial_result = await self._run(self._partial, stream, log_probs)
         stream.decode_seconds += time.perf_counter() - t0
         return partial_result
 

@@ -96,6 +96,8 @@ class ModelState:
         """Concatenate per-stream states into batched tensors, in stream order."""
         if not states:
             raise ValueError("no states to stack")
+        if len(states) == 1:
+            return list(states[0].tensors)  # a batch of one needs no copy
         axes = states[0].batch_axes
         return [
             np.concatenate([s.tensors[i] for s in states], axis=axis)
