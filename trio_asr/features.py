@@ -10,6 +10,7 @@ window and the mel filters, and reads global CMVN statistics.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from os import PathLike
@@ -138,6 +139,7 @@ class FbankOptions:
         return self.num_bins + (1 if self.use_energy else 0)
 
 
+@functools.lru_cache(maxsize=16)
 def _window(options: FbankOptions) -> np.ndarray:
     n = options.window_size
     i = np.arange(n, dtype=np.float64)
@@ -158,6 +160,7 @@ def _window(options: FbankOptions) -> np.ndarray:
     return w.astype(np.float32).astype(np.float64)
 
 
+@functools.lru_cache(maxsize=16)  # streams of one model share their filters
 def _mel_filters(options: FbankOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The mel filters as (start bin, length, concatenated weights).
 

@@ -108,8 +108,13 @@ class ModelState:
     def unstack(cls, tensors: Sequence[np.ndarray], batch_axes: Sequence[int]) -> list[ModelState]:
         """Split batched tensors (as :meth:`stack` made them) into per-stream states."""
         batch = tensors[0].shape[batch_axes[0]]
-        parts = [np.split(t, batch, axis=a) for t, a in zip(tensors, batch_axes)]
-        return [cls(tuple(p[n] for p in parts), batch_axes) for n in range(batch)]
+        if batch == 1:
+            return [cls(tuple(tensors), batch_axes)]
+        # Views, one batch slot each (np.split is slow for ~100 small tensors).
+        return [
+            cls(tuple(t[(slice(None),) * a + (slice(n, n + 1),)] for t, a in zip(tensors, batch_axes)), batch_axes)
+            for n in range(batch)
+        ]
 
 
 class AcousticModel(abc.ABC):
