@@ -75,6 +75,10 @@ class ServerConfig:
     batching: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: most chunks (streams) per batched model call
     max_batch: int = attrs.field(default=16, validator=[attrs.validators.instance_of(int), _positive])
+    #: batched model calls running at once (one worker thread each)
+    concurrent_batches: int = attrs.field(
+        factory=lambda: max(1, os.cpu_count() or 1), validator=[attrs.validators.instance_of(int), _positive]
+    )
     #: seconds of model queue delay above which new connections get HTTP 503
     #: (only with ``batching``; existing streams go on)
     max_queue_delay: float = attrs.field(default=0.5, converter=float, validator=_positive)

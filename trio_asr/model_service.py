@@ -78,10 +78,13 @@ class ServiceStats:
 
 
 class ModelService:
-    """Runs ``model`` for many streams, one batched call at a time.
+    """Runs ``model`` for many streams in batched calls.
 
-    ``max_batch`` bounds the chunks per model call; ``max_queue_delay`` (s) is
-    the queue delay above which :attr:`overloaded` is true.
+    ``max_batch`` bounds the chunks per model call; ``concurrent_batches``
+    how many calls run at once (each in its own worker thread: a second call
+    lets a second core work while the first call's results are handed out);
+    ``max_queue_delay`` (s) is the queue delay above which :attr:`overloaded`
+    is true.
 
     Contracts:
 
@@ -97,9 +100,18 @@ class ModelService:
       service goes on with the next batch.
     """
 
-    def __init__(self, model: AcousticModel, *, max_batch: int = 16, max_queue_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        model: AcousticModel,
+        *,
+        max_batch: int = 16,
+        max_queue_delay: float = 0.5,
+        concurrent_batches: int = 1,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+        if concurrent_batches < 1:
+            raise ValueError(f"concurrent_batches must be >= 1, not {concurrent_batches}")
         if max_queue_delay <= 0:
             raise ValueError(f"max_queue_delay must be positive, not {max_queue_delay}")
         self.model = model
@@ -108,8 +120,10 @@ class ModelService:
         self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
         # queued_at of the requests in the channel, oldest first (the channel is FIFO)
         self._waiting: collections.deque[float] = collections.deque()
-        self._running_since: float | None = None  # queued_at of the oldest request of the running batch
-        self._limiter = trio.CapacityLimiter(1)
+        # queued_at of the oldest request of each running batch
+        self._running_since: list[float] = []
+        # Batches in flight at once: the next batch gathers while all run.
+        self._slots = trio.Semaphore(concurrent_batches)
         self._batches = self._chunks = self._largest = self._failed = 0
 
     @property
@@ -120,7 +134,7 @@ class ModelService:
     def queue_delay(self) -> float:
         """Seconds the longest-waiting current request has waited (or waited,
         if its batch is running) for its batch to start; 0 when idle."""
-        oldest = [t for t in (self._running_since, self._waiting[0] if self._waiting else None) if t is not None]
+        oldest = self._running_since + ([self._waiting[0]] if self._waiting else [])
         return trio.current_time() - min(oldest) if oldest else 0.0
 
     @property
@@ -167,11 +181,15 @@ class ModelService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve requests until cancelled; then fail whatever is still queued."""
         try:
-            task_status.started()
-            while True:
-                batch = await self._gather()
-                if batch:
-                    await self._run_batch(batch)
+            async with trio.open_nursery() as batches:
+                task_status.started()
+                while True:
+                    await self._slots.acquire()
+                    batch = await self._gather()
+                    if batch:
+                        batches.start_soon(self._run_batch, batch)
+                    else:
+                        self._slots.release()
         finally:
             self._send.close()
             self._fail_queued()
@@ -200,16 +218,15 @@ class ModelService:
 
     async def _run_batch(self, batch: list[tuple[_Request, np.ndarray]]) -> None:
         requests = [r for r, _ in batch]
-        self._running_since = min(r.queued_at for r in requests)
+        since = min(r.queued_at for r in requests)
+        self._running_since.append(since)
         self._batches += 1
         self._chunks += len(batch)
         self._largest = max(self._largest, len(batch))
         try:
             chunks = [c for _, c in batch]
             states = [r.stream.state for r in requests]
-            log_probs, new_states = await trio.to_thread.run_sync(
-                self._call_model, chunks, states, limiter=self._limiter
-            )
+            log_probs, new_states = await trio.to_thread.run_sync(self._call_model, chunks, states)
         except BaseException as exc:  # the service's own cancellation too: nobody is left hanging
             self._failed += 1
             for request in requests:
@@ -218,7 +235,8 @@ class ModelService:
                 raise
             return
         finally:
-            self._running_since = None
+            self._running_since.remove(since)
+            self._slots.release()
         for request, lp, state in zip(requests, log_probs, new_states):
             request.finish(lp, state)
 

@@ -209,7 +209,12 @@ class Server:
         model = getattr(recognizer, "model", None)
         #: runs the model for every connection; None without batching (or model)
         self.service: ModelService | None = (
-            ModelService(model, max_batch=config.max_batch, max_queue_delay=config.max_queue_delay)
+            ModelService(
+                model,
+                max_batch=config.max_batch,
+                max_queue_delay=config.max_queue_delay,
+                concurrent_batches=config.concurrent_batches,
+            )
             if config.batching and model is not None
             else None
         )
@@ -741,6 +746,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     parser.add_argument("--max-batch", type=int, help="most chunks per batched model call (default 16)")
     parser.add_argument(
+        "--concurrent-batches", type=int, help="batched model calls at once (default: CPU count)"
+    )
+    parser.add_argument(
         "--max-queue-delay", type=float, help="model queue delay, s, above which new connections get 503 (default 0.5)"
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default warning")
@@ -751,7 +759,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 _SERVE_FLAGS = (
     "host", "port", "model", "audio_dir", "save_audio", "beam", "nbest_max", "max_connections",
     "max_message_bytes", "max_stream_seconds", "idle_timeout", "grace_period", "threads", "workers", "log_level",
-    "batching", "max_batch", "max_queue_delay",
+    "batching", "max_batch", "concurrent_batches", "max_queue_delay",
 )  # fmt: skip
 
 
