@@ -22,9 +22,9 @@ The new beam is the best ``beam`` candidates, ties broken by generation order
 (stays by row, then growths by parent row and token rank), which is the same
 whatever way the stream was cut into blocks.  Only a few top tokens of a frame
 can win: a row's growths rank like the tokens' log probabilities, at most
-``rows + 1`` of them are excluded (its repeat and the merges), so the
-``2 * beam + 1`` best tokens are enough and a row's scan stops at the first
-growth that cannot enter the candidate heap.  Exactness is unaffected.
+``1 + children`` of them are excluded (its repeat and the merges), so the
+``beam + 1 + most children`` best tokens are enough, and a row's scan stops
+at the first growth that cannot enter the candidate heap.  Exactness is unaffected.
 
 Nodes no row can reach are dropped by a compaction when the tree has doubled
 since the last one, so memory stays proportional to the hypotheses' length.
@@ -146,9 +146,12 @@ cdef Py_ssize_t _top_tokens(const real* row, Py_ssize_t vocab, int32_t blank, bi
     heap (root: the worst kept) while scanning, then sorted in place."""
     cdef Py_ssize_t size = 0, i, child, end
     cdef int32_t c, item
+    cdef double worst = -INFINITY  # log probability of the root once full
     if limit <= 0:
         return 0
     for c in range(vocab):
+        if row[c] < worst:  # the common case, kept branch-light
+            continue
         if c == blank or (use_threshold and not row[c] >= threshold):
             continue
         if size == limit:
@@ -166,6 +169,7 @@ cdef Py_ssize_t _top_tokens(const real* row, Py_ssize_t vocab, int32_t blank, bi
                 out[i] = out[child]
                 i = child
             out[i] = c
+            worst = row[out[0]]
         else:
             i = size
             size += 1
@@ -173,6 +177,8 @@ cdef Py_ssize_t _top_tokens(const real* row, Py_ssize_t vocab, int32_t blank, bi
                 out[i] = out[(i - 1) // 2]
                 i = (i - 1) // 2
             out[i] = c
+            if size == limit:
+                worst = row[out[0]]
     # Heap sort: repeatedly move the worst to the end, leaving best first.
     end = size - 1
     while end > 0:
@@ -320,7 +326,7 @@ cdef class PrefixBeamCore:
 
     cdef int _reserve_scratch(self, Py_ssize_t vocab) noexcept nogil:
         """Per-token scratch for a vocabulary of ``vocab``; -1 when out of memory."""
-        cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * self.beam + 1
+        cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * self.beam + 1  # see _step
         cdef void* p
         if limit > vocab:
             limit = vocab
@@ -350,10 +356,11 @@ cdef class PrefixBeamCore:
             b = self.parent[b]
         return True
 
-    cdef void _link_children(self) noexcept nogil:
+    cdef Py_ssize_t _link_children(self) noexcept nogil:
         """For every row whose prefix minus its last token is also a row, link
-        it into that row's list (``child_head``/``child_next``)."""
-        cdef Py_ssize_t i, j, slot
+        it into that row's list (``child_head``/``child_next``); return the
+        most children a row has."""
+        cdef Py_ssize_t i, j, slot, count, most = 0
         cdef int64_t q
         for i in range(self.slot_mask + 1):
             self.slots[i] = -1
@@ -376,6 +383,14 @@ cdef class PrefixBeamCore:
                     self.child_head[i] = j
                     break
                 slot = (slot + 1) & self.slot_mask
+        for i in range(self.rows):
+            count = 0
+            j = self.child_head[i]
+            while j >= 0:
+                count += 1
+                j = self.child_next[j]
+            most = max(most, count)
+        return most
 
     cdef int _step(self, const real* row, Py_ssize_t vocab) noexcept nogil:
         """Advance the beam by one frame; -1 when out of memory."""
@@ -383,16 +398,17 @@ cdef class PrefixBeamCore:
         cdef int64_t n, seq
         cdef int32_t c, last, cutoff = -1
         cdef double total, score, blank_lp = row[self.blank_id]
-        cdef bint is_candidate
         cdef Candidate* item
 
-        limit = min(self.top_k if self.top_k else 2 * self.beam + 1, vocab)
+        # A row takes at most `beam` growths, skipping its repeat and merges.
+        limit = self.beam + 1 + self._link_children()
+        if self.top_k:
+            limit = self.top_k  # all of them, to know the last one
+        limit = min(limit, vocab)
         n_tokens = _top_tokens(row, vocab, self.blank_id, self.use_threshold, self.threshold,
                                limit, self.tokens)
         if self.top_k and n_tokens == self.top_k:
             cutoff = self.tokens[n_tokens - 1]  # a token ranked after it is pruned
-
-        self._link_children()
 
         # Stays, with the growths that land on another row merged in.
         for i in range(self.rows):

@@ -247,3 +247,111 @@ def test_frames_are_counted_across_calls(make):
     for frames in (3, 0, 5):
         search.accept(np.log(np.full((frames, 4), 0.25, dtype=np.float32)))
     assert search.num_frames == 8
+
+
+def reference_beam_search(log_probs: np.ndarray, beam: int) -> list[tuple[tuple[int, ...], float, tuple[int, ...]]]:
+    """Textbook prefix beam search (blank 0, no pruning): every candidate of
+    every frame in a dict, then the ``beam`` best possible ones kept. Returns
+    ``(tokens, score, frames)`` best first."""
+    lp = log_probs.astype(np.float64)
+    beams = {(): (0.0, -math.inf, ())}  # prefix -> (blank-ending, token-ending, frames)
+    for t, row in enumerate(lp):
+        nxt: dict[tuple[int, ...], list] = defaultdict(lambda: [-math.inf, -math.inf, None])
+        for prefix, (pb, pnb, frames) in beams.items():
+            total = np.logaddexp(pb, pnb)
+            stay = nxt[prefix]
+            stay[0] = np.logaddexp(stay[0], total + row[0])
+            if prefix:
+                stay[1] = np.logaddexp(stay[1], pnb + row[prefix[-1]])
+            stay[2] = frames
+            for c in range(1, len(row)):
+                grown = nxt[prefix + (c,)]
+                source = pb if prefix and prefix[-1] == c else total
+                grown[1] = np.logaddexp(grown[1], source + row[c])
+                if grown[2] is None:
+                    grown[2] = frames + (t,)
+        for prefix, entry in nxt.items():  # a merged growth keeps the surviving prefix's frames
+            if prefix in beams:
+                entry[2] = beams[prefix][2]
+        possible = [kv for kv in nxt.items() if np.logaddexp(kv[1][0], kv[1][1]) > -math.inf]
+        ranked = sorted(possible, key=lambda kv: -np.logaddexp(kv[1][0], kv[1][1]))[:beam]
+        beams = {p: (e[0], e[1], e[2]) for p, e in ranked}
+    return [(p, float(np.logaddexp(pb, pnb)), f) for p, (pb, pnb, f) in beams.items()]
+
+
+@settings(max_examples=40, deadline=None)
+@given(peaky_cases(max_frames=25, max_vocab=12), st.integers(1, 6))
+def test_narrow_beam_matches_a_textbook_search(log_probs, beam):
+    """The compiled search scans only a frame's best tokens and stops early;
+    with no ties (random inputs) it must keep exactly what a search of every
+    candidate keeps."""
+    search = PrefixBeamSearch(beam)
+    search.accept(log_probs)
+    got = search.nbest(beam)
+    expected = reference_beam_search(log_probs, beam)
+    assert [h.tokens for h in got] == [tokens for tokens, _, _ in expected]
+    assert [h.frames for h in got] == [frames for _, _, frames in expected]
+    assert [h.score for h in got] == pytest.approx([score for _, score, _ in expected], abs=1e-9)
+
+
+@settings(max_examples=20, deadline=None)
+@given(peaky_cases(), st.integers(1, 8))
+def test_float32_and_float64_input_agree(log_probs, beam):
+    single, double = PrefixBeamSearch(beam), PrefixBeamSearch(beam)
+    single.accept(log_probs)
+    double.accept(log_probs.astype(np.float64))
+    assert single.nbest(beam) == double.nbest(beam)
+
+
+def reachable_nodes(hypotheses: list[Hypothesis]) -> int:
+    """Nodes of the tree of (token, frame) paths that spells these hypotheses,
+    root included: what a search must keep to read them back."""
+    paths = sorted(tuple(zip(h.tokens, h.frames)) for h in hypotheses)
+    count = 1 + len(paths[0])
+    for a, b in itertools.pairwise(paths):
+        common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        count += len(b) - common
+    return count
+
+
+def test_memory_stays_proportional_to_the_hypotheses_on_an_hour_long_stream():
+    """90k frames (an hour at 40 ms) create several times as many prefixes as
+    survive; unreachable ones must be dropped along the way. The bound:
+    compaction runs when the tree has doubled (at least 4096 nodes), and a
+    frame adds at most ``beam`` nodes."""
+    beam, frames = 10, 90_000
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(frames, 20)).astype(np.float32)
+    speaking = rng.random(frames) < 0.1
+    logits[np.arange(frames), np.where(speaking, rng.integers(1, 20, size=frames), 0)] += 3.0
+    search = PrefixBeamSearch(beam)
+    for block in np.array_split(log_softmax(logits).astype(np.float32), 90):
+        search.accept(block)
+    hypotheses = search.nbest(beam)
+    assert len(hypotheses[0].tokens) > 1000  # a long transcript: memory must grow with it
+    live = reachable_nodes(hypotheses)
+    assert search._core.num_nodes <= 3 * live + 4096 + beam
+
+
+def test_the_search_runs_while_other_threads_hold_the_interpreter():
+    """The per-frame loop releases the GIL: a Python thread keeps running
+    while another thread decodes a long block."""
+    import threading
+    import time
+
+    log_probs = log_softmax(np.random.default_rng(5).normal(size=(3000, 500))).astype(np.float32)
+    search = PrefixBeamSearch(200)
+    start = time.perf_counter()
+    search.accept(log_probs[:300])
+    per_frame = (time.perf_counter() - start) / 300
+
+    ticks = []
+    worker = threading.Thread(target=search.accept, args=(log_probs,))
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    worker.join()
+    duration = per_frame * len(log_probs)
+    assert duration > 0.2  # long enough for a held GIL to show
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < duration / 3
