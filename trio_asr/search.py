@@ -117,6 +117,8 @@ class PrefixBeamSearch:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         scores = self._core.scores()  # best first
+        if not len(scores):  # every path so far has probability 0
+            return []
         # Read back only the rows that can be among the first n.
         rows = np.flatnonzero(scores >= scores[min(n, len(scores)) - 1]).tolist()
         found = []
