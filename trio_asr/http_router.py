@@ -1,0 +1,81 @@
+"""The plain-HTTP side of the server's port, before any WebSocket handshake.
+
+trio-websocket rejects non-upgrade requests before a handler sees them, so
+the server reads each request head itself (with h11), answers health checks,
+404s and 503s here, and hands WebSocket upgrades on to trio-websocket through
+:class:`ReplayStream`, which replays the bytes already read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h11
+import trio
+
+__all__ = ["ReplayStream", "is_upgrade", "read_request", "respond"]
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first yields bytes already read from ``stream``."""
+
+    def __init__(self, prefix: bytes, stream: trio.abc.Stream) -> None:
+        self._prefix = prefix
+        self._stream = stream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            await trio.lowlevel.checkpoint()
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:n], self._prefix[n:]
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def read_request(stream: trio.abc.Stream) -> tuple[h11.Connection, h11.Request | None, bytes]:
+    """Read one HTTP request head; ``None`` if the peer left or sent garbage."""
+    conn = h11.Connection(h11.SERVER)
+    raw = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return conn, None, bytes(raw)
+        if isinstance(event, h11.Request):
+            return conn, event, bytes(raw)
+        if event is not h11.NEED_DATA:
+            return conn, None, bytes(raw)
+        data = await stream.receive_some(16384)
+        if not data:
+            return conn, None, bytes(raw)
+        raw += data
+        conn.receive_data(data)
+
+
+async def respond(stream: trio.abc.Stream, conn: h11.Connection, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(payload))),
+        ("connection", "close"),
+    ]
+    try:
+        data = conn.send(h11.Response(status_code=status, headers=headers))
+        data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
+    except h11.LocalProtocolError:
+        return
+    await stream.send_all(data)
+
+
+def is_upgrade(request: h11.Request) -> bool:
+    return any(k == b"upgrade" and b"websocket" in v.lower() for k, v in request.headers)
