@@ -51,6 +51,19 @@ __all__ = ["Recognizer", "RecognizerStream", "Session", "SteppedRecognizerStream
 
 log = logging.getLogger("trio_asr.server")
 
+# Per-frame work small enough for the event loop itself: a worker-thread
+# round trip costs more than it.  Everything else (model calls, large or
+# resampled frames, long transcripts, disk writes) runs in worker threads.
+#: a frame's features, at the model's rate (~0.15 ms for 4096 samples)
+INLINE_MAX_SAMPLES = 4096
+#: the search over one chunk and the partial text, while the n-best texts are
+#: short (text costs ~1 us per token and hypothesis)
+INLINE_MAX_FRAMES = 16
+INLINE_MAX_TEXT = 256
+#: received audio is written to the stream's WAV (in a worker thread) once
+#: this much is waiting, and always when the stream ends
+SAVE_EVERY_BYTES = 32768
+
 
 class RecognizerStream(Protocol):
     def accept_waveform(self, samples: np.ndarray) -> None: ...
@@ -103,6 +116,8 @@ class _Stream:
     recognizer_stream: RecognizerStream
     wav: WavWriter | None
     path: Path | None
+    #: PCM received but not yet written to ``wav``
+    unsaved: bytearray = attrs.Factory(bytearray)
     samples: int = 0
     decode_seconds: float = 0.0
     closed: bool = False
@@ -279,11 +294,14 @@ class Session:
         if service is None:
             partial_result = await self._run(self._feed_unbatched, stream, audio)
         else:
-            await self._run(self._accept, stream, audio)
             rs = stream.recognizer_stream
+            if self._inline_accept(stream, audio):
+                self._accept(stream, audio)
+            else:
+                await self._run(self._accept, stream, audio)
             log_probs = await service.decode(rs.model_stream)
-            if len(log_probs) == 0 and rs.result_is_cached:
-                partial_result = self._partial(stream, None)  # nothing new: a lookup
+            if self._inline_search(stream, log_probs):
+                partial_result = self._partial(stream, log_probs)
             else:
                 partial_result = await self._run(self._partial, stream, log_probs)
         stream.decode_seconds += time.perf_counter() - t0
@@ -304,9 +322,30 @@ class Session:
         stream.decode_seconds += time.perf_counter() - t0
         return final
 
+    def _inline_accept(self, stream: _Stream, audio: Audio) -> bool:
+        """Whether :meth:`_accept` is cheap enough for the event loop."""
+        return (
+            audio.samples.size <= INLINE_MAX_SAMPLES
+            and stream.start.sample_rate == self.server.recognizer.sample_rate
+            and (stream.wav is None or len(stream.unsaved) + len(audio.pcm) < SAVE_EVERY_BYTES)
+        )
+
+    def _inline_search(self, stream: _Stream, log_probs: np.ndarray) -> bool:
+        """Whether :meth:`_partial` is cheap enough for the event loop."""
+        rs = stream.recognizer_stream
+        if len(log_probs) == 0 and rs.result_is_cached:
+            return True
+        if len(log_probs) > INLINE_MAX_FRAMES or not rs.result_is_cached:
+            return False
+        return len(rs.result().text) * stream.start.nbest <= INLINE_MAX_TEXT
+
     def _accept(self, stream: _Stream, audio: Audio) -> None:
+        """Keep a frame's audio for saving (writing it out once enough is
+        waiting) and compute its features."""
         if stream.wav is not None:
-            stream.wav.write(audio.pcm)
+            stream.unsaved += audio.pcm
+            if len(stream.unsaved) >= SAVE_EVERY_BYTES:
+                self._save(stream)
         samples = audio.samples
         stream.samples += samples.size
         if samples.size:
@@ -314,6 +353,7 @@ class Session:
 
     def _feed_unbatched(self, stream: _Stream, audio: Audio) -> PartialResult:
         self._accept(stream, audio)
+        self._save(stream)
         if audio.samples.size:
             stream.recognizer_stream.decode()
         return self._partial(stream, None)
@@ -335,10 +375,19 @@ class Session:
             name=stream.start.name, text=result.text, nbest=_nbest(result, stream.start.nbest), times=times
         )
 
+    @staticmethod
+    def _save(stream: _Stream) -> None:
+        if stream.wav is not None and stream.unsaved:
+            stream.wav.write(stream.unsaved)
+            stream.unsaved.clear()
+
     def _close(self, stream: _Stream, how: str) -> None:
         stream.closed = True
         if stream.wav is not None:
-            stream.wav.close()
+            try:
+                self._save(stream)  # at most SAVE_EVERY_BYTES
+            finally:
+                stream.wav.close()
         self._audio_seconds += stream.audio_seconds
         self._decode_seconds += stream.decode_seconds
         rtf = stream.decode_seconds / stream.audio_seconds if stream.samples else 0.0
