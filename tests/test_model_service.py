@@ -19,7 +19,7 @@ from paths import SPEECH_FILES
 from serverutil import ControlledModel
 
 from trio_asr.audio import down_mix, read_wav
-from trio_asr.model import load_model
+from trio_asr.model import is_batch_invariant, load_model
 from trio_asr.model_service import ModelService, ModelServiceError
 from trio_asr.recognizer import Recognizer, RecognizerStream
 from trio_asr.transcribe import transcribe_samples
@@ -34,9 +34,18 @@ def model(streaming_ctc_model_dir: Path) -> ControlledModel:
 
 @pytest.fixture
 async def service(nursery: trio.Nursery, model: ControlledModel) -> ModelService:
-    service = ModelService(model, max_batch=16)
+    # exact=False: these tests are about batching itself, also for a model
+    # that is not batch-invariant (the exact mode is tested on its own)
+    service = ModelService(model, max_batch=16, exact=False)
+    forget_probe(model)
     await nursery.start(service.run)
     return service
+
+
+def forget_probe(model: ControlledModel) -> None:
+    """Drop the record of the batch-invariance probe's model runs."""
+    model.batch_sizes.clear()
+    model.entered.clear()
 
 
 def stream_with_chunks(model: ControlledModel, n_chunks: int):
@@ -73,7 +82,10 @@ async def decode_batched(service: ModelService, rs: RecognizerStream, x: np.ndar
     rs.accept_log_probs(await service.decode(rs.model_stream))
 
 
-async def test_concurrent_streams_batched_equal_unbatched(service: ModelService, model: ControlledModel) -> None:
+async def test_concurrent_streams_batched_equal_unbatched(nursery: trio.Nursery, model: ControlledModel) -> None:
+    service = ModelService(model, max_batch=16)  # exact, as the server runs it
+    forget_probe(model)
+    await nursery.start(service.run)
     recognizer = Recognizer(model, beam=4)
     utterances = []
     for path in SPEECH_FILES:
@@ -95,7 +107,8 @@ async def test_concurrent_streams_batched_equal_unbatched(service: ModelService,
         assert got.times == expected.times
     assert any(rs.result().text for rs in streams), "the model must emit text for the comparison to mean something"
     stats = service.stats
-    assert stats.largest_batch > 1 and stats.mean_batch > 1, stats
+    if service.max_batch > 1:  # 1 for a model that is not batch-invariant
+        assert stats.largest_batch > 1 and stats.mean_batch > 1, stats
     assert stats.chunks == sum(rs.model_stream.chunks_run for rs in streams)
     assert sum(model.batch_sizes) == stats.chunks and len(model.batch_sizes) == stats.batches
 
@@ -135,7 +148,8 @@ async def test_requests_queued_during_a_batch_form_the_next_one(
 
 
 async def test_max_batch_bounds_the_batch(nursery: trio.Nursery, model: ControlledModel) -> None:
-    service = ModelService(model, max_batch=2)
+    service = ModelService(model, max_batch=2, exact=False)
+    forget_probe(model)
     await nursery.start(service.run)
     model.gate = threading.Event()
     try:
@@ -165,6 +179,9 @@ def hold_next_run(model: ControlledModel) -> None:
 async def test_cancelled_request_leaves_its_stream_and_the_others_intact(
     service: ModelService, model: ControlledModel, where: str
 ) -> None:
+    if where == "running" and not is_batch_invariant(model):
+        pytest.skip("a batch-dependent model's batched results differ from running alone by design")
+    forget_probe(model)
     model.gate = threading.Event()
     first = stream_with_chunks(model, 1)
     victim, other = stream_with_chunks(model, 2), stream_with_chunks(model, 2)
@@ -276,3 +293,63 @@ def test_invalid_settings(model: ControlledModel) -> None:
         ModelService(model, max_batch=0)
     with pytest.raises(ValueError):
         ModelService(model, max_queue_delay=0)
+
+
+class BatchDependentModel(ControlledModel):
+    """Like a dynamically quantized model: every output moves with a
+    statistic of the whole batch, so a stream's log-probs depend on its
+    batch mates."""
+
+    def run(self, features: np.ndarray, states):
+        log_probs, new_states = super().run(features, states)
+        return log_probs + 0.05 * float(np.abs(features).mean()), new_states
+
+
+def test_batch_invariance_probe(model: ControlledModel) -> None:
+    if not is_batch_invariant(model):
+        pytest.skip("this model's outputs depend on the batch (dynamically quantized activations)")
+    assert not is_batch_invariant(BatchDependentModel(model.inner))
+
+
+def decode_alone(model: ControlledModel, stream) -> np.ndarray:
+    """``stream``'s ready chunks run one per model call, on a copy."""
+    copy = model.create_stream()
+    copy.state = stream.state
+    copy.accept_features(stream._buffer)
+    outputs = []
+    while (chunk := copy.next_chunk()) is not None:
+        log_probs, (state,) = model.run(chunk[None], [copy.state])
+        copy.advance(state)
+        outputs.append(log_probs[0])
+    return np.concatenate(outputs)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+async def test_exact_service_never_batches_a_batch_dependent_model(
+    nursery: trio.Nursery, model: ControlledModel, exact: bool
+) -> None:
+    dependent = BatchDependentModel(model.inner)
+    service = ModelService(dependent, max_batch=8, exact=exact)
+    forget_probe(dependent)
+    await nursery.start(service.run)
+    streams = [stream_with_chunks(dependent, 2) for _ in range(4)]
+    expected = [decode_alone(dependent, s) for s in streams]
+    results: dict[int, np.ndarray] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await service.decode(streams[i])
+
+    dependent.gate = gate = threading.Event()  # hold the first run so the rest queue up
+    async with trio.open_nursery() as inner:
+        for i in range(len(streams)):
+            inner.start_soon(one, i)
+        await wait_until_running(dependent)
+        await trio.testing.wait_all_tasks_blocked()
+        dependent.gate = None
+        gate.set()
+    if exact:
+        assert service.max_batch == 1 and max(dependent.batch_sizes) == 1
+        for i, log_probs in results.items():
+            np.testing.assert_allclose(log_probs, expected[i], atol=1e-5)
+    else:
+        assert max(dependent.batch_sizes) > 1  # batched anyway: results may move

@@ -36,7 +36,7 @@ import pytest
 from fixtures import zipformer2_ctc as fixture
 from paths import AUDIO_DIR
 from trio_asr.features import StreamingFbank
-from trio_asr.model import ModelError, decode_streams, find_model_file, load_model
+from trio_asr.model import ModelError, decode_streams, find_model_file, is_batch_invariant, load_model
 from trio_asr.model.zipformer2_ctc import Zipformer2CtcModel
 from trio_asr.search import GreedySearch
 
@@ -227,6 +227,8 @@ def test_batched_equals_one_by_one(streaming_ctc_model_dir):
     # stream the ~1e-6 rounding differences of batched GEMMs pass through the
     # recurrent state, so whole streams are compared to 1e-4.
     model = load_zipformer2(streaming_ctc_model_dir)
+    if not is_batch_invariant(model):
+        pytest.skip("this model's outputs depend on the batch (dynamically quantized activations)")
     inputs = [features(model, audio(n)) for n in ("numbers.wav", "something.wav", "noise")]
     inputs[2] = inputs[2][:150]  # lengths differ: streams drop out of the batch
     single = []

@@ -75,6 +75,11 @@ class ServerConfig:
     batching: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: most chunks (streams) per batched model call
     max_batch: int = attrs.field(default=16, validator=[attrs.validators.instance_of(int), _positive])
+    #: with a model whose outputs depend on the batch (dynamically quantized
+    #: activations, as in int8 exports), run one stream per model call so a
+    #: result never depends on other streams; off: batch anyway (cheaper, but
+    #: rare tokens may then differ from decoding the stream alone)
+    exact_batching: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: batched model calls running at once (one worker thread each)
     concurrent_batches: int = attrs.field(
         factory=lambda: max(1, os.cpu_count() or 1), validator=[attrs.validators.instance_of(int), _positive]

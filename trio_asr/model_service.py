@@ -23,6 +23,7 @@ that existing streams keep their pace instead of all of them slowing down.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 from collections.abc import Sequence
 
@@ -30,9 +31,11 @@ import attrs
 import numpy as np
 import trio
 
-from trio_asr.model import AcousticModel, ModelState, ModelStream
+from trio_asr.model import AcousticModel, ModelState, ModelStream, is_batch_invariant
 
 __all__ = ["ModelService", "ModelServiceError", "ServiceStats"]
+
+log = logging.getLogger("trio_asr.server")
 
 
 class ModelServiceError(Exception):
@@ -80,7 +83,10 @@ class ServiceStats:
 class ModelService:
     """Runs ``model`` for many streams in batched calls.
 
-    ``max_batch`` bounds the chunks per model call; ``concurrent_batches``
+    ``max_batch`` bounds the chunks per model call; with ``exact`` it is 1
+    for a model that is not batch-invariant (see
+    :func:`~trio_asr.model.is_batch_invariant`), so a stream's
+    results never depend on which streams share its batch; ``concurrent_batches``
     how many calls run at once (each in its own worker thread: a second call
     lets a second core work while the first call's results are handed out);
     ``max_queue_delay`` (s) is the queue delay above which :attr:`overloaded`
@@ -107,6 +113,7 @@ class ModelService:
         max_batch: int = 16,
         max_queue_delay: float = 0.5,
         concurrent_batches: int = 1,
+        exact: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
@@ -115,6 +122,12 @@ class ModelService:
         if max_queue_delay <= 0:
             raise ValueError(f"max_queue_delay must be positive, not {max_queue_delay}")
         self.model = model
+        if exact and max_batch > 1 and not is_batch_invariant(model):
+            log.warning(
+                "the model's outputs depend on the batch (dynamically quantized activations): "
+                "one stream per model call, so results never depend on other streams"
+            )
+            max_batch = 1
         self.max_batch = max_batch
         self.max_queue_delay = max_queue_delay
         self._send, self._receive = trio.open_memory_channel[_Request](math.inf)

@@ -75,6 +75,7 @@ class Server:
             ModelService(
                 model,
                 max_batch=config.max_batch,
+                exact=config.exact_batching,
                 max_queue_delay=config.max_queue_delay,
                 concurrent_batches=config.concurrent_batches,
             )
@@ -305,6 +306,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     parser.add_argument("--max-batch", type=int, help="most chunks per batched model call (default 16)")
     parser.add_argument(
+        "--exact-batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never batch a model whose outputs depend on the batch, e.g. int8 (default on)",
+    )
+    parser.add_argument(
         "--concurrent-batches", type=int, help="batched model calls at once (default: CPU count)"
     )
     parser.add_argument(
@@ -318,7 +325,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 _SERVE_FLAGS = (
     "host", "port", "model", "audio_dir", "save_audio", "beam", "nbest_max", "max_connections",
     "max_message_bytes", "max_stream_seconds", "idle_timeout", "grace_period", "threads", "workers", "log_level",
-    "batching", "max_batch", "concurrent_batches", "max_queue_delay",
+    "batching", "max_batch", "exact_batching", "concurrent_batches", "max_queue_delay",
 )  # fmt: skip
 
 

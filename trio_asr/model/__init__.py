@@ -19,6 +19,7 @@ from trio_asr.model.base import (
     ModelState,
     ModelStream,
     decode_streams,
+    is_batch_invariant,
     make_session_options,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelState",
     "ModelStream",
     "decode_streams",
+    "is_batch_invariant",
     "find_model_file",
     "load_model",
     "make_session_options",

@@ -32,6 +32,7 @@ __all__ = [
     "ModelState",
     "ModelStream",
     "decode_streams",
+    "is_batch_invariant",
     "make_session_options",
 ]
 
@@ -267,6 +268,24 @@ class ModelStream:
         if not outputs:
             return np.zeros((0, self.model.vocab_size), np.float32)
         return np.concatenate(outputs)
+
+
+def is_batch_invariant(model: AcousticModel, tolerance: float = 1e-3) -> bool:
+    """Whether a stream's log-probs are the same in a batch as alone.
+
+    Float models differ only by rounding (~1e-5).  Models with dynamically
+    quantized activations (the usual int8 exports) do not: one scale is
+    computed over the whole batch, so each stream's output depends on the
+    others'.  Probed with two runs: two streams of different loudness
+    batched, and the first alone.
+    """
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((2, model.chunk_frames, model.feature_dim)).astype(np.float32)
+    features[1] *= 4.0
+    states = [model.initial_state(), model.initial_state()]
+    batched, _ = model.run(features, states)
+    alone, _ = model.run(features[:1], states[:1])
+    return float(np.abs(batched[0] - alone[0]).max()) <= tolerance
 
 
 def decode_streams(model: AcousticModel, streams: Sequence[ModelStream]) -> list[np.ndarray]:
