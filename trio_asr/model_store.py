@@ -29,7 +29,6 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -37,6 +36,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, TextIO
 
 import attrs
+
+from trio_asr.progress import Progress, megabytes
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -306,7 +307,8 @@ def _fetch(url: str, out: BinaryIO, spec: ModelSpec, progress: TextIO | None, ti
                 f"download of {spec.name} from {url}: server offers {length} bytes, "
                 f"expected {spec.archive_size}; use another mirror"
             )
-        bar = _ProgressBar(progress, spec.name, int(length) if length else spec.archive_size)
+        total = int(length) if length else spec.archive_size
+        bar = Progress(total, f"downloading {spec.name}", stream=progress, fmt=megabytes)
         received = 0
         try:
             while chunk := response.read(_CHUNK):
@@ -324,39 +326,6 @@ def _fetch(url: str, out: BinaryIO, spec: ModelSpec, progress: TextIO | None, ti
     if received != spec.archive_size:
         raise ConnectionError(f"download ended after {received} of {spec.archive_size} bytes")
     return digest.hexdigest()
-
-
-class _ProgressBar:
-    """``name  12.3/21.3 MB  58%`` on one terminal line, redrawn at most 10 times a second."""
-
-    def __init__(self, stream: TextIO | None, label: str, total: int) -> None:
-        self._stream = stream
-        self._label = label
-        self._total = total
-        self._last_draw = 0.0
-        self._done = 0
-
-    def update(self, done: int) -> None:
-        self._done = done
-        now = time.monotonic()
-        if now - self._last_draw >= 0.1:
-            self._last_draw = now
-            self._draw()
-
-    def _draw(self) -> None:
-        if self._stream is None:
-            return
-        percent = 100 * self._done // self._total if self._total else 0
-        self._stream.write(
-            f"\rdownloading {self._label}  {self._done / 1e6:.1f}/{self._total / 1e6:.1f} MB  {percent:3d}%"
-        )
-        self._stream.flush()
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._draw()
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 def _safe_extract(archive: Path, dest: Path, url: str) -> None:
