@@ -15,6 +15,7 @@ cover exactly the ``chunk_shift`` frames the run advanced by.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -121,7 +122,8 @@ class ModelState:
 class AcousticModel(abc.ABC):
     """A streaming CTC acoustic model.
 
-    Attributes every format sets:
+    Attributes every format sets (``sample_rate``, ``feature_pad_value`` and
+    ``sample_scale`` have defaults that fit sherpa-onnx's exports):
 
     - ``sample_rate``: audio rate the features are computed at;
     - ``feature_options``: the fbank options this model was trained with;
@@ -136,15 +138,17 @@ class AcousticModel(abc.ABC):
       sherpa-onnx zipformer models), 32768.0 for the int16 range (Kaldi, WeNet).
     """
 
-    sample_rate: int
+    sample_rate: int = 16000
     chunk_frames: int
     chunk_shift: int
     subsampling: int
     frame_shift_s: float
     vocab_size: int
     feature_dim: int
-    feature_pad_value: float
-    sample_scale: float
+    # log(FLT_EPSILON): the fbank floors mel energies at float epsilon, so
+    # this is the feature of zero samples in every bin.
+    feature_pad_value: float = math.log(np.finfo(np.float32).eps)
+    sample_scale: float = 1.0  # sherpa-onnx's normalize_samples=True
     tokens: TokenTable
 
     @property

@@ -31,7 +31,6 @@ int16 range), no normalisation, and librosa ("Slaney") mel filters
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,8 +46,6 @@ _SCALAR_KEYS = ("window_size", "chunk_shift", "subsampling_factor", "vocab_size"
                 "cache_last_channel_dim1", "cache_last_channel_dim2", "cache_last_channel_dim3",
                 "cache_last_time_dim1", "cache_last_time_dim2", "cache_last_time_dim3")
 _BATCH_AXES = (0, 0, 0)
-# kaldi-native-fbank floors mel energies at float epsilon: the fbank of zero samples.
-_SILENCE_LOG_ENERGY = math.log(np.finfo(np.float32).eps)
 _FRAME_SHIFT_S = 0.01
 
 
@@ -85,10 +82,6 @@ def _metadata(session: ort.InferenceSession) -> dict[str, int]:
 
 class NemoCtcModel(AcousticModel):
     """A loaded NeMo streaming CTC model; see the module docstring."""
-
-    sample_rate = 16000
-    feature_pad_value = _SILENCE_LOG_ENERGY
-    sample_scale = 1.0  # sherpa-onnx's normalize_samples=True
 
     def __init__(self, session: ort.InferenceSession, tokens) -> None:
         self._session = session

@@ -22,7 +22,6 @@ dither 0, ``snip_edges=False``, ``high_freq=-400``, samples in [-1, 1]
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,9 +37,6 @@ _BATCH_AXIS = {"cached_key": 1, "cached_nonlin_attn": 1, "cached_val1": 1, "cach
                "cached_conv1": 0, "cached_conv2": 0, "embed_states": 0, "processed_lens": 0}
 _PER_STACK_KEYS = ("encoder_dims", "num_encoder_layers", "cnn_module_kernels",
                    "left_context_len", "query_head_dims", "value_head_dims", "num_heads")
-# log(FLT_EPSILON): kaldi-native-fbank floors mel energies at float epsilon, so
-# this is the fbank of zero samples in every bin.
-_SILENCE_LOG_ENERGY = math.log(np.finfo(np.float32).eps)
 
 
 def matches(session: ort.InferenceSession) -> bool:
@@ -64,10 +60,6 @@ def _int_list(meta: dict[str, str], key: str) -> list[int]:
 
 class Zipformer2CtcModel(AcousticModel):
     """A loaded streaming Zipformer2 CTC model; see the module docstring."""
-
-    sample_rate = 16000
-    feature_pad_value = _SILENCE_LOG_ENERGY
-    sample_scale = 1.0  # sherpa-onnx's normalize_samples=True
 
     def __init__(self, session: ort.InferenceSession, tokens) -> None:
         self._session = session
