@@ -7,12 +7,14 @@ then add one entry to ``_FORMATS``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
-from trio_asr.model import nemo_ctc, zipformer2_ctc
+from trio_asr.model import nemo_ctc, quantization, zipformer2_ctc
 from trio_asr.model.base import (
     AcousticModel,
     ModelError,
@@ -34,6 +36,8 @@ __all__ = [
     "load_model",
     "make_session_options",
 ]
+
+log = logging.getLogger("trio_asr.model")
 
 # (name, module) in detection order; each module has matches() and a model class.
 _FORMATS = (
@@ -77,6 +81,7 @@ def load_model(
     *,
     threads: int = 1,
     session_options: ort.SessionOptions | None = None,
+    per_item_quantization: bool = True,
 ) -> AcousticModel:
     """Load the model in ``model_dir`` (its ONNX file and ``tokens.txt``).
 
@@ -84,6 +89,12 @@ def load_model(
     dimension comes from the model itself.  Raises :class:`ModelError` naming
     what is missing or unsupported.  ``session_options`` (see
     :func:`make_session_options`) overrides ``threads``.
+
+    A dynamically quantized model (the usual int8 export) is rewritten so that
+    each batch item is quantized on its own (see
+    :mod:`trio_asr.model.quantization`): a stream's result is then the same
+    in any batch as alone, as with a float model.  ``per_item_quantization=False``
+    loads the file as it is.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -91,18 +102,27 @@ def load_model(
     tokens_path = model_dir / "tokens.txt"
     if not tokens_path.is_file():
         raise ModelError(f"tokens.txt is missing from {model_dir}")
+    tokens = _read_tokens(tokens_path)
     model_file = find_model_file(model_dir)
     if session_options is None:
         session_options = make_session_options(threads=threads)
+    data = model_file.read_bytes()
+    if per_item_quantization and quantization.is_dynamically_quantized(data):
+        return _load_per_item(data, model_file, tokens, session_options)
+    return _detect(_session(data, model_file, session_options), model_file, tokens)
+
+
+def _session(data: bytes, model_file: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     try:
-        session = ort.InferenceSession(
-            str(model_file), sess_options=session_options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own, undocumented classes
         raise ModelError(f"onnxruntime cannot load {model_file}: {exc}") from exc
+
+
+def _detect(session: ort.InferenceSession, model_file: Path, tokens) -> AcousticModel:
     for _name, module, cls in _FORMATS:
         if module.matches(session):
-            return cls(session, _read_tokens(tokens_path))
+            return cls(session, tokens)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     supported = ", ".join(name for name, _, _ in _FORMATS)
@@ -110,3 +130,31 @@ def load_model(
         f"{model_file} is not a supported model (supported: {supported}); "
         f"its inputs are {inputs}, outputs {outputs}"
     )
+
+
+def _load_per_item(data: bytes, model_file: Path, tokens, options: ort.SessionOptions) -> AcousticModel:
+    """Load a dynamically quantized model rewritten for per-item quantization:
+    the quantized tensors' batch axes are read off a run at batch sizes 1 and 3."""
+    import onnx
+
+    quick = make_session_options(optimization="basic")
+    original = _detect(_session(data, model_file, quick), model_file, tokens)
+    proto = onnx.load_from_string(data)
+    probe, names = quantization.with_probe_outputs(proto)
+    probe_session = _session(probe.SerializeToString(), model_file, quick)
+    rng = np.random.default_rng(0)
+    shapes = {}
+    for batch in (1, 3):
+        features = rng.standard_normal((batch, original.chunk_frames, original.feature_dim))
+        feed = original.feed(features.astype(np.float32), [original.initial_state()] * batch)
+        shapes[batch] = [v.shape for v in probe_session.run(names, feed)]
+    del probe, probe_session, original
+    axes = quantization.batch_axes(names, shapes[1], shapes[3])
+    ranks = {n: len(s) for n, s in zip(names, shapes[1])}
+    rewritten, skipped = quantization.per_item_quantization(proto, axes, ranks)
+    if skipped:
+        log.warning(
+            "%s: %d of %d quantized tensors cannot be quantized per stream (%s...); "
+            "its results depend on the batch", model_file, len(skipped), len(names), skipped[0],
+        )
+    return _detect(_session(rewritten.SerializeToString(), model_file, options), model_file, tokens)

@@ -161,6 +161,10 @@ class AcousticModel(abc.ABC):
         """The state of a fresh stream."""
 
     @abc.abstractmethod
+    def feed(self, features: np.ndarray, states: Sequence[ModelState]) -> dict[str, np.ndarray]:
+        """The ONNX session's inputs for one chunk of B streams (as :meth:`run` takes them)."""
+
+    @abc.abstractmethod
     def run(
         self, features: np.ndarray, states: Sequence[ModelState]
     ) -> tuple[np.ndarray, list[ModelState]]:

@@ -154,13 +154,15 @@ class NemoCtcModel(AcousticModel):
     def initial_state(self) -> ModelState:
         return self._initial
 
+    def feed(self, features: np.ndarray, states: Sequence[ModelState]) -> dict[str, np.ndarray]:
+        features = self._check_batch(features, states)
+        feed = dict(zip(_INPUTS[2:], ModelState.stack(states)))
+        feed["audio_signal"] = np.ascontiguousarray(features.transpose(0, 2, 1))
+        feed["length"] = np.full((len(states),), self.chunk_frames, np.int64)
+        return feed
+
     def run(
         self, features: np.ndarray, states: Sequence[ModelState]
     ) -> tuple[np.ndarray, list[ModelState]]:
-        features = self._check_batch(features, states)
-        batch = len(states)
-        feed = dict(zip(_INPUTS[2:], ModelState.stack(states)))
-        feed["audio_signal"] = np.ascontiguousarray(features.transpose(0, 2, 1))
-        feed["length"] = np.full((batch,), self.chunk_frames, np.int64)
-        log_probs, *new = self._session.run(self._output_names, feed)
+        log_probs, *new = self._session.run(self._output_names, self.feed(features, states))
         return log_probs, ModelState.unstack(new, _BATCH_AXES)

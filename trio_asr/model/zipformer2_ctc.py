@@ -154,13 +154,16 @@ class Zipformer2CtcModel(AcousticModel):
     def initial_state(self) -> ModelState:
         return self._initial
 
-    def run(
-        self, features: np.ndarray, states: Sequence[ModelState]
-    ) -> tuple[np.ndarray, list[ModelState]]:
+    def feed(self, features: np.ndarray, states: Sequence[ModelState]) -> dict[str, np.ndarray]:
         features = self._check_batch(features, states)
         feed = {"x": features}
         feed.update(zip(self._state_names, ModelState.stack(states)))
-        log_probs, *new = self._session.run(self._output_names, feed)
+        return feed
+
+    def run(
+        self, features: np.ndarray, states: Sequence[ModelState]
+    ) -> tuple[np.ndarray, list[ModelState]]:
+        log_probs, *new = self._session.run(self._output_names, self.feed(features, states))
         return log_probs, ModelState.unstack(new, self._batch_axes)
 
 

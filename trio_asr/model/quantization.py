@@ -1,0 +1,297 @@
+"""Per-item dynamic quantization: batched int8 that stays exact.
+
+The usual int8 exports (onnxruntime's ``quantize_dynamic``, as icefall and
+sherpa-onnx use it) quantize each MatMul's float input at run time::
+
+    X -> DynamicQuantizeLinear -> (Xq uint8, scale, zp)      one scale for all of X
+    MatMulInteger(Xq, Wq, zp, w_zp) -> Cast -> Mul(scale * w_scale)
+
+Because one scale and zero point cover the whole tensor, batch included, a
+stream's result depends on the other streams of its batch.
+:func:`per_item_quantization` rewrites every such ``DynamicQuantizeLinear``
+so that each batch item gets the scale and zero point it would get alone
+(min/max over the item's own elements, the same float formula as
+onnxruntime's kernel), quantizes with them (per-axis ``QuantizeLinear``,
+the same rounding), and keeps the integer matmul exact: ``MatMulInteger``
+takes only a scalar zero point, so the rewritten input enters it with zero
+point 0 and the item's zero point is taken off afterwards in int32::
+
+    (Xq - zp[b]) @ (Wq - w_zp) = Xq @ (Wq - w_zp) - zp[b] * colsum(Wq - w_zp)
+
+(and the mirror term ``rowsum`` when the right-hand side is a quantized
+activation too).  The scales then multiply per item.  Each item's integers
+are therefore those of running it alone; what differs is only float
+rounding in the float parts of the model (a GEMM over a batch of rows may
+round differently from one over a single row).
+
+Which axis of each quantized tensor is the batch is not written in the
+graph; :func:`batch_axes` finds it from the tensor's shapes at two batch
+sizes (see :func:`with_probe_outputs`).  A quantized tensor whose batch is
+merged into another axis, or whose quantized values feed anything but
+``MatMulInteger``, is left as it was and reported, so callers can tell that
+the model is still not batch-invariant.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "batch_axes",
+    "is_dynamically_quantized",
+    "per_item_quantization",
+    "with_probe_outputs",
+]
+
+_DQL = "DynamicQuantizeLinear"
+_PREFIX = "per_item/"
+
+
+def is_dynamically_quantized(model_bytes: bytes) -> bool:
+    """Whether a serialized model (probably) contains ``DynamicQuantizeLinear``."""
+    return _DQL.encode() in model_bytes
+
+
+def _quantizers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == _DQL and n.domain in ("", "ai.onnx")]
+
+
+def with_probe_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` that also outputs the input of every
+    ``DynamicQuantizeLinear``; returns it and those tensors' names."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = list(dict.fromkeys(n.input[0] for n in _quantizers(model)))
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return probe, names
+
+
+def batch_axes(
+    names: Sequence[str], shapes_1: Sequence[tuple[int, ...]], shapes_3: Sequence[tuple[int, ...]]
+) -> dict[str, int | None]:
+    """The batch axis of each tensor from its shapes at batch sizes 1 and 3.
+
+    ``None``: the shape does not depend on the batch (a tensor computed from
+    constants only); ``-1``: the batch is not one axis of its own (merged
+    into another, or the shape changes otherwise).
+    """
+    axes: dict[str, int | None] = {}
+    for name, one, three in zip(names, shapes_1, shapes_3):
+        if tuple(one) == tuple(three):
+            axes[name] = None
+            continue
+        changed = [a for a, (x, y) in enumerate(zip(one, three)) if x != y]
+        ok = len(one) == len(three) and len(changed) == 1 and one[changed[0]] == 1 and three[changed[0]] == 3
+        axes[name] = changed[0] if ok else -1
+    return axes
+
+
+class _Builder:
+    """New nodes and initializers with unique names."""
+
+    def __init__(self, opset: int) -> None:
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, stem: str) -> str:
+        self._count += 1
+        return f"{_PREFIX}{stem}_{self._count}"
+
+    def const(self, value: np.ndarray, stem: str = "c") -> str:
+        name = self.name(stem)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes) -> str:
+        out = out or self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attributes))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int]) -> str:
+        # axes became an input in opset 18 (ReduceSum: 13)
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            return self.op(op_type, x, self.const(np.array(axes, np.int64), "axes"), keepdims=1)
+        return self.op(op_type, x, axes=list(axes), keepdims=1)
+
+
+def _quantize_per_item(b: _Builder, node: onnx.NodeProto, axis: int, rank: int) -> None:
+    """Replace one ``DynamicQuantizeLinear`` by per-item quantization; its
+    outputs keep their names, scale and zero point now shaped like the input
+    with every axis but ``axis`` reduced to 1."""
+    x = node.input[0]
+    q_out, scale_out, zp_out = node.output
+    others = [a for a in range(rank) if a != axis]
+    zero = b.const(np.float32(0.0), "zero")
+    lo = b.op("Min", b.reduce("ReduceMin", x, others), zero)
+    hi = b.op("Max", b.reduce("ReduceMax", x, others), zero)
+    # onnxruntime's GetQuantizationParameter, per item:
+    # scale = max == min ? 1 : (max - min) / 255; zp = round(clamp(0 - min / scale, 0, 255))
+    spread = b.op("Div", b.op("Sub", hi, lo), b.const(np.float32(255.0), "qrange"))
+    scale = b.op("Where", b.op("Equal", hi, lo), b.const(np.float32(1.0), "one"), spread, out=scale_out)
+    zp_float = b.op("Clip", b.op("Neg", b.op("Div", lo, scale)), zero, b.const(np.float32(255.0), "qmax"))
+    zp = b.op("Cast", b.op("Round", zp_float), to=TensorProto.UINT8, out=zp_out)
+    flat = b.const(np.array([-1], np.int64), "flat")
+    b.op("QuantizeLinear", x, b.op("Reshape", scale, flat), b.op("Reshape", zp, flat),
+         axis=axis, out=q_out)
+
+
+def _int32(b: _Builder, x: str) -> str:
+    return b.op("Cast", x, to=TensorProto.INT32)
+
+
+def _rewrite_matmul(
+    b: _Builder,
+    node: onnx.NodeProto,
+    per_item: set[str],
+    weights: Mapping[str, np.ndarray],
+) -> None:
+    """``MatMulInteger`` with per-item zero points on its rewritten inputs:
+    run with zero point 0 there, then subtract the zero-point terms in int32."""
+    a, w, a_zp, w_zp = (list(node.input) + [""] * 4)[:4]
+    a_item, w_item = a_zp in per_item, w_zp in per_item
+    zero_u8 = b.const(np.uint8(0), "zp0")
+    inputs = [a, w, zero_u8 if a_item else a_zp, zero_u8 if w_item else w_zp]
+    raw = b.op("MatMulInteger", *inputs)
+    terms = []
+    if a_item:
+        # za[b] * colsum(Wq - w_zp): a constant when Wq is a weight
+        if w in weights and not w_item:
+            wq = weights[w].astype(np.int32)
+            if w_zp:
+                wq = wq - weights[w_zp].astype(np.int32)
+            colsum = b.const(wq.sum(axis=-2, keepdims=wq.ndim > 2).astype(np.int32), "colsum")
+        else:
+            centred = _int32(b, w) if (w_item or not w_zp) else b.op("Sub", _int32(b, w), _int32(b, w_zp))
+            colsum = b.reduce("ReduceSum", centred, [-2])
+        terms.append(b.op("Mul", _int32(b, a_zp), colsum))
+    if w_item:
+        # zb[b] * rowsum(Aq - a_zp)
+        centred = _int32(b, a) if (a_item or not a_zp) else b.op("Sub", _int32(b, a), _int32(b, a_zp))
+        rowsum = b.reduce("ReduceSum", centred, [-1])
+        terms.append(b.op("Mul", _int32(b, w_zp), rowsum))
+    total = raw
+    for i, term in enumerate(terms):
+        total = b.op("Sub", total, term, out=node.output[0] if i == len(terms) - 1 else None)
+
+
+def per_item_quantization(
+    model: onnx.ModelProto, axes: Mapping[str, int | None], ranks: Mapping[str, int]
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Rewrite ``model`` so that each batch item is quantized on its own.
+
+    ``axes`` maps each ``DynamicQuantizeLinear`` input to its batch axis as
+    :func:`batch_axes` found it, ``ranks`` to its rank.  Returns the new model
+    and the names of the quantized tensors left as they were because they
+    could not be rewritten (empty: the model is batch-invariant up to float
+    rounding).
+    """
+    graph = model.graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer
+               if t.data_type in (TensorProto.INT8, TensorProto.UINT8)}  # fmt: skip
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers[name].append((node, i))
+    graph_outputs = {o.name for o in graph.output}
+
+    rewrite: dict[str, int] = {}  # DynamicQuantizeLinear output 0 -> batch axis
+    skipped: list[str] = []
+    dequantize_axes: dict[str, int] = {}  # DequantizeLinear output -> batch axis of its input
+    for node in _quantizers(model):
+        x = node.input[0]
+        axis = axes.get(x, -1)
+        if axis is None:
+            continue  # does not depend on the batch: nothing to do
+        dequantizers = None if axis < 0 else _rewritable(node, axis, ranks[x], consumers, graph_outputs)
+        if dequantizers is None:
+            skipped.append(x)
+            continue
+        rewrite[node.output[0]] = axis
+        dequantize_axes.update(dequantizers)
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    b = _Builder(opset)
+    per_item_zps = {n.output[2] for n in _quantizers(model) if n.output[0] in rewrite}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        b.nodes = []
+        if node.op_type == _DQL and node.output[0] in rewrite:
+            _quantize_per_item(b, node, rewrite[node.output[0]], ranks[node.input[0]])
+        elif node.op_type == "MatMulInteger" and per_item_zps.intersection(node.input[2:4]):
+            _rewrite_matmul(b, node, per_item_zps, weights)
+        elif node.op_type == "DequantizeLinear" and node.output[0] in dequantize_axes:
+            flat = b.const(np.array([-1], np.int64), "flat")
+            q, scale, zp = node.input
+            b.op("DequantizeLinear", q, b.op("Reshape", scale, flat), b.op("Reshape", zp, flat),
+                 axis=dequantize_axes[node.output[0]], out=node.output[0])
+        else:
+            b.nodes = [node]
+        nodes.extend(b.nodes)
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(b.initializers)
+    if opset < 13:  # per-axis QuantizeLinear
+        for o in out.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = 13
+    return out, skipped
+
+
+def _rewritable(node, axis: int, rank: int, consumers, graph_outputs) -> dict[str, int] | None:
+    """Whether a quantizer's outputs are used only the way the rewrite
+    handles: by ``MatMulInteger``, by ``Mul`` (the scale) and by
+    ``DequantizeLinear``, directly or after a ``Transpose`` of the quantized
+    values (``quantize_dynamic`` quantizes a Transpose of a quantized tensor).
+    Returns, for each such DequantizeLinear node's output, the batch axis of
+    its input; None if the quantizer cannot be rewritten."""
+    q_out, scale_out, zp_out = node.output
+    if {q_out, scale_out, zp_out} & graph_outputs:
+        return None
+    dequantizers: dict[str, int] = {}
+
+    def dequantizer(user, at_axis: int) -> bool:
+        ok = user.op_type == "DequantizeLinear" and list(user.input[1:]) == [scale_out, zp_out]
+        if ok:
+            dequantizers[user.output[0]] = at_axis
+        return ok
+
+    for user, i in consumers[q_out]:
+        if user.op_type == "MatMulInteger":
+            if i not in (0, 1) or len(user.input) <= i + 2 or user.input[i + 2] != zp_out:
+                return None
+            # the batch must not be the contracted axis nor, for the right-hand
+            # side, the output-column axis
+            if (i == 0 and axis == rank - 1) or (i == 1 and axis >= rank - 2):
+                return None
+        elif user.op_type == "Transpose":
+            perm = next((list(a.ints) for a in user.attribute if a.name == "perm"), None)
+            moved = perm.index(axis) if perm else rank - 1 - axis
+            if user.output[0] in graph_outputs or not all(
+                dequantizer(u, moved) for u, _ in consumers[user.output[0]]
+            ):
+                return None
+        elif not (i == 0 and dequantizer(user, axis)):
+            return None
+    for user, i in consumers[zp_out]:
+        if user.op_type == "MatMulInteger":
+            if i not in (2, 3) or user.input[i - 2] != q_out:
+                return None
+        elif user.output[0] not in dequantizers:
+            return None
+    for user, _ in consumers[scale_out]:
+        if user.op_type != "Mul" and user.output[0] not in dequantizers:
+            return None
+    return dequantizers
