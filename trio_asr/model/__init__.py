@@ -133,28 +133,21 @@ def _detect(session: ort.InferenceSession, model_file: Path, tokens) -> Acoustic
 
 
 def _load_per_item(data: bytes, model_file: Path, tokens, options: ort.SessionOptions) -> AcousticModel:
-    """Load a dynamically quantized model rewritten for per-item quantization:
-    the quantized tensors' batch axes are read off a run at batch sizes 1 and 3."""
-    import onnx
-
+    """Load a dynamically quantized model rewritten for per-item quantization."""
     quick = make_session_options(optimization="basic")
     original = _detect(_session(data, model_file, quick), model_file, tokens)
-    proto = onnx.load_from_string(data)
-    probe, names = quantization.with_probe_outputs(proto)
-    probe_session = _session(probe.SerializeToString(), model_file, quick)
     rng = np.random.default_rng(0)
-    shapes = {}
-    for batch in (1, 3):
+
+    def feed(batch: int) -> dict[str, np.ndarray]:
         features = rng.standard_normal((batch, original.chunk_frames, original.feature_dim))
-        feed = original.feed(features.astype(np.float32), [original.initial_state()] * batch)
-        shapes[batch] = [v.shape for v in probe_session.run(names, feed)]
-    del probe, probe_session, original
-    axes = quantization.batch_axes(names, shapes[1], shapes[3])
-    ranks = {n: len(s) for n, s in zip(names, shapes[1])}
-    rewritten, skipped = quantization.per_item_quantization(proto, axes, ranks)
+        return original.feed(features.astype(np.float32), [original.initial_state()] * batch)
+
+    rewritten, skipped = quantization.rewrite_model(
+        data, feed, lambda probe: _session(probe, model_file, quick)
+    )
     if skipped:
         log.warning(
-            "%s: %d of %d quantized tensors cannot be quantized per stream (%s...); "
-            "its results depend on the batch", model_file, len(skipped), len(names), skipped[0],
+            "%s: %d quantized tensors cannot be quantized per stream (%s); "
+            "its results depend on the batch", model_file, len(skipped), ", ".join(skipped[:3]),
         )
-    return _detect(_session(rewritten.SerializeToString(), model_file, options), model_file, tokens)
+    return _detect(_session(rewritten, model_file, options), model_file, tokens)

@@ -35,7 +35,7 @@ the model is still not batch-invariant.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -45,6 +45,7 @@ __all__ = [
     "batch_axes",
     "is_dynamically_quantized",
     "per_item_quantization",
+    "rewrite_model",
     "with_probe_outputs",
 ]
 
@@ -72,6 +73,30 @@ def with_probe_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
         if name not in existing:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
     return probe, names
+
+
+def rewrite_model(
+    data: bytes,
+    feed: Callable[[int], Mapping[str, np.ndarray]],
+    session: Callable[[bytes], object],
+) -> tuple[bytes, list[str]]:
+    """Probe and rewrite a serialized dynamically quantized model.
+
+    ``feed(batch)`` gives valid inputs for a batch of that size, ``session``
+    makes an onnxruntime session from serialized bytes.  Returns the
+    rewritten model, serialized, and the quantized tensors that could not be
+    rewritten (see :func:`per_item_quantization`).
+    """
+    model = onnx.load_from_string(data)
+    probe, names = with_probe_outputs(model)
+    probe_session = session(probe.SerializeToString())
+    del probe
+    shapes = {b: [v.shape for v in probe_session.run(names, dict(feed(b)))] for b in (1, 3)}
+    del probe_session
+    axes = batch_axes(names, shapes[1], shapes[3])
+    ranks = {n: len(s) for n, s in zip(names, shapes[1])}
+    rewritten, skipped = per_item_quantization(model, axes, ranks)
+    return rewritten.SerializeToString(), skipped
 
 
 def batch_axes(
@@ -171,7 +196,7 @@ def _rewrite_matmul(
                 wq = wq - weights[w_zp].astype(np.int32)
             colsum = b.const(wq.sum(axis=-2, keepdims=wq.ndim > 2).astype(np.int32), "colsum")
         else:
-            centred = _int32(b, w) if (w_item or not w_zp) else b.op("Sub", _int32(b, w), _int32(b, w_zp))
+            centred = b.op("Sub", _int32(b, w), _int32(b, w_zp)) if w_zp else _int32(b, w)
             colsum = b.reduce("ReduceSum", centred, [-2])
         terms.append(b.op("Mul", _int32(b, a_zp), colsum))
     if w_item:
