@@ -175,6 +175,21 @@ class AcousticModel(abc.ABC):
         the B new states, in the same order.
         """
 
+    #: runs batches of one instead of the model's own session, if set
+    _single_stream_session: ort.InferenceSession | None = None
+
+    def set_single_stream_session(self, session: ort.InferenceSession) -> None:
+        """Run batches of one on ``session``, a model with the same interface
+        that gives the same results for one stream (the int8 file as exported,
+        whose fused kernels are faster than the per-item rewrite, which only
+        batches need)."""
+        self._single_stream_session = session
+
+    def _session_for(self, batch: int) -> ort.InferenceSession:
+        if batch == 1 and self._single_stream_session is not None:
+            return self._single_stream_session
+        return self._session
+
     def create_stream(self) -> ModelStream:
         """A fresh per-stream chunker bound to this model."""
         return ModelStream(self)

@@ -164,5 +164,6 @@ class NemoCtcModel(AcousticModel):
     def run(
         self, features: np.ndarray, states: Sequence[ModelState]
     ) -> tuple[np.ndarray, list[ModelState]]:
-        log_probs, *new = self._session.run(self._output_names, self.feed(features, states))
+        session = self._session_for(len(states))
+        log_probs, *new = session.run(self._output_names, self.feed(features, states))
         return log_probs, ModelState.unstack(new, _BATCH_AXES)

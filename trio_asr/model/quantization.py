@@ -142,32 +142,41 @@ class _Builder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attributes))
         return out
 
-    def reduce(self, op_type: str, x: str, axes: Sequence[int]) -> str:
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
         # axes became an input in opset 18 (ReduceSum: 13)
         if self.opset >= (13 if op_type == "ReduceSum" else 18):
-            return self.op(op_type, x, self.const(np.array(axes, np.int64), "axes"), keepdims=1)
-        return self.op(op_type, x, axes=list(axes), keepdims=1)
+            return self.op(op_type, x, self.const(np.array(axes, np.int64), "axes"), keepdims=keepdims)
+        return self.op(op_type, x, axes=list(axes), keepdims=keepdims)
 
 
-def _quantize_per_item(b: _Builder, node: onnx.NodeProto, axis: int, rank: int) -> None:
-    """Replace one ``DynamicQuantizeLinear`` by per-item quantization; its
-    outputs keep their names, scale and zero point now shaped like the input
-    with every axis but ``axis`` reduced to 1."""
+_FLT_MIN = np.finfo(np.float32).tiny
+
+
+def _quantize_per_item(b: _Builder, node: onnx.NodeProto, axis: int, rank: int) -> tuple[str, str]:
+    """Replace one ``DynamicQuantizeLinear`` by per-item quantization.
+
+    Its outputs keep their names: the quantized values; the scale, now shaped
+    like the input with every axis but ``axis`` reduced to 1 (so that it
+    broadcasts over the MatMul output as the scalar did); the zero point, now
+    a vector (N,).  Returns the names of the scale as a vector and of the
+    zero point as int32 in the input's shape (for the corrections)."""
     x = node.input[0]
     q_out, scale_out, zp_out = node.output
     others = [a for a in range(rank) if a != axis]
     zero = b.const(np.float32(0.0), "zero")
-    lo = b.op("Min", b.reduce("ReduceMin", x, others), zero)
-    hi = b.op("Max", b.reduce("ReduceMax", x, others), zero)
-    # onnxruntime's GetQuantizationParameter, per item:
-    # scale = max == min ? 1 : (max - min) / 255; zp = round(clamp(0 - min / scale, 0, 255))
+    lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
+    hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
+    # onnxruntime's GetQuantizationParameter, per item: scale = (max - min) / 255,
+    # or 1 when max == min (== 0: all zeros, which quantize to zero point 0 with
+    # any positive scale, so the smallest normal float serves as well).
     spread = b.op("Div", b.op("Sub", hi, lo), b.const(np.float32(255.0), "qrange"))
-    scale = b.op("Where", b.op("Equal", hi, lo), b.const(np.float32(1.0), "one"), spread, out=scale_out)
-    zp_float = b.op("Clip", b.op("Neg", b.op("Div", lo, scale)), zero, b.const(np.float32(255.0), "qmax"))
-    zp = b.op("Cast", b.op("Round", zp_float), to=TensorProto.UINT8, out=zp_out)
-    flat = b.const(np.array([-1], np.int64), "flat")
-    b.op("QuantizeLinear", x, b.op("Reshape", scale, flat), b.op("Reshape", zp, flat),
-         axis=axis, out=q_out)
+    scale = b.op("Max", spread, b.const(np.float32(_FLT_MIN), "tiny"))
+    # zp = round(clamp(0 - min / scale, 0, 255)): what QuantizeLinear computes for -min
+    zp = b.op("QuantizeLinear", b.op("Neg", lo), scale, axis=0, out=zp_out)
+    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
+    keep = b.const(np.array([-1 if a == axis else 1 for a in range(rank)], np.int64), "keep")
+    b.op("Reshape", scale, keep, out=scale_out)
+    return scale, b.op("Reshape", _int32(b, zp), keep)
 
 
 def _int32(b: _Builder, x: str) -> str:
@@ -177,16 +186,23 @@ def _int32(b: _Builder, x: str) -> str:
 def _rewrite_matmul(
     b: _Builder,
     node: onnx.NodeProto,
-    per_item: set[str],
+    zp_int32: Mapping[str, str],
     weights: Mapping[str, np.ndarray],
 ) -> None:
     """``MatMulInteger`` with per-item zero points on its rewritten inputs:
-    run with zero point 0 there, then subtract the zero-point terms in int32."""
+    run with zero point 0 there, then subtract the zero-point terms in int32.
+    ``zp_int32`` maps each per-item zero point to its int32 form."""
     a, w, a_zp, w_zp = (list(node.input) + [""] * 4)[:4]
-    a_item, w_item = a_zp in per_item, w_zp in per_item
+    a_item, w_item = a_zp in zp_int32, w_zp in zp_int32
     zero_u8 = b.const(np.uint8(0), "zp0")
     inputs = [a, w, zero_u8 if a_item else a_zp, zero_u8 if w_item else w_zp]
     raw = b.op("MatMulInteger", *inputs)
+
+    def centred(t: str, zp: str) -> str:  # t - zp in int32
+        if not zp:
+            return _int32(b, t)
+        return b.op("Sub", _int32(b, t), zp_int32[zp] if zp in zp_int32 else _int32(b, zp))
+
     terms = []
     if a_item:
         # za[b] * colsum(Wq - w_zp): a constant when Wq is a weight
@@ -196,14 +212,12 @@ def _rewrite_matmul(
                 wq = wq - weights[w_zp].astype(np.int32)
             colsum = b.const(wq.sum(axis=-2, keepdims=wq.ndim > 2).astype(np.int32), "colsum")
         else:
-            centred = b.op("Sub", _int32(b, w), _int32(b, w_zp)) if w_zp else _int32(b, w)
-            colsum = b.reduce("ReduceSum", centred, [-2])
-        terms.append(b.op("Mul", _int32(b, a_zp), colsum))
+            colsum = b.reduce("ReduceSum", centred(w, w_zp), [-2])
+        terms.append(b.op("Mul", zp_int32[a_zp], colsum))
     if w_item:
-        # zb[b] * rowsum(Aq - a_zp)
-        centred = _int32(b, a) if (a_item or not a_zp) else b.op("Sub", _int32(b, a), _int32(b, a_zp))
-        rowsum = b.reduce("ReduceSum", centred, [-1])
-        terms.append(b.op("Mul", _int32(b, w_zp), rowsum))
+        # zb[b] * rowsum(Aq - a_zp), where a_zp is 0 if A is per-item too
+        rowsum = b.reduce("ReduceSum", centred(a, "" if a_item else a_zp), [-1])
+        terms.append(b.op("Mul", zp_int32[w_zp], rowsum))
     total = raw
     for i, term in enumerate(terms):
         total = b.op("Sub", total, term, out=node.output[0] if i == len(terms) - 1 else None)
@@ -246,19 +260,20 @@ def per_item_quantization(
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     b = _Builder(opset)
-    per_item_zps = {n.output[2] for n in _quantizers(model) if n.output[0] in rewrite}
+    zp_int32: dict[str, str] = {}  # per-item zero point -> its int32 form, input-shaped
+    scale_vector: dict[str, str] = {}  # per-item scale output -> the scale as a vector
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         b.nodes = []
         if node.op_type == _DQL and node.output[0] in rewrite:
-            _quantize_per_item(b, node, rewrite[node.output[0]], ranks[node.input[0]])
-        elif node.op_type == "MatMulInteger" and per_item_zps.intersection(node.input[2:4]):
-            _rewrite_matmul(b, node, per_item_zps, weights)
+            scale, zp = _quantize_per_item(b, node, rewrite[node.output[0]], ranks[node.input[0]])
+            scale_vector[node.output[1]], zp_int32[node.output[2]] = scale, zp
+        elif node.op_type == "MatMulInteger" and zp_int32.keys() & set(node.input[2:4]):
+            _rewrite_matmul(b, node, zp_int32, weights)
         elif node.op_type == "DequantizeLinear" and node.output[0] in dequantize_axes:
-            flat = b.const(np.array([-1], np.int64), "flat")
             q, scale, zp = node.input
-            b.op("DequantizeLinear", q, b.op("Reshape", scale, flat), b.op("Reshape", zp, flat),
-                 axis=dequantize_axes[node.output[0]], out=node.output[0])
+            b.op("DequantizeLinear", q, scale_vector[scale], zp, axis=dequantize_axes[node.output[0]],
+                 out=node.output[0])  # fmt: skip
         else:
             b.nodes = [node]
         nodes.extend(b.nodes)
