@@ -112,9 +112,14 @@ def load_model(
     return _detect(_session(data, model_file, session_options), model_file, tokens)
 
 
-def _session(data: bytes, model_file: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+def _session(
+    data: bytes, model_file: Path, options: ort.SessionOptions, disabled_optimizers: list[str] | None = None
+) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            data, sess_options=options, providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled_optimizers,
+        )
     except Exception as exc:  # onnxruntime raises its own, undocumented classes
         raise ModelError(f"onnxruntime cannot load {model_file}: {exc}") from exc
 
@@ -151,6 +156,9 @@ def _load_per_item(data: bytes, model_file: Path, tokens, options: ort.SessionOp
             "%s: %d quantized tensors cannot be quantized per stream (%s); "
             "its results depend on the batch", model_file, len(skipped), ", ".join(skipped[:3]),
         )
-    model = _detect(_session(rewritten, model_file, options), model_file, tokens)
+    # Fused, the scales would multiply in another order than in the original's
+    # kernels: last-bit differences, which a later quantizer can turn into a step.
+    session = _session(rewritten, model_file, options, disabled_optimizers=["MatMulIntegerToFloatFusion"])
+    model = _detect(session, model_file, tokens)
     model.set_single_stream_session(original._session)
     return model

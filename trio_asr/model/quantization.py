@@ -94,8 +94,7 @@ def rewrite_model(
     shapes = {b: [v.shape for v in probe_session.run(names, dict(feed(b)))] for b in (1, 3)}
     del probe_session
     axes = batch_axes(names, shapes[1], shapes[3])
-    ranks = {n: len(s) for n, s in zip(names, shapes[1])}
-    rewritten, skipped = per_item_quantization(model, axes, ranks)
+    rewritten, skipped = per_item_quantization(model, axes, dict(zip(names, shapes[1])))
     return rewritten.SerializeToString(), skipped
 
 
@@ -152,14 +151,19 @@ class _Builder:
 _FLT_MIN = np.finfo(np.float32).tiny
 
 
-def _quantize_per_item(b: _Builder, node: onnx.NodeProto, axis: int, rank: int) -> tuple[str, str]:
+def _quantize_per_item(
+    b: _Builder, node: onnx.NodeProto, axis: int, rank: int, extra_columns: int
+) -> tuple[str, str | None]:
     """Replace one ``DynamicQuantizeLinear`` by per-item quantization.
 
     Its outputs keep their names: the quantized values; the scale, now shaped
     like the input with every axis but ``axis`` reduced to 1 (so that it
     broadcasts over the MatMul output as the scalar did); the zero point, now
-    a vector (N,).  Returns the names of the scale as a vector and of the
-    zero point as int32 in the input's shape (for the corrections)."""
+    a vector (N,).  With ``extra_columns``, the quantized values get that many
+    more columns, each holding the item's zero point (see
+    :func:`_extended_weight`).  Returns the names of the scale as a vector and
+    of the zero point as int32 in the input's shape (for the corrections;
+    None with extra columns, which need none)."""
     x = node.input[0]
     q_out, scale_out, zp_out = node.output
     others = [a for a in range(rank) if a != axis]
@@ -173,10 +177,52 @@ def _quantize_per_item(b: _Builder, node: onnx.NodeProto, axis: int, rank: int) 
     scale = b.op("Max", spread, b.const(np.float32(_FLT_MIN), "tiny"))
     # zp = round(clamp(0 - min / scale, 0, 255)): what QuantizeLinear computes for -min
     zp = b.op("QuantizeLinear", b.op("Neg", lo), scale, axis=0, out=zp_out)
-    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
     keep = b.const(np.array([-1 if a == axis else 1 for a in range(rank)], np.int64), "keep")
     b.op("Reshape", scale, keep, out=scale_out)
+    if extra_columns:
+        # zeros appended to x quantize to the zero point (and leave min/max as they are)
+        head = b.op("Slice", x, b.const(np.array([0], np.int64), "start"),
+                    b.const(np.array([extra_columns], np.int64), "end"), b.const(np.array([-1], np.int64), "axes"))
+        x = b.op("Concat", x, b.op("Mul", head, zero), axis=-1)
+        b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
+        return scale, None
+    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
     return scale, b.op("Reshape", _int32(b, zp), keep)
+
+
+def _extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray:
+    """``wq`` (K, M) with rows appended whose sum, less the weight zero point,
+    is ``-colsum(wq - w_zp)``, each entry within the weight's integer range.
+
+    Multiplied by an input with as many extra columns, each the item's zero
+    point zp, they add ``-zp * colsum(wq - w_zp)``: the integer matmul then
+    comes out as ``(xq - zp) @ (wq - w_zp)`` exactly, with input zero point 0.
+    """
+    zp = 0 if w_zp is None else int(w_zp)
+    lo, hi = (-128, 127) if wq.dtype == np.int8 else (0, 255)
+    bound = min(hi - zp, zp - lo)  # |entry - zp| that stays in range
+    need = -(wq.astype(np.int64) - zp).sum(axis=0)
+    rows = max(1, -(-int(np.abs(need).max()) // bound))
+    base = np.floor_divide(need, rows)
+    extra = base + (np.arange(rows)[:, None] < (need - base * rows)[None, :])
+    assert np.array_equal(extra.sum(axis=0), need) and np.abs(extra).max() <= bound
+    return np.concatenate([wq, (extra + zp).astype(wq.dtype)])
+
+
+def _extra_columns(node: onnx.NodeProto, consumers, weights) -> int:
+    """Extra columns for a quantizer whose values feed only MatMulIntegers
+    as the left side, with 2-D weights and scalar weight zero points (the
+    usual case): the most any of them needs; 0 otherwise."""
+    columns = 0
+    for user, i in consumers[node.output[0]]:
+        w, w_zp = (list(user.input) + [""] * 4)[1:4:2]
+        if user.op_type != "MatMulInteger" or i != 0 or w not in weights or weights[w].ndim != 2:
+            return 0
+        if w_zp and (w_zp not in weights or weights[w_zp].size != 1):
+            return 0
+        zp = weights[w_zp].reshape(()) if w_zp else None
+        columns = max(columns, len(_extended_weight(weights[w], zp)) - len(weights[w]))
+    return columns
 
 
 def _int32(b: _Builder, x: str) -> str:
@@ -187,14 +233,24 @@ def _rewrite_matmul(
     b: _Builder,
     node: onnx.NodeProto,
     zp_int32: Mapping[str, str],
+    extra_columns: Mapping[str, int],
     weights: Mapping[str, np.ndarray],
 ) -> None:
     """``MatMulInteger`` with per-item zero points on its rewritten inputs:
-    run with zero point 0 there, then subtract the zero-point terms in int32.
-    ``zp_int32`` maps each per-item zero point to its int32 form."""
+    run with zero point 0 there, and take the zero-point terms off in int32:
+    by extended weights if the left side has extra columns (``extra_columns``,
+    by quantized input), else subtracted afterwards (``zp_int32`` maps each
+    per-item zero point to its int32 form)."""
     a, w, a_zp, w_zp = (list(node.input) + [""] * 4)[:4]
-    a_item, w_item = a_zp in zp_int32, w_zp in zp_int32
     zero_u8 = b.const(np.uint8(0), "zp0")
+    if a in extra_columns:  # the zero-point term comes out of the matmul itself
+        zp = weights[w_zp].reshape(()) if w_zp else None
+        wq = _extended_weight(weights[w], zp)
+        rows = len(weights[w]) + extra_columns[a]
+        wq = np.concatenate([wq, np.full((rows - len(wq), wq.shape[1]), 0 if zp is None else zp, wq.dtype)])
+        b.op("MatMulInteger", a, b.const(wq, "w_ext"), zero_u8, w_zp, out=node.output[0])
+        return
+    a_item, w_item = a_zp in zp_int32, w_zp in zp_int32
     inputs = [a, w, zero_u8 if a_item else a_zp, zero_u8 if w_item else w_zp]
     raw = b.op("MatMulInteger", *inputs)
 
@@ -224,12 +280,12 @@ def _rewrite_matmul(
 
 
 def per_item_quantization(
-    model: onnx.ModelProto, axes: Mapping[str, int | None], ranks: Mapping[str, int]
+    model: onnx.ModelProto, axes: Mapping[str, int | None], shapes: Mapping[str, Sequence[int]]
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Rewrite ``model`` so that each batch item is quantized on its own.
 
     ``axes`` maps each ``DynamicQuantizeLinear`` input to its batch axis as
-    :func:`batch_axes` found it, ``ranks`` to its rank.  Returns the new model
+    :func:`batch_axes` found it, ``shapes`` to its shape at some batch size.  Returns the new model
     and the names of the quantized tensors left as they were because they
     could not be rewritten (empty: the model is batch-invariant up to float
     rounding).
@@ -251,7 +307,7 @@ def per_item_quantization(
         axis = axes.get(x, -1)
         if axis is None:
             continue  # does not depend on the batch: nothing to do
-        dequantizers = None if axis < 0 else _rewritable(node, axis, ranks[x], consumers, graph_outputs)
+        dequantizers = None if axis < 0 else _rewritable(node, axis, len(shapes[x]), consumers, graph_outputs)
         if dequantizers is None:
             skipped.append(x)
             continue
@@ -262,14 +318,25 @@ def per_item_quantization(
     b = _Builder(opset)
     zp_int32: dict[str, str] = {}  # per-item zero point -> its int32 form, input-shaped
     scale_vector: dict[str, str] = {}  # per-item scale output -> the scale as a vector
+    extra_columns: dict[str, int] = {}  # quantized values -> zero-point columns appended
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         b.nodes = []
         if node.op_type == _DQL and node.output[0] in rewrite:
-            scale, zp = _quantize_per_item(b, node, rewrite[node.output[0]], ranks[node.input[0]])
-            scale_vector[node.output[1]], zp_int32[node.output[2]] = scale, zp
-        elif node.op_type == "MatMulInteger" and zp_int32.keys() & set(node.input[2:4]):
-            _rewrite_matmul(b, node, zp_int32, weights)
+            shape = shapes[node.input[0]]
+            columns = _extra_columns(node, consumers, weights)
+            if columns > shape[-1]:
+                columns = 0
+            scale, zp = _quantize_per_item(b, node, rewrite[node.output[0]], len(shape), columns)
+            scale_vector[node.output[1]] = scale
+            if columns:
+                extra_columns[node.output[0]] = columns
+            else:
+                zp_int32[node.output[2]] = zp
+        elif node.op_type == "MatMulInteger" and (
+            node.input[0] in extra_columns or zp_int32.keys() & set(node.input[2:4])
+        ):
+            _rewrite_matmul(b, node, zp_int32, extra_columns, weights)
         elif node.op_type == "DequantizeLinear" and node.output[0] in dequantize_axes:
             q, scale, zp = node.input
             b.op("DequantizeLinear", q, scale_vector[scale], zp, axis=dequantize_axes[node.output[0]],
@@ -282,7 +349,10 @@ def per_item_quantization(
     out.CopyFrom(model)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    out.graph.initializer.extend(b.initializers)
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in out.graph.initializer if t.name in used]  # weights replaced by extended ones go
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept + b.initializers)
     if opset < 13:  # per-axis QuantizeLinear
         for o in out.opset_import:
             if o.domain in ("", "ai.onnx"):
