@@ -161,4 +161,5 @@ def _load_per_item(data: bytes, model_file: Path, tokens, options: ort.SessionOp
     session = _session(rewritten, model_file, options, disabled_optimizers=["MatMulIntegerToFloatFusion"])
     model = _detect(session, model_file, tokens)
     model.set_single_stream_session(original._session)
+    model.batch_invariant = not skipped
     return model

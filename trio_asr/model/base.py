@@ -175,6 +175,10 @@ class AcousticModel(abc.ABC):
         the B new states, in the same order.
         """
 
+    #: known by construction (True for an int8 model rewritten for per-item
+    #: quantization); None: unknown, :func:`is_batch_invariant` probes
+    batch_invariant: bool | None = None
+
     #: runs batches of one instead of the model's own session, if set
     _single_stream_session: ort.InferenceSession | None = None
 
@@ -300,8 +304,14 @@ def is_batch_invariant(model: AcousticModel, tolerance: float = 1e-3) -> bool:
     quantized activations (the usual int8 exports) do not: one scale is
     computed over the whole batch, so each stream's output depends on the
     others'.  Probed with two runs: two streams of different loudness
-    batched, and the first alone.
+    batched, and the first alone, unless the model knows
+    (:attr:`AcousticModel.batch_invariant`: a rewritten int8 model is exact up
+    to float rounding, which can move one quantization step now and then, more
+    than this probe's tolerance).
     """
+    known = getattr(model, "batch_invariant", None)
+    if known is not None:
+        return known
     rng = np.random.default_rng(0)
     features = rng.standard_normal((2, model.chunk_frames, model.feature_dim)).astype(np.float32)
     features[1] *= 4.0
