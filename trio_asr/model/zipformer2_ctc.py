@@ -163,8 +163,7 @@ class Zipformer2CtcModel(AcousticModel):
     def run(
         self, features: np.ndarray, states: Sequence[ModelState]
     ) -> tuple[np.ndarray, list[ModelState]]:
-        session = self._session_for(len(states))
-        log_probs, *new = session.run(self._output_names, self.feed(features, states))
+        log_probs, *new = self._run_session(len(states), self._output_names, self.feed(features, states))
         return log_probs, ModelState.unstack(new, self._batch_axes)
 
 
