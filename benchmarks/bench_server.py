@@ -253,16 +253,17 @@ def print_header(model: str) -> None:
 def print_summary(results: dict, load: str) -> None:
     print(f"\nmax real-time streams (machine load before the run: {load})")
     names = list(dict.fromkeys(name for recs in results.values() for name in recs))
-    print(f"{'model':<12}" + "".join(f"{n:>26}" for n in names) + f"{'ours / C++':>12}")
+    widths = [len(n) + 3 for n in names]
+    print(f"{'model':<12}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)) + f"{'ours / C++':>12}")
     for model, recs in results.items():
-        cells = "".join(f"{recs[n]['max_n'] if n in recs else '-':>26}" for n in names)
+        cells = "".join(f"{recs[n]['max_n'] if n in recs else '-':>{w}}" for n, w in zip(names, widths))
         ours, cpp = recs.get("trio-asr", {}).get("max_n"), recs.get("sherpa-onnx C++", {}).get("max_n")
         ratio = f"{ours / cpp:.2f}" if ours is not None and cpp else "-"
         print(f"{model:<12}{cells}{ratio:>12}")
     print("\nmemory: RSS per idle connection / per active stream (kB)")
     for model, recs in results.items():
         for name, rec in recs.items():
-            print(f"{model:<12}{name:<26}{rec['idle']['rss_per_idle_connection_kb']:>10}"
+            print(f"{model:<12}{name:<30}{rec['idle']['rss_per_idle_connection_kb']:>10}"
                   f"{rec['rss_per_active_stream_kb'] if rec['rss_per_active_stream_kb'] is not None else '-':>10}")
 
 

@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--quick] [--model DIR] [--sherpa-server-script PATH]
 
 Runs bench_fbank, bench_search, bench_rtf and bench_server (see
-benchmarks/README.md); tables go to stdout, JSON and the PNG plot to
+benchmarks/README.md); tables go to stdout, JSON to
 benchmarks/results/.  ``--quick`` shortens every benchmark (a smoke run).
 Exits non-zero if any benchmark failed.
 """
@@ -32,7 +32,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("bench_fbank", ["--seconds", "10" if quick else "60", "--repeats", "1" if quick else "5"]),
         ("bench_search", ["--repeats", "1" if quick else "3"]),
         ("bench_rtf", ["--repeats", "1" if quick else "3", *model]),
-        ("bench_server", [*(["--clients", "1,4", "--seconds", "4", "--idle-connections", "8"] if quick else []),
+        ("bench_server", [*(["--start", "2", "--max-clients", "4", "--refine", "0", "--seconds", "4",
+                             "--idle-connections", "8"] if quick else []),
                           *model, *sherpa]),  # fmt: skip
     ]
 
