@@ -13,6 +13,10 @@ type quantized.  What each group proves:
   the same arg-max on every frame that is not a near tie.
 - ``test_speech_batched_equals_original_alone``: the same on real speech,
   whole streams of unequal lengths, greedy tokens identical; NeMo format too.
+- ``test_service_batches_int8_streams_as_if_each_ran_alone``: the model
+  service (exact batching, as the server runs it) batches the rewritten
+  model, and every stream's text and times are those of the original file
+  decoding it alone.
 - ``test_rewrite_*``: hand-built graphs with the layouts the real models
   have: time-major activations, quantized activation x activation MatMuls,
   an operand that does not depend on the batch; a batch merged into another
@@ -31,14 +35,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+import trio
+from serverutil import ControlledModel
+
 from fixtures import zipformer2_ctc
 from fixtures.int8 import quantize_model_dir
 from fixtures.nemo_ctc import write_nemo_ctc_model
 from paths import AUDIO_DIR
+from trio_asr.audio import down_mix, read_wav
 from trio_asr.features import StreamingFbank
 from trio_asr.model import decode_streams, is_batch_invariant, load_model, quantization
 from trio_asr.model_service import ModelService
+from trio_asr.recognizer import Recognizer
 from trio_asr.search import GreedySearch
+from trio_asr.transcribe import transcribe_samples
 
 SPEECH = ["numbers.wav", "something.wav", "paddlespeech-test.wav", "english.wav"]
 
@@ -128,8 +138,6 @@ def speech_features(model, name: str) -> np.ndarray:
     path = AUDIO_DIR / name
     if not path.exists():
         pytest.skip(f"{path} not available")
-    from trio_asr.audio import down_mix, read_wav
-
     samples, rate = read_wav(path)
     assert rate == 16000
     fbank = StreamingFbank(model.feature_options)
@@ -163,6 +171,42 @@ def test_speech_batched_equals_original_alone(models) -> None:
         # whole streams: quantization steps moved by rounding pass through the state
         np.testing.assert_allclose(ours, theirs, atol=2 * LOG_PROB_TOLERANCE)
         assert greedy(original, ours) == greedy(original, theirs)
+
+
+async def _decode_via(service: ModelService, rs, x: np.ndarray, step: int) -> None:
+    """Drive a recognizer stream as the server does, its model via the service."""
+    for start in range(0, len(x), step):
+        await trio.to_thread.run_sync(rs.accept_waveform, x[start : start + step])
+        rs.accept_log_probs(await service.decode(rs.model_stream))
+    await trio.to_thread.run_sync(rs.flush_input)
+    rs.accept_log_probs(await service.decode(rs.model_stream))
+
+
+async def test_service_batches_int8_streams_as_if_each_ran_alone(models) -> None:
+    rewritten, original = models
+    counting = ControlledModel(rewritten)
+    service = ModelService(counting, max_batch=16)  # exact, as the server runs it
+    utterances = []
+    for name in SPEECH:
+        if not (AUDIO_DIR / name).exists():
+            pytest.skip(f"{AUDIO_DIR / name} not available")
+        samples, rate = read_wav(AUDIO_DIR / name)
+        utterances.append((down_mix(samples), rate))
+    utterances += [(x[: len(x) * (k + 2) // 5], rate) for k, (x, rate) in enumerate(utterances)]
+    recognizer = Recognizer(counting, decoding="greedy")
+    streams = [recognizer.create_stream(1, rate) for _, rate in utterances]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        async with trio.open_nursery() as clients:
+            for rs, (x, rate) in zip(streams, utterances):
+                clients.start_soon(_decode_via, service, rs, x, round(0.1 * rate))
+        nursery.cancel_scope.cancel()
+    assert service.max_batch == 16 and service.stats.largest_batch > 1, service.stats
+    alone = Recognizer(original, decoding="greedy")
+    for rs, (x, rate) in zip(streams, utterances):
+        expected = transcribe_samples(alone, x, rate)
+        assert (rs.result().text, rs.result().times) == (expected.text, expected.times)
+    assert any(rs.result().text for rs in streams)
 
 
 # ------------------------------------------------------------ hand-built graphs
