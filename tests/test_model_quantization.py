@@ -31,17 +31,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-
-import trio
-from serverutil import ControlledModel
 
 from fixtures import zipformer2_ctc
 from fixtures.int8 import quantize_model_dir
 from fixtures.nemo_ctc import write_nemo_ctc_model
 from paths import AUDIO_DIR
+from serverutil import ControlledModel
 from trio_asr.audio import down_mix, read_wav
 from trio_asr.features import StreamingFbank
 from trio_asr.model import decode_streams, is_batch_invariant, load_model, quantization
