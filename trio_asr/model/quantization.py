@@ -167,9 +167,17 @@ def _quantize_per_item(
     x = node.input[0]
     q_out, scale_out, zp_out = node.output
     others = [a for a in range(rank) if a != axis]
-    zero = b.const(np.float32(0.0), "zero")
-    lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
-    hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
+    if extra_columns:
+        # zeros appended to x quantize to the zero point, and make min <= 0 <= max
+        pads = np.zeros(2 * rank, np.int64)
+        pads[-1] = extra_columns
+        x = b.op("Pad", x, b.const(pads, "pads"))
+        lo = b.reduce("ReduceMin", x, others, keepdims=0)
+        hi = b.reduce("ReduceMax", x, others, keepdims=0)
+    else:
+        zero = b.const(np.float32(0.0), "zero")
+        lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
+        hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
     # onnxruntime's GetQuantizationParameter, per item: scale = (max - min) / 255,
     # or 1 when max == min (== 0: all zeros, which quantize to zero point 0 with
     # any positive scale, so the smallest normal float serves as well).
@@ -177,17 +185,10 @@ def _quantize_per_item(
     scale = b.op("Max", spread, b.const(np.float32(_FLT_MIN), "tiny"))
     # zp = round(clamp(0 - min / scale, 0, 255)): what QuantizeLinear computes for -min
     zp = b.op("QuantizeLinear", b.op("Neg", lo), scale, axis=0, out=zp_out)
+    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
     keep = b.const(np.array([-1 if a == axis else 1 for a in range(rank)], np.int64), "keep")
     b.op("Reshape", scale, keep, out=scale_out)
-    if extra_columns:
-        # zeros appended to x quantize to the zero point (and leave min/max as they are)
-        head = b.op("Slice", x, b.const(np.array([0], np.int64), "start"),
-                    b.const(np.array([extra_columns], np.int64), "end"), b.const(np.array([-1], np.int64), "axes"))
-        x = b.op("Concat", x, b.op("Mul", head, zero), axis=-1)
-        b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
-        return scale, None
-    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
-    return scale, b.op("Reshape", _int32(b, zp), keep)
+    return scale, None if extra_columns else b.op("Reshape", _int32(b, zp), keep)
 
 
 def _extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray:
@@ -323,11 +324,8 @@ def per_item_quantization(
     for node in graph.node:
         b.nodes = []
         if node.op_type == _DQL and node.output[0] in rewrite:
-            shape = shapes[node.input[0]]
             columns = _extra_columns(node, consumers, weights)
-            if columns > shape[-1]:
-                columns = 0
-            scale, zp = _quantize_per_item(b, node, rewrite[node.output[0]], len(shape), columns)
+            scale, zp = _quantize_per_item(b, node, rewrite[node.output[0]], len(shapes[node.input[0]]), columns)
             scale_vector[node.output[1]] = scale
             if columns:
                 extra_columns[node.output[0]] = columns
