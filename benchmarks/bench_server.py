@@ -43,11 +43,12 @@ import numpy as np
 
 try:
     from benchmarks.common import Progress, fixture_model, speech, tile_to, write_results
-    from benchmarks.servers import (CHUNK_SAMPLES, OursAdapter, SherpaAdapter, start_ours,
+    from benchmarks.servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
                                     start_sherpa_cpp, start_sherpa_py)
 except ImportError:
     from common import Progress, fixture_model, speech, tile_to, write_results
-    from servers import CHUNK_SAMPLES, OursAdapter, SherpaAdapter, start_ours, start_sherpa_cpp, start_sherpa_py
+    from servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
+                         start_sherpa_cpp, start_sherpa_py)
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed

@@ -1,0 +1,181 @@
+"""The graph pieces of per-item quantization (see :mod:`trio_asr.model.quantization`).
+
+- :func:`quantize_per_item` replaces one ``DynamicQuantizeLinear``;
+- :func:`rewrite_matmul` replaces a ``MatMulInteger`` that takes a per-item
+  quantized input, by :func:`extended_weight` or an int32 correction;
+- :class:`Builder` makes uniquely named nodes and initializers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["Builder", "extended_weight", "extra_columns_needed", "quantize_per_item", "rewrite_matmul"]
+
+_PREFIX = "per_item/"
+
+
+class Builder:
+    """New nodes and initializers with unique names."""
+
+    def __init__(self, opset: int) -> None:
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, stem: str) -> str:
+        self._count += 1
+        return f"{_PREFIX}{stem}_{self._count}"
+
+    def const(self, value: np.ndarray, stem: str = "c") -> str:
+        name = self.name(stem)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes) -> str:
+        out = out or self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attributes))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
+        # axes became an input in opset 18 (ReduceSum: 13)
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            return self.op(op_type, x, self.const(np.array(axes, np.int64), "axes"), keepdims=keepdims)
+        return self.op(op_type, x, axes=list(axes), keepdims=keepdims)
+
+
+_FLT_MIN = np.finfo(np.float32).tiny
+
+
+def quantize_per_item(
+    b: Builder, node: onnx.NodeProto, axis: int, rank: int, extra_columns: int
+) -> tuple[str, str | None]:
+    """Replace one ``DynamicQuantizeLinear`` by per-item quantization.
+
+    Its outputs keep their names: the quantized values; the scale, now shaped
+    like the input with every axis but ``axis`` reduced to 1 (so that it
+    broadcasts over the MatMul output as the scalar did); the zero point, now
+    a vector (N,).  With ``extra_columns``, the quantized values get that many
+    more columns, each holding the item's zero point (see
+    :func:`extended_weight`).  Returns the names of the scale as a vector and
+    of the zero point as int32 in the input's shape (for the corrections;
+    None with extra columns, which need none)."""
+    x = node.input[0]
+    q_out, scale_out, zp_out = node.output
+    others = [a for a in range(rank) if a != axis]
+    if extra_columns:
+        # zeros appended to x quantize to the zero point, and make min <= 0 <= max
+        pads = np.zeros(2 * rank, np.int64)
+        pads[-1] = extra_columns
+        x = b.op("Pad", x, b.const(pads, "pads"))
+        lo = b.reduce("ReduceMin", x, others, keepdims=0)
+        hi = b.reduce("ReduceMax", x, others, keepdims=0)
+    else:
+        zero = b.const(np.float32(0.0), "zero")
+        lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
+        hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
+    # onnxruntime's GetQuantizationParameter, per item: scale = (max - min) / 255,
+    # or 1 when max == min (== 0: all zeros, which quantize to zero point 0 with
+    # any positive scale, so the smallest normal float serves as well).
+    spread = b.op("Div", b.op("Sub", hi, lo), b.const(np.float32(255.0), "qrange"))
+    scale = b.op("Max", spread, b.const(np.float32(_FLT_MIN), "tiny"))
+    # zp = round(clamp(0 - min / scale, 0, 255)): what QuantizeLinear computes for -min
+    zp = b.op("QuantizeLinear", b.op("Neg", lo), scale, axis=0, out=zp_out)
+    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
+    keep = b.const(np.array([-1 if a == axis else 1 for a in range(rank)], np.int64), "keep")
+    b.op("Reshape", scale, keep, out=scale_out)
+    return scale, None if extra_columns else b.op("Reshape", _int32(b, zp), keep)
+
+
+def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray:
+    """``wq`` (K, M) with rows appended whose sum, less the weight zero point,
+    is ``-colsum(wq - w_zp)``, each entry within the weight's integer range.
+
+    Multiplied by an input with as many extra columns, each the item's zero
+    point zp, they add ``-zp * colsum(wq - w_zp)``: the integer matmul then
+    comes out as ``(xq - zp) @ (wq - w_zp)`` exactly, with input zero point 0.
+    """
+    zp = 0 if w_zp is None else int(w_zp)
+    lo, hi = (-128, 127) if wq.dtype == np.int8 else (0, 255)
+    bound = min(hi - zp, zp - lo)  # |entry - zp| that stays in range
+    need = -(wq.astype(np.int64) - zp).sum(axis=0)
+    rows = max(1, -(-int(np.abs(need).max()) // bound))
+    base = np.floor_divide(need, rows)
+    extra = base + (np.arange(rows)[:, None] < (need - base * rows)[None, :])
+    assert np.array_equal(extra.sum(axis=0), need) and np.abs(extra).max() <= bound
+    return np.concatenate([wq, (extra + zp).astype(wq.dtype)])
+
+
+def extra_columns_needed(node: onnx.NodeProto, consumers, weights) -> int:
+    """Extra columns for a quantizer whose values feed only MatMulIntegers
+    as the left side, with 2-D weights and scalar weight zero points (the
+    usual case): the most any of them needs; 0 otherwise."""
+    columns = 0
+    for user, i in consumers[node.output[0]]:
+        w, w_zp = (list(user.input) + [""] * 4)[1:4:2]
+        if user.op_type != "MatMulInteger" or i != 0 or w not in weights or weights[w].ndim != 2:
+            return 0
+        if w_zp and (w_zp not in weights or weights[w_zp].size != 1):
+            return 0
+        zp = weights[w_zp].reshape(()) if w_zp else None
+        columns = max(columns, len(extended_weight(weights[w], zp)) - len(weights[w]))
+    return columns
+
+
+def _int32(b: Builder, x: str) -> str:
+    return b.op("Cast", x, to=TensorProto.INT32)
+
+
+def rewrite_matmul(
+    b: Builder,
+    node: onnx.NodeProto,
+    zp_int32: Mapping[str, str],
+    extra_columns: Mapping[str, int],
+    weights: Mapping[str, np.ndarray],
+) -> None:
+    """``MatMulInteger`` with per-item zero points on its rewritten inputs:
+    run with zero point 0 there, and take the zero-point terms off in int32:
+    by extended weights if the left side has extra columns (``extra_columns``,
+    by quantized input), else subtracted afterwards (``zp_int32`` maps each
+    per-item zero point to its int32 form)."""
+    a, w, a_zp, w_zp = (list(node.input) + [""] * 4)[:4]
+    zero_u8 = b.const(np.uint8(0), "zp0")
+    if a in extra_columns:  # the zero-point term comes out of the matmul itself
+        zp = weights[w_zp].reshape(()) if w_zp else None
+        wq = extended_weight(weights[w], zp)
+        rows = len(weights[w]) + extra_columns[a]
+        wq = np.concatenate([wq, np.full((rows - len(wq), wq.shape[1]), 0 if zp is None else zp, wq.dtype)])
+        b.op("MatMulInteger", a, b.const(wq, "w_ext"), zero_u8, w_zp, out=node.output[0])
+        return
+    a_item, w_item = a_zp in zp_int32, w_zp in zp_int32
+    inputs = [a, w, zero_u8 if a_item else a_zp, zero_u8 if w_item else w_zp]
+    raw = b.op("MatMulInteger", *inputs)
+
+    def centred(t: str, zp: str) -> str:  # t - zp in int32
+        if not zp:
+            return _int32(b, t)
+        return b.op("Sub", _int32(b, t), zp_int32[zp] if zp in zp_int32 else _int32(b, zp))
+
+    terms = []
+    if a_item:
+        # za[b] * colsum(Wq - w_zp): a constant when Wq is a weight
+        if w in weights and not w_item:
+            wq = weights[w].astype(np.int32)
+            if w_zp:
+                wq = wq - weights[w_zp].astype(np.int32)
+            colsum = b.const(wq.sum(axis=-2, keepdims=wq.ndim > 2).astype(np.int32), "colsum")
+        else:
+            colsum = b.reduce("ReduceSum", centred(w, w_zp), [-2])
+        terms.append(b.op("Mul", zp_int32[a_zp], colsum))
+    if w_item:
+        # zb[b] * rowsum(Aq - a_zp), where a_zp is 0 if A is per-item too
+        rowsum = b.reduce("ReduceSum", centred(a, "" if a_item else a_zp), [-1])
+        terms.append(b.op("Mul", zp_int32[w_zp], rowsum))
+    total = raw
+    for i, term in enumerate(terms):
+        total = b.op("Sub", total, term, out=node.output[0] if i == len(terms) - 1 else None)
