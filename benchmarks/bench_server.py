@@ -9,7 +9,8 @@ ours with default flags; ours with ``--no-exact-batching`` for an int8 model;
 sherpa-onnx's C++ ``sherpa-onnx-online-websocket-server`` with
 ``--num-work-threads=2 --num-threads=1 --max-batch-size=5
 --enable-endpoint=false``; sherpa-onnx's Python example server if its script
-is given), in one run on the same machine, N WebSocket clients (the
+is given), all started at once and their levels run in turn (so that changes
+in the machine's load hit all alike), N WebSocket clients (the
 ``websockets`` library, one asyncio process) each stream ``--seconds`` of the
 shared speech at real-time pace in 85 ms chunks, starting at random offsets
 within one chunk, reading replies concurrently, then end the stream.
@@ -213,24 +214,37 @@ def next_levels(start: int, levels: list[dict], refine: int, cap: int) -> int | 
     return (lo + hi) // 2
 
 
-async def sweep(server, adapter, clips, args, bar) -> dict:
-    # warm-up: one short stream, so first-use allocations are not counted as load
-    warm = argparse.Namespace(**{**vars(args), "seconds": 2.0})
-    await run_level(server, adapter, 1, clips, warm)
-    record = {"idle": await idle_memory(server, adapter, args.idle_connections), "levels": []}
-    while (n := next_levels(args.start, record["levels"], args.refine, args.max_clients)) is not None:
-        refining = any(not r["pass"] for r in record["levels"])
-        row = await run_level(server, adapter, n, clips, args)
-        row["refining"] = refining
-        record["levels"].append(row)
-        bar.advance()
-        print_row(server.name, row)
-        await asyncio.sleep(2.0)  # let the server drop the finished connections
-    held = [r for r in record["levels"] if r["pass"]]
-    best = max(held, key=lambda r: r["n"]) if held else None
-    record["max_n"] = best["n"] if best else 0
-    record["rss_per_active_stream_kb"] = best["rss_growth_per_stream_kb"] if best else None
-    return record
+async def sweep(servers: dict, adapters: dict, clips, args, bar) -> dict:
+    """Every server's ladder, interleaved: each round runs each server not yet
+    done at its own next N, so that changes in the machine's load hit all of
+    them alike."""
+    records = {}
+    for name, server in servers.items():
+        # warm-up: one short stream, so first-use allocations are not counted as load
+        warm = argparse.Namespace(**{**vars(args), "seconds": 2.0})
+        await run_level(server, adapters[name], 1, clips, warm)
+        records[name] = {"idle": await idle_memory(server, adapters[name], args.idle_connections), "levels": []}
+    active = list(servers)
+    while active:
+        for name in list(active):
+            levels = records[name]["levels"]
+            n = next_levels(args.start, levels, args.refine, args.max_clients)
+            if n is None:
+                active.remove(name)
+                continue
+            refining = any(not r["pass"] for r in levels)
+            row = await run_level(servers[name], adapters[name], n, clips, args)
+            row["refining"] = refining
+            levels.append(row)
+            bar.advance()
+            print_row(name, row)
+            await asyncio.sleep(2.0)  # let the server drop the finished connections
+    for record in records.values():
+        held = [r for r in record["levels"] if r["pass"]]
+        best = max(held, key=lambda r: r["n"]) if held else None
+        record["max_n"] = best["n"] if best else 0
+        record["rss_per_active_stream_kb"] = best["rss_growth_per_stream_kb"] if best else None
+    return records
 
 
 # ------------------------------------------------------------------ output
@@ -330,19 +344,22 @@ def main(argv: list[str] | None = None) -> None:
             }
             del model
             print_header(f"{label}: {find_model_file(model_dir)}")
-            results[label] = {}
-            for name, starter in plan(model_dir, args):
-                server = starter(model_dir, args, Path(tmp))
-                if server is None:
-                    continue
-                adapter = adapters[name if name in adapters else "trio-asr"]
-                try:
+            servers = {}
+            try:
+                for name, starter in plan(model_dir, args):
+                    server = starter(model_dir, args, Path(tmp))
+                    if server is not None:
+                        servers[name] = server
+                for server in servers.values():
                     server.wait_ready()
-                    results[label][name] = asyncio.run(sweep(server, adapter, clips, args, bar))
-                except Exception:
-                    print(f"{name} failed; its log ends with:\n{server.log_tail()}", file=sys.stderr)
-                    raise
-                finally:
+                by_server = {name: adapters[name if name in adapters else "trio-asr"] for name in servers}
+                results[label] = asyncio.run(sweep(servers, by_server, clips, args, bar))
+            except Exception:
+                for name, server in servers.items():
+                    print(f"{name}'s log ends with:\n{server.log_tail()}", file=sys.stderr)
+                raise
+            finally:
+                for server in servers.values():
                     server.stop()
     print_summary(results, load)
     path = write_results("server", {
