@@ -307,3 +307,20 @@ def test_rewrite_reports_a_batch_merged_into_another_axis(tmp_path) -> None:
     )
     assert skipped == ["x2"]
     assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load_from_string(rewritten).graph.node}
+
+
+def test_rewrite_reports_quantizers_inside_subgraphs() -> None:
+    branch = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+         helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)],
+        "branch", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", K]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    _, skipped = quantization.per_item_quantization(model, {}, {})
+    assert skipped == ["x", "x"]  # one per branch: the model is not batch-invariant

@@ -69,6 +69,16 @@ def _quantizers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == _DQL and n.domain in ("", "ai.onnx")]
 
 
+def _nested_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The quantizers inside the subgraphs of ``graph``'s nodes (any depth)."""
+    found = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                found += [n for n in sub.node if n.op_type == _DQL] + _nested_quantizers(sub)
+    return found
+
+
 def with_probe_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` that also outputs the input of every
     ``DynamicQuantizeLinear``; returns it and those tensors' names."""
@@ -146,7 +156,7 @@ def per_item_quantization(
     graph_outputs = {o.name for o in graph.output}
 
     rewrite: dict[str, int] = {}  # DynamicQuantizeLinear output 0 -> batch axis
-    skipped: list[str] = []
+    skipped: list[str] = [n.input[0] for n in _nested_quantizers(graph)]  # inside If/Loop/Scan: left alone
     dequantize_axes: dict[str, int] = {}  # DequantizeLinear output -> batch axis of its input
     for node in _quantizers(model):
         x = node.input[0]
