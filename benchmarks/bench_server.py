@@ -24,8 +24,8 @@ once per model chunk, so they are not held to it).  N climbs by x1.25 from
 the result is each server's max real-time streams, and the ratio ours / C++.
 
 Memory in the same run: RSS growth per idle WebSocket connection
-(``--idle-connections`` of them) and the peak RSS growth per active stream at
-the highest level held.  The machine's load average is recorded beside the
+(``--idle-connections`` of them) and, per active stream, the peak RSS at the
+highest level held less the RSS after warm-up, over N.  The machine's load average is recorded beside the
 figures (other work on the machine lowers every column).
 """
 
@@ -173,7 +173,6 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
         "aggregate_rtf": round(cpu / audio_s, 4),
         "server_cpu_pct": round(100 * cpu / wall, 1),
         "server_rss_peak_mb": round(peak / 2**20, 1),
-        "rss_growth_per_stream_kb": round((peak - rss_before) / n / 1024, 1),
         "client_cpu_pct": round(100 * client_cpu / wall, 1),
         "wall_s": round(wall, 2),
         "errors": errors[:5],
@@ -243,7 +242,11 @@ async def sweep(servers: dict, adapters: dict, clips, args, bar) -> dict:
         held = [r for r in record["levels"] if r["pass"]]
         best = max(held, key=lambda r: r["n"]) if held else None
         record["max_n"] = best["n"] if best else 0
-        record["rss_per_active_stream_kb"] = best["rss_growth_per_stream_kb"] if best else None
+        # against the RSS after warm-up: the allocators keep what earlier levels took
+        baseline = record["idle"]["rss_before_mb"]
+        record["rss_per_active_stream_kb"] = (
+            round((best["server_rss_peak_mb"] - baseline) * 1024 / best["n"], 1) if best else None
+        )
     return records
 
 
