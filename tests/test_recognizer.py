@@ -190,3 +190,19 @@ def test_stream_rejects_misuse(model):
         stream.accept_waveform(np.zeros(10, np.float32))
     with pytest.raises(ValueError):
         Recognizer(model).create_stream(nbest=0)
+
+
+@pytest.mark.parametrize("decoding", ["beam", "greedy"])
+def test_no_surviving_path_gives_an_empty_result(model, decoding):
+    """Frames where every token has probability 0 leave no path: the result
+    is empty, not an IndexError (stepped mode, as the batched server drives it)."""
+    stream = Recognizer(model, decoding=decoding).create_stream(nbest=3)
+    stream.accept_log_probs(np.full((6, model.vocab_size), -np.inf, np.float32))
+    partial = stream.result()
+    assert partial.text == ""
+    stream.flush_input()
+    stream.accept_log_probs(stream.model_stream.finalize())
+    final = stream.result()
+    assert final.text == "" and final.segments == () and final.times == ()
+    if decoding == "beam":
+        assert partial.nbest == () and final.nbest == ()

@@ -12,6 +12,11 @@ batched with other streams (see :mod:`trio_asr.model_service`):
 only compute features, the caller runs the chunks of
 :attr:`~RecognizerStream.model_stream` and hands their log-probs to
 :meth:`~RecognizerStream.accept_log_probs`.  Both ways give the same results.
+
+A stream is decoded in segments cut at endpoints (:mod:`trio_asr.segments`):
+the acoustic model's state and the features carry on across segments, the
+search and everything else that grows restart, so a stream of any length
+costs the same per partial result.
 """
 
 from __future__ import annotations
@@ -21,38 +26,17 @@ from typing import Literal
 import attrs
 import numpy as np
 
+from trio_asr.endpoint import EndpointRules
 from trio_asr.features import StreamingFbank
 from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.resample import StreamingResampler
-from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
+from trio_asr.search import GreedySearch, PrefixBeamSearch
+from trio_asr.segments import RecognitionResult, Segment, SegmentDecoder, TokenTime
 
-__all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "TokenTime"]
+__all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "Segment", "TokenTime"]
 
 # StreamingFbank scales float input by this (the int16 range).
 _FBANK_FLOAT_SCALE = 32768.0
-
-
-@attrs.frozen
-class TokenTime:
-    """One token of a result with its time span in seconds from the stream's start."""
-
-    piece: str
-    start: float
-    end: float
-
-
-@attrs.frozen
-class RecognitionResult:
-    """The recognizer's view of a stream so far.
-
-    ``nbest`` holds ``(text, log score)`` pairs, best first, distinct texts
-    (at most the number of hypotheses asked for); ``text == nbest[0][0]``.
-    ``times`` covers the best hypothesis' tokens that produce visible text.
-    """
-
-    text: str
-    nbest: tuple[tuple[str, float], ...]
-    times: tuple[TokenTime, ...]
 
 
 @attrs.frozen
@@ -60,7 +44,9 @@ class Recognizer:
     """Creates streams over one acoustic model.
 
     ``decoding`` is ``"beam"`` (CTC prefix beam search of width ``beam``) or
-    ``"greedy"`` (best path; n-best then has one entry).
+    ``"greedy"`` (best path; n-best then has one entry).  ``endpoint`` gives
+    the rules that cut streams into segments (None: one segment per stream,
+    whose cost then grows with its length).
     """
 
     model: AcousticModel
@@ -68,18 +54,31 @@ class Recognizer:
     decoding: Literal["beam", "greedy"] = attrs.field(
         default="beam", validator=attrs.validators.in_(("beam", "greedy"))
     )
+    endpoint: EndpointRules | None = attrs.field(
+        factory=EndpointRules, validator=attrs.validators.optional(attrs.validators.instance_of(EndpointRules))
+    )
 
     @property
     def sample_rate(self) -> int:
         return self.model.sample_rate
 
-    def create_stream(self, nbest: int = 1, sample_rate: int | None = None) -> RecognizerStream:
-        """A new stream taking audio at ``sample_rate`` (default: the model's)."""
-        return RecognizerStream(self, nbest, sample_rate)
+    def create_stream(
+        self, nbest: int = 1, sample_rate: int | None = None, *, endpoint: EndpointRules | None = None
+    ) -> RecognizerStream:
+        """A new stream taking audio at ``sample_rate`` (default: the model's),
+        cut into segments by ``endpoint`` (default: the recognizer's rules)."""
+        return RecognizerStream(self, nbest, sample_rate, endpoint=endpoint)
+
+    def new_search(self, nbest: int = 1) -> GreedySearch | PrefixBeamSearch:
+        """The search of one segment of a stream keeping ``nbest`` alternatives."""
+        blank = self.model.tokens.blank_id
+        if self.decoding == "greedy":
+            return GreedySearch(blank_id=blank)
+        return PrefixBeamSearch(beam=max(self.beam, nbest), blank_id=blank)
 
 
 class RecognizerStream:
-    """One utterance: accepts mono audio, decodes it chunk by chunk.
+    """One stream: accepts mono audio, decodes it chunk by chunk, in segments.
 
     Audio at another rate than the model's is resampled on the way in
     (streaming polyphase resampler; see :mod:`trio_asr.resample`).
@@ -97,7 +96,12 @@ class RecognizerStream:
     """
 
     def __init__(
-        self, recognizer: Recognizer, nbest: int = 1, sample_rate: int | None = None
+        self,
+        recognizer: Recognizer,
+        nbest: int = 1,
+        sample_rate: int | None = None,
+        *,
+        endpoint: EndpointRules | None = None,
     ) -> None:
         if nbest < 1:
             raise ValueError(f"nbest must be >= 1, not {nbest}")
@@ -113,11 +117,13 @@ class RecognizerStream:
         self._fbank = StreamingFbank(model.feature_options)
         self._input_scale = model.sample_scale / _FBANK_FLOAT_SCALE
         self._chunks = model.create_stream()
-        blank = model.tokens.blank_id
-        if recognizer.decoding == "greedy":
-            self._search: GreedySearch | PrefixBeamSearch = GreedySearch(blank_id=blank)
-        else:
-            self._search = PrefixBeamSearch(beam=max(recognizer.beam, nbest), blank_id=blank)
+        self._decoder = SegmentDecoder(
+            model.tokens,
+            lambda: recognizer.new_search(nbest),
+            nbest,
+            model.frame_shift_s,
+            recognizer.endpoint if endpoint is None else endpoint,
+        )
         self.samples_accepted = 0
         self._finished = False
         self._result: RecognitionResult | None = None  # valid until the search moves
@@ -163,7 +169,7 @@ class RecognizerStream:
         """Advance the search by the log-probs (t, V) of the next chunks of
         :attr:`model_stream`, run elsewhere (t may be 0)."""
         if len(log_probs):
-            self._search.accept(log_probs)
+            self._decoder.accept(log_probs)
             self._result = None
 
     def flush_input(self) -> None:
@@ -172,6 +178,7 @@ class RecognizerStream:
         if self._finished:
             return
         self._finished = True
+        self._result = None
         if self._resampler is not None:
             self._accept_model_rate(self._resampler.flush())
         tail = self._fbank.flush()
@@ -190,25 +197,11 @@ class RecognizerStream:
         return self._result is not None
 
     def result(self) -> RecognitionResult:
-        """The n-best so far (computed once per search step, then cached)."""
+        """The stream so far (computed once per search step, then cached).
+
+        Once the input is finished and every chunk decoded, the last segment
+        is given as finalised."""
         if self._result is None:
-            self._result = self._compute_result()
+            final = self._finished and self._chunks.next_chunk() is None
+            self._result = self._decoder.result(final)
         return self._result
-
-    def _compute_result(self) -> RecognitionResult:
-        if isinstance(self._search, GreedySearch):
-            hypotheses = [self._search.best]
-        else:
-            hypotheses = self._search.nbest(self.nbest)
-        tokens = self._model.tokens
-        nbest = tuple((tokens.text(h.tokens), h.score) for h in hypotheses)
-        return RecognitionResult(nbest[0][0], nbest, self._times(hypotheses[0]))
-
-    def _times(self, hypothesis: Hypothesis) -> tuple[TokenTime, ...]:
-        shift = self._model.frame_shift_s
-        pieces = self._model.tokens.pieces(hypothesis.tokens)
-        return tuple(
-            TokenTime(piece.strip() or piece, frame * shift, (frame + 1) * shift)
-            for piece, frame in zip(pieces, hypothesis.frames)
-            if piece.strip()
-        )
