@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jiwer
 import numpy as np
 import pytest
@@ -20,9 +22,11 @@ from paths import SPEECH_FILES
 from scipy.signal import resample_poly
 
 from trio_asr.audio import read_wav
+from trio_asr.endpoint import EndpointRules
 from trio_asr.model import find_model_file, load_model
 from trio_asr.recognizer import Recognizer
 from trio_asr.resample import resample
+from trio_asr.segments import join_texts
 from trio_asr.transcribe import transcribe_samples
 
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
@@ -206,3 +210,34 @@ def test_no_surviving_path_gives_an_empty_result(model, decoding):
     assert final.text == "" and final.segments == () and final.times == ()
     if decoding == "beam":
         assert partial.nbest == () and final.nbest == ()
+
+
+def test_segments_are_the_same_decoded_alone_or_stepped(model, speech):
+    """Short rules so that the fixture's best path has endpoints: the stream
+    decoding by itself and the stream stepped as the batched server drives it
+    (model chunks run outside, log-probs handed in) cut the same segments."""
+    samples = np.concatenate([speech[p.name] for p in SPEECH_FILES])
+    rules = EndpointRules(silence_without_text=0.2, silence_after_text=0.1, max_segment=1.0)
+    recognizer = Recognizer(model, beam=4)
+    alone = recognizer.create_stream(nbest=2, endpoint=rules)
+    stepped = recognizer.create_stream(nbest=2, endpoint=rules)
+    for start in range(0, len(samples), 1360):
+        piece = samples[start : start + 1360]
+        alone.accept_waveform(piece)
+        alone.decode()
+        stepped.accept_waveform(piece)
+        stepped.accept_log_probs(stepped.model_stream.decode_ready_chunks())
+        assert stepped.result() == alone.result()
+    alone.input_finished()
+    stepped.flush_input()
+    stepped.accept_log_probs(stepped.model_stream.decode_ready_chunks())
+    final = alone.result()
+    assert stepped.result() == final
+    assert len(final.segments) > 10
+    assert final.open.text == ""
+    assert final.text == functools.reduce(join_texts, [s.text for s in final.segments])
+    ends = [s.end for s in final.segments]
+    assert ends == sorted(ends) and all(s.end - s.start <= 1.0 + 1e-9 for s in final.segments)
+    words = final.words
+    assert [w.start for w in words] == sorted(w.start for w in words)
+    assert all(w.start < w.end for w in words)
