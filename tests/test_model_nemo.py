@@ -221,7 +221,7 @@ def test_recognizer_greedy_equals_sherpa_onnx(model, model_dir, wav, feed):
 
     n_chunks = chunks_sherpa_runs(model, len(sherpa_fbank(samples, model.feature_dim)))
     limit = n_chunks * model.chunk_shift // model.subsampling  # output frames sherpa decoded
-    got = [(t.piece, round(t.start / model.frame_shift_s)) for t in result.times]
+    got = [(t.piece, round(t.start / model.frame_shift_s)) for t in result.tokens]
     both = [(piece, frame) for piece, frame in got if frame < limit]
     want = [
         (piece.strip(), round(t / 0.04))

@@ -89,7 +89,7 @@ def test_greedy_matches_sherpa(request, streaming_ctc_model_dir, model, speech, 
     full_frames = len(samples) // model.feature_options.window_shift - 2
     chunks = (full_frames - model.chunk_frames) // model.chunk_shift + 1
     cutoff_s = chunks * model.chunk_shift // model.subsampling * model.frame_shift_s
-    our_pieces = [t.piece for t in ours.times if t.start < cutoff_s - 1e-6]
+    our_pieces = [t.piece for t in ours.tokens if t.start < cutoff_s - 1e-6]
     assert len(our_pieces) > 5  # not vacuous
     # sherpa reports pieces (spelling the word mark "▁" as a space); map them
     # back to ids and spell them our way.
@@ -124,7 +124,7 @@ def test_chunking_invariance(model, speech, name):
         np.testing.assert_allclose(
             [s for _, s in result.nbest], [s for _, s in reference.nbest], rtol=1e-5, err_msg=label
         )
-        assert result.times == reference.times, label
+        assert result.tokens == reference.tokens and result.times == reference.times, label
 
 
 def test_nbest_is_sorted_distinct_and_led_by_the_best(model, speech):
@@ -238,6 +238,6 @@ def test_segments_are_the_same_decoded_alone_or_stepped(model, speech):
     assert final.text == functools.reduce(join_texts, [s.text for s in final.segments])
     ends = [s.end for s in final.segments]
     assert ends == sorted(ends) and all(s.end - s.start <= 1.0 + 1e-9 for s in final.segments)
-    words = final.words
+    words = final.times
     assert [w.start for w in words] == sorted(w.start for w in words)
     assert all(w.start < w.end for w in words)

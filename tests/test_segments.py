@@ -125,7 +125,8 @@ def test_final_result_closes_the_open_segment_without_closing_it():
     assert [s.text for s in final.segments] == ["hello", "world"]
     assert final.segments[1].words and final.text == partial.text == "hello world"
     assert final.open.text == "" and final.open.index == 2
-    assert [w.piece for w in final.words] == ["hello", "world"]
+    assert [w.piece for w in final.times] == ["hello", "world"]
+    assert [t.piece for t in final.tokens] == ["he", "llo", "wor", "ld"] and partial.times == ()
     # more frames may still come: the open segment goes on
     d.accept(frames("a"))
     assert d.result().text == "hello world a" and len(d.result().segments) == 1

@@ -64,28 +64,25 @@ class Segment:
 class RecognitionResult:
     """The recognizer's view of a stream so far.
 
+    ``text`` is the whole stream's transcript (the finalised segments' texts,
+    then the open one's) and ``nbest`` its alternatives: the finalised text
+    followed by each of the open segment's, scored by the sum of the
+    segments' scores; ``text == nbest[0][0]`` whenever ``nbest`` is not empty.
     ``segments`` are the finalised segments with text, in order; ``open`` is
     the segment being decoded (after the end of the stream: an empty one).
-    ``text`` is the whole stream's transcript (the segments' texts, then the
-    open one's) and ``nbest`` its alternatives: the finalised text followed by
-    each of the open segment's, scored by the sum of the segments' scores.
-    ``text == nbest[0][0]`` whenever ``nbest`` is not empty.
+
+    ``times`` (words, PaddleSpeech's ``times``) and ``tokens`` (the visible
+    tokens) span the whole stream once it is finished; before that they are
+    empty, as timing is computed per segment when it closes (see each
+    segment's ``words`` and ``tokens``).
     """
 
     text: str
     nbest: NBest
-    segments: tuple[Segment, ...]
-    open: Segment
-
-    @property
-    def times(self) -> tuple[TokenTime, ...]:
-        """Visible tokens of the finalised segments, in order."""
-        return tuple(chain.from_iterable(s.tokens for s in self.segments))
-
-    @property
-    def words(self) -> tuple[TokenTime, ...]:
-        """Words of the finalised segments, in order."""
-        return tuple(chain.from_iterable(s.words for s in self.segments))
+    times: tuple[TokenTime, ...] = ()
+    tokens: tuple[TokenTime, ...] = attrs.field(default=(), kw_only=True)
+    segments: tuple[Segment, ...] = attrs.field(default=(), kw_only=True)
+    open: Segment | None = attrs.field(default=None, kw_only=True)
 
 
 def join_texts(left: str, right: str) -> str:
@@ -176,12 +173,18 @@ class SegmentDecoder:
             nbest = tuple((join_texts(prefix, text), score + s) for text, s in segment.nbest)
         else:
             nbest = ((prefix, score),) if prefix else ()
-        segments = self._segments
-        if final:
-            if segment.text:
-                segments += (segment,)
-            segment = Segment(len(segments), "", (), segment.end, segment.end, False)
-        return RecognitionResult(nbest[0][0] if nbest else prefix, nbest, segments, segment)
+        text = nbest[0][0] if nbest else prefix
+        if not final:
+            return RecognitionResult(text, nbest, segments=self._segments, open=segment)
+        segments = self._segments + ((segment,) if segment.text else ())
+        return RecognitionResult(
+            text,
+            nbest,
+            tuple(chain.from_iterable(s.words for s in segments)),
+            tokens=tuple(chain.from_iterable(s.tokens for s in segments)),
+            segments=segments,
+            open=Segment(len(segments), "", (), segment.end, segment.end, False),
+        )
 
     def _hypotheses(self) -> list[Hypothesis]:
         if isinstance(self._search, GreedySearch):
