@@ -32,6 +32,7 @@ from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.resample import StreamingResampler
 from trio_asr.search import GreedySearch, PrefixBeamSearch
 from trio_asr.segments import RecognitionResult, Segment, SegmentDecoder, TokenTime
+from trio_asr.vad import FrameSpeech, SileroVad
 
 __all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "Segment", "TokenTime"]
 
@@ -46,7 +47,9 @@ class Recognizer:
     ``decoding`` is ``"beam"`` (CTC prefix beam search of width ``beam``) or
     ``"greedy"`` (best path; n-best then has one entry).  ``endpoint`` gives
     the rules that cut streams into segments (None: one segment per stream,
-    whose cost then grows with its length).
+    whose cost then grows with its length).  With a ``vad`` the rules apply
+    to its speech / non-speech decisions instead of the CTC best path's
+    non-blank / blank frames.
     """
 
     model: AcousticModel
@@ -57,6 +60,12 @@ class Recognizer:
     endpoint: EndpointRules | None = attrs.field(
         factory=EndpointRules, validator=attrs.validators.optional(attrs.validators.instance_of(EndpointRules))
     )
+    vad: SileroVad | None = attrs.field(default=None, kw_only=True)
+
+    @vad.validator
+    def _check_vad(self, _attribute, vad: SileroVad | None) -> None:
+        if vad is not None and vad.sample_rate != self.model.sample_rate:
+            raise ValueError(f"the VAD takes {vad.sample_rate} Hz audio, the model {self.model.sample_rate} Hz")
 
     @property
     def sample_rate(self) -> int:
@@ -124,6 +133,8 @@ class RecognizerStream:
             model.frame_shift_s,
             recognizer.endpoint if endpoint is None else endpoint,
         )
+        self._vad = None if recognizer.vad is None else recognizer.vad.create_stream()
+        self._speech = FrameSpeech(SileroVad.window_seconds, model.frame_shift_s)
         self.samples_accepted = 0
         self._finished = False
         self._result: RecognitionResult | None = None  # valid until the search moves
@@ -157,6 +168,8 @@ class RecognizerStream:
         self._accept_model_rate(samples)
 
     def _accept_model_rate(self, samples: np.ndarray) -> None:
+        if self._vad is not None:
+            self._speech.add(self._vad.accept_waveform(samples))
         frames = self._fbank.accept_waveform(samples * np.float32(self._input_scale))
         if len(frames):
             self._chunks.accept_features(frames)
@@ -169,7 +182,8 @@ class RecognizerStream:
         """Advance the search by the log-probs (t, V) of the next chunks of
         :attr:`model_stream`, run elsewhere (t may be 0)."""
         if len(log_probs):
-            self._decoder.accept(log_probs)
+            speech = None if self._vad is None else self._speech.take(len(log_probs))
+            self._decoder.accept(log_probs, speech)
             self._result = None
 
     def flush_input(self) -> None:

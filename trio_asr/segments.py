@@ -100,9 +100,9 @@ class SegmentDecoder:
 
     ``new_search()`` makes the search of each segment (frames count from the
     segment's start); ``nbest`` alternatives are kept per result;
-    ``endpoint`` None makes the whole stream one segment.  Frames are
-    *active* when their arg-max is not blank unless :meth:`accept` is told
-    otherwise (e.g. by a voice activity detector).
+    ``endpoint`` None makes the whole stream one segment.  Endpoints are
+    found on the best path unless a voice activity detector says which frames
+    hold speech (see :meth:`accept`); time spans always follow the best path.
     """
 
     def __init__(
@@ -133,23 +133,25 @@ class SegmentDecoder:
         """Frames accepted so far, over all segments."""
         return self._start_frame + len(self._active)
 
-    def accept(self, log_probs: np.ndarray, active: np.ndarray | None = None) -> None:
-        """Decode the next frames (T, V); ``active`` (T,) overrides which are active."""
+    def accept(self, log_probs: np.ndarray, speech: np.ndarray | None = None) -> None:
+        """Decode the next frames (T, V).
+
+        Endpoints are found on the best path (non-blank frames are active)
+        unless ``speech`` (T,) says which frames are active instead."""
         if not len(log_probs):
             return
-        if active is None:
-            active = np.asarray(log_probs).argmax(axis=1) != self._tokens.blank_id
-        active = np.asarray(active, dtype=bool)
-        if active.shape != (len(log_probs),):
-            raise ValueError(f"{len(log_probs)} frames but activity of shape {active.shape}")
+        active = np.asarray(log_probs).argmax(axis=1) != self._tokens.blank_id
+        speech = active if speech is None else np.asarray(speech, dtype=bool)
+        if speech.shape != (len(log_probs),):
+            raise ValueError(f"{len(log_probs)} frames but speech flags of shape {speech.shape}")
         while len(log_probs):
-            k = None if self._detector is None else self._detector.accept(active)
+            k = None if self._detector is None else self._detector.accept(speech)
             if k is None:
                 self._take(log_probs, active)
                 return
             self._take(log_probs[:k], active[:k])
             self._close_segment()
-            log_probs, active = log_probs[k:], active[k:]
+            log_probs, active, speech = log_probs[k:], active[k:], speech[k:]
 
     def _take(self, log_probs: np.ndarray, active: np.ndarray) -> None:
         self._search.accept(log_probs)
