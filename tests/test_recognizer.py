@@ -205,7 +205,7 @@ def test_no_surviving_path_gives_an_empty_result(model, decoding):
     partial = stream.result()
     assert partial.text == ""
     stream.flush_input()
-    stream.accept_log_probs(stream.model_stream.finalize())
+    stream.accept_log_probs(stream.model_stream.decode_ready_chunks())
     final = stream.result()
     assert final.text == "" and final.segments == () and final.times == ()
     if decoding == "beam":

@@ -19,6 +19,8 @@ cannot (it is what bounds the work per partial result of an endless stream).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -31,8 +33,12 @@ MAX_SEGMENT_SECONDS = 120.0
 _MIN_SECONDS = 0.1
 
 
-def _seconds(low: float, high: float):
-    def check(instance, attribute, value) -> None:
+def _seconds(low: float, high: float, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
+    """A validator of seconds in [low, high] (or None, when ``optional``)."""
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is None and optional:
+            return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{attribute.name} must be a number of seconds, not {type(value).__name__}")
         if not (math.isfinite(value) and low <= value <= high):
@@ -41,7 +47,7 @@ def _seconds(low: float, high: float):
     return check
 
 
-def _optional_float(value):
+def _optional_float(value: Any) -> Any:
     return value if value is None or isinstance(value, bool) or not isinstance(value, int) else float(value)
 
 
@@ -52,12 +58,12 @@ class EndpointRules:
     silence_without_text: float | None = attrs.field(
         default=2.4,
         converter=_optional_float,
-        validator=attrs.validators.optional(_seconds(_MIN_SECONDS, MAX_SILENCE_SECONDS)),
+        validator=_seconds(_MIN_SECONDS, MAX_SILENCE_SECONDS, optional=True),
     )
     silence_after_text: float | None = attrs.field(
         default=1.2,
         converter=_optional_float,
-        validator=attrs.validators.optional(_seconds(_MIN_SECONDS, MAX_SILENCE_SECONDS)),
+        validator=_seconds(_MIN_SECONDS, MAX_SILENCE_SECONDS, optional=True),
     )
     max_segment: float = attrs.field(
         default=20.0, converter=_optional_float, validator=_seconds(1.0, MAX_SEGMENT_SECONDS)

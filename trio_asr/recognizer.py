@@ -228,7 +228,8 @@ class RecognizerStream:
             return False
         if frames == 0:
             return True
-        return frames <= _CHEAP_FRAMES and len(cached.open.text) * self.nbest <= _CHEAP_TEXT
+        open_text = cached.text if cached.open is None else cached.open.text
+        return frames <= _CHEAP_FRAMES and len(open_text) * self.nbest <= _CHEAP_TEXT
 
     def result(self) -> RecognitionResult:
         """The stream so far (computed once per search step, then cached).
