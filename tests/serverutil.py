@@ -117,7 +117,7 @@ class CountingRecognizer:
         self.decode_delay = 0.0
         self.fail_on_decode = False
 
-    def create_stream(self, nbest: int, sample_rate: int) -> CountingStream:
+    def create_stream(self, nbest: int, sample_rate: int, *, endpoint: object = None) -> CountingStream:
         stream = CountingStream(self, nbest, sample_rate)
         self.streams.append(stream)
         return stream

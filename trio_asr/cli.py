@@ -74,6 +74,18 @@ def _load_model(model: str | Path | None, threads: int) -> tuple[Path, AcousticM
         raise CommandFailed(exc) from None
 
 
+def _load_vad(config: Any) -> Any:
+    """The Silero VAD when ``config.vad`` asks for it, else None."""
+    if not config.vad:
+        return None
+    from trio_asr.vad import SileroVad, VadUnavailable
+
+    try:
+        return SileroVad(threshold=config.vad_threshold)
+    except VadUnavailable as exc:
+        raise CommandFailed(exc) from None
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -104,7 +116,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise CommandFailed(exc, 2) from None
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir, model = _load_model(config.model, config.threads)
-    server = Server(config, Recognizer(model, beam=config.beam))
+    server = Server(
+        config, Recognizer(model, beam=config.beam, endpoint=config.endpoint_rules(), vad=_load_vad(config))
+    )
 
     async def run() -> str | None:
         try:
@@ -197,21 +211,57 @@ def _add_transcribe(commands: Any) -> None:
     parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default 1)")
     parser.add_argument("--beam", type=int, default=10, help="CTC prefix beam width (default 10)")
     parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
-    parser.add_argument("--timestamps", action="store_true", help="print token start/end times")
+    parser.add_argument(
+        "--timestamps", action="store_true", help="print word start/end times (with --json: also each token's)"
+    )
+    parser.add_argument("--segments", action="store_true", help="print the segments between endpoints with their times")
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    from trio_asr.endpoint import EndpointRules
+
+    rules = EndpointRules()
+    for flag, default, what in (
+        ("--endpoint-silence-without-text", rules.silence_without_text, "a segment with no text ends after this much silence, s (0: off)"),
+        ("--endpoint-silence-after-text", rules.silence_after_text, "a segment with text ends after this much silence, s (0: off)"),
+        ("--endpoint-max-segment", rules.max_segment, "a segment ends when it is this long, s"),
+    ):  # fmt: skip
+        parser.add_argument(flag, type=float, default=default, help=f"{what} (default {default:g})")
+    parser.add_argument(
+        "--vad", action="store_true", help="endpoints from Silero VAD's speech / non-speech (needs trio-asr[vad])"
+    )
     parser.set_defaults(run=_run_transcribe)
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
+    from trio_asr.endpoint import EndpointRules
     from trio_asr.recognizer import Recognizer
     from trio_asr.transcribe import run_batch
 
     if args.nbest < 1 or args.beam < 1 or args.threads < 1:
         raise CommandFailed("--nbest, --beam and --threads must be >= 1", 2)
+    try:
+        rules = EndpointRules(
+            silence_without_text=args.endpoint_silence_without_text or None,
+            silence_after_text=args.endpoint_silence_after_text or None,
+            max_segment=args.endpoint_max_segment,
+        )
+    except ValueError as exc:
+        raise CommandFailed(f"bad --endpoint-* flag: {exc} (0 switches the silence rules off)", 2) from None
+    vad = None
+    if args.vad:
+        from trio_asr.vad import SileroVad, VadUnavailable
+
+        try:
+            vad = SileroVad()
+        except VadUnavailable as exc:
+            raise CommandFailed(exc) from None
     _, model = _load_model(args.model, args.threads)
-    recognizer = Recognizer(model, beam=max(args.beam, args.nbest), decoding="greedy" if args.greedy else "beam")
-    failures = run_batch(recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json)
+    recognizer = Recognizer(
+        model, beam=max(args.beam, args.nbest), decoding="greedy" if args.greedy else "beam", endpoint=rules, vad=vad
+    )
+    failures = run_batch(
+        recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json, segments=args.segments
+    )
     return 1 if failures else 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from trio_asr.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, EndpointRules
 from trio_asr.protocol import ProtocolLimits
 
 __all__ = ["ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
@@ -44,6 +45,14 @@ def _at_least(low: float, high: float | None = None) -> Callable[[object, attrs.
         if value < low or (high is not None and value > high):
             bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
             raise ConfigError(f"{attribute.name} must be {bound}, got {value!r}")
+
+    return check
+
+
+def _off_or_between(low: float, high: float) -> Callable[[object, attrs.Attribute, Any], None]:
+    def check(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
+        if value != 0 and not low <= value <= high:
+            raise ConfigError(f"{attribute.name} must be 0 (off) or between {low:g} and {high:g}, got {value!r}")
 
     return check
 
@@ -156,12 +165,41 @@ class ServerConfig:
         help="after the grace period, time cut-off connections get to save their audio and close, s",
     )  # fmt: skip
     log_level: str = _setting("warning", type=str, help="log level", choices=("debug", "info", "warning", "error"))
+    endpoint_silence_without_text: float = _setting(
+        2.4, type=float, validator=_off_or_between(0.1, MAX_SILENCE_SECONDS),
+        help="endpoint rule 1: a segment with no text ends after this much silence, s (0: off)",
+    )  # fmt: skip
+    endpoint_silence_after_text: float = _setting(
+        1.2, type=float, validator=_off_or_between(0.1, MAX_SILENCE_SECONDS),
+        help="endpoint rule 2: a segment with text ends after this much silence, s (0: off)",
+    )  # fmt: skip
+    endpoint_max_segment: float = _setting(
+        20.0, type=float, validator=_at_least(1.0, MAX_SEGMENT_SECONDS),
+        help="endpoint rule 3: a segment ends when it is this long, s",
+    )  # fmt: skip
+    vad: bool = _setting(
+        False, type=bool,
+        help="apply the endpoint rules to Silero VAD's speech / non-speech instead of the CTC best path's "
+        "tokens / blanks (needs trio-asr[vad])",
+    )  # fmt: skip
+    vad_threshold: float = _setting(
+        0.5, type=float, help="speech probability at which the VAD hears speech", validator=_at_least(0.2, 0.95)
+    )
+
+    def endpoint_rules(self) -> EndpointRules:
+        """The endpoint rules of streams that do not ask for others."""
+        return EndpointRules(
+            silence_without_text=self.endpoint_silence_without_text or None,
+            silence_after_text=self.endpoint_silence_after_text or None,
+            max_segment=self.endpoint_max_segment,
+        )
 
     def protocol_limits(self) -> ProtocolLimits:
         return ProtocolLimits(
             nbest_max=self.nbest_max,
             max_message_bytes=self.max_message_bytes,
             max_stream_seconds=self.max_stream_seconds,
+            endpoint=self.endpoint_rules(),
         )
 
 

@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 import trio
 
+from trio_asr.endpoint import EndpointRules
 from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.model_service import ModelService
 from trio_asr.recognizer import RecognitionResult
@@ -60,8 +61,11 @@ class Recognizer(Protocol):
     @property
     def model(self) -> AcousticModel: ...
 
-    def create_stream(self, nbest: int, sample_rate: int) -> RecognizerStream:
-        """A stream taking float32 mono samples at ``sample_rate``; raises
+    def create_stream(
+        self, nbest: int, sample_rate: int, *, endpoint: EndpointRules | None = None
+    ) -> RecognizerStream:
+        """A stream taking float32 mono samples at ``sample_rate``, cut into
+        segments by ``endpoint`` (None: the recognizer's rules); raises
         ValueError for a rate it cannot take."""
         ...
 
@@ -78,9 +82,9 @@ class Decoder:
         self.service = service
         self.limiter = limiter
 
-    def open_stream(self, nbest: int, sample_rate: int) -> StreamDecoder:
+    def open_stream(self, nbest: int, sample_rate: int, endpoint: EndpointRules | None = None) -> StreamDecoder:
         """Raises ValueError when the recognizer cannot take ``sample_rate``."""
-        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate))
+        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate, endpoint=endpoint))
 
 
 class StreamDecoder:

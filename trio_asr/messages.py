@@ -19,6 +19,8 @@ from typing import Any, Union
 import attrs
 import numpy as np
 
+from trio_asr.endpoint import EndpointRules
+
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
@@ -33,6 +35,7 @@ __all__ = [
     "FinalResult",
     "PartialResult",
     "Reply",
+    "SegmentFinal",
     "ServerReady",
     "StartStream",
     "encode_reply",
@@ -51,13 +54,19 @@ CLOSE_INTERNAL_ERROR = 1011
 
 @attrs.frozen
 class StartStream:
-    """A client began a stream; audio in the announced format follows."""
+    """A client began a stream; audio in the announced format follows.
+
+    ``endpoint`` holds the rules that cut this stream into segments (None:
+    the server's); ``compact`` asks for replies whose ``result`` is the open
+    segment only, each finalised segment being announced once."""
 
     name: str
     nbest: int
     sample_rate: int
     bits_per_sample: int
     channels: int
+    endpoint: EndpointRules | None = None
+    compact: bool = False
 
 
 @attrs.frozen(eq=False)
@@ -97,21 +106,41 @@ class ServerReady:
 
 
 @attrs.frozen
+class SegmentFinal:
+    """A segment of the stream that a reply closes: its index (from 0), final
+    text, time span and words as ``(word, start s, end s)``."""
+
+    index: int
+    text: str
+    start: float
+    end: float
+    times: tuple[tuple[str, float, float], ...] = ()
+
+
+@attrs.frozen
 class PartialResult:
-    """Answer to every binary frame; ``nbest`` is sent only when non-empty."""
+    """Answer to every binary frame; ``nbest`` is sent only when non-empty.
+
+    ``segment`` (the index of the open segment) and ``segments`` (those this
+    reply closes) are additive fields, sent when set / non-empty."""
 
     text: str
     nbest: tuple[tuple[str, float], ...] = ()
+    segment: int | None = None
+    segments: tuple[SegmentFinal, ...] = ()
 
 
 @attrs.frozen
 class FinalResult:
-    """Answer to ``end``; ``times`` holds ``(word or piece, start s, end s)``."""
+    """Answer to ``end``; ``times`` holds ``(word, start s, end s)``;
+    ``segment``/``segments`` as in :class:`PartialResult`."""
 
     name: str
     text: str
     nbest: tuple[tuple[str, float], ...] = ()
     times: tuple[tuple[str, float, float], ...] = ()
+    segment: int | None = None
+    segments: tuple[SegmentFinal, ...] = ()
 
 
 @attrs.frozen
@@ -131,6 +160,26 @@ def _nbest_json(nbest: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
     return [{"text": text, "score": float(score)} for text, score in nbest]
 
 
+def _times_json(times: Sequence[tuple[str, float, float]]) -> list[dict[str, Any]]:
+    return [{"w": w, "bg": round(float(bg), 3), "ed": round(float(ed), 3)} for w, bg, ed in times]
+
+
+def _add_segments(obj: dict[str, Any], segment: int | None, segments: Sequence[SegmentFinal]) -> None:
+    if segment is not None:
+        obj["segment"] = segment
+    if segments:
+        obj["segments"] = [
+            {
+                "segment": s.index,
+                "result": s.text,
+                "bg": round(float(s.start), 3),
+                "ed": round(float(s.end), 3),
+                "times": _times_json(s.times),
+            }
+            for s in segments
+        ]
+
+
 def encode_reply(reply: Reply) -> str:
     """Serialise a reply to the JSON text frame the spec prescribes.
 
@@ -146,13 +195,13 @@ def encode_reply(reply: Reply) -> str:
         obj = {"result": reply.text}
         if reply.nbest:
             obj["nbest"] = _nbest_json(reply.nbest)
+        _add_segments(obj, reply.segment, reply.segments)
     elif isinstance(reply, FinalResult):
         obj = {"name": reply.name, "signal": "end", "result": reply.text, "status": "ok"}
         if reply.nbest:
             obj["nbest"] = _nbest_json(reply.nbest)
-        obj["times"] = [
-            {"w": w, "bg": round(float(bg), 3), "ed": round(float(ed), 3)} for w, bg, ed in reply.times
-        ]
+        obj["times"] = _times_json(reply.times)
+        _add_segments(obj, reply.segment, reply.segments)
     elif isinstance(reply, ErrorReply):
         obj = {"status": "error", "signal": reply.signal, "message": reply.message}
     else:

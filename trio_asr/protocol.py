@@ -34,6 +34,16 @@ Decisions on points the spec leaves open:
   multi-channel group) carry over to the next frame; the remainder still
   held when a stream ends is not a sample and is dropped.
 * A stream may not grow beyond what one WAV file can hold (4 GiB of PCM).
+
+Additions to ``start`` (optional; a client that sends none gets exactly the
+spec's replies plus additive fields, see :mod:`trio_asr.messages`):
+
+* ``endpoint``: an object with any of ``silenceWithoutText``,
+  ``silenceAfterText`` (seconds, or ``null`` to switch that rule off) and
+  ``maxSegment`` (seconds); missing keys take the server's rules.  Not an
+  object, an unknown key or a non-number is 1007; a value out of bounds
+  (:class:`trio_asr.endpoint.EndpointRules`) is 1008.
+* ``compact``: ``true`` for replies whose ``result`` is the open segment only.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from typing import Any
 import attrs
 
 from trio_asr.audio import WAV_MAX_DATA_BYTES, down_mix, pcm16_to_float
+from trio_asr.endpoint import EndpointRules
 from trio_asr.messages import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -91,6 +102,16 @@ class ProtocolLimits:
     sample_rates: frozenset[int] = attrs.field(default=STANDARD_SAMPLE_RATES, converter=frozenset)
     #: PCM bytes per stream; the default is what a WAV file can hold
     max_stream_bytes: int = attrs.field(default=WAV_MAX_DATA_BYTES, validator=_positive)
+    #: the endpoint rules a ``start`` without (some of) them gets
+    endpoint: EndpointRules = attrs.field(factory=EndpointRules)
+
+
+#: ``start``'s ``endpoint`` keys -> EndpointRules fields
+_ENDPOINT_KEYS = {
+    "silenceWithoutText": "silence_without_text",
+    "silenceAfterText": "silence_after_text",
+    "maxSegment": "max_segment",
+}
 
 
 class State(enum.Enum):
@@ -357,7 +378,43 @@ class ConnectionProtocol:
         if rate not in limits.sample_rates:
             rates = ", ".join(map(str, sorted(limits.sample_rates)))
             raise _BadMessage(CLOSE_UNSUPPORTED_DATA, f'"sampleRate" {rate} is not supported (one of {rates})')
-        return StartStream(name=name, nbest=nbest, sample_rate=rate, bits_per_sample=bits, channels=channels)
+        compact = message.get("compact", False)
+        if not isinstance(compact, bool):
+            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "compact" must be true or false, got {_excerpt(compact)}')
+        return StartStream(
+            name=name,
+            nbest=nbest,
+            sample_rate=rate,
+            bits_per_sample=bits,
+            channels=channels,
+            endpoint=self._endpoint_field(message),
+            compact=compact,
+        )
+
+    def _endpoint_field(self, message: dict[str, Any]) -> EndpointRules | None:
+        if "endpoint" not in message:
+            return None
+        given = message["endpoint"]
+        if not isinstance(given, dict):
+            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "endpoint" must be an object, got {_excerpt(given)}')
+        changes: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in _ENDPOINT_KEYS:
+                known = ", ".join(_ENDPOINT_KEYS)
+                raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'unknown "endpoint" key {_excerpt(key)} (known: {known})')
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number and not (value is None and key != "maxSegment"):
+                raise _BadMessage(
+                    CLOSE_INVALID_PAYLOAD, f'"endpoint" {key} must be a number of seconds, got {_excerpt(value)}'
+                )
+            changes[_ENDPOINT_KEYS[key]] = value
+        try:
+            return attrs.evolve(self.limits.endpoint, **changes)
+        except (TypeError, ValueError) as exc:
+            reason = str(exc)
+            for key, field in _ENDPOINT_KEYS.items():
+                reason = reason.replace(field, key)
+            raise _BadMessage(CLOSE_POLICY_VIOLATION, f'"endpoint" {reason}') from None
 
     @staticmethod
     def _int_field(message: dict[str, Any], key: str, default: int) -> int:

@@ -36,15 +36,13 @@ from trio_asr.messages import (
     EndStream,
     ErrorReply,
     Event,
-    FinalResult,
-    PartialResult,
     Reply,
     ServerReady,
     StartStream,
 )
 from trio_asr.protocol import ConnectionProtocol, LocalProtocolError, State
-from trio_asr.recognizer import RecognitionResult
 from trio_asr.recording import AudioSaveError, AudioStore, Recording
+from trio_asr.segment_replies import StreamReplies
 
 __all__ = ["Session", "SessionContext"]
 
@@ -70,6 +68,7 @@ class _Stream:
     start: StartStream
     decoding: StreamDecoder
     recording: Recording | None
+    replies: StreamReplies
     samples: int = 0
     closed: bool = False
 
@@ -234,18 +233,18 @@ class Session:
             if stream.recording is not None and stream.recording.append(event.pcm):
                 await self._in_thread(stream.recording.write_pending)
             result = await stream.decoding.feed(event.samples)
-            await replies.send(PartialResult(result.text, _nbest(result, stream.start.nbest)))
+            await replies.send(stream.replies.partial(result))
             return stream
         if isinstance(event, StartStream):
             try:
-                decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate)
+                decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate, event.endpoint)
             except ValueError as exc:
                 await self._fail(replies, CLOSE_UNSUPPORTED_DATA, str(exc), "start")
                 return None
             recording = await self._in_thread(self.context.audio.open, event)
             self._streams += 1
             await replies.send(ServerReady())
-            return _Stream(event, decoding, recording)
+            return _Stream(event, decoding, recording, StreamReplies(event))
         if isinstance(event, EndStream):
             assert stream is not None
             if not event.reply:
@@ -255,7 +254,7 @@ class Session:
                 return None
             result = await stream.decoding.finish()
             await self._in_thread(self._close, stream, "finished")
-            await replies.send(_final(stream.start, result))
+            await replies.send(stream.replies.final(result))
             return None
         self.outcome = f"closed {event.code}: {event.message}"
         await replies.send(event)
@@ -334,14 +333,3 @@ class Session:
                 await self.ws.aclose(code, _close_reason(reason))
             except trio_websocket.ConnectionClosed:
                 pass
-
-
-def _nbest(result: RecognitionResult, n: int) -> tuple[tuple[str, float], ...]:
-    if n <= 1:
-        return ()
-    return tuple((str(text), float(score)) for text, score in list(result.nbest)[:n])
-
-
-def _final(start: StartStream, result: RecognitionResult) -> FinalResult:
-    times = tuple((t.piece, float(t.start), float(t.end)) for t in result.times)
-    return FinalResult(name=start.name, text=result.text, nbest=_nbest(result, start.nbest), times=times)
