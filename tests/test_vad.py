@@ -141,3 +141,44 @@ def test_vad_errors_are_one_clear_line(tmp_path):
         SileroVad(tmp_path / "missing.onnx")
     with pytest.raises(ValueError, match="threshold"):
         SileroVad(threshold=1.5)
+
+
+def test_skipping_non_speech_runs_no_model_chunk_in_long_silences(zipformer2_model_dir, vad, speech_with_gaps):
+    """With ``skip_non_speech`` the chunks lying wholly in a non-speech
+    stretch at least that long are not run: none in speech, most of each
+    gap's chunks once the stretch is long enough; the segments (cut by the
+    VAD) and the frame count stay as without skipping, in both driving modes."""
+    samples, gaps = speech_with_gaps
+    model = load_model(zipformer2_model_dir)
+    chunk_s = model.chunk_shift * 0.01
+    rules = EndpointRules(silence_without_text=2.0, silence_after_text=0.6, max_segment=30)
+    plain = transcribe_samples(Recognizer(model, endpoint=rules, vad=vad), samples, RATE)
+    skipping = Recognizer(model, endpoint=rules, vad=vad, skip_non_speech=0.3)
+
+    speech_only = skipping.create_stream()
+    speech_only.accept_waveform(samples[: int(gaps[0][0] * RATE)])  # the first clip, trimmed to its speech
+    speech_only.decode()
+    assert speech_only.chunks_skipped == 0
+
+    results = []
+    for stepped in (False, True):
+        stream = skipping.create_stream()
+        for start in range(0, len(samples), 1360):
+            stream.accept_waveform(samples[start : start + 1360])
+            if stepped:
+                stream.accept_log_probs(stream.model_stream.decode_ready_chunks())
+            else:
+                stream.decode()
+        stream.input_finished()
+        results.append((stream.result(), stream.chunks_skipped))
+    (result, skipped), (stepped_result, stepped_skipped) = results
+    assert (result, skipped) == (stepped_result, stepped_skipped)
+    # each 1.5 s gap minus the 0.3 s wait and VAD lag leaves about 1 s: several chunks
+    assert len(gaps) * 0.5 / chunk_s <= skipped <= len(gaps) * GAP_SECONDS / chunk_s
+    assert result.open.end == plain.open.end
+    assert [round(s.end, 2) for s in result.segments] == [round(s.end, 2) for s in plain.segments]
+
+
+def test_skipping_needs_a_vad(zipformer2_model_dir):
+    with pytest.raises(ValueError, match="needs a vad"):
+        Recognizer(load_model(zipformer2_model_dir), skip_non_speech=1.0)

@@ -57,6 +57,14 @@ class Recognizer:
     whose cost then grows with its length).  With a ``vad`` the rules apply
     to its speech / non-speech decisions instead of the CTC best path's
     non-blank / blank frames.
+
+    ``skip_non_speech`` (seconds; needs ``vad``; off by default) saves the
+    acoustic model's work on long non-speech stretches: a model chunk whose
+    audio lies wholly after at least that much non-speech is not run and
+    counts as all blank, and the model's state goes on from the last chunk
+    run.  Tokens the model would have found in that noise are lost, and the
+    first chunk after the stretch sees the state of before it, so the text
+    can change: measure before turning it on.
     """
 
     model: AcousticModel
@@ -68,11 +76,23 @@ class Recognizer:
         factory=EndpointRules, validator=attrs.validators.optional(attrs.validators.instance_of(EndpointRules))
     )
     vad: SileroVad | None = attrs.field(default=None, kw_only=True)
+    skip_non_speech: float | None = attrs.field(default=None, kw_only=True)
 
     @vad.validator
     def _check_vad(self, _attribute, vad: SileroVad | None) -> None:
         if vad is not None and vad.sample_rate != self.model.sample_rate:
             raise ValueError(f"the VAD takes {vad.sample_rate} Hz audio, the model {self.model.sample_rate} Hz")
+
+    @skip_non_speech.validator
+    def _check_skip(self, _attribute, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        if self.vad is None:
+            raise ValueError("skip_non_speech needs a vad")
+        if not 0 < seconds <= 60:
+            raise ValueError(f"skip_non_speech must be between 0 and 60 seconds, got {seconds}")
+        if self.model.chunk_shift % self.model.subsampling:
+            raise ValueError("skip_non_speech needs a model whose chunk is a whole number of output frames")
 
     @property
     def sample_rate(self) -> int:
@@ -142,6 +162,10 @@ class RecognizerStream:
         )
         self._vad = None if recognizer.vad is None else recognizer.vad.create_stream()
         self._speech = FrameSpeech(SileroVad.window_seconds, model.frame_shift_s)
+        self._skip_after = recognizer.skip_non_speech
+        self._skipped_frames = 0  # output frames of skipped chunks not yet searched
+        #: model chunks not run because they held no speech
+        self.chunks_skipped = 0
         self.samples_accepted = 0
         self._finished = False
         self._result: RecognitionResult | None = None  # valid until the search moves
@@ -180,6 +204,23 @@ class RecognizerStream:
         frames = self._fbank.accept_waveform(samples * np.float32(self._input_scale))
         if len(frames):
             self._chunks.accept_features(frames)
+            if self._skip_after is not None:
+                self._skip_non_speech_chunks(self._skip_after)
+
+    def _skip_non_speech_chunks(self, after: float) -> None:
+        """Drop the complete chunks at the front whose audio lies wholly in a
+        non-speech stretch already ``after`` seconds long (see :class:`Recognizer`)."""
+        assert self._vad is not None
+        model, chunks = self._model, self._chunks
+        shift_s = model.feature_options.frame_shift_ms / 1000
+        while not self._finished and chunks.next_chunk() is not None:
+            start = chunks.chunks_run * model.chunk_shift * shift_s
+            end = start + model.chunk_frames * shift_s + model.feature_options.frame_length_ms / 1000
+            if end > self._vad.covered or start - after < self._vad.speech_end:
+                return
+            chunks.advance(chunks.state)
+            self._skipped_frames += model.chunk_shift // model.subsampling
+            self.chunks_skipped += 1
 
     def decode(self) -> None:
         """Run every complete model chunk and advance the search."""
@@ -188,6 +229,11 @@ class RecognizerStream:
     def accept_log_probs(self, log_probs: np.ndarray) -> None:
         """Advance the search by the log-probs (t, V) of the next chunks of
         :attr:`model_stream`, run elsewhere (t may be 0)."""
+        if self._skipped_frames:
+            blank = np.full((self._skipped_frames, self._model.vocab_size), -np.inf, np.float32)
+            blank[:, self._model.tokens.blank_id] = 0.0
+            log_probs = np.concatenate([blank, log_probs]) if len(log_probs) else blank
+            self._skipped_frames = 0
         if len(log_probs):
             speech = None if self._vad is None else self._speech.take(len(log_probs))
             self._decoder.accept(log_probs, speech)

@@ -108,6 +108,13 @@ class VadStream:
         self._buffer = np.zeros(CONTEXT, np.float32)  # context, then samples not yet in a window
         self._speech = False
         self.windows = 0
+        #: seconds from the stream's start to the end of the last speech window (0: none yet)
+        self.speech_end = 0.0
+
+    @property
+    def covered(self) -> float:
+        """Seconds of audio whose windows have been decided."""
+        return self.windows * WINDOW / SAMPLE_RATE
 
     def accept_waveform(self, samples: np.ndarray) -> np.ndarray:
         """Speech flags (bool) of the windows that ``samples`` complete."""
@@ -120,6 +127,8 @@ class VadStream:
             limit = self._vad.threshold - HYSTERESIS if self._speech else self._vad.threshold
             self._speech = probability >= limit
             flags[i] = self._speech
+            if self._speech:
+                self.speech_end = (self.windows + i + 1) * WINDOW / SAMPLE_RATE
         self._buffer = self._buffer[count * WINDOW :]
         self.windows += count
         return flags
