@@ -58,6 +58,53 @@ def tiled_audio(minutes: float) -> np.ndarray:
     return np.tile(one, -(-need // one.size))[:need]
 
 
+def half_silent_audio(minutes: float) -> np.ndarray:
+    """The clips, each followed by as long a stretch of quiet noise: 50 % non-speech."""
+    rng = np.random.default_rng(1)
+    tile = []
+    for _, clip in speech():
+        tile += [clip, (rng.standard_normal(clip.size) * 0.003).astype(np.float32)]
+    one = np.concatenate(tile)
+    need = int(minutes * 60 * SAMPLE_RATE)
+    return np.tile(one, -(-need // one.size))[:need]
+
+
+def run_skipping(model, minutes: float, skip_after: float) -> dict:
+    """CPU per audio second of a 50 %-silence stream: CTC endpoints, VAD
+    endpoints, VAD endpoints with the model skipped on long non-speech."""
+    from trio_asr.vad import SileroVad
+
+    vad = SileroVad()
+    audio = half_silent_audio(minutes)
+    out = {}
+    for name, recognizer in (
+        ("ctc_endpoints", Recognizer(model)),
+        ("vad_endpoints", Recognizer(model, vad=vad)),
+        ("vad_skipping", Recognizer(model, vad=vad, skip_non_speech=skip_after)),
+    ):
+        stream = recognizer.create_stream()
+        frames = range(0, len(audio), FRAME)
+        with Progress(len(frames), name, stream=sys.stderr) as bar:
+            t0 = time.process_time()
+            for i in frames:
+                stream.accept_waveform(audio[i : i + FRAME])
+                stream.decode()
+                stream.result()
+                bar.advance()
+            stream.input_finished()
+            cpu = time.process_time() - t0
+        result = stream.result()
+        out[name] = {
+            "cpu_s_per_audio_s": cpu / (len(audio) / SAMPLE_RATE),
+            "chunks_skipped": stream.chunks_skipped,
+            "chunks_run": stream.model_stream.chunks_run - stream.chunks_skipped,
+            "segments": len(result.segments),
+            "text_chars": len(result.text),
+        }
+    out["saved_vs_vad_endpoints"] = 1 - out["vad_skipping"]["cpu_s_per_audio_s"] / out["vad_endpoints"]["cpu_s_per_audio_s"]
+    return out
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -152,7 +199,8 @@ async def _server_session(port: int, audio: np.ndarray, compact: bool) -> dict:
     pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2").tobytes()
     times, latency, cpu, sizes = [], [], [], []
     n = len(pcm) // (2 * FRAME) + 1
-    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/paddlespeech/asr/streaming") as ws:
+    url = f"ws://127.0.0.1:{port}/paddlespeech/asr/streaming"
+    async with trio_websocket.open_websocket_url(url, max_message_size=1 << 26) as ws:
         await ws.send_message(json.dumps({"name": "long.wav", "signal": "start", "nbest": 1, "compact": compact}))
         await ws.get_message()
         with Progress(n, f"server ({'compact' if compact else 'default'})", stream=sys.stderr) as bar:
@@ -210,6 +258,10 @@ def main() -> None:
     parser.add_argument("--nbest", type=int, default=5, help="hypotheses per partial (default 5)")
     parser.add_argument("--vad", action="store_true", help="endpoints from Silero VAD")
     parser.add_argument("--server", action="store_true", help="also run the whole server path")
+    parser.add_argument("--skip-non-speech", type=float, metavar="S",
+                        help="also measure the CPU saved on a 50 %%-silence stream by skipping the model "
+                        "after S seconds of non-speech (VAD)")  # fmt: skip
+    parser.add_argument("--skip-minutes", type=float, default=10.0, help="length of that stream (default 10)")
     args = parser.parse_args()
     if args.minutes * 60 < 2 * WINDOW_S:
         raise SystemExit("--minutes must be at least 10 (two 5-minute windows)")
@@ -229,6 +281,8 @@ def main() -> None:
         record["one_segment"] = run_recognizer(base, reference, args.nbest, "one segment (reference)")
     if args.server:
         record["server"] = run_server(Recognizer(model, vad=vad), audio, REPO_ROOT / "benchmarks" / ".cache" / "audio")
+    if args.skip_non_speech:
+        record["skipping"] = run_skipping(model, args.skip_minutes, args.skip_non_speech)
     record["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     path = write_results("long_stream", record)
 
@@ -252,6 +306,13 @@ def main() -> None:
                   f"(x{r['ratio']:.2f}); latency {r['latency_first']['mean_ms']:.3f} -> "
                   f"{r['latency_last']['mean_ms']:.3f} ms (x{r['latency_ratio']:.2f}); reply max "
                   f"{r['reply_bytes_max']} B, last 5 min {r['reply_bytes_last_5min_max']} B")  # fmt: skip
+    skipping = record.get("skipping")
+    if skipping:
+        for name in ("ctc_endpoints", "vad_endpoints", "vad_skipping"):
+            r = skipping[name]
+            print(f"50 % silence, {name:14s} CPU {r['cpu_s_per_audio_s']:.4f} s per audio s; model chunks run "
+                  f"{r['chunks_run']}, skipped {r['chunks_skipped']}; segments {r['segments']}")  # fmt: skip
+        print(f"skipping saves {skipping['saved_vs_vad_endpoints']:.0%} of the CPU of VAD endpoints")
     print(f"written to {path}")
 
 

@@ -36,6 +36,9 @@ from trio_asr.vad import FrameSpeech, SileroVad
 
 __all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "Segment", "TokenTime"]
 
+# Log-probability of every non-blank token in a chunk skipped as non-speech.
+_NOT_SPOKEN = -1e4
+
 # StreamingFbank scales float input by this (the int16 range).
 _FBANK_FLOAT_SCALE = 32768.0
 
@@ -230,7 +233,8 @@ class RecognizerStream:
         """Advance the search by the log-probs (t, V) of the next chunks of
         :attr:`model_stream`, run elsewhere (t may be 0)."""
         if self._skipped_frames:
-            blank = np.full((self._skipped_frames, self._model.vocab_size), -np.inf, np.float32)
+            # finite, so the search's scan of a frame stays quick (an all -inf row is its slow case)
+            blank = np.full((self._skipped_frames, self._model.vocab_size), _NOT_SPOKEN, np.float32)
             blank[:, self._model.tokens.blank_id] = 0.0
             log_probs = np.concatenate([blank, log_probs]) if len(log_probs) else blank
             self._skipped_frames = 0
