@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also a real model directory (default $TRIO_ASR_TEST_MODEL_DIR)")
     parser.add_argument("--no-fixture", action="store_true", help="skip the synthetic fixture models")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8-quantized fixture")
-    parser.add_argument("--audio-dir", type=Path, help="WAV files to decode (default ../shared/audio)")
+    parser.add_argument("--audio-dir", type=Path, help="WAV files to decode (default tests/data/audio)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk-ms", type=float, default=85.0)
     parser.add_argument("--repeats", type=int, default=3)

@@ -3,8 +3,8 @@
 Benchmarks import this as ``benchmarks.common`` (run from the repository root)
 or as ``common`` (run as ``python benchmarks/<name>.py``).
 
-- :func:`speech` loads every WAV of the shared speech directory (``../shared/audio``
-  beside the checkout, or ``$TRIO_ASR_SHARED_DIR/audio``) as 16 kHz mono float32;
+- :func:`speech` loads every WAV of the speech directory (the clips kept in
+  ``tests/data/audio``, or ``$TRIO_ASR_SHARED_DIR/audio``) as 16 kHz mono float32;
 - :func:`fixture_model` writes the real-size synthetic Zipformer2-CTC model
   (the default model's geometry, random weights) into ``benchmarks/.cache`` once,
   in float32 or dynamically int8-quantized (the real default model is int8);
@@ -44,8 +44,8 @@ SAMPLE_RATE = 16000
 
 
 def shared_dir() -> Path:
-    """``$TRIO_ASR_SHARED_DIR``, else ``shared`` beside the checkout (as tests/paths.py)."""
-    return Path(os.environ.get("TRIO_ASR_SHARED_DIR") or REPO_ROOT.parent / "shared")
+    """``$TRIO_ASR_SHARED_DIR``, else the repository's ``tests/data`` (as tests/paths.py)."""
+    return Path(os.environ.get("TRIO_ASR_SHARED_DIR") or REPO_ROOT / "tests" / "data")
 
 
 def speech(audio_dir: Path | None = None) -> list[tuple[str, np.ndarray]]:
