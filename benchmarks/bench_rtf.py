@@ -3,8 +3,8 @@
     python benchmarks/bench_rtf.py [--model DIR] [--threads 1] [--chunk-ms 85] [--repeats 3]
 
 For each model (the real-size synthetic Zipformer2-CTC fixture in float32 and
-int8, plus ``--model`` or ``$TRIO_ASR_TEST_MODEL_DIR`` when given), every WAV
-of the shared speech is streamed in ``--chunk-ms`` pieces through
+int8, plus ``--model`` or ``$TRIO_ASR_TEST_MODEL_DIR`` when given), every speech
+clip (tests/data/audio) is streamed in ``--chunk-ms`` pieces through
 
 - ours: :func:`trio_asr.transcribe.transcribe_samples` (the server's decoding
   path: resampler, fbank, model chunker, CTC search, text), beam 10 and greedy;

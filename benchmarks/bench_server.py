@@ -6,7 +6,7 @@
 The server runs as a subprocess (``python -m trio_asr serve``, loopback, a
 free port, no saved audio), so whatever the server does (batching, workers)
 is what is measured.  For each N, N WebSocket clients (the ``websockets``
-library, one asyncio process) each stream ``--seconds`` of the shared speech
+library, one asyncio process) each stream ``--seconds`` of the speech clips
 at real-time pace in 85 ms chunks (2720 bytes PCM16), starting at random
 offsets within one chunk, reading replies concurrently, then send "end".
 
