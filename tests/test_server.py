@@ -18,6 +18,8 @@ import trio
 import trio_websocket
 from serverutil import (
     ControlledModel,
+    make_config,
+    start_server,
     CountingRecognizer,
     end_msg,
     expect_close,
@@ -36,25 +38,6 @@ from trio_asr.resample import resample
 from trio_asr.server import Server, serve
 
 RNG = np.random.default_rng(1234)
-
-
-def make_config(tmp_path: Path, **overrides: object) -> ServerConfig:
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "audio_dir": tmp_path / "audio",
-        "idle_timeout": 5.0,
-        "grace_period": 2.0,
-        "handshake_timeout": 2.0,
-        "workers": 4,
-    }
-    values.update(overrides)
-    return ServerConfig(**values)
-
-
-async def start_server(nursery: trio.Nursery, tmp_path: Path, recognizer=None, **overrides: object) -> Server:
-    config = make_config(tmp_path, **overrides)
-    return await nursery.start(serve, config, recognizer or CountingRecognizer())
 
 
 @pytest.fixture

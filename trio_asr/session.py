@@ -184,7 +184,10 @@ class Session:
             self._read_scope = scope
             try:
                 message = await self.ws.get_message()
-            except trio_websocket.ConnectionClosed:
+            except trio_websocket.ConnectionClosed as exc:
+                reason = exc.reason
+                if reason is not None and reason.code in (1002, 1007):  # a frame wsproto refused
+                    self.outcome = f"invalid frame: {reason.code} {reason.reason}"
                 return protocol.connection_closed()
             finally:
                 self._read_scope = None
