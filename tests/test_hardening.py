@@ -40,6 +40,22 @@ def pcm16(n: int) -> np.ndarray:
     return RNG.integers(-20000, 20000, size=n, dtype=np.int16)
 
 
+async def raw_websocket(port: int) -> trio.SocketStream:
+    """A TCP stream that has done the WebSocket opening handshake and from
+    then on does whatever the test makes it do (nothing, or bad frames)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some()
+    assert head.startswith(b"HTTP/1.1 101")
+    return stream
+
+
 async def replies_until_close(ws: trio_websocket.WebSocketConnection) -> tuple[list[dict], int]:
     replies = []
     with trio.fail_after(10):
@@ -176,16 +192,7 @@ async def test_frame_errors_end_the_connection_without_hurting_the_server(
     server goes on."""
     server = await start_server(nursery, tmp_path)
     for frame in (b"\x81\x82\x00\x00\x00\x00\xff\xfe", b"\x81\x02{}", b"\xa1\x80\x00\x00\x00\x00"):
-        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        await stream.send_all(
-            f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += await stream.receive_some()
-        assert head.startswith(b"HTTP/1.1 101")
+        stream = await raw_websocket(server.port)
         await stream.send_all(frame)
         with trio.fail_after(5):
             while await stream.receive_some():
@@ -267,15 +274,7 @@ async def test_a_dead_peer_is_found_by_pings(nursery: trio.Nursery, tmp_path: Pa
     """A peer that answers nothing (not even pings) is dropped, long before
     the connection idle timeout."""
     server = await start_server(nursery, tmp_path, ping_interval=0.2, connection_idle_timeout=60.0, close_timeout=0.5)
-    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await stream.receive_some()
+    stream = await raw_websocket(server.port)
     assert server.connections == 1
     with trio.fail_after(5):
         while server.connections:
