@@ -25,9 +25,6 @@ from trio_asr.model import load_model
 from trio_asr.recognizer import Recognizer
 from trio_asr.segments import join_texts
 
-if not SPEECH_FILES:
-    pytest.skip("no shared speech files (../shared/audio)", allow_module_level=True)
-
 RULES = EndpointRules(silence_without_text=2.4, silence_after_text=1.2, max_segment=5.0)
 
 

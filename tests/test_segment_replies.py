@@ -196,8 +196,6 @@ async def session(port: int, pcm: bytes, *, pipelined: bool, **start_fields: obj
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["lock-step", "pipelined"])
 async def test_compact_finals_spell_the_default_full_text(server, zipformer2_model_dir, pipelined: bool) -> None:
-    if not SPEECH_FILES:
-        pytest.skip("no shared speech files (../shared/audio)")
     pcm = speech_pcm()
     partials, final = await session(server.port, pcm, pipelined=pipelined, endpoint=SHORT_RULES)
     c_partials, c_final = await session(server.port, pcm, pipelined=pipelined, endpoint=SHORT_RULES, compact=True)
