@@ -6,9 +6,12 @@ import functools
 import io
 import json
 
+import pytest
 from paths import SPEECH_FILES
 from test_segments import decoder, frames
 
+from trio_asr.cli import main
+from trio_asr.config import ConfigError, load_config
 from trio_asr.endpoint import EndpointRules
 from trio_asr.model import load_model
 from trio_asr.recognizer import Recognizer
@@ -66,3 +69,29 @@ def test_segments_of_a_file_spell_its_text(zipformer2_model_dir):
     spans = [(s["bg"], s["ed"]) for s in record["segments"]]
     assert all(a < b <= a + 1.5 + 0.04 + 1e-6 for a, b in spans), spans  # rule 3, within a frame
     assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+
+
+def test_cli_prints_vad_segments_as_json(zipformer2_model_dir, capsys):
+    path = str(SPEECH_FILES[-1])
+    argv = ["transcribe", "--model", str(zipformer2_model_dir), "--segments", "--timestamps", "--json", "--vad",
+            "--endpoint-silence-after-text", "0.3", "--skip-non-speech", "0.5", path]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["segments"] and functools.reduce(join_texts, [s["text"] for s in record["segments"]]) == record["text"]
+    assert record["tokens"] and record["times"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--endpoint-max-segment", "500"], ["--endpoint-silence-after-text", "0.01"], ["--skip-non-speech", "1"]],
+)
+def test_cli_refuses_bad_segment_flags_in_one_line(zipformer2_model_dir, capsys, flags):
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), *flags, str(SPEECH_FILES[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trio-asr transcribe: ") and err.count("\n") == 1
+
+
+def test_serve_settings_refuse_skipping_without_vad():
+    with pytest.raises(ConfigError, match="needs vad"):
+        load_config(None, {"skip_non_speech": 1.0})
+    assert load_config(None, {"skip_non_speech": 1.0, "vad": True}).skip_non_speech == 1.0

@@ -116,9 +116,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise CommandFailed(exc, 2) from None
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir, model = _load_model(config.model, config.threads)
-    server = Server(
-        config, Recognizer(model, beam=config.beam, endpoint=config.endpoint_rules(), vad=_load_vad(config))
+    recognizer = Recognizer(
+        model,
+        beam=config.beam,
+        endpoint=config.endpoint_rules(),
+        vad=_load_vad(config),
+        skip_non_speech=config.skip_non_speech or None,
     )
+    server = Server(config, recognizer)
 
     async def run() -> str | None:
         try:
@@ -225,10 +230,14 @@ def _add_transcribe(commands: Any) -> None:
         ("--endpoint-silence-after-text", rules.silence_after_text, "a segment with text ends after this much silence, s (0: off)"),
         ("--endpoint-max-segment", rules.max_segment, "a segment ends when it is this long, s"),
     ):  # fmt: skip
-        parser.add_argument(flag, type=float, default=default, help=f"{what} (default {default:g})")
+        parser.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default {default:g})")
     parser.add_argument(
         "--vad", action="store_true", help="endpoints from Silero VAD's speech / non-speech (needs trio-asr[vad])"
     )
+    parser.add_argument(
+        "--skip-non-speech", type=float, metavar="S",
+        help="with --vad: do not run the model on audio after S seconds of non-speech (the text can change)",
+    )  # fmt: skip
     parser.set_defaults(run=_run_transcribe)
 
 
@@ -255,10 +264,20 @@ def _run_transcribe(args: argparse.Namespace) -> int:
             vad = SileroVad()
         except VadUnavailable as exc:
             raise CommandFailed(exc) from None
+    if args.skip_non_speech is not None and vad is None:
+        raise CommandFailed("--skip-non-speech needs --vad", 2)
     _, model = _load_model(args.model, args.threads)
-    recognizer = Recognizer(
-        model, beam=max(args.beam, args.nbest), decoding="greedy" if args.greedy else "beam", endpoint=rules, vad=vad
-    )
+    try:
+        recognizer = Recognizer(
+            model,
+            beam=max(args.beam, args.nbest),
+            decoding="greedy" if args.greedy else "beam",
+            endpoint=rules,
+            vad=vad,
+            skip_non_speech=args.skip_non_speech,
+        )
+    except ValueError as exc:
+        raise CommandFailed(f"--skip-non-speech: {exc}", 2) from None
     failures = run_batch(
         recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json, segments=args.segments
     )

@@ -185,6 +185,15 @@ class ServerConfig:
     vad_threshold: float = _setting(
         0.5, type=float, help="speech probability at which the VAD hears speech", validator=_at_least(0.2, 0.95)
     )
+    skip_non_speech: float = _setting(
+        0.0, type=float, validator=_off_or_between(0.1, 60.0),
+        help="with --vad: do not run the model on audio after this much non-speech, s (0: off; "
+        "saves CPU on silence-heavy audio, but the text can change)",
+    )  # fmt: skip
+
+    def __attrs_post_init__(self) -> None:
+        if self.skip_non_speech and not self.vad:
+            raise ConfigError("skip_non_speech needs vad (--vad)")
 
     def endpoint_rules(self) -> EndpointRules:
         """The endpoint rules of streams that do not ask for others."""
