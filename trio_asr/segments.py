@@ -217,5 +217,10 @@ class SegmentDecoder:
             return TokenTime(text, (offset + first) * shift, (offset + last + 1) * shift)
 
         tokens = tuple(timed(piece.strip(), *span) for (piece, _), span in zip(visible, spans))
-        words = tuple(timed(*word) for word in word_spans([p for p, _ in visible], spans))
+        # A word that is one token (every CJK character) shares its object: kept segments cost half.
+        same = {(t.piece, span): t for t, span in zip(tokens, spans)}
+        words = tuple(
+            same.get((word, (first, last))) or timed(word, first, last)
+            for word, first, last in word_spans([p for p, _ in visible], spans)
+        )
         return tokens, words
