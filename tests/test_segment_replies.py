@@ -226,3 +226,25 @@ async def test_compact_finals_spell_the_default_full_text(server, zipformer2_mod
     # default partials: the full text so far, segment fields only when a segment closes
     assert [p["result"] for p in partials][-1].startswith(default_segments[0]["result"])
     assert all(("segment" in p) == ("segments" in p) for p in partials)
+
+
+def test_serve_builds_its_recognizer_from_the_segment_settings(zipformer2_model_dir, tmp_path):
+    """``serve --vad --skip-non-speech`` loads the VAD and gets as far as the
+    listener (a busy port, so that it stops there); skipping without the VAD
+    is refused in one line."""
+    import socket
+
+    from test_cli import one_line, run_cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("serve", "--host", "127.0.0.1", "--port", str(port), "--model", str(zipformer2_model_dir),
+                       "--audio-dir", str(tmp_path / "a"), "--vad", "--skip-non-speech", "1",
+                       "--endpoint-max-segment", "10")  # fmt: skip
+    assert proc.returncode == 1 and "--port" in one_line(proc.stderr, "serve")
+    proc = run_cli("serve", "--model", str(zipformer2_model_dir), "--skip-non-speech", "1")
+    assert proc.returncode == 2 and "needs vad" in one_line(proc.stderr, "serve")
+    proc = run_cli("serve", "--model", str(zipformer2_model_dir), "--endpoint-max-segment", "1000")
+    assert proc.returncode == 2 and "endpoint_max_segment" in one_line(proc.stderr, "serve")
