@@ -407,6 +407,8 @@ class ConnectionProtocol:
                 raise _BadMessage(
                     CLOSE_INVALID_PAYLOAD, f'"endpoint" {key} must be a number of seconds, got {_excerpt(value)}'
                 )
+            if number and not -1e300 < value < 1e300:
+                raise _BadMessage(CLOSE_POLICY_VIOLATION, f'"endpoint" {key} is out of bounds, got {_excerpt(value)}')
             changes[_ENDPOINT_KEYS[key]] = value
         try:
             return attrs.evolve(self.limits.endpoint, **changes)
