@@ -26,6 +26,16 @@ can win: a row's growths rank like the tokens' log probabilities, at most
 ``beam + 1 + most children`` best tokens are enough, and a row's scan stops
 at the first growth that cannot enter the candidate heap.  Exactness is unaffected.
 
+With hotwords (a ``HotwordGraph``, compiled by ``trio_asr.hotwords``) every
+node also holds its automaton state and the bonus it has *kept* (completed
+phrases); a row ranks by its CTC log probability plus its bonus, which is the
+kept part plus the *at-risk* part of its state (a phrase under way).  Both are
+functions of the token sequence alone, so merging equal prefixes stays exact.
+The bonus bends the token order of a row's growths only for the few tokens
+that move the automaton somewhere other than its root; a per-state bound on
+what any token can add keeps the early stop exact, and a row whose best
+tokens run out before it stops scans the rest of the frame.
+
 Nodes no row can reach are dropped by a compaction when the tree has doubled
 since the last one, so memory stays proportional to the hypotheses' length.
 All per-frame work runs without the GIL; an instance must not be used by two
@@ -35,7 +45,7 @@ threads at once.
 from libc.math cimport INFINITY, exp, log1p
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -46,6 +56,10 @@ ctypedef fused real:
 cdef enum:
     # Compaction never runs below this many nodes (it would be all overhead).
     MIN_GC_NODES = 4096
+
+# The widest beam accepted: per-frame work and memory grow with it, and
+# every size derived from it stays far from any integer limit.
+MAX_BEAM = 10_000
 
 
 cdef inline double _log_add(double a, double b) noexcept nogil:
@@ -200,10 +214,129 @@ cdef Py_ssize_t _top_tokens(const real* row, Py_ssize_t vocab, int32_t blank, bi
     return size
 
 
+ctypedef struct Automaton:
+    Py_ssize_t num_states
+    Py_ssize_t vocab_size
+    int32_t* fail         # per state: its longest proper suffix that is a state
+    int32_t* child_start  # per state: its children are [child_start[s], child_start[s + 1])
+    int32_t* child_token  # ... sorted by token
+    int32_t* child_state
+    int32_t* root_next    # per token: the root's child by it, or 0 (the root)
+    double* at_risk       # per state: bonus of a phrase under way, taken back if it breaks off
+    double* gain          # per state: bonus kept from now on when the state is entered
+    double* bound         # per state: most that gain + at_risk can be after any one token
+
+
+cdef inline int32_t _goto(const Automaton* a, int32_t s, int32_t c) noexcept nogil:
+    """The state after token ``c`` from state ``s`` (Aho-Corasick transition)."""
+    cdef Py_ssize_t lo, hi, mid
+    while s:
+        lo = a.child_start[s]
+        hi = a.child_start[s + 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if a.child_token[mid] < c:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < a.child_start[s + 1] and a.child_token[lo] == c:
+            return a.child_state[lo]
+        s = a.fail[s]
+    return a.root_next[c]
+
+
+cdef class HotwordGraph:
+    """A compiled hotword automaton over a token table of ``vocab_size``
+    tokens, read-only once built, so any number of searches (in any threads)
+    can share it.  Build it with ``trio_asr.hotwords.compile_hotwords``; the
+    arrays are checked here so that no input can make a search read out of
+    bounds or loop: states are numbered so that ``fail[s] < s`` (breadth
+    first), state 0 is the root.
+    """
+
+    cdef Automaton a
+    cdef readonly Py_ssize_t num_states
+    cdef readonly Py_ssize_t vocab_size
+
+    def __cinit__(self, fail, child_start, child_token, child_state, at_risk, gain, bound,
+                  Py_ssize_t vocab_size):
+        cdef Py_ssize_t s, k, n
+        fail = np.ascontiguousarray(fail, dtype=np.int32)
+        child_start = np.ascontiguousarray(child_start, dtype=np.int32)
+        child_token = np.ascontiguousarray(child_token, dtype=np.int32)
+        child_state = np.ascontiguousarray(child_state, dtype=np.int32)
+        at_risk = np.ascontiguousarray(at_risk, dtype=np.float64)
+        gain = np.ascontiguousarray(gain, dtype=np.float64)
+        bound = np.ascontiguousarray(bound, dtype=np.float64)
+        n = len(fail)
+        edges = len(child_token)
+        if n < 1 or vocab_size < 1:
+            raise ValueError("a hotword graph needs a root state and a vocabulary")
+        if not (child_start.shape == (n + 1,) and child_state.shape == (edges,)
+                and at_risk.shape == gain.shape == bound.shape == (n,)):
+            raise ValueError("hotword graph arrays disagree in length")
+        if child_start[0] != 0 or child_start[n] != edges or np.any(np.diff(child_start) < 0):
+            raise ValueError("hotword graph child_start is not a partition of the edges")
+        if fail[0] != 0 or np.any(fail[1:] < 0) or np.any(fail[1:] >= np.arange(1, n)):
+            raise ValueError("hotword graph fail links must point to earlier states")
+        if edges and (child_token.min() < 0 or child_token.max() >= vocab_size
+                      or child_state.min() < 1 or child_state.max() >= n):
+            raise ValueError("hotword graph edges out of range")
+        for s in range(n):
+            if np.any(np.diff(child_token[child_start[s]:child_start[s + 1]]) <= 0):
+                raise ValueError("hotword graph children must be sorted and distinct")
+        if not (np.all(np.isfinite(at_risk)) and np.all(np.isfinite(gain)) and np.all(np.isfinite(bound))):
+            raise ValueError("hotword graph scores must be finite")
+        root_next = np.zeros(vocab_size, dtype=np.int32)
+        root_next[child_token[:child_start[1]]] = child_state[:child_start[1]]
+        self.num_states = n
+        self.vocab_size = vocab_size
+        self.a.num_states = n
+        self.a.vocab_size = vocab_size
+        self.a.fail = <int32_t*>_copy(fail)
+        self.a.child_start = <int32_t*>_copy(child_start)
+        self.a.child_token = <int32_t*>_copy(child_token)
+        self.a.child_state = <int32_t*>_copy(child_state)
+        self.a.root_next = <int32_t*>_copy(root_next)
+        self.a.at_risk = <double*>_copy(at_risk)
+        self.a.gain = <double*>_copy(gain)
+        self.a.bound = <double*>_copy(bound)
+
+    def __dealloc__(self):
+        free(self.a.fail); free(self.a.child_start); free(self.a.child_token)
+        free(self.a.child_state); free(self.a.root_next)
+        free(self.a.at_risk); free(self.a.gain); free(self.a.bound)
+
+    def walk(self, tokens):
+        """``(state, kept, at_risk)`` after the token sequence ``tokens`` from
+        the root: what a prefix spelling them holds (for tests and tools)."""
+        cdef int32_t s = 0
+        cdef double kept = 0.0
+        for c in tokens:
+            if not 0 <= c < self.vocab_size:
+                raise ValueError(f"token {c} is outside the vocabulary of {self.vocab_size}")
+            s = _goto(&self.a, s, c)
+            kept += self.a.gain[s]
+        return s, kept, self.a.at_risk[s]
+
+
+cdef void* _copy(array) except NULL:
+    """A malloc'd copy of a C-contiguous numpy array (at least one byte)."""
+    cdef Py_ssize_t size = array.nbytes
+    cdef void* p = malloc(size if size else 1)
+    if p == NULL:
+        raise MemoryError()
+    if size:
+        memcpy(p, <const void*><Py_ssize_t>array.ctypes.data, size)
+    return p
+
+
 cdef class PrefixBeamCore:
-    """Streaming CTC prefix beam search state; arguments are trusted (the
-    checks live in ``trio_asr.search.PrefixBeamSearch``).  ``top_k`` 0 and
-    ``use_threshold`` False switch those prunings off."""
+    """Streaming CTC prefix beam search state; the user-facing checks live
+    in ``trio_asr.search.PrefixBeamSearch``, what memory safety needs is
+    checked here too (beam width, vocabulary width, row index).  ``top_k`` 0
+    and ``use_threshold`` False switch those prunings off; ``hotwords`` biases
+    the search (see the module docstring) and fixes the vocabulary width."""
 
     cdef readonly int beam
     cdef readonly int blank_id
@@ -211,6 +344,9 @@ cdef class PrefixBeamCore:
     cdef bint use_threshold
     cdef double threshold
     cdef readonly int64_t num_frames
+    cdef Py_ssize_t vocab  # fixed by the first frames (or the hotwords); -1 before
+    cdef HotwordGraph graph
+    cdef const Automaton* hw  # NULL without hotwords
 
     # The tree of prefixes; node 0 is the empty prefix.
     cdef int64_t* parent
@@ -218,6 +354,8 @@ cdef class PrefixBeamCore:
     cdef int64_t* frame
     cdef int64_t* depth
     cdef uint64_t* hash
+    cdef int32_t* hw_state  # with hotwords: the automaton state of the prefix
+    cdef double* kept       # ... and the bonus of its completed phrases
     cdef readonly Py_ssize_t num_nodes
     cdef Py_ssize_t node_capacity
     cdef Py_ssize_t gc_at
@@ -244,14 +382,26 @@ cdef class PrefixBeamCore:
     cdef int64_t* slots         # open-addressing table: prefix hash -> row
     cdef Py_ssize_t slot_mask
 
-    def __cinit__(self, int beam, int blank_id, int top_k, bint use_threshold, double threshold):
+    def __cinit__(self, Py_ssize_t beam, int blank_id, int top_k, bint use_threshold, double threshold,
+                  HotwordGraph hotwords=None):
         cdef Py_ssize_t slots = 1
-        self.beam = beam
+        if not 1 <= beam <= MAX_BEAM:
+            raise ValueError(f"beam must be between 1 and {MAX_BEAM}, got {beam}")
+        if blank_id < 0 or top_k < 0:
+            raise ValueError("blank_id and top_k must be >= 0")
+        self.vocab = -1
+        if hotwords is not None:
+            if blank_id >= hotwords.vocab_size:
+                raise ValueError(f"blank_id {blank_id} is outside the hotwords' vocabulary of {hotwords.vocab_size}")
+            self.graph = hotwords
+            self.hw = &hotwords.a
+            self.vocab = hotwords.vocab_size
+        self.beam = <int>beam
         self.blank_id = blank_id
         self.top_k = top_k
         self.use_threshold = use_threshold
         self.threshold = threshold
-        while slots < 2 * beam:
+        while slots < 2 * beam:  # Py_ssize_t, and beam <= MAX_BEAM
             slots *= 2
         self.slot_mask = slots - 1
         self.slots = <int64_t*>malloc(slots * sizeof(int64_t))
@@ -279,6 +429,9 @@ cdef class PrefixBeamCore:
         self.frame[0] = -1
         self.depth[0] = 0
         self.hash[0] = 0
+        if self.hw:
+            self.hw_state[0] = 0
+            self.kept[0] = 0.0
         self.num_nodes = 1
         self.rows = 1
         self.node[0] = 0
@@ -291,7 +444,7 @@ cdef class PrefixBeamCore:
         free(self.next_node); free(self.next_pb); free(self.next_pnb)
         free(self.stay_pb); free(self.stay_pnb); free(self.heap.items)
         free(self.tokens); free(self.merged); free(self.child_head); free(self.child_next)
-        free(self.slots)
+        free(self.slots); free(self.hw_state); free(self.kept)
 
     cdef int _reserve_nodes(self, Py_ssize_t needed) noexcept nogil:
         """Room for ``needed`` nodes in all node arrays; -1 when out of memory."""
@@ -321,12 +474,21 @@ cdef class PrefixBeamCore:
         if p == NULL:
             return -1
         self.hash = <uint64_t*>p
+        if self.hw:
+            p = realloc(self.hw_state, capacity * sizeof(int32_t))
+            if p == NULL:
+                return -1
+            self.hw_state = <int32_t*>p
+            p = realloc(self.kept, capacity * sizeof(double))
+            if p == NULL:
+                return -1
+            self.kept = <double*>p
         self.node_capacity = capacity
         return 0
 
     cdef int _reserve_scratch(self, Py_ssize_t vocab) noexcept nogil:
         """Per-token scratch for a vocabulary of ``vocab``; -1 when out of memory."""
-        cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * self.beam + 1  # see _step
+        cdef Py_ssize_t limit = self.top_k if self.top_k else (3 if self.hw else 2) * <Py_ssize_t>self.beam + 1  # see _step
         cdef void* p
         if limit > vocab:
             limit = vocab
@@ -400,8 +562,11 @@ cdef class PrefixBeamCore:
         cdef double total, score, blank_lp = row[self.blank_id]
         cdef Candidate* item
 
-        # A row takes at most `beam` growths, skipping its repeat and merges.
+        # A row takes at most `beam` growths, skipping its repeat and merges
+        # (with hotwords a few more are read, see _grow_biased).
         limit = self.beam + 1 + self._link_children()
+        if self.hw:
+            limit += self.beam
         if self.top_k:
             limit = self.top_k  # all of them, to know the last one
         limit = min(limit, vocab)
@@ -427,7 +592,11 @@ cdef class PrefixBeamCore:
 
         self.heap.size = 0
         for i in range(self.rows):
-            _offer(&self.heap, _log_add(self.stay_pb[i], self.stay_pnb[i]), i, i, -1)
+            score = _log_add(self.stay_pb[i], self.stay_pnb[i])
+            if self.hw:
+                n = self.node[i]
+                score += self.kept[n] + self.hw.at_risk[self.hw_state[n]]
+            _offer(&self.heap, score, i, i, -1)
 
         # Growths, best tokens first; a row's scan ends at its first refusal.
         seq = self.rows
@@ -438,19 +607,22 @@ cdef class PrefixBeamCore:
             while j >= 0:
                 self.merged[self.token[self.node[j]]] = 1
                 j = self.child_next[j]
-            if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
-                _offer(&self.heap, self.pb[i] + row[last], seq, i, last)
-                seq += 1
-            total = _log_add(self.pb[i], self.pnb[i])
-            for k in range(n_tokens):
-                c = self.tokens[k]
-                if c == last or self.merged[c]:
-                    continue
-                score = total + row[c]
-                if score == -INFINITY or _refused(&self.heap, score):
-                    break
-                _offer(&self.heap, score, seq, i, c)
-                seq += 1
+            if self.hw:
+                seq = self._grow_biased(row, vocab, i, last, n_tokens, limit, cutoff, seq)
+            else:
+                if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
+                    _offer(&self.heap, self.pb[i] + row[last], seq, i, last)
+                    seq += 1
+                total = _log_add(self.pb[i], self.pnb[i])
+                for k in range(n_tokens):
+                    c = self.tokens[k]
+                    if c == last or self.merged[c]:
+                        continue
+                    score = total + row[c]
+                    if score == -INFINITY or _refused(&self.heap, score):
+                        break
+                    _offer(&self.heap, score, seq, i, c)
+                    seq += 1
             j = self.child_head[i]
             while j >= 0:
                 self.merged[self.token[self.node[j]]] = 0
@@ -475,9 +647,15 @@ cdef class PrefixBeamCore:
                 self.frame[n] = self.num_frames
                 self.depth[n] = self.depth[self.node[i]] + 1
                 self.hash[n] = _extend_hash(self.hash[self.node[i]], item.token)
+                if self.hw:
+                    self.hw_state[n] = _goto(self.hw, self.hw_state[self.node[i]], item.token)
+                    self.kept[n] = self.kept[self.node[i]] + self.hw.gain[self.hw_state[n]]
                 self.next_node[k] = n
                 self.next_pb[k] = -INFINITY
-                self.next_pnb[k] = item.score
+                # The heap ranked the growth with its bonus; the beam keeps CTC only.
+                self.next_pnb[k] = ((self.pb[i] if item.token == self.token[self.node[i]] and self.node[i]
+                                     else _log_add(self.pb[i], self.pnb[i])) + row[item.token]
+                                    if self.hw else item.score)
         self.rows = self.heap.size
         self.node, self.next_node = self.next_node, self.node
         self.pb, self.next_pb = self.next_pb, self.pb
@@ -486,6 +664,53 @@ cdef class PrefixBeamCore:
         if self.num_nodes >= self.gc_at:
             return self._compact()
         return 0
+
+    cdef int64_t _grow_biased(self, const real* row, Py_ssize_t vocab, Py_ssize_t i, int32_t last,
+                              Py_ssize_t n_tokens, Py_ssize_t limit, int32_t cutoff, int64_t seq) noexcept nogil:
+        """Offer row ``i``'s growths with their hotword bonus; return the next
+        ``seq``.  A growth by ``c`` scores ``CTC + kept + gain + at_risk`` of
+        the state it reaches, at most ``CTC + kept + bound`` of the row's
+        state, which is the early stop's bound.  When the frame's listed best
+        tokens run out first, the rest of the frame is scanned in id order."""
+        cdef int64_t n = self.node[i]
+        cdef int32_t s = self.hw_state[n], c, u
+        cdef double kept = self.kept[n], bound = self.hw.bound[s], total, score
+        cdef Py_ssize_t k
+        cdef bint stopped = False
+        if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
+            u = _goto(self.hw, s, last)
+            _offer(&self.heap, self.pb[i] + row[last] + kept + self.hw.gain[u] + self.hw.at_risk[u], seq, i, last)
+            seq += 1
+        total = _log_add(self.pb[i], self.pnb[i]) + kept
+        for k in range(n_tokens):
+            c = self.tokens[k]
+            if c == last or self.merged[c]:
+                continue
+            score = total + row[c]
+            if score == -INFINITY or _refused(&self.heap, score + bound):
+                stopped = True
+                break
+            u = _goto(self.hw, s, c)
+            score += self.hw.gain[u] + self.hw.at_risk[u]
+            if not _refused(&self.heap, score):
+                _offer(&self.heap, score, seq, i, c)
+                seq += 1
+        if stopped or n_tokens < limit or self.top_k or n_tokens == 0:
+            return seq  # every token that can extend this row was listed
+        for c in range(vocab):
+            if c == last or self.merged[c] or not self._candidate(row, c, cutoff):
+                continue
+            if not _token_before(row, self.tokens[n_tokens - 1], c):
+                continue  # listed, so already offered
+            score = total + row[c]
+            if score == -INFINITY or _refused(&self.heap, score + bound):
+                continue
+            u = _goto(self.hw, s, c)
+            score += self.hw.gain[u] + self.hw.at_risk[u]
+            if not _refused(&self.heap, score):
+                _offer(&self.heap, score, seq, i, c)
+                seq += 1
+        return seq
 
     cdef inline bint _candidate(self, const real* row, int32_t c, int32_t cutoff) noexcept nogil:
         """Whether token ``c`` may extend a prefix at this frame."""
@@ -520,6 +745,9 @@ cdef class PrefixBeamCore:
             self.frame[kept] = self.frame[i]
             self.depth[kept] = self.depth[i]
             self.hash[kept] = self.hash[i]
+            if self.hw:
+                self.hw_state[kept] = self.hw_state[i]
+                self.kept[kept] = self.kept[i]
             kept += 1
         for i in range(self.rows):
             self.node[i] = new_index[self.node[i]]
@@ -529,11 +757,18 @@ cdef class PrefixBeamCore:
         return 0
 
     def accept(self, const real[:, ::1] log_probs):
-        """Advance by every frame (row) of ``log_probs`` (C-contiguous, trusted shape)."""
+        """Advance by every frame (row) of ``log_probs`` (C-contiguous).  Its
+        width must be the same in every call (the beam's tokens index it): the
+        first block with frames fixes it unless hotwords did."""
         cdef Py_ssize_t t, frames = log_probs.shape[0], vocab = log_probs.shape[1]
         cdef int status = 0
+        if self.vocab >= 0 and vocab != self.vocab:
+            raise ValueError(f"log_probs have {vocab} tokens per frame, but this stream's have {self.vocab}")
         if frames == 0:
             return
+        if self.blank_id >= vocab:
+            raise ValueError(f"blank_id {self.blank_id} is outside a vocabulary of {vocab}")
+        self.vocab = vocab
         with nogil:
             status = self._reserve_scratch(vocab)
             t = 0
@@ -544,11 +779,18 @@ cdef class PrefixBeamCore:
             raise MemoryError()
 
     def scores(self):
-        """Total log probability of every row, best first."""
+        """Score of every row, in beam order: its total log probability plus,
+        with hotwords, the bonus of its completed phrases (never of a phrase
+        still under way).  Without hotwords this is best first."""
+        if self.hw:
+            return np.array([_log_add(self.pb[i], self.pnb[i]) + self.kept[self.node[i]]
+                             for i in range(self.rows)])
         return np.array([_log_add(self.pb[i], self.pnb[i]) for i in range(self.rows)])
 
     def prefix(self, Py_ssize_t i):
-        """``(tokens, frames)`` of row ``i`` as tuples of ints."""
+        """``(tokens, frames)`` of row ``i`` (``0 <= i < len(scores())``) as tuples of ints."""
+        if not 0 <= i < self.rows:
+            raise IndexError(f"row {i} is outside the beam of {self.rows} rows")
         cdef int64_t n = self.node[i]
         cdef Py_ssize_t k = self.depth[n]
         tokens = np.empty(k, dtype=np.int64)
