@@ -249,10 +249,16 @@ def test_frames_are_counted_across_calls(make):
     assert search.num_frames == 8
 
 
-def reference_beam_search(log_probs: np.ndarray, beam: int) -> list[tuple[tuple[int, ...], float, tuple[int, ...]]]:
+def reference_beam_search(
+    log_probs: np.ndarray, beam: int, bonus=None
+) -> list[tuple[tuple[int, ...], float, tuple[int, ...]]]:
     """Textbook prefix beam search (blank 0, no pruning): every candidate of
     every frame in a dict, then the ``beam`` best possible ones kept. Returns
-    ``(tokens, score, frames)`` best first."""
+    ``(tokens, score, frames)`` best first.
+
+    ``bonus(prefix) -> (kept, at_risk)`` (hotwords): the beam ranks by log
+    probability + kept + at_risk, the result by log probability + kept."""
+    bonus = bonus or (lambda prefix: (0.0, 0.0))
     lp = log_probs.astype(np.float64)
     beams = {(): (0.0, -math.inf, ())}  # prefix -> (blank-ending, token-ending, frames)
     for t, row in enumerate(lp):
@@ -274,9 +280,10 @@ def reference_beam_search(log_probs: np.ndarray, beam: int) -> list[tuple[tuple[
             if prefix in beams:
                 entry[2] = beams[prefix][2]
         possible = [kv for kv in nxt.items() if np.logaddexp(kv[1][0], kv[1][1]) > -math.inf]
-        ranked = sorted(possible, key=lambda kv: -np.logaddexp(kv[1][0], kv[1][1]))[:beam]
+        ranked = sorted(possible, key=lambda kv: -(np.logaddexp(kv[1][0], kv[1][1]) + sum(bonus(kv[0]))))[:beam]
         beams = {p: (e[0], e[1], e[2]) for p, e in ranked}
-    return [(p, float(np.logaddexp(pb, pnb)), f) for p, (pb, pnb, f) in beams.items()]
+    found = [(p, float(np.logaddexp(pb, pnb)) + bonus(p)[0], f) for p, (pb, pnb, f) in beams.items()]
+    return sorted(found, key=lambda item: -item[1])
 
 
 @settings(max_examples=40, deadline=None)
