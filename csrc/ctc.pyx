@@ -31,10 +31,13 @@ node also holds its automaton state and the bonus it has *kept* (completed
 phrases); a row ranks by its CTC log probability plus its bonus, which is the
 kept part plus the *at-risk* part of its state (a phrase under way).  Both are
 functions of the token sequence alone, so merging equal prefixes stays exact.
-The bonus bends the token order of a row's growths only for the few tokens
-that move the automaton somewhere other than its root; a per-state bound on
-what any token can add keeps the early stop exact, and a row whose best
-tokens run out before it stops scans the rest of the frame.
+The bonus bends the token order of a row's growths only for the tokens that
+move the automaton somewhere other than its root: the children of the row's
+state and of its suffix states, offered one by one, and the root's children,
+read best first in the order of log probability plus bonus (a second list
+per frame, like the list of best tokens).  Every other token ranks as
+before; a list that runs out before a row's scan stops is doubled (once per
+frame, shared by the rows after it).
 
 Nodes no row can reach are dropped by a compaction when the tree has doubled
 since the last one, so memory stays proportional to the hypotheses' length.
@@ -222,6 +225,7 @@ ctypedef struct Automaton:
     int32_t* child_token  # ... sorted by token
     int32_t* child_state
     int32_t* root_next    # per token: the root's child by it, or 0 (the root)
+    double* root_gain     # per root edge: gain + at_risk of the child it leads to
     double* at_risk       # per state: bonus of a phrase under way, taken back if it breaks off
     double* gain          # per state: bonus kept from now on when the state is entered
     double* bound         # per state: most that gain + at_risk can be after any one token
@@ -301,11 +305,13 @@ cdef class HotwordGraph:
         self.a.at_risk = <double*>_copy(at_risk)
         self.a.gain = <double*>_copy(gain)
         self.a.bound = <double*>_copy(bound)
+        root_gain = gain[child_state[:child_start[1]]] + at_risk[child_state[:child_start[1]]]
+        self.a.root_gain = <double*>_copy(np.ascontiguousarray(root_gain))
 
     def __dealloc__(self):
         free(self.a.fail); free(self.a.child_start); free(self.a.child_token)
         free(self.a.child_state); free(self.a.root_next)
-        free(self.a.at_risk); free(self.a.gain); free(self.a.bound)
+        free(self.a.at_risk); free(self.a.gain); free(self.a.bound); free(self.a.root_gain)
 
     def walk(self, tokens):
         """``(state, kept, at_risk)`` after the token sequence ``tokens`` from
@@ -375,6 +381,11 @@ cdef class PrefixBeamCore:
     cdef Heap heap
     cdef int32_t* tokens        # the frame's best tokens
     cdef Py_ssize_t tokens_capacity
+    cdef Py_ssize_t n_listed    # ... how many there are this frame
+    cdef Py_ssize_t list_limit  # ... how many were asked for
+    cdef int32_t* root_list     # with hotwords: root edges, best log probability + bonus first
+    cdef double* root_keys      # ... their keys this frame
+    cdef Py_ssize_t n_root_listed, root_limit  # ... -1: not listed yet this frame
     cdef unsigned char* merged  # per token: a growth of the current row merges
     cdef Py_ssize_t vocab_capacity
     cdef int64_t* child_head    # per row: first row that extends it by one token
@@ -396,6 +407,10 @@ cdef class PrefixBeamCore:
             self.graph = hotwords
             self.hw = &hotwords.a
             self.vocab = hotwords.vocab_size
+            self.root_list = <int32_t*>malloc((hotwords.a.child_start[1] + 1) * sizeof(int32_t))
+            self.root_keys = <double*>malloc((hotwords.a.child_start[1] + 1) * sizeof(double))
+            if not (self.root_list and self.root_keys):
+                raise MemoryError()
         self.beam = <int>beam
         self.blank_id = blank_id
         self.top_k = top_k
@@ -444,7 +459,7 @@ cdef class PrefixBeamCore:
         free(self.next_node); free(self.next_pb); free(self.next_pnb)
         free(self.stay_pb); free(self.stay_pnb); free(self.heap.items)
         free(self.tokens); free(self.merged); free(self.child_head); free(self.child_next)
-        free(self.slots); free(self.hw_state); free(self.kept)
+        free(self.slots); free(self.hw_state); free(self.kept); free(self.root_list); free(self.root_keys)
 
     cdef int _reserve_nodes(self, Py_ssize_t needed) noexcept nogil:
         """Room for ``needed`` nodes in all node arrays; -1 when out of memory."""
@@ -488,7 +503,9 @@ cdef class PrefixBeamCore:
 
     cdef int _reserve_scratch(self, Py_ssize_t vocab) noexcept nogil:
         """Per-token scratch for a vocabulary of ``vocab``; -1 when out of memory."""
-        cdef Py_ssize_t limit = self.top_k if self.top_k else (3 if self.hw else 2) * <Py_ssize_t>self.beam + 1  # see _step
+        cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * <Py_ssize_t>self.beam + 1  # see _step
+        if self.hw:
+            limit = vocab  # the list may be extended up to every token
         cdef void* p
         if limit > vocab:
             limit = vocab
@@ -563,10 +580,8 @@ cdef class PrefixBeamCore:
         cdef Candidate* item
 
         # A row takes at most `beam` growths, skipping its repeat and merges
-        # (with hotwords a few more are read, see _grow_biased).
+        # (with hotwords the list may grow, see _grow_biased).
         limit = self.beam + 1 + self._link_children()
-        if self.hw:
-            limit += self.beam
         if self.top_k:
             limit = self.top_k  # all of them, to know the last one
         limit = min(limit, vocab)
@@ -574,6 +589,9 @@ cdef class PrefixBeamCore:
                                limit, self.tokens)
         if self.top_k and n_tokens == self.top_k:
             cutoff = self.tokens[n_tokens - 1]  # a token ranked after it is pruned
+        self.n_listed = n_tokens
+        self.list_limit = limit
+        self.n_root_listed = -1
 
         # Stays, with the growths that land on another row merged in.
         for i in range(self.rows):
@@ -608,7 +626,7 @@ cdef class PrefixBeamCore:
                 self.merged[self.token[self.node[j]]] = 1
                 j = self.child_next[j]
             if self.hw:
-                seq = self._grow_biased(row, vocab, i, last, n_tokens, limit, cutoff, seq)
+                seq = self._grow_biased(row, vocab, i, last, cutoff, seq)
             else:
                 if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
                     _offer(&self.heap, self.pb[i] + row[last], seq, i, last)
@@ -666,51 +684,91 @@ cdef class PrefixBeamCore:
         return 0
 
     cdef int64_t _grow_biased(self, const real* row, Py_ssize_t vocab, Py_ssize_t i, int32_t last,
-                              Py_ssize_t n_tokens, Py_ssize_t limit, int32_t cutoff, int64_t seq) noexcept nogil:
+                              int32_t cutoff, int64_t seq) noexcept nogil:
         """Offer row ``i``'s growths with their hotword bonus; return the next
         ``seq``.  A growth by ``c`` scores ``CTC + kept + gain + at_risk`` of
-        the state it reaches, at most ``CTC + kept + bound`` of the row's
-        state, which is the early stop's bound.  When the frame's listed best
-        tokens run out first, the rest of the frame is scanned in id order."""
+        the state ``u`` it reaches: the children of the row's (non-root)
+        suffix states one by one, then the root's children in key order
+        (stop at the first refusal), then every other token (``u`` is the
+        root, the score is ``CTC + kept``) in the frame's token order."""
+        cdef const Automaton* a = self.hw
         cdef int64_t n = self.node[i]
-        cdef int32_t s = self.hw_state[n], c, u
-        cdef double kept = self.kept[n], bound = self.hw.bound[s], total, score
-        cdef Py_ssize_t k
-        cdef bint stopped = False
+        cdef int32_t s = self.hw_state[n], f, c, u
+        cdef double total, score
+        cdef Py_ssize_t k, e, roots = a.child_start[1]
         if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
-            u = _goto(self.hw, s, last)
-            _offer(&self.heap, self.pb[i] + row[last] + kept + self.hw.gain[u] + self.hw.at_risk[u], seq, i, last)
+            u = _goto(a, s, last)
+            _offer(&self.heap, self.pb[i] + row[last] + self.kept[n] + a.gain[u] + a.at_risk[u], seq, i, last)
             seq += 1
-        total = _log_add(self.pb[i], self.pnb[i]) + kept
-        for k in range(n_tokens):
+        total = _log_add(self.pb[i], self.pnb[i]) + self.kept[n]
+
+        f = s
+        while f:
+            for e in range(a.child_start[f], a.child_start[f + 1]):
+                c = a.child_token[e]
+                u = a.child_state[e]
+                if c == last or self.merged[c] or not self._candidate(row, c, cutoff) or _goto(a, s, c) != u:
+                    continue  # the repeat, a merge, pruned, or a deeper suffix state's child
+                score = total + row[c] + a.gain[u] + a.at_risk[u]
+                if not _refused(&self.heap, score):
+                    _offer(&self.heap, score, seq, i, c)
+                    seq += 1
+            f = a.fail[f]
+
+        k = 0
+        while True:
+            if k == self.n_root_listed or self.n_root_listed < 0:
+                if self.n_root_listed >= 0 and (self.n_root_listed < self.root_limit or self.root_limit >= roots):
+                    break
+                self._list_roots(row)
+                if k == self.n_root_listed:
+                    break
+            e = self.root_list[k]
+            k += 1
+            c = a.child_token[e]
+            score = total + self.root_keys[e]
+            if score == -INFINITY or _refused(&self.heap, score):
+                break
+            if c == last or self.merged[c] or not self._candidate(row, c, cutoff) or _goto(a, s, c) != a.child_state[e]:
+                continue
+            _offer(&self.heap, score, seq, i, c)
+            seq += 1
+
+        k = 0
+        while True:
+            if k == self.n_listed:
+                if self.n_listed < self.list_limit or self.list_limit >= vocab or self.top_k:
+                    break  # every token that may extend a row is listed
+                self.list_limit = min(2 * self.list_limit, vocab)
+                self.n_listed = _top_tokens(row, vocab, self.blank_id, self.use_threshold, self.threshold,
+                                            self.list_limit, self.tokens)
+                continue
             c = self.tokens[k]
+            k += 1
             if c == last or self.merged[c]:
                 continue
             score = total + row[c]
-            if score == -INFINITY or _refused(&self.heap, score + bound):
-                stopped = True
+            if score == -INFINITY or _refused(&self.heap, score):
                 break
-            u = _goto(self.hw, s, c)
-            score += self.hw.gain[u] + self.hw.at_risk[u]
-            if not _refused(&self.heap, score):
-                _offer(&self.heap, score, seq, i, c)
-                seq += 1
-        if stopped or n_tokens < limit or self.top_k or n_tokens == 0:
-            return seq  # every token that can extend this row was listed
-        for c in range(vocab):
-            if c == last or self.merged[c] or not self._candidate(row, c, cutoff):
-                continue
-            if not _token_before(row, self.tokens[n_tokens - 1], c):
-                continue  # listed, so already offered
-            score = total + row[c]
-            if score == -INFINITY or _refused(&self.heap, score + bound):
-                continue
-            u = _goto(self.hw, s, c)
-            score += self.hw.gain[u] + self.hw.at_risk[u]
-            if not _refused(&self.heap, score):
-                _offer(&self.heap, score, seq, i, c)
-                seq += 1
+            if _goto(a, s, c):
+                continue  # a child of the row's state or a suffix state: offered above
+            _offer(&self.heap, score, seq, i, c)
+            seq += 1
         return seq
+
+    cdef void _list_roots(self, const real* row) noexcept nogil:
+        """List this frame's best root edges by log probability + bonus: the
+        first call of a frame lists ``2 * beam + 1`` of them, a later one twice as many."""
+        cdef const Automaton* a = self.hw
+        cdef Py_ssize_t e, roots = a.child_start[1]
+        if self.n_root_listed < 0:
+            for e in range(roots):
+                self.root_keys[e] = row[a.child_token[e]] + a.root_gain[e]
+            self.root_limit = min(2 * <Py_ssize_t>self.beam + 1, roots)
+        else:
+            self.root_limit = min(2 * self.root_limit, roots)
+        self.n_root_listed = _top_tokens[double](self.root_keys, roots, -1, False, 0.0, self.root_limit,
+                                                 self.root_list)
 
     cdef inline bint _candidate(self, const real* row, int32_t c, int32_t cutoff) noexcept nogil:
         """Whether token ``c`` may extend a prefix at this frame."""
