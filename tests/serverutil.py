@@ -20,6 +20,7 @@ import trio_websocket
 
 from trio_asr.config import ServerConfig
 from trio_asr.features import FbankOptions
+from trio_asr.hotwords import Hotword
 from trio_asr.model import AcousticModel, ModelState, ModelStream
 from trio_asr.recognizer import RecognitionResult, TokenTime
 from trio_asr.resample import StreamingResampler
@@ -119,7 +120,9 @@ class CountingRecognizer:
         self.decode_delay = 0.0
         self.fail_on_decode = False
 
-    def create_stream(self, nbest: int, sample_rate: int) -> CountingStream:
+    def create_stream(self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = ()) -> CountingStream:
+        if hotwords:
+            raise ValueError("CountingRecognizer takes no hotwords")
         stream = CountingStream(self, nbest, sample_rate)
         self.streams.append(stream)
         return stream

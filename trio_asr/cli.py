@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from trio_asr._version import __version__
 
 if TYPE_CHECKING:
+    from trio_asr.hotwords import CompiledHotwords, Hotword
     from trio_asr.model import AcousticModel
 
 __all__ = ["CommandFailed", "build_parser", "main"]
@@ -74,6 +75,30 @@ def _load_model(model: str | Path | None, threads: int) -> tuple[Path, AcousticM
         raise CommandFailed(exc) from None
 
 
+def _read_hotwords(path: Path | None) -> tuple[Hotword, ...]:
+    """The phrases of ``--hotwords-file`` (checked before the model loads)."""
+    from trio_asr.hotwords import HotwordError, read_hotwords_file
+
+    if path is None:
+        return ()
+    try:
+        return read_hotwords_file(path)
+    except HotwordError as exc:
+        raise CommandFailed(f"{exc} (fix the file or leave out --hotwords-file)", 2) from None
+
+
+def _compile_hotwords(
+    hotwords: tuple[Hotword, ...], score: float, model: AcousticModel
+) -> CompiledHotwords | None:
+    from trio_asr.hotwords import HotwordError, compile_hotwords
+
+    try:
+        compiled = compile_hotwords(hotwords, model.tokens, default_score=score)
+    except HotwordError as exc:
+        raise CommandFailed(f"{exc} (remove it from the hotwords file)", 2) from None
+    return compiled
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -103,8 +128,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandFailed(exc, 2) from None
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hotwords = _read_hotwords(config.hotwords_file)
     model_dir, model = _load_model(config.model, config.threads)
-    server = Server(config, Recognizer(model, beam=config.beam))
+    compiled = _compile_hotwords(hotwords, config.hotwords_score, model)
+    server = Server(config, Recognizer(model, beam=config.beam, hotwords=compiled))
 
     async def run() -> str | None:
         try:
@@ -197,6 +224,14 @@ def _add_transcribe(commands: Any) -> None:
     parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default 1)")
     parser.add_argument("--beam", type=int, default=10, help="CTC prefix beam width (default 10)")
     parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
+    parser.add_argument(
+        "--hotwords-file", type=Path, metavar="FILE",
+        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see README: Hotwords)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hotwords-score", type=float, default=None, metavar="SCORE",
+        help="bonus per token of a hotword without its own score (default 1.5)",
+    )  # fmt: skip
     parser.add_argument("--timestamps", action="store_true", help="print token start/end times")
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
@@ -207,10 +242,27 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from trio_asr.recognizer import Recognizer
     from trio_asr.transcribe import run_batch
 
+    from trio_asr.hotwords import DEFAULT_SCORE, HotwordError, check_score
+    from trio_asr.search import MAX_BEAM
+
     if args.nbest < 1 or args.beam < 1 or args.threads < 1:
         raise CommandFailed("--nbest, --beam and --threads must be >= 1", 2)
+    if max(args.beam, args.nbest) > MAX_BEAM:
+        raise CommandFailed(f"--beam and --nbest must be at most {MAX_BEAM}", 2)
+    if args.hotwords_file is None and args.hotwords_score is not None:
+        raise CommandFailed("--hotwords-score needs --hotwords-file", 2)
+    if args.hotwords_file is not None and args.greedy:
+        raise CommandFailed("--hotwords-file needs beam search (leave out --greedy)", 2)
+    try:
+        score = check_score(DEFAULT_SCORE if args.hotwords_score is None else args.hotwords_score, "--hotwords-score")
+    except HotwordError as exc:
+        raise CommandFailed(exc, 2) from None
+    hotwords = _read_hotwords(args.hotwords_file)
     _, model = _load_model(args.model, args.threads)
-    recognizer = Recognizer(model, beam=max(args.beam, args.nbest), decoding="greedy" if args.greedy else "beam")
+    compiled = _compile_hotwords(hotwords, score, model) if hotwords else None
+    recognizer = Recognizer(
+        model, beam=max(args.beam, args.nbest), decoding="greedy" if args.greedy else "beam", hotwords=compiled
+    )
     failures = run_batch(recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json)
     return 1 if failures else 0
 

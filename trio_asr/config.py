@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from trio_asr.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
 from trio_asr.protocol import ProtocolLimits
 
 __all__ = ["ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
@@ -97,6 +98,18 @@ class ServerConfig:
     save_audio: bool = _setting(True, type=bool, help="save each stream's audio")
     beam: int = _setting(10, type=int, help="CTC prefix beam width", validator=_at_least(1, 256))
     nbest_max: int = _setting(10, type=int, help="largest nbest a client may ask for", validator=_at_least(1, 100))
+    hotwords_file: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none",
+        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see README: Hotwords)",
+    )  # fmt: skip
+    hotwords_score: float = _setting(
+        DEFAULT_SCORE, type=float, validator=lambda _i, a, v: check_score(v, a.name),
+        help=f"bonus per token of a hotword without its own score (0 < score <= {MAX_SCORE:g})",
+    )  # fmt: skip
+    max_stream_hotwords: int = _setting(
+        100, type=int, validator=_at_least(0, 1000),
+        help="phrases a client may add in its start message's 'hotwords' (0: none)",
+    )  # fmt: skip
     max_connections: int = _setting(
         100, type=int, help="WebSocket connections at once; more get HTTP 503", validator=_positive
     )
@@ -162,6 +175,7 @@ class ServerConfig:
             nbest_max=self.nbest_max,
             max_message_bytes=self.max_message_bytes,
             max_stream_seconds=self.max_stream_seconds,
+            max_stream_hotwords=self.max_stream_hotwords,
         )
 
 

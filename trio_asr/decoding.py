@@ -16,12 +16,13 @@ test double must provide the same (including a model the service can run).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 import numpy as np
 import trio
 
+from trio_asr.hotwords import Hotword
 from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.model_service import ModelService
 from trio_asr.recognizer import RecognitionResult
@@ -60,9 +61,10 @@ class Recognizer(Protocol):
     @property
     def model(self) -> AcousticModel: ...
 
-    def create_stream(self, nbest: int, sample_rate: int) -> RecognizerStream:
-        """A stream taking float32 mono samples at ``sample_rate``; raises
-        ValueError for a rate it cannot take."""
+    def create_stream(self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = ()) -> RecognizerStream:
+        """A stream taking float32 mono samples at ``sample_rate``, biased by
+        the recognizer's hotwords plus ``hotwords``; raises ValueError for a
+        rate it cannot take, HotwordError for a phrase it cannot spell."""
         ...
 
 
@@ -78,9 +80,12 @@ class Decoder:
         self.service = service
         self.limiter = limiter
 
-    def open_stream(self, nbest: int, sample_rate: int) -> StreamDecoder:
-        """Raises ValueError when the recognizer cannot take ``sample_rate``."""
-        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate))
+    def open_stream(self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = ()) -> StreamDecoder:
+        """Raises ValueError when the recognizer cannot take ``sample_rate``,
+        HotwordError (a ValueError) when it cannot spell one of ``hotwords``.
+        With ``hotwords`` this compiles them with the server's: call it in a
+        worker thread."""
+        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate, hotwords))
 
 
 class StreamDecoder:

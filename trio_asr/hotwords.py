@@ -59,6 +59,7 @@ __all__ = [
     "merge_hotwords",
     "parse_hotwords",
     "read_hotwords_file",
+    "stream_graph",
 ]
 
 DEFAULT_SCORE = 1.5
@@ -207,6 +208,18 @@ class CompiledHotwords:
         if not extra:
             return self
         return compile_hotwords(merge_hotwords(self.hotwords, extra), self.tokens, default_score=self.default_score)
+
+
+def stream_graph(
+    base: CompiledHotwords | None, extra: Sequence[Hotword], tokens: TokenTable
+) -> HotwordGraph | None:
+    """The graph for a stream: ``base`` (the recognizer's, shared) plus the
+    stream's ``extra`` phrases (compiled for this stream), or None when there
+    are no phrases at all (the unbiased search)."""
+    if base is None:
+        base = compile_hotwords((), tokens)
+    compiled = base.merged(extra)
+    return compiled.graph if compiled.hotwords else None
 
 
 def compile_hotwords(

@@ -19,6 +19,8 @@ from typing import Any, Union
 import attrs
 import numpy as np
 
+from trio_asr.hotwords import Hotword
+
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
@@ -51,13 +53,15 @@ CLOSE_INTERNAL_ERROR = 1011
 
 @attrs.frozen
 class StartStream:
-    """A client began a stream; audio in the announced format follows."""
+    """A client began a stream; audio in the announced format follows.
+    ``hotwords`` are the stream's own, added to the server's."""
 
     name: str
     nbest: int
     sample_rate: int
     bits_per_sample: int
     channels: int
+    hotwords: tuple[Hotword, ...] = ()
 
 
 @attrs.frozen(eq=False)

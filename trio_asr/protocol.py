@@ -34,6 +34,10 @@ Decisions on points the spec leaves open:
   multi-channel group) carry over to the next frame; the remainder still
   held when a stream ends is not a sample and is dropped.
 * A stream may not grow beyond what one WAV file can hold (4 GiB of PCM).
+* ``start`` may carry ``hotwords`` (our extension): a list of phrases, each a
+  string or a ``[phrase, score]`` pair (:func:`trio_asr.hotwords.hotwords_from_json`),
+  at most ``max_stream_hotwords`` of them (1008 beyond); anything malformed
+  is 1007.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any
 import attrs
 
 from trio_asr.audio import WAV_MAX_DATA_BYTES, down_mix, pcm16_to_float
+from trio_asr.hotwords import HotwordError, hotwords_from_json
 from trio_asr.messages import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -91,6 +96,8 @@ class ProtocolLimits:
     sample_rates: frozenset[int] = attrs.field(default=STANDARD_SAMPLE_RATES, converter=frozenset)
     #: PCM bytes per stream; the default is what a WAV file can hold
     max_stream_bytes: int = attrs.field(default=WAV_MAX_DATA_BYTES, validator=_positive)
+    #: phrases a stream's ``hotwords`` field may hold (0: the field is refused)
+    max_stream_hotwords: int = attrs.field(default=100, validator=attrs.validators.ge(0))
 
 
 class State(enum.Enum):
@@ -357,7 +364,19 @@ class ConnectionProtocol:
         if rate not in limits.sample_rates:
             rates = ", ".join(map(str, sorted(limits.sample_rates)))
             raise _BadMessage(CLOSE_UNSUPPORTED_DATA, f'"sampleRate" {rate} is not supported (one of {rates})')
-        return StartStream(name=name, nbest=nbest, sample_rate=rate, bits_per_sample=bits, channels=channels)
+        hotwords = message.get("hotwords", [])
+        if isinstance(hotwords, list) and len(hotwords) > limits.max_stream_hotwords:
+            raise _BadMessage(
+                CLOSE_POLICY_VIOLATION,
+                f'"hotwords" holds {len(hotwords)} phrases, at most {limits.max_stream_hotwords} are allowed',
+            )
+        try:
+            phrases = hotwords_from_json(hotwords, limit=limits.max_stream_hotwords)
+        except HotwordError as exc:
+            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}') from None
+        return StartStream(
+            name=name, nbest=nbest, sample_rate=rate, bits_per_sample=bits, channels=channels, hotwords=phrases
+        )
 
     @staticmethod
     def _int_field(message: dict[str, Any], key: str, default: int) -> int:

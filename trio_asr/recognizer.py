@@ -16,12 +16,14 @@ only compute features, the caller runs the chunks of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import attrs
 import numpy as np
 
 from trio_asr.features import StreamingFbank
+from trio_asr.hotwords import CompiledHotwords, Hotword, stream_graph
 from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.resample import StreamingResampler
 from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
@@ -67,7 +69,9 @@ class Recognizer:
     """Creates streams over one acoustic model.
 
     ``decoding`` is ``"beam"`` (CTC prefix beam search of width ``beam``) or
-    ``"greedy"`` (best path; n-best then has one entry).
+    ``"greedy"`` (best path; n-best then has one entry). ``hotwords``
+    (compiled for this model's tokens, see :mod:`trio_asr.hotwords`) bias
+    every stream's beam search; a stream may add its own.
     """
 
     model: AcousticModel
@@ -75,14 +79,19 @@ class Recognizer:
     decoding: Literal["beam", "greedy"] = attrs.field(
         default="beam", validator=attrs.validators.in_(("beam", "greedy"))
     )
+    hotwords: CompiledHotwords | None = attrs.field(default=None, kw_only=True)
 
     @property
     def sample_rate(self) -> int:
         return self.model.sample_rate
 
-    def create_stream(self, nbest: int = 1, sample_rate: int | None = None) -> RecognizerStream:
-        """A new stream taking audio at ``sample_rate`` (default: the model's)."""
-        return RecognizerStream(self, nbest, sample_rate)
+    def create_stream(
+        self, nbest: int = 1, sample_rate: int | None = None, hotwords: Sequence[Hotword] = ()
+    ) -> RecognizerStream:
+        """A new stream taking audio at ``sample_rate`` (default: the model's),
+        biased by the recognizer's hotwords plus ``hotwords`` (compiled here:
+        :class:`~trio_asr.hotwords.HotwordError` if the model cannot spell one)."""
+        return RecognizerStream(self, nbest, sample_rate, hotwords)
 
 
 class RecognizerStream:
@@ -104,7 +113,11 @@ class RecognizerStream:
     """
 
     def __init__(
-        self, recognizer: Recognizer, nbest: int = 1, sample_rate: int | None = None
+        self,
+        recognizer: Recognizer,
+        nbest: int = 1,
+        sample_rate: int | None = None,
+        hotwords: Sequence[Hotword] = (),
     ) -> None:
         if nbest < 1:
             raise ValueError(f"nbest must be >= 1, not {nbest}")
@@ -121,10 +134,13 @@ class RecognizerStream:
         self._input_scale = model.sample_scale / _FBANK_FLOAT_SCALE
         self._chunks = model.create_stream()
         blank = model.tokens.blank_id
+        graph = stream_graph(recognizer.hotwords, hotwords, model.tokens)
         if recognizer.decoding == "greedy":
+            if graph is not None:
+                raise ValueError("hotwords need beam decoding, not greedy")
             self._search: GreedySearch | PrefixBeamSearch = GreedySearch(blank_id=blank)
         else:
-            self._search = PrefixBeamSearch(beam=max(recognizer.beam, nbest), blank_id=blank)
+            self._search = PrefixBeamSearch(beam=max(recognizer.beam, nbest), blank_id=blank, hotwords=graph)
         self.samples_accepted = 0
         self._finished = False
         self._result: RecognitionResult | None = None  # valid until the search moves

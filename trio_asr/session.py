@@ -26,10 +26,12 @@ import trio_websocket
 
 from trio_asr.config import ServerConfig
 from trio_asr.decoding import Decoder, StreamDecoder
+from trio_asr.hotwords import HotwordError
 from trio_asr.lifecycle import Lifecycle
 from trio_asr.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
     Audio,
@@ -241,7 +243,15 @@ class Session:
             return stream
         if isinstance(event, StartStream):
             try:
-                decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate)
+                if event.hotwords:  # compiled with the server's: not on the event loop
+                    decoding = await self._in_thread(
+                        self.context.decoder.open_stream, event.nbest, event.sample_rate, event.hotwords
+                    )
+                else:
+                    decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate)
+            except HotwordError as exc:
+                await self._fail(replies, CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}', "start")
+                return None
             except ValueError as exc:
                 await self._fail(replies, CLOSE_UNSUPPORTED_DATA, str(exc), "start")
                 return None

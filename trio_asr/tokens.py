@@ -283,12 +283,13 @@ def _fewest_tokens(trie: dict, target: list, chars: list[int], text: str) -> tup
     ``target[p:]`` is (tokens + unmarked optional boundaries, unmarked
     boundaries, minus the first token's length), smallest first."""
     size = len(target)
-    best: list[tuple | None] = [None] * (size + 1)
-    best[size] = (0, 0, 0, None, None)  # cost..., token id, next position
+    # per position: (cost..., token id or None to leave a boundary unmarked, next position)
+    best: list[tuple[int, int, int, int | None, int] | None] = [None] * (size + 1)
+    best[size] = (0, 0, 0, None, size)
     for p in range(size - 1, -1, -1):
         found = None
-        if target[p] in (_OPTIONAL, _LEADING) and best[p + 1] is not None:  # leave it unmarked
-            rest = best[p + 1]
+        rest = best[p + 1]
+        if target[p] in (_OPTIONAL, _LEADING) and rest is not None:  # leave it unmarked
             found = (rest[0] + (target[p] == _OPTIONAL), rest[1] + 1, 0, None, p + 1)
         for q, skipped, token_id in _token_matches(trie, target, p):
             rest = best[q]
@@ -310,7 +311,9 @@ def _fewest_tokens(trie: dict, target: list, chars: list[int], text: str) -> tup
     ids = []
     p = 0
     while p < size:
-        _, _, _, token_id, q = best[p]
+        step = best[p]
+        assert step is not None
+        _, _, _, token_id, q = step
         if token_id is not None:
             ids.append(token_id)
         p = q
