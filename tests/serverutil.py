@@ -119,10 +119,13 @@ class CountingRecognizer:
         self.streams: list[CountingStream] = []
         self.decode_delay = 0.0
         self.fail_on_decode = False
+        self.refused_rates: set[int] = set()
 
     def create_stream(self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = ()) -> CountingStream:
         if hotwords:
             raise ValueError("CountingRecognizer takes no hotwords")
+        if sample_rate in self.refused_rates:
+            raise ValueError(f"cannot take audio at {sample_rate} Hz")
         stream = CountingStream(self, nbest, sample_rate)
         self.streams.append(stream)
         return stream

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import trio
 import trio_websocket
+from wsproto.events import Message
 from serverutil import (
     CountingRecognizer,
     end_msg,
@@ -204,6 +205,20 @@ async def test_frame_errors_end_the_connection_without_hurting_the_server(
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
         await ws.send_message(start_msg())
         assert (await recv_json(ws))["signal"] == "server_ready"
+
+
+async def test_a_rate_the_recognizer_refuses_is_1003_and_queued_frames_are_dropped(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recognizer = CountingRecognizer()
+    recognizer.refused_rates = {8000}
+    server = await start_server(nursery, tmp_path, recognizer)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        frames = [start_msg(sampleRate=8000)] + [pcm16(100).tobytes()] * 5
+        await ws._stream.send_all(b"".join(ws._wsproto.send(Message(data=f)) for f in frames))  # one TCP write
+        replies, code = await replies_until_close(ws)
+    assert code == 1003 and len(replies) == 1 and "8000 Hz" in replies[0]["message"]
+    assert "internal error" not in caplog.text
 
 
 # ------------------------------------------------------------ saving fails

@@ -102,6 +102,7 @@ class Session:
         self._woken = False
         self._peer_dead = False
         self._socket_open = True
+        self._failed = False  # the decoder ended the connection (see _fail)
         self._streams = 0
         self._audio_seconds = 0.0
         self._decode_seconds = 0.0
@@ -208,16 +209,14 @@ class Session:
 
     async def _decoder(self, events: trio.MemoryReceiveChannel[Event], replies: trio.MemorySendChannel[Reply]) -> None:
         stream: _Stream | None = None
-        failed = False
         async with events, replies:
             try:
                 async for event in events:
-                    if failed and not isinstance(event, ErrorReply):
+                    if self._failed and not isinstance(event, ErrorReply):
                         continue  # what the client sent after our error reply
                     try:
                         stream = await self._handle(event, stream, replies)
                     except Exception as exc:
-                        failed = True
                         if isinstance(exc, AudioSaveError):
                             log.warning("connection id=%d: %s", self.id, exc)
                             message = str(exc)
@@ -277,7 +276,9 @@ class Session:
     async def _fail(
         self, replies: trio.MemorySendChannel[Reply], code: int, message: str, signal: str | None = None
     ) -> None:
-        """End the connection from the server's side, through the protocol core."""
+        """End the connection from the server's side, through the protocol core;
+        events the reader queued before it need no answer any more."""
+        self._failed = True
         for event in self.protocol.fail(code, message, signal):
             if isinstance(event, ErrorReply):
                 self.outcome = f"closed {code}: {message}"
