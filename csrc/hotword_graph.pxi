@@ -70,9 +70,9 @@ cdef class HotwordGraph:
         if edges and (child_token.min() < 0 or child_token.max() >= vocab_size
                       or child_state.min() < 1 or child_state.max() >= n):
             raise ValueError("hotword graph edges out of range")
-        for s in range(n):
-            if np.any(np.diff(child_token[child_start[s]:child_start[s + 1]]) <= 0):
-                raise ValueError("hotword graph children must be sorted and distinct")
+        edge_state = np.repeat(np.arange(n), np.diff(child_start))
+        if np.any(np.diff(child_token)[np.diff(edge_state) == 0] <= 0):
+            raise ValueError("hotword graph children must be sorted and distinct")
         if not (np.all(np.isfinite(at_risk)) and np.all(np.isfinite(gain)) and np.all(np.isfinite(bound))):
             raise ValueError("hotword graph scores must be finite")
         root_next = np.zeros(vocab_size, dtype=np.int32)

@@ -125,6 +125,20 @@ def test_a_stream_list_adds_to_the_servers_and_overrides_its_scores():
     assert compiled.merged([Hotword("city")]).hotwords == (*server, Hotword("city"))
 
 
+def test_merges_are_cached_for_streams_sending_the_same_list():
+    from trio_asr.hotwords import MERGES_CACHED
+
+    compiled = compile_hotwords([Hotword("new york")], TABLE)
+    lists = [[Hotword(w, 1.0 + k / 10)] for k, w in enumerate(["city", "gnu", "yolk", "i", "like", "k"] * 3)]
+    first = compiled.merged(lists[0])
+    assert compiled.merged(list(lists[0])) is first
+    for extra in lists[1 : MERGES_CACHED + 1]:
+        compiled.merged(extra)
+    again = compiled.merged(lists[0])  # evicted: compiled anew, alike
+    assert again is not first and again.hotwords == first.hotwords
+    assert again.graph.walk(word_ids("NEW YORK CITY")) == first.graph.walk(word_ids("NEW YORK CITY"))
+
+
 def test_a_phrase_the_model_cannot_spell_is_named():
     with pytest.raises(HotwordError, match="hotword 'new jersey': .*'J'"):
         compile_hotwords([Hotword("new york"), Hotword("new jersey")], TABLE)

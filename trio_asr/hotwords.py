@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import unicodedata
 from collections.abc import Iterable, Sequence
 
@@ -193,21 +194,39 @@ def merge_hotwords(base: Sequence[Hotword], extra: Sequence[Hotword]) -> tuple[H
     return (*(replaced.pop(h.phrase, h) for h in base), *(h for h in extra if h.phrase in replaced))
 
 
+MERGES_CACHED = 16
+
+
 @attrs.frozen
 class CompiledHotwords:
     """A hotword list compiled for one token table; ``graph`` goes to
-    :class:`trio_asr.search.PrefixBeamSearch`. Read-only, shareable."""
+    :class:`trio_asr.search.PrefixBeamSearch`. Shareable across threads."""
 
     hotwords: tuple[Hotword, ...]
     default_score: float
     tokens: TokenTable = attrs.field(repr=False)
     graph: HotwordGraph = attrs.field(repr=False)
+    _spelled: dict[str, tuple[int, ...]] = attrs.field(repr=False, eq=False)  # phrase -> its tokens
+    _merges: dict[tuple[Hotword, ...], CompiledHotwords] = attrs.field(repr=False, eq=False, factory=dict)
+    _lock: threading.Lock = attrs.field(repr=False, eq=False, factory=threading.Lock)
 
     def merged(self, extra: Sequence[Hotword]) -> CompiledHotwords:
-        """These hotwords plus a stream's ``extra`` (itself when it is empty)."""
+        """These hotwords plus a stream's ``extra`` (itself when it is empty).
+        The last :data:`MERGES_CACHED` distinct lists are kept, so streams
+        sending the same list compile it once; phrases already spelled are
+        not spelled again."""
+        extra = tuple(extra)
         if not extra:
             return self
-        return compile_hotwords(merge_hotwords(self.hotwords, extra), self.tokens, default_score=self.default_score)
+        with self._lock:
+            found = self._merges.get(extra)
+        if found is None:
+            found = _compile(merge_hotwords(self.hotwords, extra), self.tokens, self.default_score, self._spelled)
+            with self._lock:
+                if len(self._merges) >= MERGES_CACHED:
+                    del self._merges[next(iter(self._merges))]  # the oldest
+                self._merges[extra] = found
+        return found
 
 
 def stream_graph(
@@ -227,16 +246,25 @@ def compile_hotwords(
 ) -> CompiledHotwords:
     """Spell every phrase with ``tokens`` and build its automaton; a phrase
     the table cannot spell is a :class:`HotwordError` naming it."""
-    default_score = check_score(default_score, "the default hotword score")
-    spelled: dict[tuple[int, ...], float] = {}
+    return _compile(tuple(hotwords), tokens, check_score(default_score, "the default hotword score"), {})
+
+
+def _compile(
+    hotwords: tuple[Hotword, ...], tokens: TokenTable, default_score: float, known: dict[str, tuple[int, ...]]
+) -> CompiledHotwords:
+    spellings = {}
+    scores: dict[tuple[int, ...], float] = {}
     for hotword in hotwords:
-        try:
-            ids = tokens.encode(hotword.phrase)
-        except ValueError as e:
-            raise HotwordError(f"hotword {hotword.phrase!r}: {e}") from None
+        ids = known.get(hotword.phrase)
+        if ids is None:
+            try:
+                ids = tokens.encode(hotword.phrase)
+            except ValueError as e:
+                raise HotwordError(f"hotword {hotword.phrase!r}: {e}") from None
+        spellings[hotword.phrase] = ids
         score = default_score if hotword.score is None else hotword.score
-        spelled[ids] = max(score, spelled.get(ids, 0.0))  # two phrases may spell alike
-    return CompiledHotwords(tuple(hotwords), default_score, tokens, _build_graph(spelled, len(tokens)))
+        scores[ids] = max(score, scores.get(ids, 0.0))  # two phrases may spell alike
+    return CompiledHotwords(hotwords, default_score, tokens, _build_graph(scores, len(tokens)), spellings)
 
 
 def _build_graph(phrases: dict[tuple[int, ...], float], vocab_size: int) -> HotwordGraph:
