@@ -36,8 +36,13 @@ move the automaton somewhere other than its root: the children of the row's
 state and of its suffix states, offered one by one, and the root's children,
 read best first in the order of log probability plus bonus (a second list
 per frame, like the list of best tokens).  Every other token ranks as
-before; a list that runs out before a row's scan stops is doubled (once per
-frame, shared by the rows after it).
+before, and the list of best tokens is long enough as before: a token the
+scan skips because it moves the automaton was offered (or refused) with at
+least the score of any later token.  The root's children that a row skips
+(its repeat, merges, and children of a deeper suffix state, offered there
+with that state's bonus) are not bounded by the beam, so a root list that
+runs out before the row's scan stops is doubled (once per frame, shared by
+the rows after it).
 
 Nodes no row can reach are dropped by a compaction when the tree has doubled
 since the last one, so memory stays proportional to the hypotheses' length.
@@ -265,7 +270,6 @@ cdef class PrefixBeamCore:
     cdef int32_t* tokens        # the frame's best tokens
     cdef Py_ssize_t tokens_capacity
     cdef Py_ssize_t n_listed    # ... how many there are this frame
-    cdef Py_ssize_t list_limit  # ... how many were asked for
     cdef int32_t* root_list     # with hotwords: root edges, best log probability + bonus first
     cdef double* root_keys      # ... their keys this frame
     cdef Py_ssize_t n_root_listed, root_limit  # ... -1: not listed yet this frame
@@ -387,8 +391,6 @@ cdef class PrefixBeamCore:
     cdef int _reserve_scratch(self, Py_ssize_t vocab) noexcept nogil:
         """Per-token scratch for a vocabulary of ``vocab``; -1 when out of memory."""
         cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * <Py_ssize_t>self.beam + 1  # see _step
-        if self.hw:
-            limit = vocab  # the list may be extended up to every token
         cdef void* p
         if limit > vocab:
             limit = vocab
@@ -463,7 +465,7 @@ cdef class PrefixBeamCore:
         cdef Candidate* item
 
         # A row takes at most `beam` growths, skipping its repeat and merges
-        # (with hotwords the list may grow, see _grow_biased).
+        # (hotwords change which, not how many: see _grow_biased).
         limit = self.beam + 1 + self._link_children()
         if self.top_k:
             limit = self.top_k  # all of them, to know the last one
@@ -473,7 +475,6 @@ cdef class PrefixBeamCore:
         if self.top_k and n_tokens == self.top_k:
             cutoff = self.tokens[n_tokens - 1]  # a token ranked after it is pruned
         self.n_listed = n_tokens
-        self.list_limit = limit
         self.n_root_listed = -1
 
         # Stays, with the growths that land on another row merged in.
@@ -573,7 +574,8 @@ cdef class PrefixBeamCore:
         the state ``u`` it reaches: the children of the row's (non-root)
         suffix states one by one, then the root's children in key order
         (stop at the first refusal), then every other token (``u`` is the
-        root, the score is ``CTC + kept``) in the frame's token order."""
+        root, the score is ``CTC + kept``) in the frame's token order (see
+        the module docstring for why the frame's list is long enough)."""
         cdef const Automaton* a = self.hw
         cdef int64_t n = self.node[i]
         cdef int32_t s = self.hw_state[n], f, c, u
@@ -603,7 +605,7 @@ cdef class PrefixBeamCore:
             if k == self.n_root_listed or self.n_root_listed < 0:
                 if self.n_root_listed >= 0 and (self.n_root_listed < self.root_limit or self.root_limit >= roots):
                     break
-                self._list_roots(row)
+                self._list_roots(row, cutoff)
                 if k == self.n_root_listed:
                     break
             e = self.root_list[k]
@@ -617,17 +619,8 @@ cdef class PrefixBeamCore:
             _offer(&self.heap, score, seq, i, c)
             seq += 1
 
-        k = 0
-        while True:
-            if k == self.n_listed:
-                if self.n_listed < self.list_limit or self.list_limit >= vocab or self.top_k:
-                    break  # every token that may extend a row is listed
-                self.list_limit = min(2 * self.list_limit, vocab)
-                self.n_listed = _top_tokens(row, vocab, self.blank_id, self.use_threshold, self.threshold,
-                                            self.list_limit, self.tokens)
-                continue
+        for k in range(self.n_listed):
             c = self.tokens[k]
-            k += 1
             if c == last or self.merged[c]:
                 continue
             score = total + row[c]
@@ -639,14 +632,17 @@ cdef class PrefixBeamCore:
             seq += 1
         return seq
 
-    cdef void _list_roots(self, const real* row) noexcept nogil:
-        """List this frame's best root edges by log probability + bonus: the
-        first call of a frame lists ``2 * beam + 1`` of them, a later one twice as many."""
+    cdef void _list_roots(self, const real* row, int32_t cutoff) noexcept nogil:
+        """List this frame's best root edges by log probability + bonus (a
+        pruned token last, at -inf): the first call of a frame lists
+        ``2 * beam + 1`` of them, a later one twice as many."""
         cdef const Automaton* a = self.hw
         cdef Py_ssize_t e, roots = a.child_start[1]
+        cdef int32_t c
         if self.n_root_listed < 0:
             for e in range(roots):
-                self.root_keys[e] = row[a.child_token[e]] + a.root_gain[e]
+                c = a.child_token[e]
+                self.root_keys[e] = row[c] + a.root_gain[e] if self._candidate(row, c, cutoff) else -INFINITY
             self.root_limit = min(2 * <Py_ssize_t>self.beam + 1, roots)
         else:
             self.root_limit = min(2 * self.root_limit, roots)

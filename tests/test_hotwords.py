@@ -317,6 +317,54 @@ def test_biased_streaming_gives_the_same_nbest_as_one_block(log_probs, cuts, bea
     assert split.nbest(beam) == whole.nbest(beam)
 
 
+def test_a_root_child_behind_many_shadowed_ones_is_still_found():
+    """Tokens 2..9 continue the phrase under way (1 t) and also start the
+    one-token phrases (t); a row in state (1) offers them with the smaller
+    bonus of (1 t) and skips them in the root's list, where they rank first.
+    Token 10, the last root child in that list, carries the largest bonus and
+    must still be found (beam 1: the root list runs out and is extended)."""
+    phrases = {**{(1, t): 1.0 for t in range(2, 10)}, **{(t,): 3.0 for t in range(2, 11)}}
+    probs = np.full((2, 12), 1e-9)
+    probs[0, 1] = 1.0
+    probs[1, 2:10], probs[1, 10], probs[1, 0] = 0.11, 0.10, 0.01
+    log_probs = np.log(probs / probs.sum(axis=1, keepdims=True))
+    search = PrefixBeamSearch(1, hotwords=_build_graph(phrases, 12))
+    search.accept(log_probs)
+    expected = reference_beam_search(log_probs, 1, bonus=lambda p: naive_bonus(phrases, p))
+    assert search.best.tokens == expected[0][0] == (1, 10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(peaky_cases(max_vocab=10), st.integers(1, 6), st.data())
+def test_biased_pruning_that_removes_nothing_changes_nothing(log_probs, beam, data):
+    vocab = log_probs.shape[1]
+    phrases = data.draw(
+        st.dictionaries(st.lists(st.integers(1, vocab - 1), min_size=1, max_size=3).map(tuple),
+                        st.sampled_from([1.5, 10.0]), min_size=1, max_size=6)
+    )  # fmt: skip
+    graph = _build_graph(phrases, vocab)
+    plain = PrefixBeamSearch(beam, hotwords=graph)
+    plain.accept(log_probs)
+    unpruned = PrefixBeamSearch(beam, hotwords=graph, token_top_k=vocab, token_threshold=-np.inf)
+    unpruned.accept(log_probs)
+    assert unpruned.nbest(beam) == plain.nbest(beam)
+
+
+@settings(max_examples=40, deadline=None)
+@given(peaky_cases(max_vocab=10), st.integers(1, 6), st.integers(1, 3), st.data())
+def test_a_pruned_token_is_not_brought_back_by_its_bonus(log_probs, beam, top_k, data):
+    """Every token a biased, top-k pruned search emits was among the k most
+    probable of its frame (blank aside), whatever its bonus."""
+    vocab = log_probs.shape[1]
+    phrases = {tuple(data.draw(st.lists(st.integers(1, vocab - 1), min_size=1, max_size=2))): 10.0}
+    search = PrefixBeamSearch(beam, hotwords=_build_graph(phrases, vocab), token_top_k=top_k)
+    search.accept(log_probs)
+    for h in search.nbest(beam):
+        for token, frame in zip(h.tokens, h.frames):
+            row = np.delete(log_probs[frame], 0)
+            assert (row > log_probs[frame, token]).sum() < top_k
+
+
 def test_hotwords_fix_the_vocabulary_width():
     graph = _build_graph({(1, 2): 1.5}, 9)
     search = PrefixBeamSearch(4, hotwords=graph)
