@@ -116,6 +116,24 @@ def test_stream_list_from_json():
             hotwords_from_json(bad, limit=5)
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_any_json_gives_hotwords_or_a_short_hotword_error(value):
+    try:
+        hotwords = hotwords_from_json(value, limit=5)
+    except HotwordError as e:
+        assert "\n" not in str(e) and len(str(e)) < 200
+    else:
+        assert len(hotwords) <= 5 and all(isinstance(h, Hotword) for h in hotwords)
+
+
 def test_a_stream_list_adds_to_the_servers_and_overrides_its_scores():
     server = (Hotword("new york"), Hotword("gnu", 2.0))
     merged = merge_hotwords(server, (Hotword("gnu", 4.0), Hotword("city")))

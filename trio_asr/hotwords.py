@@ -77,23 +77,34 @@ class HotwordError(ValueError):
 def check_score(score: object, what: str = "score") -> float:
     """``score`` as a float if it is a number with ``0 < score <= MAX_SCORE``."""
     if isinstance(score, bool) or not isinstance(score, (int, float)):
-        raise HotwordError(f"{what} must be a number, got {score!r}")
+        raise HotwordError(f"{what} must be a number, got {_short(score)}")
     score = float(score)
     if not (math.isfinite(score) and 0 < score <= MAX_SCORE):
         raise HotwordError(f"{what} must be above 0 and at most {MAX_SCORE:g}, got {score:g}")
     return score
 
 
+def _short(value: object) -> str:
+    """``repr(value)``, cut so that an error message stays one short line."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a deeply nested JSON list
+        text = f"a nested {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_phrase(phrase: object) -> str:
     if not isinstance(phrase, str):
-        raise HotwordError(f"a phrase must be a string, got {phrase!r}")
+        raise HotwordError(f"a phrase must be a string, got {_short(phrase)}")
+    if len(phrase) > 4 * MAX_PHRASE_CHARS:  # before scanning it
+        raise HotwordError(f"phrase {_short(phrase)} is longer than {MAX_PHRASE_CHARS} characters")
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and not ch.isspace() for ch in phrase):
-        raise HotwordError(f"phrase {phrase!r} holds a control or unassigned character")
+        raise HotwordError(f"phrase {_short(phrase)} holds a control or unassigned character")
     text = " ".join(phrase.split())
     if not text:
         raise HotwordError("a phrase is empty")
     if len(text) > MAX_PHRASE_CHARS:
-        raise HotwordError(f"phrase {text[:20]!r}... is longer than {MAX_PHRASE_CHARS} characters")
+        raise HotwordError(f"phrase {_short(text)} is longer than {MAX_PHRASE_CHARS} characters")
     if ":" in text:
         raise HotwordError(f"phrase {text!r} contains ':' (a score is written 'PHRASE :SCORE')")
     return text
@@ -139,7 +150,7 @@ def parse_hotwords(text: str, *, source: str = "hotwords") -> tuple[Hotword, ...
             try:
                 score = check_score(float(score_text), "the score")
             except ValueError as e:  # HotwordError is one too
-                detail = e if isinstance(e, HotwordError) else f"the score {score_text.strip()!r} is not a number"
+                detail = e if isinstance(e, HotwordError) else f"the score {_short(score_text.strip())} is not a number"
                 raise HotwordError(f"{where}: {detail} (expected 'PHRASE' or 'PHRASE :SCORE')") from None
         try:
             hotword = Hotword(phrase, score)
@@ -184,7 +195,7 @@ def hotwords_from_json(value: object, *, limit: int) -> tuple[Hotword, ...]:
         elif isinstance(item, list) and len(item) == 2:
             hotwords.append(Hotword(item[0], item[1]))
         else:
-            raise HotwordError(f"a hotword must be a phrase or a [phrase, score] pair, got {item!r}"[:200])
+            raise HotwordError(f"a hotword must be a phrase or a [phrase, score] pair, got {_short(item)}")
     return _bounded(hotwords, limit)
 
 
