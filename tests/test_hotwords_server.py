@@ -187,3 +187,19 @@ def test_serve_with_a_bad_hotwords_file_is_one_line_before_loading_a_model(tmp_p
     assert status == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "hot.txt:2: the score must be above 0" in lines[0], lines
+
+
+def test_config_settings_are_checked(tmp_path):
+    from trio_asr.config import ConfigError, load_config
+
+    toml = tmp_path / "server.toml"
+    toml.write_text('hotwords_file = "hot.txt"\nhotwords_score = 2.5\nmax_stream_hotwords = 7\n')
+    config = load_config(toml)
+    assert (config.hotwords_file, config.hotwords_score) == (Path("hot.txt"), 2.5)
+    assert config.protocol_limits().max_stream_hotwords == 7
+    for bad, message in [("hotwords_score = 0", "hotwords_score must be above 0"),
+                         ("hotwords_score = 11", "at most 10"),
+                         ("max_stream_hotwords = 5000", "max_stream_hotwords must be between 0 and 1000")]:  # fmt: skip
+        toml.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(toml)
