@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures import zipformer2_ctc
+from paths import MODELS_DIR
+from trio_asr.model_store import DEFAULT_MODEL
 from trio_asr.tokens import BYTE_TO_CHAR, TokenTable
 
 # icefall/byte_utils.py: the code point standing in for byte b is PUBLISHED[b].
@@ -283,6 +285,23 @@ def test_encode_round_trips_chinese_on_a_bbpe_tokens_file(tmp_path, sentence):
 @pytest.mark.parametrize("sentence", CHINESE)
 def test_encode_round_trips_chinese_on_the_real_table(real_table, sentence):
     assert real_table.text(real_table.encode(sentence)) == sentence
+
+
+def test_encode_on_the_default_models_table_spells_like_icefall():
+    """The default model's tokens.txt (kept in tests/data): every character
+    of the publisher's sentences is spelled after a ▁, as icefall's byte-level
+    BPE spells Chinese, and the text comes back."""
+    path = MODELS_DIR / DEFAULT_MODEL / "tokens.txt"
+    table = TokenTable.from_file(path)
+    assert table.bbpe
+    for sentence in CHINESE:
+        ids = table.encode(sentence)
+        assert table.text(ids) == sentence
+        starts = [i for i in ids if table.piece(i).startswith("\u2581")]
+        assert len(starts) == len(sentence)
+        assert len(ids) <= len(segment(table, icefall_pieces(sentence)))
+    with pytest.raises(ValueError, match="cannot spell 'h'"):
+        table.encode("hello")
 
 
 def test_encode_on_a_sentencepiece_table_follows_its_case():
