@@ -79,13 +79,23 @@ class Decoder:
         self.recognizer = recognizer
         self.service = service
         self.limiter = limiter
+        self._compiling = trio.CapacityLimiter(1)
 
-    def open_stream(self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = ()) -> StreamDecoder:
-        """Raises ValueError when the recognizer cannot take ``sample_rate``,
-        HotwordError (a ValueError) when it cannot spell one of ``hotwords``.
-        With ``hotwords`` this compiles them with the server's: call it in a
-        worker thread."""
-        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate, hotwords))
+    def open_stream(self, nbest: int, sample_rate: int) -> StreamDecoder:
+        """Raises ValueError when the recognizer cannot take ``sample_rate``."""
+        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate))
+
+    async def open_stream_with_hotwords(
+        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword]
+    ) -> StreamDecoder:
+        """:meth:`open_stream` for a stream with its own hotwords, compiled
+        with the server's in a worker thread, one stream at a time (so that
+        starts with new lists never take the threads decoding needs). Also
+        raises HotwordError (a ValueError) for a phrase the model cannot spell."""
+        stream = await trio.to_thread.run_sync(
+            self.recognizer.create_stream, nbest, sample_rate, hotwords, limiter=self._compiling
+        )
+        return StreamDecoder(self, stream)
 
 
 class StreamDecoder:

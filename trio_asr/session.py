@@ -242,9 +242,9 @@ class Session:
             return stream
         if isinstance(event, StartStream):
             try:
-                if event.hotwords:  # compiled with the server's: not on the event loop
-                    decoding = await self._in_thread(
-                        self.context.decoder.open_stream, event.nbest, event.sample_rate, event.hotwords
+                if event.hotwords:
+                    decoding = await self.context.decoder.open_stream_with_hotwords(
+                        event.nbest, event.sample_rate, event.hotwords
                     )
                 else:
                     decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate)
