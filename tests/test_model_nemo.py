@@ -23,9 +23,11 @@ import pytest
 import sherpa_onnx
 
 from fixtures.nemo_ctc import NemoCtcSpec, write_nemo_ctc_model
+from modelutil import decode_streams
 from paths import SPEECH_FILES as SPEECH
+
 from trio_asr.features import StreamingFbank
-from trio_asr.model import ModelError, ModelState, decode_streams, find_model_file
+from trio_asr.model import ModelError, ModelState, find_model_file
 from trio_asr.model.nemo_ctc import NemoCtcModel, matches
 from trio_asr.recognizer import Recognizer
 from trio_asr.search import GreedySearch

@@ -405,14 +405,51 @@ async def test_model_failure_ends_only_the_streams_of_that_batch(
     assert server.service is not None and server.service.stats.failed_batches == 1
 
 
-async def test_batching_off_or_no_model_means_no_service(
+async def test_batching_off_runs_one_chunk_per_model_call(
     nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
 ) -> None:
-    unbatched = await start_server(nursery, tmp_path, Recognizer(controlled_model), batching=False)
-    assert unbatched.service is None
-    assert "queue_delay" not in json.loads((await http_get(unbatched.port, "/health"))[1])
-    counting = await start_server(nursery, tmp_path, CountingRecognizer())
-    assert counting.service is None and not counting.overloaded
+    """--no-batching goes through the same decode path, one chunk per call."""
+    model = controlled_model
+    server = await start_server(nursery, tmp_path, Recognizer(model, beam=2), batching=False)
+    model.gate = threading.Event()  # hold the first call so that chunks of both streams queue up
+    try:
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as a:
+            async with trio_websocket.open_websocket_url(ws_url(server.port)) as b:
+                for ws in (a, b):
+                    await ws.send_message(start_msg())
+                    await recv_json(ws)
+                    await ws.send_message(pcm16(16000).tobytes())
+                await wait_until_running(model)
+                model.gate.set()
+                for ws in (a, b):
+                    assert "result" in await recv_json(ws)
+    finally:
+        model.gate.set()
+    assert len(model.batch_sizes) > 2 and set(model.batch_sizes) == {1}
+
+
+async def test_batching_on_batches_the_chunks_of_several_streams(
+    nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
+) -> None:
+    """The control for the test above: the same load with batching on."""
+    model = controlled_model
+    server = await start_server(nursery, tmp_path, Recognizer(model, beam=2), concurrent_batches=1)
+    model.gate = threading.Event()
+    try:
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as a:
+            async with trio_websocket.open_websocket_url(ws_url(server.port)) as b:
+                for ws in (a, b):
+                    await ws.send_message(start_msg())
+                    await recv_json(ws)
+                    await ws.send_message(pcm16(16000).tobytes())
+                await wait_until_running(model)
+                await trio.sleep(0.2)  # let the second stream's chunk queue up
+                model.gate.set()
+                for ws in (a, b):
+                    assert "result" in await recv_json(ws)
+    finally:
+        model.gate.set()
+    assert max(model.batch_sizes) == 2
 
 
 # ------------------------------------------------------------ saving
@@ -518,9 +555,13 @@ async def test_graceful_shutdown_lets_open_stream_finish(nursery: trio.Nursery, 
             error = await recv_json(idle)
             assert error["status"] == "error"
             assert await expect_close(idle) == 1001
-            # no new connections
-            with pytest.raises(OSError):
-                await trio.open_tcp_stream("127.0.0.1", server.port)
+            # no new streams: balancers see 503 and move on
+            with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                async with trio_websocket.open_websocket_url(ws_url(server.port)):
+                    pass
+            assert info.value.status_code == 503
+            status, body = await http_get(server.port, "/health")
+            assert status == 503 and json.loads(body)["status"] == "shutting down"
             # the open stream can still finish
             await busy.send_message(audio.tobytes())
             assert "result" in await recv_json(busy)
@@ -588,13 +629,7 @@ async def test_serve_command_exits_0_on_sigint(tmp_path: Path, zipformer2_model_
     import subprocess
     import sys
 
-    script = (
-        "import argparse, sys\n"
-        "from trio_asr.server import add_serve_parser\n"
-        "parser = argparse.ArgumentParser(); add_serve_parser(parser.add_subparsers())\n"
-        "args = parser.parse_args(['serve'] + sys.argv[1:]); sys.exit(args.run(args))\n"
-    )
-    cmd = [sys.executable, "-c", script, "--port", "0", "--host", "127.0.0.1", "--model", str(zipformer2_model_dir)]
+    cmd = [sys.executable, "-m", "trio_asr", "serve", "--port", "0", "--host", "127.0.0.1", "--model", str(zipformer2_model_dir)]
     cmd += ["--audio-dir", str(tmp_path / "a")]
     proc = await trio.lowlevel.open_process(cmd, stderr=subprocess.PIPE)
     try:

@@ -1,13 +1,27 @@
-"""The ``trio-asr`` command line: ``serve``, ``client``, ``transcribe``, ``models``."""
+"""The ``trio-asr`` command line: ``serve``, ``client``, ``transcribe``, ``models``.
+
+Each command is a ``_add_*`` function that declares its flags and a
+``_run_*`` function that does the work and returns the exit status.
+Expected failures (no model, port in use, server down, bad file) print one
+line, ``trio-asr COMMAND: what happened (what to do)``, and exit non-zero.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import math
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trio_asr._version import __version__
-from trio_asr.client import add_client_parser
-from trio_asr.server import add_serve_parser
+
+if TYPE_CHECKING:
+    from trio_asr.model import AcousticModel
+
+__all__ = ["CommandFailed", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,16 +31,166 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"trio-asr {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_serve_parser(commands)
-    add_client_parser(commands)
-    _add_transcribe_parser(commands)
-    _add_models_parser(commands)
+    _add_serve(commands)
+    _add_client(commands)
+    _add_transcribe(commands)
+    _add_models(commands)
     return parser
 
 
-def _add_transcribe_parser(commands) -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        status: int = args.run(args)
+        return status
+    except CommandFailed as exc:
+        print(f"trio-asr {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stderr.close()
+        return 0
+
+
+class CommandFailed(Exception):
+    """An expected failure: its message is the one line the user sees."""
+
+    def __init__(self, message: object, status: int = 1) -> None:
+        super().__init__(str(message))
+        self.status = status
+
+
+def _load_model(model: str | Path | None, threads: int) -> tuple[Path, AcousticModel]:
+    from trio_asr.model import ModelError, load_model
+    from trio_asr.model_store import ModelNotAvailable, resolve_model_dir
+
+    try:
+        directory = resolve_model_dir(model)
+        return directory, load_model(directory, threads=threads)
+    except (ModelNotAvailable, ModelError) as exc:
+        raise CommandFailed(exc) from None
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _add_serve(commands: Any) -> None:
+    from trio_asr.config import add_config_flags
+
     parser = commands.add_parser(
-        "transcribe", help="transcribe WAV files (streamed through the server's decoding path)"
+        "serve",
+        help="run the streaming ASR WebSocket server",
+        description="Serve the PaddleSpeech streaming-ASR protocol on ws://HOST:PORT/paddlespeech/asr/streaming. "
+        "Every setting can also be given in a TOML file (--config); flags win over the file.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file of settings (keys: the flag names with underscores)")
+    add_config_flags(parser)
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from trio_asr.config import ConfigError, config_overrides, load_config
+    from trio_asr.recognizer import Recognizer
+    from trio_asr.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
+
+    try:
+        config = load_config(args.config, config_overrides(args))
+    except ConfigError as exc:
+        raise CommandFailed(exc, 2) from None
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_dir, model = _load_model(config.model, config.threads)
+    server = Server(config, Recognizer(model, beam=config.beam))
+
+    async def run() -> str | None:
+        try:
+            await server.open()
+        except ServerStartError as exc:
+            return str(exc)
+        saving = f"saving audio to {config.audio_dir.resolve()}" if config.save_audio else "not saving audio"
+        print(f"trio-asr: serving ws://{config.host}:{server.port}{WS_PATH} (model {model_dir}; {saving})",
+              file=sys.stderr)  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shutdown_on_signals, server)
+            await server.run()
+            nursery.cancel_scope.cancel()
+        return None
+
+    error = trio.run(run)
+    if error:
+        raise CommandFailed(error)
+    return 0
+
+
+# ---------------------------------------------------------------- client
+
+
+def _add_client(commands: Any) -> None:
+    from trio_asr.client import DEFAULT_URL
+
+    parser = commands.add_parser(
+        "client",
+        help="stream a WAV file to a server and print the transcript",
+        description="Stream a WAV file to a server speaking the protocol and print the final transcript. "
+        "By default like PaddleSpeech's client: 85 ms frames, each sent after the previous reply; "
+        "--pipeline sends at real-time pace without waiting, like its web demo.",
+    )
+    parser.add_argument("file", type=Path, help="WAV file (any rate, PCM or float, mono or multi-channel)")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to ask for (default 1)")
+    parser.add_argument("--chunk-ms", type=float, default=85.0, help="audio per frame in ms (default 85)")
+    parser.add_argument("--pipeline", action="store_true", help="send at real-time pace without waiting for replies")
+    parser.add_argument("--json", action="store_true", help="print the server's end reply as JSON")
+    parser.set_defaults(run=_run_client)
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    import trio
+
+    from trio_asr.client import ClientError, stream_file
+
+    if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
+        raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", 2)
+    live = sys.stderr.isatty() and not args.json
+    width = 0
+
+    def show(reply: dict[str, Any]) -> None:
+        nonlocal width
+        text = str(reply.get("result", ""))
+        sys.stderr.write("\r" + text.ljust(width))
+        sys.stderr.flush()
+        width = len(text)
+
+    options = {"nbest": args.nbest, "chunk_ms": args.chunk_ms, "pipeline": args.pipeline}
+    try:
+        final = trio.run(lambda: stream_file(args.url, args.file, on_partial=show if live else None, **options))
+    except (ClientError, OSError, ValueError) as exc:
+        if live and width:
+            sys.stderr.write("\n")
+        raise CommandFailed(exc) from None
+    if live:
+        sys.stderr.write("\r" + " " * width + "\r")
+    if args.json:
+        print(json.dumps(final, ensure_ascii=False))
+    else:
+        print(final["result"])
+        for i, hyp in enumerate(final.get("nbest", [])[1:], start=2):
+            print(f"  {i}. {hyp['text']}  ({hyp['score']:.2f})")
+    return 0
+
+
+# ---------------------------------------------------------------- transcribe
+
+
+def _add_transcribe(commands: Any) -> None:
+    parser = commands.add_parser(
+        "transcribe",
+        help="transcribe WAV files (streamed through the server's decoding path)",
+        description="Transcribe WAV files offline, streamed through the same recognizer the server uses.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="WAV files (PCM, any rate, mono or stereo)")
     parser.add_argument("--model", help="model directory or registry name (default: $TRIO_ASR_MODEL_DIR or the cache)")
@@ -40,60 +204,50 @@ def _add_transcribe_parser(commands) -> None:
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
-    from trio_asr.model import ModelError, load_model
-    from trio_asr.model_store import ModelNotAvailable, resolve_model_dir
     from trio_asr.recognizer import Recognizer
     from trio_asr.transcribe import run_batch
 
     if args.nbest < 1 or args.beam < 1 or args.threads < 1:
-        print("trio-asr transcribe: --nbest, --beam and --threads must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        model = load_model(resolve_model_dir(args.model), threads=args.threads)
-    except (ModelNotAvailable, ModelError) as exc:
-        print(f"trio-asr transcribe: {exc}", file=sys.stderr)
-        return 1
+        raise CommandFailed("--nbest, --beam and --threads must be >= 1", 2)
+    _, model = _load_model(args.model, args.threads)
     recognizer = Recognizer(model, beam=max(args.beam, args.nbest), decoding="greedy" if args.greedy else "beam")
-    failures = run_batch(
-        recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json
-    )
+    failures = run_batch(recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json)
     return 1 if failures else 0
 
 
-def _add_models_parser(commands) -> None:
-    parser = commands.add_parser("models", help="list known models, or download one into the cache")
-    parser.add_argument("--download", metavar="NAME", help="download (and verify) NAME into the cache")
+# ---------------------------------------------------------------- models
+
+
+def _add_models(commands: Any) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="list known models, or download one into the cache",
+        description="List the models trio-asr knows (name, cached or not, language, download size, kind, "
+        "cache path), or download one into the cache with --download NAME.",
+    )
+    parser.add_argument("--download", metavar="NAME", help="download (and verify) the model NAME into the cache")
     parser.set_defaults(run=_run_models)
 
 
 def _run_models(args: argparse.Namespace) -> int:
     from trio_asr.model_store import REGISTRY, ModelNotAvailable, cache_root, is_complete, resolve_model_dir
+    from trio_asr.progress import megabytes
 
-    if args.download:
+    if args.download is not None:
+        if args.download not in REGISTRY:
+            known = ", ".join(sorted(REGISTRY))
+            raise CommandFailed(f"--download {args.download}: not a known model name (known: {known})", 2)
         try:
             print(resolve_model_dir(args.download))
         except ModelNotAvailable as exc:
-            print(f"trio-asr models: {exc}", file=sys.stderr)
-            return 1
+            raise CommandFailed(exc) from None
         return 0
     root = cache_root()
     for name, spec in sorted(REGISTRY.items()):
         state = "cached" if is_complete(spec, root / name) else "not downloaded"
-        print(f"{name}\t{state}\t{root / name}")
+        size = f"{megabytes(spec.archive_size)} download"
+        print("\t".join([name, state, spec.language, size, spec.kind, str(root / name)]))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return args.run(args)
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        sys.stderr.close()
-        return 0
 
 
 if __name__ == "__main__":

@@ -13,10 +13,7 @@ server resamples and down-mixes.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ import trio_websocket
 
 from trio_asr.audio import read_wav
 
-__all__ = ["ClientError", "add_client_parser", "stream_file", "stream_pcm"]
+__all__ = ["DEFAULT_URL", "ClientError", "stream_file", "stream_pcm"]
 
 DEFAULT_URL = "ws://127.0.0.1:8090/paddlespeech/asr/streaming"
 
@@ -78,6 +75,32 @@ async def stream_pcm(
     chunks = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
     start = {"name": name, "signal": "start", "nbest": nbest, "sampleRate": sample_rate, "channels": channels}
     partial = on_partial or (lambda reply: None)
+    try:
+        return await _stream(url, chunks, start, name, nbest, chunk_ms, pipeline, partial)
+    except trio_websocket.ConnectionRejected as exc:
+        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        raise ClientError(
+            f"{url}: the server refused the WebSocket with HTTP {exc.status_code} {body}".rstrip()
+            + (" (check the URL's path)" if exc.status_code == 404 else "")
+        ) from None
+    except trio_websocket.HandshakeError as exc:
+        raise ClientError(f"{url}: WebSocket handshake failed ({exc or type(exc).__name__})") from None
+    except OSError as exc:
+        raise ClientError(
+            f"cannot connect to {url}: {exc.strerror or exc} (is the server running? check --url)"
+        ) from None
+
+
+async def _stream(
+    url: str,
+    chunks: list[bytes],
+    start: dict[str, Any],
+    name: str,
+    nbest: int,
+    chunk_ms: float,
+    pipeline: bool,
+    partial: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
     async with trio_websocket.open_websocket_url(url, max_message_size=16 << 20) as ws:
         await ws.send_message(json.dumps(start))
         ready = await _recv(ws)
@@ -85,18 +108,28 @@ async def stream_pcm(
             raise ClientError(f"expected server_ready, got {ready}")
         if pipeline:
             final: dict[str, Any] = {}
+            failure: list[ClientError] = []
             async with trio.open_nursery() as nursery:
 
                 async def reader() -> None:
-                    for _ in chunks:
-                        partial(await _recv(ws))
-                    final.update(await _recv(ws))
+                    try:
+                        for _ in chunks:
+                            partial(await _recv(ws))
+                        final.update(await _recv(ws))
+                    except ClientError as exc:  # raised below, not as an exception group
+                        failure.append(exc)
+                        nursery.cancel_scope.cancel()
 
                 nursery.start_soon(reader)
-                for chunk in chunks:
-                    await ws.send_message(chunk)
-                    await trio.sleep(chunk_ms / 1000)
-                await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
+                try:
+                    for chunk in chunks:
+                        await ws.send_message(chunk)
+                        await trio.sleep(chunk_ms / 1000)
+                    await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
+                except trio_websocket.ConnectionClosed:
+                    pass  # the reader reports why
+            if failure:
+                raise failure[0]
         else:
             for chunk in chunks:
                 await ws.send_message(chunk)
@@ -113,66 +146,3 @@ async def stream_file(url: str, path: str | Path, **options: Any) -> dict[str, A
     samples, rate = read_wav(path)
     options.setdefault("name", Path(path).name)
     return await stream_pcm(url, _to_pcm16(samples), sample_rate=rate, channels=samples.shape[1], **options)
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_client_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``client`` sub-command to ``trio-asr``'s parser."""
-    parser = subparsers.add_parser(
-        "client",
-        help="stream a WAV file to a server and print the transcript",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("file", type=Path, help="WAV file (any rate, PCM or float, mono or multi-channel)")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
-    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to ask for (default 1)")
-    parser.add_argument("--chunk-ms", type=float, default=85.0, help="audio per frame in ms (default 85)")
-    parser.add_argument(
-        "--pipeline", action="store_true", help="send at real-time pace without waiting for replies"
-    )
-    parser.add_argument("--json", action="store_true", help="print the server's end reply as JSON")
-    parser.set_defaults(run=run_client)
-    return parser
-
-
-def run_client(args: argparse.Namespace) -> int:
-    live = sys.stderr.isatty() and not args.json
-    width = 0
-
-    def show(reply: dict[str, Any]) -> None:
-        nonlocal width
-        text = str(reply.get("result", ""))
-        sys.stderr.write("\r" + text.ljust(width))
-        sys.stderr.flush()
-        width = len(text)
-
-    if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
-        print("trio-asr client: --nbest must be >= 1 and --chunk-ms > 0", file=sys.stderr)
-        return 2
-    try:
-        final = trio.run(
-            lambda: stream_file(
-                args.url,
-                args.file,
-                nbest=args.nbest,
-                chunk_ms=args.chunk_ms,
-                pipeline=args.pipeline,
-                on_partial=show if live else None,
-            )
-        )
-    except (ClientError, OSError, ValueError, trio_websocket.HandshakeError) as exc:
-        if live and width:
-            sys.stderr.write("\n")
-        print(f"trio-asr client: {exc}", file=sys.stderr)
-        return 1
-    if live:
-        sys.stderr.write("\r" + " " * width + "\r")
-    if args.json:
-        print(json.dumps(final, ensure_ascii=False))
-    else:
-        print(final["result"])
-        for i, hyp in enumerate(final.get("nbest", [])[1:], start=2):
-            print(f"  {i}. {hyp['text']}  ({hyp['score']:.2f})")
-    return 0

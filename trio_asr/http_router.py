@@ -29,8 +29,8 @@ class ReplayStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             n = len(self._prefix) if max_bytes is None else max_bytes
             data, self._prefix = self._prefix[:n], self._prefix[n:]
-            return data
-        return await self._stream.receive_some(max_bytes)
+            return bytes(data)
+        return bytes(await self._stream.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -59,7 +59,7 @@ async def read_request(stream: trio.abc.Stream) -> tuple[h11.Connection, h11.Req
         if not data:
             return conn, None, bytes(raw)
         raw += data
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
 
 
 async def respond(stream: trio.abc.Stream, conn: h11.Connection, status: int, body: dict[str, Any]) -> None:

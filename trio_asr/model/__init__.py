@@ -18,7 +18,6 @@ from trio_asr.model.base import (
     ModelError,
     ModelState,
     ModelStream,
-    decode_streams,
     is_batch_invariant,
     make_session_options,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "ModelError",
     "ModelState",
     "ModelStream",
-    "decode_streams",
     "is_batch_invariant",
     "find_model_file",
     "load_model",
