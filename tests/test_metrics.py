@@ -51,6 +51,7 @@ def test_recorded_values_read_back():
     m.audio_received(1.5)
     m.audio_received(0.25)
     m.decode_cpu(0.125)
+    m.model_batch(3, 0.01, cpu=0.5)
     for latency in (0.004, 0.03, 0.03, 3.0):
         m.partial_reply_sent(latency)
     m.model_batch(1, 0.0)
@@ -71,14 +72,14 @@ def test_recorded_values_read_back():
     assert s[("trio_asr_admission_refusals_total", (("reason", "full"),))] == 1
     assert s[("trio_asr_unauthorized_total", ())] == 1
     assert s[("trio_asr_audio_received_seconds_total", ())] == 1.75
-    assert s[("trio_asr_decode_cpu_seconds_total", ())] == 0.125
+    assert s[("trio_asr_decode_cpu_seconds_total", ())] == 0.625
     assert s[("trio_asr_partial_reply_latency_seconds_count", ())] == 4
     assert s[("trio_asr_partial_reply_latency_seconds_bucket", (("le", "0.005"),))] == 1
     assert s[("trio_asr_partial_reply_latency_seconds_bucket", (("le", "0.05"),))] == 3
     assert s[("trio_asr_partial_reply_latency_seconds_bucket", (("le", "+Inf"),))] == 4
-    assert s[("trio_asr_model_batch_size_sum", ())] == 6
-    assert s[("trio_asr_model_batch_size_bucket", (("le", "4.0"),))] == 1
-    assert s[("trio_asr_model_queue_delay_seconds_count", ())] == 2
+    assert s[("trio_asr_model_batch_size_sum", ())] == 9
+    assert s[("trio_asr_model_batch_size_bucket", (("le", "4.0"),))] == 2
+    assert s[("trio_asr_model_queue_delay_seconds_count", ())] == 3
     assert s[("trio_asr_model_queue_delay_current_seconds", ())] == 0.375
     assert s[("trio_asr_saved_audio_bytes_total", ())] == 3244
     assert s[("trio_asr_audio_save_failures_total", ())] == 1

@@ -112,22 +112,20 @@ def presented_token(target: bytes | str, headers: Iterable[tuple[bytes, bytes]])
             if scheme.lower() != b"bearer":
                 return None
             return credentials.strip() or None
-    if isinstance(target, bytes):
-        target = target.decode("latin-1")
-    _, _, query = target.partition("?")
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    text = target.decode("latin-1") if isinstance(target, bytes) else target
+    _, _, query = text.partition("?")
+    for key, param in parse_qsl(query, keep_blank_values=True):
         if key == TOKEN_PARAMETER:
-            return value.encode() or None
+            return param.encode() or None
     return None
 
 
 def redact_target(target: bytes | str) -> str:
     """A request target safe to log: any ``token`` parameter's value replaced by ``***``."""
-    if isinstance(target, bytes):
-        target = target.decode("latin-1")
-    path, sep, query = target.partition("?")
+    text = target.decode("latin-1") if isinstance(target, bytes) else target
+    path, sep, query = text.partition("?")
     if not sep or TOKEN_PARAMETER not in query:
-        return target
+        return text
     pairs = [(k, "***" if k == TOKEN_PARAMETER else v) for k, v in parse_qsl(query, keep_blank_values=True)]
     return f"{path}?{urlencode(pairs, safe='*')}"
 

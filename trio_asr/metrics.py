@@ -22,9 +22,10 @@ from trio_asr._version import __version__
 
 __all__ = ["METRIC_NAMES", "REFUSAL_REASONS", "STREAM_OUTCOMES", "ServerMetrics"]
 
-#: how a stream ended: "end" received / a second "start" / client gone /
-#: error reply (bad input, limits, internal) / server shutdown
-STREAM_OUTCOMES = ("completed", "restarted", "disconnected", "error", "shutdown")
+#: how a stream ended: final result sent ("end", or a second "start") /
+#: client gone mid-stream / ended by an error (bad input, limits, internal) /
+#: cut by the server (shutdown, a client that stopped reading)
+STREAM_OUTCOMES = ("completed", "disconnected", "error", "aborted")
 #: why an upgrade got HTTP 503
 REFUSAL_REASONS = ("full", "overloaded", "shutting_down")
 
@@ -83,7 +84,7 @@ class ServerMetrics:
         )
         self._decode_cpu = Counter(
             "trio_asr_decode_cpu_seconds",
-            "CPU seconds spent on features, model and search",
+            "CPU seconds of decoding: features and search, and the model calls' own threads",
             registry=registry,
         )
         self._partial_latency = Histogram(
@@ -154,10 +155,12 @@ class ServerMetrics:
     def partial_reply_sent(self, latency: float) -> None:
         self._partial_latency.observe(latency)
 
-    def model_batch(self, size: int, queue_delay: float) -> None:
-        """One model call of ``size`` streams whose oldest chunk waited ``queue_delay`` s."""
+    def model_batch(self, size: int, queue_delay: float, cpu: float = 0.0) -> None:
+        """One model call of ``size`` streams whose oldest chunk waited
+        ``queue_delay`` s, costing ``cpu`` s (added to the decode CPU)."""
         self._batch_size.observe(size)
         self._queue_delay.observe(queue_delay)
+        self._decode_cpu.inc(cpu)
 
     def track_queue_delay(self, current: Callable[[], float]) -> None:
         """Read the current queue delay from ``current()`` at every scrape."""

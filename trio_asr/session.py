@@ -15,6 +15,8 @@ A session sees only its :class:`SessionContext`, never the server.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +29,8 @@ import trio_websocket
 from trio_asr.config import ServerConfig
 from trio_asr.decoding import Decoder, StreamDecoder
 from trio_asr.lifecycle import Lifecycle
+from trio_asr.logs import log_event
+from trio_asr.metrics import ServerMetrics
 from trio_asr.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -61,6 +65,7 @@ class SessionContext:
     decoder: Decoder
     audio: AudioStore
     lifecycle: Lifecycle
+    metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
 
 
 @attrs.define
@@ -72,10 +77,15 @@ class _Stream:
     recording: Recording | None
     samples: int = 0
     closed: bool = False
+    save_failed: bool = False
 
     @property
     def audio_seconds(self) -> float:
         return self.samples / self.start.sample_rate
+
+
+#: how a stream ended (as logged) -> its outcome in the metrics
+_OUTCOMES = {"finished": "completed", "cut off": "disconnected", "error": "error", "cancelled": "aborted"}
 
 
 def _close_reason(message: str) -> str:
@@ -103,6 +113,9 @@ class Session:
         self._streams = 0
         self._audio_seconds = 0.0
         self._decode_seconds = 0.0
+        self._metrics = context.metrics
+        # perf_counter() of each audio frame whose partial reply is not sent yet
+        self._frame_times: collections.deque[float] = collections.deque()
 
     async def run(self) -> None:
         size = self.config.channel_size
@@ -119,10 +132,10 @@ class Session:
                 outer.cancel_scope.cancel()
         finally:
             rtf = self._decode_seconds / self._audio_seconds if self._audio_seconds else 0.0
-            log.info(
-                "connection id=%d peer=%s streams=%d audio_s=%.2f rtf=%.3f duration_s=%.2f outcome=%s",
-                self.id, self.peer, self._streams, self._audio_seconds, rtf,
-                time.perf_counter() - started, self.outcome,
+            log_event(
+                log, "connection", id=self.id, peer=self.peer, streams=self._streams,
+                audio_s=round(self._audio_seconds, 2), rtf=round(rtf, 3),
+                duration_s=round(time.perf_counter() - started, 2), outcome=self.outcome,
             )  # fmt: skip
 
     # ------------------------------------------------------------ watcher
@@ -167,6 +180,8 @@ class Session:
         async with events:
             while self.protocol.state is not State.CLOSED:
                 for event in await self._next_events():
+                    if isinstance(event, Audio):
+                        self._frame_times.append(time.perf_counter())
                     await events.send(event)
 
     async def _next_events(self) -> list[Event]:
@@ -215,6 +230,7 @@ class Session:
                         failed = True
                         if isinstance(exc, AudioSaveError):
                             log.warning("connection id=%d: %s", self.id, exc)
+                            self._save_failed(stream)
                             message = str(exc)
                         else:
                             log.exception("connection id=%d: internal error", self.id)
@@ -231,6 +247,7 @@ class Session:
         if isinstance(event, Audio):
             assert stream is not None
             stream.samples += event.samples.size
+            self._metrics.audio_received(event.samples.size / stream.start.sample_rate)
             if stream.recording is not None and stream.recording.append(event.pcm):
                 await self._in_thread(stream.recording.write_pending)
             result = await stream.decoding.feed(event.samples)
@@ -254,7 +271,7 @@ class Session:
                     self.outcome = "disconnected mid-stream"
                 return None
             result = await stream.decoding.finish()
-            await self._in_thread(self._close, stream, "finished")
+            await self._in_thread(self._close, stream, "finished", result.text)
             await replies.send(_final(stream.start, result))
             return None
         self.outcome = f"closed {event.code}: {event.message}"
@@ -273,21 +290,35 @@ class Session:
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.context.decoder.limiter)
 
-    def _close(self, stream: _Stream, how: str) -> None:
-        """Finish a stream's recording (blocking I/O) and log it."""
+    def _close(self, stream: _Stream, how: str, text: str | None = None) -> None:
+        """Finish a stream's recording (blocking I/O), count and log it."""
         stream.closed = True
         try:
             if stream.recording is not None:
                 stream.recording.close()
+                with contextlib.suppress(OSError):
+                    self._metrics.audio_saved(stream.recording.path.stat().st_size)
+        except AudioSaveError:
+            self._save_failed(stream)
+            raise
         finally:
             self._audio_seconds += stream.audio_seconds
             self._decode_seconds += stream.decoding.decode_seconds
+            self._metrics.stream_ended(_OUTCOMES[how])
+            self._metrics.decode_cpu(stream.decoding.cpu_seconds)
             rtf = stream.decoding.decode_seconds / stream.audio_seconds if stream.samples else 0.0
-            log.info(
-                "stream conn=%d name=%r saved=%s audio_s=%.2f rtf=%.3f outcome=%s",
-                self.id, stream.start.name, stream.recording and stream.recording.path,
-                stream.audio_seconds, rtf, how,
+            log_event(
+                log, "stream", conn=self.id, name=stream.start.name,
+                saved=str(stream.recording.path) if stream.recording else None,
+                audio_s=round(stream.audio_seconds, 2), rtf=round(rtf, 3), outcome=how, text=text,
             )  # fmt: skip
+
+    def _save_failed(self, stream: _Stream | None) -> None:
+        """Count a stream whose audio could not be saved (once per stream)."""
+        if stream is None or not stream.save_failed:
+            self._metrics.save_failed()
+        if stream is not None:
+            stream.save_failed = True
 
     def _cut(self, stream: _Stream | None, how: str) -> None:
         """Close a stream that is being torn down, here and now (also under
@@ -324,6 +355,8 @@ class Session:
                     self.outcome = "client stopped reading"
                     tasks.cancel()
                     return
+                if isinstance(reply, PartialResult) and self._frame_times:
+                    self._metrics.partial_reply_sent(time.perf_counter() - self._frame_times.popleft())
                 if isinstance(reply, ErrorReply):
                     await self._close_socket(reply.code, reply.message)
 
