@@ -26,6 +26,7 @@ def capture():
         return lambda: buffer.getvalue().splitlines()
 
     yield setup
+    configure_logging(stream=io.StringIO())  # transcripts off again
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in saved[0]:
@@ -97,3 +98,10 @@ def test_events_below_the_level_cost_nothing(capture):
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="text, json"):
         configure_logging("info", "xml", stream=io.StringIO())
+
+
+def test_any_handler_sees_the_text_line_without_secrets(caplog):
+    caplog.set_level(logging.INFO)
+    log_event(log, "stream", token="tok-SECRET", text="the words said", **STREAM_FIELDS)
+    [record] = caplog.records
+    assert record.getMessage() == 'stream conn=3 name="my talk.wav" audio_s=2.5 rtf=0.042 outcome=completed'

@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import trio
@@ -82,6 +83,9 @@ async def stream_pcm(
     partial = on_partial or (lambda reply: None)
     headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
     try:
+        if url.startswith("wss:"):
+            ssl_context = ssl_context or ssl.create_default_context()
+            await _check_tls(url, ssl_context)
         async with trio_websocket.open_websocket_url(
             url, ssl_context, extra_headers=headers, max_message_size=16 << 20
         ) as ws:
@@ -93,21 +97,46 @@ async def stream_pcm(
             + _REJECTION_HINTS.get(exc.status_code, "")
         ) from None
     except trio_websocket.HandshakeError as exc:
+        _raise_if_untrusted(url, exc)
         raise ClientError(f"{url}: WebSocket handshake failed ({exc or type(exc).__name__})") from None
     except OSError as exc:
         raise ClientError(
             f"cannot connect to {url}: {exc.strerror or exc} (is the server running? check --url)"
         ) from None
     except trio.BrokenResourceError as exc:
-        if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
-            raise ClientError(
-                f"{url}: the server's TLS certificate is not trusted ({exc.__cause__.verify_message}; "
-                "for a self-signed certificate pass it as --cafile)"
-            ) from None
+        _raise_if_untrusted(url, exc)
         raise ClientError(f"{url}: the connection broke ({exc.__cause__ or exc})") from None
     if "result" not in final:
         raise ClientError(f"expected the end reply, got {final}")
     return final
+
+
+async def _check_tls(url: str, ssl_context: ssl.SSLContext) -> None:
+    """Complete a TLS handshake with the server of a ``wss://`` URL.
+
+    trio-websocket reports a failed TLS handshake only as a timeout a minute
+    later; doing one first ourselves turns an untrusted certificate into an
+    immediate, clear error.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, parts.port or 443, ssl_context=ssl_context, https_compatible=True
+    )
+    async with stream:
+        await stream.do_handshake()
+
+
+def _raise_if_untrusted(url: str, exc: BaseException) -> None:
+    """Raise a one-line ClientError if ``exc`` came from TLS certificate verification."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            raise ClientError(
+                f"{url}: the server's TLS certificate is not trusted ({seen.verify_message}; "
+                "for a self-signed certificate pass it as --cafile)"
+            ) from None
+        seen = seen.__cause__ or seen.__context__
 
 
 _REJECTION_HINTS = {

@@ -1,14 +1,17 @@
 """Structured logs: one record per event, written as a text line or a JSON object.
 
-Code logs an event with :func:`log_event` (a name plus fields).  With
-``--log-format text`` it is one line, ``<time> <LEVEL> <logger>: <event>
-key=value ...``; with ``--log-format json`` one JSON object per line with the
-same fields plus ``time``, ``level``, ``logger`` and ``event``.  Records
-logged the ordinary way (a message, no fields) come out as ``message``.
+Code logs an event with :func:`log_event` (a name plus fields).  The
+record's message is the text line, ``<event> key=value ...``, so every
+handler shows it (with ``--log-format text``: ``<time> <LEVEL> <logger>:
+<event> key=value ...``); with ``--log-format json`` :class:`JsonFormatter`
+writes one JSON object per line with the same fields plus ``time``,
+``level``, ``logger`` and ``event``.  Records logged the ordinary way (a
+message, no fields) come out as ``message``.
 
-What never reaches a log: fields named in :data:`SECRET_FIELDS` (tokens,
-audio) and bytes values.  Fields named in :data:`TRANSCRIPT_FIELDS` (what
-was said) are dropped unless ``log_transcripts`` is on.
+What never reaches a log, whatever the handler: fields named in
+:data:`SECRET_FIELDS` (tokens, audio) and bytes values; fields named in
+:data:`TRANSCRIPT_FIELDS` (what was said) unless :func:`configure_logging`
+was told ``log_transcripts``.  They are dropped by :func:`log_event` itself.
 """
 
 from __future__ import annotations
@@ -24,41 +27,33 @@ __all__ = [
     "SECRET_FIELDS",
     "TRANSCRIPT_FIELDS",
     "JsonFormatter",
-    "RedactFilter",
-    "TextFormatter",
     "configure_logging",
     "log_event",
 ]
 
 LOG_FORMATS = ("text", "json")
-SECRET_FIELDS = frozenset({"token", "tokens", "authorization", "audio", "pcm"})
+SECRET_FIELDS = frozenset({"token", "tokens", "authorization", "audio", "pcm", "samples"})
 TRANSCRIPT_FIELDS = frozenset({"text", "result", "nbest", "transcript", "segments", "times"})
+
+_log_transcripts = False
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, /, **fields: Any) -> None:
-    """Log ``event`` with ``fields`` (rendered by this module's formatters)."""
-    if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"event": event, "fields": fields})
+    """Log ``event`` with ``fields`` (secrets and, by default, transcripts dropped)."""
+    if not logger.isEnabledFor(level):
+        return
+    kept = {
+        key: value
+        for key, value in fields.items()
+        if key not in SECRET_FIELDS
+        and not isinstance(value, (bytes, bytearray, memoryview))
+        and (_log_transcripts or key not in TRANSCRIPT_FIELDS)
+    }
+    logger.log(level, _text_line(event, kept), extra={"event": event, "fields": kept})
 
 
-class RedactFilter(logging.Filter):
-    """Drops secret fields always and transcript fields unless allowed."""
-
-    def __init__(self, log_transcripts: bool = False) -> None:
-        super().__init__()
-        self.log_transcripts = log_transcripts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        fields = getattr(record, "fields", None)
-        if fields:
-            record.fields = {
-                key: value
-                for key, value in fields.items()
-                if key not in SECRET_FIELDS
-                and not isinstance(value, (bytes, bytearray, memoryview))
-                and (self.log_transcripts or key not in TRANSCRIPT_FIELDS)
-            }
-        return True
+def _text_line(event: str, fields: dict[str, Any]) -> str:
+    return " ".join([event, *(f"{key}={_text_value(value)}" for key, value in fields.items())])
 
 
 def _text_value(value: Any) -> str:
@@ -68,20 +63,6 @@ def _text_value(value: Any) -> str:
     if not text or any(c.isspace() or c in '"=' for c in text):
         return json.dumps(text, ensure_ascii=False)
     return text
-
-
-class TextFormatter(logging.Formatter):
-    """``<time> <LEVEL> <logger>: <event or message> key=value ...``"""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
-        fields = getattr(record, "fields", None)
-        if fields:
-            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
-        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,11 +90,13 @@ def configure_logging(
     level: str = "warning", fmt: str = "text", *, log_transcripts: bool = False, stream: TextIO | None = None
 ) -> logging.Handler:
     """Send all logging to ``stream`` (default stderr) in ``fmt``; returns the handler."""
+    global _log_transcripts
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    _log_transcripts = log_transcripts
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RedactFilter(log_transcripts))
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if fmt == "json" else text)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -32,6 +32,7 @@ import ipaddress
 import itertools
 import logging
 import signal
+import ssl
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -53,7 +54,7 @@ from trio_asr.session import Session, SessionContext
 from trio_asr.tls import TlsError, server_context
 from trio_asr.web import find_asset
 
-__all__ = ["WS_PATH", "Server", "ServerStartError", "serve", "shutdown_on_signals"]
+__all__ = ["WS_PATH", "Server", "ServerStartError", "exposure_warning", "serve", "shutdown_on_signals"]
 
 log = logging.getLogger("trio_asr.server")
 
@@ -93,6 +94,7 @@ class Server:
             config=config, decoder=decoder, audio=self.audio, lifecycle=self.lifecycle, metrics=self.metrics
         )
         self._gate = TokenGate.from_tokens(())  # the configured tokens, loaded by open()
+        self._ssl_context: ssl.SSLContext | None = None  # with certfile, made by open()
         self._shutdown = trio.Event()
         self._grace_over = trio.Event()
         self._all_closed = trio.Event()
@@ -104,8 +106,6 @@ class Server:
     def port(self) -> int:
         """The TCP port of the first listener (useful with ``port=0``)."""
         listener: Any = self._listeners[0]
-        if isinstance(listener, trio.SSLListener):
-            listener = listener.transport_listener
         return int(listener.socket.getsockname()[1])
 
     @property
@@ -134,22 +134,15 @@ class Server:
         try:
             files = [config.auth_tokens_file] if config.auth_tokens_file is not None else []
             self._gate = TokenGate.from_tokens(load_tokens(config.auth_token, files))
-            ssl_context = server_context(config.certfile, config.keyfile) if config.certfile is not None else None
+            if config.certfile is not None:
+                self._ssl_context = server_context(config.certfile, config.keyfile)
         except (TokenError, TlsError) as exc:
             raise ServerStartError(str(exc)) from None
-        if not ssl_context and not self._gate.enabled and not _is_loopback(config.host):
-            log_event(
-                log, "exposed", logging.WARNING, host=config.host or "*",
-                advice="anyone who can reach this address can stream audio and have it saved; "
-                "use --certfile/--keyfile and --auth-token (or --auth-tokens-file), or --host 127.0.0.1",
-            )  # fmt: skip
+        warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self._gate.enabled)
+        if warning:
+            log_event(log, "exposed", logging.WARNING, host=config.host or "*", advice=warning)
         try:
-            if ssl_context is None:
-                self._listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
-            else:
-                self._listeners = await trio.open_ssl_over_tcp_listeners(
-                    config.port, ssl_context, host=config.host or None, https_compatible=True
-                )
+            self._listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
             raise ServerStartError(
@@ -182,7 +175,7 @@ class Server:
                     partial(trio.serve_listeners, self._handle_tcp, list(self._listeners), handler_nursery=handlers)
                 )
                 log_event(
-                    log, "listening", port=self.port, tls=self.scheme == "wss", tokens=self._gate.enabled
+                    log, "listening", port=self.port, tls=self.scheme == "wss", auth=self._gate.enabled
                 )
                 task_status.started(self)
                 await self._shutdown.wait()
@@ -212,19 +205,43 @@ class Server:
             return 503, {**body, "status": "cannot save audio", "error": self.audio.failure}
         return 200, body
 
-    async def _handle_tcp(self, stream: trio.abc.Stream) -> None:
+    async def _handle_tcp(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; its failures are logged, never propagated."""
-        transport: Any = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            peer = "%s:%s" % transport.socket.getpeername()[:2]
-        except (OSError, TypeError, AttributeError):
+            peer = "%s:%s" % stream.socket.getpeername()[:2]
+        except (OSError, TypeError):
             peer = "?"
         try:
-            await self._route(stream, peer)
+            if self._ssl_context is None:
+                await self._route(stream, peer)
+            else:
+                tls = await self._start_tls(stream)
+                if tls is not None:
+                    await self._route(tls, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("connection from %s broke", peer)
         except Exception:
             log.exception("connection from %s failed", peer)
+
+    async def _start_tls(self, stream: trio.SocketStream) -> trio.SSLStream[ReplayStream] | None:
+        """The TLS side of a connection; plain HTTP sent to the TLS port gets a
+        400 saying so (and ``None``), instead of a silent handshake failure."""
+        assert self._ssl_context is not None
+        first = b""
+        with trio.move_on_after(self.config.handshake_timeout):
+            first = await stream.receive_some(4096)
+        if first[:1] == b"\x16":  # a TLS handshake record
+            return trio.SSLStream(ReplayStream(first, stream), self._ssl_context, server_side=True,
+                                  https_compatible=True)  # fmt: skip
+        async with stream:
+            if first:
+                plain = ReplayStream(first, stream)
+                with trio.move_on_after(self.config.handshake_timeout):
+                    conn, request, _ = await read_request(plain)
+                    if request is not None:
+                        message = "this server speaks TLS: use wss:// or https://"
+                        await respond(plain, conn, 400, {"status": "error", "message": message})
+        return None
 
     async def _route(self, stream: trio.abc.Stream, peer: str) -> None:
         async with stream:
@@ -304,13 +321,20 @@ class Server:
                 nursery.cancel_scope.cancel()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def exposure_warning(host: str, *, tls: bool, tokens: bool) -> str | None:
+    """The startup warning for binding ``host`` with neither TLS nor tokens
+    (``None`` for a loopback address, or with either)."""
+    if tls or tokens or host == "localhost":
+        return None
     try:
-        return ipaddress.ip_address(host).is_loopback
+        if ipaddress.ip_address(host).is_loopback:
+            return None
     except ValueError:
-        return False
+        pass
+    return (
+        "anyone who can reach this address can stream audio (saved to disk) in clear text; "
+        "use --auth-token/--auth-tokens-file and --certfile/--keyfile, or --host 127.0.0.1"
+    )
 
 
 async def _first_of(*waiters: Any) -> None:

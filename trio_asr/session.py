@@ -85,7 +85,9 @@ class _Stream:
 
 
 #: how a stream ended (as logged) -> its outcome in the metrics
-_OUTCOMES = {"finished": "completed", "cut off": "disconnected", "error": "error", "cancelled": "aborted"}
+_OUTCOMES = {
+    "finished": "completed", "cut off": "disconnected", "error": "error", "shut down": "aborted", "cancelled": "aborted",
+}  # fmt: skip
 
 
 def _close_reason(message: str) -> str:
@@ -116,6 +118,8 @@ class Session:
         self._metrics = context.metrics
         # perf_counter() of each audio frame whose partial reply is not sent yet
         self._frame_times: collections.deque[float] = collections.deque()
+        # how a stream cut off by the protocol ended (see _note_cut)
+        self._cut_how = "cut off"
 
     async def run(self) -> None:
         size = self.config.channel_size
@@ -179,10 +183,19 @@ class Session:
     async def _reader(self, events: trio.MemorySendChannel[Event]) -> None:
         async with events:
             while self.protocol.state is not State.CLOSED:
-                for event in await self._next_events():
+                batch = await self._next_events()
+                self._note_cut(batch)
+                for event in batch:
                     if isinstance(event, Audio):
                         self._frame_times.append(time.perf_counter())
                     await events.send(event)
+
+    def _note_cut(self, events: list[Event]) -> None:
+        """A stream cut off together with an error reply ended by that error
+        (or by the shutdown), not by the client leaving."""
+        error = next((e for e in events if isinstance(e, ErrorReply)), None)
+        if error is not None and any(isinstance(e, EndStream) and not e.reply for e in events):
+            self._cut_how = "shut down" if error.code == CLOSE_GOING_AWAY else "error"
 
     async def _next_events(self) -> list[Event]:
         protocol = self.protocol
@@ -266,7 +279,7 @@ class Session:
         if isinstance(event, EndStream):
             assert stream is not None
             if not event.reply:
-                await self._in_thread(self._close, stream, "cut off")
+                await self._in_thread(self._close, stream, self._cut_how)
                 if self.outcome == "ok":
                     self.outcome = "disconnected mid-stream"
                 return None
