@@ -49,7 +49,7 @@ class Browser:
     def __init__(self, executable: str, *, fake_audio: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self._ws = None
         self._stack = contextlib.ExitStack()
-        self._profile = tempfile.TemporaryDirectory(prefix="trio-asr-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="trio-asr-chromium-", ignore_cleanup_errors=True)
         args = [
             executable,
             "--headless=new",
@@ -178,7 +178,12 @@ class Browser:
         return out
 
     def close(self) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(Exception):  # the browser exits while answering
+                self.call("Browser.close", timeout=5)
         self._stack.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(10)
         if self._proc.poll() is None:
             self._proc.terminate()
             try:

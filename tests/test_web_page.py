@@ -1,7 +1,8 @@
 """The microphone page (trio_asr/web) in a real headless Chromium.
 
-The server runs the fixture model; the page talks to it exactly as a user's
-browser would.  The microphone is Chromium's fake capture device playing a
+The server runs the fixture model and serves the page at ``GET /``; the page
+talks to it exactly as a user's browser would (also over https/wss with an
+access token).  The microphone is Chromium's fake capture device playing a
 speech WAV; a screenshot of each run is saved under the test's tmp dir (its
 path is printed; ``pytest -s`` shows it).
 
@@ -11,6 +12,8 @@ Debian's ``chromium``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from scipy.signal import correlate, resample_poly
 
 from browser import Browser, find_chromium
@@ -178,3 +184,39 @@ def test_an_unreachable_server_is_a_visible_error(chromium, asr_server, tmp_path
     assert "code 1006" in page["error"]
     assert "check the URL" in page["error"]
     assert saved_wavs(asr_server) == []
+
+
+def test_https_page_with_an_access_token(chromium, zipformer2_model_dir, tmp_path):
+    """The page served over https talks wss:// to its server and sends the
+    token from its field as the ``token`` query parameter; without it the
+    server refuses the upgrade (401) and the page says what to check."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    # Chromium trusts exactly this certificate's key (by SPKI hash), nothing else.
+    public_key = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes()).public_key()
+    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    expected = transcribe(zipformer2_model_dir, SPEECH)
+    settings = dict(certfile=certfile, keyfile=keyfile, auth_token=("browser-token-42",))
+    with serve_in_thread(zipformer2_model_dir, audio_dir=tmp_path / "audio", **settings) as server, \
+            Browser(chromium, extra_args=(f"--ignore-certificate-errors-spki-list={pin}",)) as browser:
+        assert server.page_url.startswith("https://")
+        browser.navigate(server.page_url)
+        assert browser.evaluate("document.getElementById('server').value") == (
+            f"wss://127.0.0.1:{server.port}/paddlespeech/asr/streaming"
+        )
+        browser.set_file("#file", SPEECH)
+        browser.evaluate("document.getElementById('file-start').click()")
+        refused = finish(browser, tmp_path, "https-no-token")
+        assert refused["state"] == "error" and "access token" in refused["error"]
+
+        browser.evaluate("document.getElementById('token').value = 'browser-token-42'")
+        browser.evaluate("document.getElementById('file-start').click()")
+        page = finish(browser, tmp_path, "https-token")
+    assert page["state"] == "done", page
+    assert page["error"] == ""
+    assert page["final"] == expected
+    assert len(saved_wavs(server)) == 1

@@ -8,8 +8,6 @@ client is synchronous (a browser, a subprocess).
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +19,7 @@ import trio
 from trio_asr.config import ServerConfig
 from trio_asr.model import load_model
 from trio_asr.recognizer import Recognizer
-from trio_asr.server import WS_PATH, Server
-
-WEB_DIR = Path(__file__).resolve().parents[1] / "trio_asr" / "web"
+from trio_asr.server import Server
 
 
 @attrs.define
@@ -36,6 +32,7 @@ class ThreadedServer:
 
 @contextlib.contextmanager
 def serve_in_thread(model_dir: Path, *, audio_dir: Path, **settings: Any) -> Iterator[ThreadedServer]:
+    """The server on 127.0.0.1 (any free port); its page is at ``page_url``."""
     config = ServerConfig(host="127.0.0.1", port=0, audio_dir=audio_dir, **settings)
     recognizer = Recognizer(load_model(model_dir), beam=10)
     started = threading.Event()
@@ -62,29 +59,9 @@ def serve_in_thread(model_dir: Path, *, audio_dir: Path, **settings: Any) -> Ite
     if "error" in box or "server" not in box:
         raise RuntimeError(f"server did not start: {box.get('error')!r}")
     server: Server = box["server"]
-    with _static_pages() as pages_port:
-        page_url = f"http://127.0.0.1:{pages_port}/index.html?server=ws://127.0.0.1:{server.port}{WS_PATH}"
-        try:
-            yield ThreadedServer(server, server.port, audio_dir, page_url)
-        finally:
-            trio.from_thread.run_sync(server.shutdown, trio_token=box["token"])
-            thread.join(30)
-
-
-@contextlib.contextmanager
-def _static_pages() -> Iterator[int]:
-    """Serve trio_asr/web over plain HTTP on 127.0.0.1 (the page is told the
-    server's address in its ``server`` query parameter)."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(WEB_DIR)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    scheme = "https" if server.scheme == "wss" else "http"
     try:
-        yield httpd.server_address[1]
+        yield ThreadedServer(server, server.port, audio_dir, f"{scheme}://127.0.0.1:{server.port}/")
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        trio.from_thread.run_sync(server.shutdown, trio_token=box["token"])
+        thread.join(30)

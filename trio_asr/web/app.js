@@ -349,6 +349,7 @@ function setButtons(running) {
 
 async function run(starter) {
   ui.clear();
+  ui.state("starting", "Starting…");
   setButtons(true);
   try {
     await starter();
