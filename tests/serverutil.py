@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
 import trio_websocket
 
+from trio_asr.config import ServerConfig
 from trio_asr.features import FbankOptions
 from trio_asr.model import AcousticModel, ModelState, ModelStream
 from trio_asr.recognizer import RecognitionResult, TokenTime
 from trio_asr.resample import StreamingResampler
-from trio_asr.server import WS_PATH
+from trio_asr.server import WS_PATH, Server, serve
 
 
 class CountingModel(AcousticModel):
@@ -116,8 +118,11 @@ class CountingRecognizer:
         self.streams: list[CountingStream] = []
         self.decode_delay = 0.0
         self.fail_on_decode = False
+        self.refused_rates: set[int] = set()
 
     def create_stream(self, nbest: int, sample_rate: int) -> CountingStream:
+        if sample_rate in self.refused_rates:
+            raise ValueError(f"cannot take audio at {sample_rate} Hz")
         stream = CountingStream(self, nbest, sample_rate)
         self.streams.append(stream)
         return stream
@@ -153,6 +158,25 @@ class ControlledModel:
         if call in self.fail_calls:
             raise RuntimeError("model failure (test)")
         return self.inner.run(features, states)
+
+
+def make_config(tmp_path: Path, **overrides: object) -> ServerConfig:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "audio_dir": tmp_path / "audio",
+        "idle_timeout": 5.0,
+        "grace_period": 2.0,
+        "handshake_timeout": 2.0,
+        "workers": 4,
+    }
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+async def start_server(nursery: trio.Nursery, tmp_path: Path, recognizer=None, **overrides: object) -> Server:
+    config = make_config(tmp_path, **overrides)
+    return await nursery.start(serve, config, recognizer or CountingRecognizer())
 
 
 def ws_url(port: int, path: str = WS_PATH) -> str:

@@ -197,3 +197,20 @@ async def test_real_speech_over_the_wire_equals_transcribe(
     expected = transcribe_file(recognizer, path)
     assert expected.text
     assert final["result"] == expected.text
+
+
+async def test_client_command_reports_a_server_error_in_one_line(
+    nursery: trio.Nursery, recognizer: Recognizer, tmp_path: Path, capsys
+) -> None:
+    """A pipelined client whose stream the server ends with an error prints
+    that error, not a traceback of exception groups."""
+    config = ServerConfig(host="127.0.0.1", port=0, audio_dir=tmp_path / "audio", max_message_bytes=2000)
+    server = await nursery.start(serve, config, recognizer)
+    path = tmp_path / "big-frames.wav"
+    with WavWriter(path, 16000, 1) as wav:
+        wav.write(to_pcm16(speechlike(0.5)).tobytes())
+    for mode in (["--pipeline"], []):
+        args = ["client", str(path), "--url", ws_url(server.port), *mode]
+        assert await trio.to_thread.run_sync(main, args) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("trio-asr client: ") and "2000 bytes" in err[0], err

@@ -18,6 +18,8 @@ import trio
 import trio_websocket
 from serverutil import (
     ControlledModel,
+    make_config,
+    start_server,
     CountingRecognizer,
     end_msg,
     expect_close,
@@ -36,25 +38,6 @@ from trio_asr.resample import resample
 from trio_asr.server import Server, serve
 
 RNG = np.random.default_rng(1234)
-
-
-def make_config(tmp_path: Path, **overrides: object) -> ServerConfig:
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "audio_dir": tmp_path / "audio",
-        "idle_timeout": 5.0,
-        "grace_period": 2.0,
-        "handshake_timeout": 2.0,
-        "workers": 4,
-    }
-    values.update(overrides)
-    return ServerConfig(**values)
-
-
-async def start_server(nursery: trio.Nursery, tmp_path: Path, recognizer=None, **overrides: object) -> Server:
-    config = make_config(tmp_path, **overrides)
-    return await nursery.start(serve, config, recognizer or CountingRecognizer())
 
 
 @pytest.fixture
@@ -405,51 +388,42 @@ async def test_model_failure_ends_only_the_streams_of_that_batch(
     assert server.service is not None and server.service.stats.failed_batches == 1
 
 
-async def test_batching_off_runs_one_chunk_per_model_call(
-    nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
-) -> None:
-    """--no-batching goes through the same decode path, one chunk per call."""
-    model = controlled_model
-    server = await start_server(nursery, tmp_path, Recognizer(model, beam=2), batching=False)
-    model.gate = threading.Event()  # hold the first call so that chunks of both streams queue up
+async def two_streams_while_the_model_is_held(model: ControlledModel, port: int, hold: float) -> None:
+    """Two streams send 1 s each while the first model call is held for
+    ``hold`` s longer, so the other stream's chunks queue up behind it."""
+    model.gate = threading.Event()
     try:
-        async with trio_websocket.open_websocket_url(ws_url(server.port)) as a:
-            async with trio_websocket.open_websocket_url(ws_url(server.port)) as b:
+        async with trio_websocket.open_websocket_url(ws_url(port)) as a:
+            async with trio_websocket.open_websocket_url(ws_url(port)) as b:
                 for ws in (a, b):
                     await ws.send_message(start_msg())
                     await recv_json(ws)
                     await ws.send_message(pcm16(16000).tobytes())
                 await wait_until_running(model)
+                await trio.sleep(hold)
                 model.gate.set()
                 for ws in (a, b):
                     assert "result" in await recv_json(ws)
     finally:
         model.gate.set()
-    assert len(model.batch_sizes) > 2 and set(model.batch_sizes) == {1}
+
+
+async def test_batching_off_runs_one_chunk_per_model_call(
+    nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
+) -> None:
+    """--no-batching goes through the same decode path, one chunk per call."""
+    server = await start_server(nursery, tmp_path, Recognizer(controlled_model, beam=2), batching=False)
+    await two_streams_while_the_model_is_held(controlled_model, server.port, 0.2)
+    assert len(controlled_model.batch_sizes) > 2 and set(controlled_model.batch_sizes) == {1}
 
 
 async def test_batching_on_batches_the_chunks_of_several_streams(
     nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
 ) -> None:
     """The control for the test above: the same load with batching on."""
-    model = controlled_model
-    server = await start_server(nursery, tmp_path, Recognizer(model, beam=2), concurrent_batches=1)
-    model.gate = threading.Event()
-    try:
-        async with trio_websocket.open_websocket_url(ws_url(server.port)) as a:
-            async with trio_websocket.open_websocket_url(ws_url(server.port)) as b:
-                for ws in (a, b):
-                    await ws.send_message(start_msg())
-                    await recv_json(ws)
-                    await ws.send_message(pcm16(16000).tobytes())
-                await wait_until_running(model)
-                await trio.sleep(0.2)  # let the second stream's chunk queue up
-                model.gate.set()
-                for ws in (a, b):
-                    assert "result" in await recv_json(ws)
-    finally:
-        model.gate.set()
-    assert max(model.batch_sizes) == 2
+    server = await start_server(nursery, tmp_path, Recognizer(controlled_model, beam=2), concurrent_batches=1)
+    await two_streams_while_the_model_is_held(controlled_model, server.port, 0.2)
+    assert max(controlled_model.batch_sizes) == 2
 
 
 # ------------------------------------------------------------ saving

@@ -44,7 +44,8 @@ async def _recv(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
     try:
         message = await ws.get_message()
     except trio_websocket.ConnectionClosed as exc:
-        raise ClientError(f"server closed the connection ({exc.reason})") from None
+        why = f" ({exc.reason.code} {exc.reason.reason or exc.reason.name})" if exc.reason else ""
+        raise ClientError(f"the server closed the connection{why}") from None
     if not isinstance(message, str):
         raise ClientError("server sent a binary frame")
     reply = json.loads(message)
@@ -96,13 +97,14 @@ async def stream_pcm(
             f"{url}: the server refused the WebSocket with HTTP {exc.status_code} {body}".rstrip()
             + _REJECTION_HINTS.get(exc.status_code, "")
         ) from None
-    except trio_websocket.HandshakeError as exc:
+    except (trio_websocket.HandshakeError, OSError) as exc:
         _raise_if_untrusted(url, exc)
-        raise ClientError(f"{url}: WebSocket handshake failed ({exc or type(exc).__name__})") from None
-    except OSError as exc:
-        raise ClientError(
-            f"cannot connect to {url}: {exc.strerror or exc} (is the server running? check --url)"
-        ) from None
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if isinstance(cause, OSError):
+            raise ClientError(
+                f"cannot connect to {url}: {cause.strerror or cause} (is the server running? check the URL)"
+            ) from None
+        raise ClientError(f"{url}: the WebSocket handshake failed ({cause or type(exc).__name__})") from None
     except trio.BrokenResourceError as exc:
         _raise_if_untrusted(url, exc)
         raise ClientError(f"{url}: the connection broke ({exc.__cause__ or exc})") from None

@@ -101,6 +101,7 @@ class Recording:
         except (OSError, ValueError) as exc:
             raise self.store.record_failure(exc) from None
         self._pending.clear()
+        self.store.failure = None
 
     def close(self) -> None:
         """Write what is still pending and close the file (idempotent)."""

@@ -112,6 +112,7 @@ class Session:
         self._woken = False
         self._peer_dead = False
         self._socket_open = True
+        self._failed = False  # the decoder ended the connection (see _fail)
         self._streams = 0
         self._audio_seconds = 0.0
         self._decode_seconds = 0.0
@@ -212,7 +213,10 @@ class Session:
             self._read_scope = scope
             try:
                 message = await self.ws.get_message()
-            except trio_websocket.ConnectionClosed:
+            except trio_websocket.ConnectionClosed as exc:
+                reason = exc.reason
+                if reason is not None and reason.code in (1002, 1007):  # a frame wsproto refused
+                    self.outcome = f"invalid frame: {reason.code} {reason.reason}"
                 return protocol.connection_closed()
             finally:
                 self._read_scope = None
@@ -231,16 +235,14 @@ class Session:
 
     async def _decoder(self, events: trio.MemoryReceiveChannel[Event], replies: trio.MemorySendChannel[Reply]) -> None:
         stream: _Stream | None = None
-        failed = False
         async with events, replies:
             try:
                 async for event in events:
-                    if failed and not isinstance(event, ErrorReply):
+                    if self._failed and not isinstance(event, ErrorReply):
                         continue  # what the client sent after our error reply
                     try:
                         stream = await self._handle(event, stream, replies)
                     except Exception as exc:
-                        failed = True
                         if isinstance(exc, AudioSaveError):
                             log.warning("connection id=%d: %s", self.id, exc)
                             self._save_failed(stream)
@@ -294,7 +296,9 @@ class Session:
     async def _fail(
         self, replies: trio.MemorySendChannel[Reply], code: int, message: str, signal: str | None = None
     ) -> None:
-        """End the connection from the server's side, through the protocol core."""
+        """End the connection from the server's side, through the protocol core;
+        events the reader queued before it need no answer any more."""
+        self._failed = True
         for event in self.protocol.fail(code, message, signal):
             if isinstance(event, ErrorReply):
                 self.outcome = f"closed {code}: {message}"
