@@ -220,3 +220,24 @@ def test_https_page_with_an_access_token(chromium, zipformer2_model_dir, tmp_pat
     assert page["error"] == ""
     assert page["final"] == expected
     assert len(saved_wavs(server)) == 1
+
+
+def test_finalised_segments_are_rendered_once_each(chromium, asr_server):
+    """Replies of a server that segments streams (additive ``segments``
+    field) show each closed segment once; plain replies show none."""
+    with Browser(chromium) as browser:
+        browser.navigate(asr_server.page_url)
+        browser.evaluate("ui.partial({result: 'a'})")
+        assert browser.evaluate("document.querySelectorAll('#segments li').length") == 0
+        browser.evaluate(
+            "ui.partial({result: 'hello wor', segment: 1,"
+            " segments: [{segment: 0, result: 'hello', bg: 0, ed: 1.25, times: []}]})"
+        )
+        browser.evaluate(
+            "ui.final({name: 'x', signal: 'end', result: 'hello world', segment: 2,"
+            " segments: [{segment: 1, result: 'world', bg: 1.25, ed: 2}, {segment: 0, result: 'hello', bg: 0, ed: 1.25}]})"
+        )
+        items = browser.evaluate("[...document.querySelectorAll('#segments li')].map(li => li.textContent)")
+        final = browser.evaluate("document.getElementById('final').textContent")
+    assert items == ["[0.00–1.25 s] hello", "[1.25–2.00 s] world"]
+    assert final == "hello world"

@@ -68,20 +68,21 @@ const ui = {
   },
 };
 
-// [index, text] pairs of the segments a reply declares finished. Accepted
-// shapes: "segments": [{"index"?, "text"}] and "segment": n with
-// "is_final": true plus the segment's text in "segment_text" or "text".
+// [index, text] pairs of the segments a reply closes: its additive
+// "segments" field, [{"segment": index, "result": text, "bg": s, "ed": s}, ...]
+// ("index"/"text" are accepted too). Replies without it close none.
 function finalisedSegments(reply) {
+  if (!Array.isArray(reply.segments)) return [];
   const out = [];
-  if (Array.isArray(reply.segments)) {
-    reply.segments.forEach((seg, i) => {
-      if (seg && typeof seg.text === "string") out.push([Number.isInteger(seg.index) ? seg.index : i, seg.text]);
-    });
-  }
-  if (Number.isInteger(reply.segment) && reply.is_final === true) {
-    const text = typeof reply.segment_text === "string" ? reply.segment_text : reply.text;
-    if (typeof text === "string") out.push([reply.segment, text]);
-  }
+  reply.segments.forEach((seg, i) => {
+    if (!seg || typeof seg !== "object") return;
+    const text = typeof seg.result === "string" ? seg.result : seg.text;
+    if (typeof text !== "string") return;
+    const index = Number.isInteger(seg.segment) ? seg.segment : Number.isInteger(seg.index) ? seg.index : i;
+    const span = typeof seg.bg === "number" && typeof seg.ed === "number"
+      ? `[${seg.bg.toFixed(2)}–${seg.ed.toFixed(2)} s] ` : "";
+    out.push([index, span + text]);
+  });
   return out;
 }
 
