@@ -6,7 +6,7 @@
 The server runs as a subprocess (``python -m trio_asr serve``, loopback, a
 free port, no saved audio), so whatever the server does (batching, workers)
 is what is measured.  For each N, N WebSocket clients (the ``websockets``
-library, one asyncio process) each stream ``--seconds`` of the shared speech
+library, one asyncio process) each stream ``--seconds`` of the speech clips
 at real-time pace in 85 ms chunks (2720 bytes PCM16), starting at random
 offsets within one chunk, reading replies concurrently, then send "end".
 
@@ -50,9 +50,13 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from benchmarks.common import RESULTS_DIR, Progress, fixture_model, speech, tile_to, write_results
+    from benchmarks.common import (
+        Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot,
+    )
 except ImportError:
-    from common import RESULTS_DIR, Progress, fixture_model, speech, tile_to, write_results
+    from common import (
+        Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot,
+    )
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -461,6 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if notice := plotting_unavailable():
+        print(notice, file=sys.stderr)  # now, not only after the sweep
     model_dir = Path(args.model) if args.model else fixture_model(args.fixture)
     clips = speech(args.audio_dir)
     model = load_model(model_dir)
@@ -485,16 +491,13 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 server.stop()
     print_summary(records)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    png = RESULTS_DIR / "server.png"
-    plot(records, png)
-    path = write_results("server", {
+    written = write_results_and_plot("server", {
         "model_dir": str(model_dir), "model_file": find_model_file(model_dir).name,
         "seconds_per_client": args.seconds, "chunk_ms": 1000 * CHUNK_S, "threads": args.threads,
         "server_args": args.server_arg, "sherpa_args": args.sherpa_arg, "cpu_count": os.cpu_count(),
         "p95_goal_ms": P95_GOAL_MS, "final_slack_s": args.final_slack, "servers": records,
-    })  # fmt: skip
-    print(f"wrote {path} and {png}")
+    }, lambda png: plot(records, png))  # fmt: skip
+    print("wrote " + " and ".join(map(str, written)))
 
 
 if __name__ == "__main__":

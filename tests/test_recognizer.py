@@ -27,9 +27,6 @@ from trio_asr.transcribe import transcribe_samples
 
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 
-if not SPEECH_FILES:
-    pytest.skip("no shared speech files (../shared/audio)", allow_module_level=True)
-
 
 @pytest.fixture(scope="module")
 def speech() -> dict[str, np.ndarray]:
