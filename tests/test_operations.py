@@ -399,3 +399,29 @@ async def test_json_logs_of_a_real_session(nursery, tmp_path, recognizer, expect
     assert (expected in text) == log_transcripts
     if log_transcripts:
         assert stream["text"] == expected
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_operations_settings_from_toml_and_flags(tmp_path):
+    from trio_asr.config import ConfigError, load_config
+
+    toml = tmp_path / "server.toml"
+    toml.write_text(
+        '[server]\ncertfile = "c.pem"\nkeyfile = "k.pem"\nauth_token = ["one-secret", "two-secret"]\n'
+        'log_format = "json"\nmetrics_auth = false\npage = false\n'
+    )
+    config = load_config(toml, {"auth_token": ["flag-secret"], "log_transcripts": True})
+    assert config.auth_token == ("flag-secret",)  # flags win over the file
+    assert (config.certfile, config.keyfile) == (Path("c.pem"), Path("k.pem"))
+    assert (config.log_format, config.log_transcripts, config.metrics_auth, config.page) == ("json", True, False, False)
+    assert "secret" not in repr(config)
+    toml.write_text('auth_token = "not-a-list-secret"\n')
+    with pytest.raises(ConfigError, match="auth_token must be a list of strings") as info:
+        load_config(toml)
+    assert "secret" not in str(info.value)
+    with pytest.raises(ConfigError, match="keyfile needs certfile"):
+        load_config(None, {"keyfile": "k.pem"})
+    with pytest.raises(ConfigError):
+        load_config(None, {"log_format": "xml"})
