@@ -241,3 +241,19 @@ def test_finalised_segments_are_rendered_once_each(chromium, asr_server):
         final = browser.evaluate("document.getElementById('final').textContent")
     assert items == ["[0.00–1.25 s] hello", "[1.25–2.00 s] world"]
     assert final == "hello world"
+
+
+def test_server_errors_and_close_codes_are_shown(chromium, zipformer2_model_dir, tmp_path):
+    """A stream over the server's length limit: the page shows the error
+    reply and the close code with its meaning and reason."""
+    with serve_in_thread(zipformer2_model_dir, audio_dir=tmp_path / "audio", max_stream_seconds=0.5) as server, \
+            Browser(chromium) as browser:
+        browser.navigate(server.page_url)
+        browser.set_file("#file", SPEECH)
+        browser.evaluate("document.getElementById('file-start').click()")
+        page = finish(browser, tmp_path, "close-code")
+    assert page["state"] == "error"
+    lines = page["error"].splitlines()
+    assert lines[0] == "server error: stream longer than the limit of 0.5 s"
+    assert lines[1].startswith("connection closed, code 1008 (protocol violation or idle): stream longer")
+    assert len(saved_wavs(server)) == 1  # what was received is still saved
