@@ -92,6 +92,7 @@ def _add_serve(commands: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import attrs
     import trio
 
     from trio_asr.config import ConfigError, config_overrides, load_config
@@ -105,6 +106,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise CommandFailed(exc, 2) from None
     configure_logging(config.log_level, config.log_format, log_transcripts=config.log_transcripts)
     model_dir, model = _load_model(config.model, config.threads)
+    config = attrs.evolve(config, model=model_dir)  # the directory actually served (e.g. in /metrics)
     server = Server(config, Recognizer(model, beam=config.beam))
 
     async def run() -> str | None:
