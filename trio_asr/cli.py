@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,9 +117,11 @@ def _add_serve(commands: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import attrs
     import trio
 
     from trio_asr.config import ConfigError, config_overrides, load_config
+    from trio_asr.logs import configure_logging
     from trio_asr.recognizer import Recognizer
     from trio_asr.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
 
@@ -127,9 +129,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, config_overrides(args))
     except ConfigError as exc:
         raise CommandFailed(exc, 2) from None
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format, log_transcripts=config.log_transcripts)
     hotwords = _read_hotwords(config.hotwords_file)
     model_dir, model = _load_model(config.model, config.threads)
+    config = attrs.evolve(config, model=model_dir)  # the directory actually served (e.g. in /metrics)
     compiled = _compile_hotwords(hotwords, config.hotwords_score, model)
     server = Server(config, Recognizer(model, beam=config.beam, hotwords=compiled))
 
@@ -139,7 +142,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         except ServerStartError as exc:
             return str(exc)
         saving = f"saving audio to {config.audio_dir.resolve()}" if config.save_audio else "not saving audio"
-        print(f"trio-asr: serving ws://{config.host}:{server.port}{WS_PATH} (model {model_dir}; {saving})",
+        web = "https" if server.scheme == "wss" else "http"
+        print(f"trio-asr: serving {server.scheme}://{config.host}:{server.port}{WS_PATH} (model {model_dir}; {saving})"
+              + (f"; microphone page at {web}://{config.host}:{server.port}/" if config.page else ""),
               file=sys.stderr)  # fmt: skip
         async with trio.open_nursery() as nursery:
             nursery.start_soon(shutdown_on_signals, server)
@@ -172,6 +177,10 @@ def _add_client(commands: Any) -> None:
     parser.add_argument("--chunk-ms", type=float, default=85.0, help="audio per frame in ms (default 85)")
     parser.add_argument("--pipeline", action="store_true", help="send at real-time pace without waiting for replies")
     parser.add_argument("--json", action="store_true", help="print the server's end reply as JSON")
+    parser.add_argument(
+        "--token", help="access token, sent as Authorization: Bearer (default: $TRIO_ASR_TOKEN, else none)"
+    )
+    parser.add_argument("--cafile", type=Path, help="for wss://: trust this CA or self-signed certificate (PEM)")
     parser.set_defaults(run=_run_client)
 
 
@@ -179,6 +188,7 @@ def _run_client(args: argparse.Namespace) -> int:
     import trio
 
     from trio_asr.client import ClientError, stream_file
+    from trio_asr.tls import TlsError, client_context
 
     if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
         raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", 2)
@@ -192,7 +202,15 @@ def _run_client(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         width = len(text)
 
-    options = {"nbest": args.nbest, "chunk_ms": args.chunk_ms, "pipeline": args.pipeline}
+    try:
+        ssl_context = client_context(args.cafile) if args.url.startswith("wss:") else None
+    except TlsError as exc:
+        raise CommandFailed(exc, 2) from None
+    token = args.token if args.token is not None else os.environ.get("TRIO_ASR_TOKEN") or None
+    options = {
+        "nbest": args.nbest, "chunk_ms": args.chunk_ms, "pipeline": args.pipeline,
+        "token": token, "ssl_context": ssl_context,
+    }  # fmt: skip
     try:
         final = trio.run(lambda: stream_file(args.url, args.file, on_partial=show if live else None, **options))
     except (ClientError, OSError, ValueError) as exc:

@@ -54,7 +54,10 @@ def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> No
         raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
 
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)"}
+_TYPE_NAMES = {
+    bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)",
+    tuple: "a list of strings",
+}  # fmt: skip
 
 
 def _setting(
@@ -67,9 +70,11 @@ def _setting(
     validator: Any = None,
     choices: tuple[str, ...] | None = None,
     optional: bool = False,
+    secret: bool = False,
 ) -> Any:
     """A config field: ``type`` checks values from files, ``help`` becomes the
-    flag's help text (with the default appended)."""
+    flag's help text (with the default appended).  ``type=tuple`` is a list of
+    strings (a repeatable flag); ``secret`` keeps the value out of ``repr``."""
     validators = [validator] if validator is not None else []
     if choices is not None:
         validators.append(attrs.validators.in_(choices))
@@ -78,10 +83,14 @@ def _setting(
         converter = attrs.converters.optional(float) if optional else float
     elif type is Path:
         converter = attrs.converters.optional(Path) if optional else Path
+    elif type is tuple:
+        converter = tuple
     metadata = {"type": type, "help": help, "default_help": default_help, "choices": choices, "optional": optional}
     if factory is not None:
-        return attrs.field(factory=factory, validator=validators, converter=converter, metadata=metadata)
-    return attrs.field(default=default, validator=validators, converter=converter, metadata=metadata)
+        return attrs.field(
+            factory=factory, validator=validators, converter=converter, metadata=metadata, repr=not secret
+        )
+    return attrs.field(default=default, validator=validators, converter=converter, metadata=metadata, repr=not secret)
 
 
 @attrs.frozen(kw_only=True)
@@ -169,6 +178,37 @@ class ServerConfig:
         help="after the grace period, time cut-off connections get to save their audio and close, s",
     )  # fmt: skip
     log_level: str = _setting("warning", type=str, help="log level", choices=("debug", "info", "warning", "error"))
+    log_format: str = _setting(
+        "text", type=str, choices=("text", "json"),
+        help="log lines as text, or one JSON object per event with the same fields",
+    )  # fmt: skip
+    log_transcripts: bool = _setting(
+        False, type=bool, help="include recognised text in stream log events (never audio or tokens)"
+    )
+    certfile: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none: plain ws:// and http://",
+        help="PEM certificate chain (and key, unless --keyfile): serve wss:// and https://",
+    )  # fmt: skip
+    keyfile: Path | None = _setting(
+        None, type=Path, optional=True, default_help="the key is in --certfile", help="PEM private key for --certfile"
+    )
+    auth_token: tuple[str, ...] = _setting(
+        (), type=tuple, secret=True, default_help="none: no token needed",
+        help="access token clients must present (Authorization: Bearer, or ?token=); repeat for several",
+    )  # fmt: skip
+    auth_tokens_file: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none",
+        help="file of access tokens, one per line (# comments); adds to --auth-token",
+    )  # fmt: skip
+    metrics: bool = _setting(True, type=bool, help="serve Prometheus metrics at /metrics")
+    metrics_auth: bool = _setting(
+        True, type=bool, help="/metrics needs an access token too (when tokens are configured)"
+    )
+    page: bool = _setting(True, type=bool, help="serve the microphone page at / (it asks for the token itself)")
+
+    def __attrs_post_init__(self) -> None:
+        if self.keyfile is not None and self.certfile is None:
+            raise ConfigError("keyfile needs certfile too")
 
     def protocol_limits(self) -> ProtocolLimits:
         return ProtocolLimits(
@@ -200,6 +240,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{meta['help']} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is tuple:
+            parser.add_argument(flag, action="append", default=None, metavar=field.name.upper(), help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=None, choices=meta["choices"], help=help_text)
 
@@ -250,10 +292,13 @@ def _check_type(key: str, value: Any, where: str) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif kind is Path:
         ok = isinstance(value, (str, os.PathLike))
+    elif kind is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise ConfigError(f"{where}{key} must be {_TYPE_NAMES[kind]}, got {value!r}")
+        got = "" if not _FIELDS[key].repr else f", got {value!r}"  # never echo a secret
+        raise ConfigError(f"{where}{key} must be {_TYPE_NAMES[kind]}{got}")
 
 
 def load_config(

@@ -109,6 +109,8 @@ class StreamDecoder:
         self._stream = stream
         #: wall time spent in :meth:`feed` and :meth:`finish`, s
         self.decode_seconds = 0.0
+        #: CPU time of this stream's feature and search work (not the model's), s
+        self.cpu_seconds = 0.0
 
     async def feed(self, samples: np.ndarray) -> RecognitionResult:
         """Decode the next samples (possibly none); the result so far."""
@@ -116,9 +118,9 @@ class StreamDecoder:
         stream = self._stream
         if samples.size:
             if stream.cheap_to_accept(samples.size):
-                stream.accept_waveform(samples)
+                self._timed(stream.accept_waveform, samples)
             else:
-                await self._in_thread(stream.accept_waveform, samples)
+                await self._in_thread(self._timed, stream.accept_waveform, samples)
         result = await self._run_model_and_search()
         self.decode_seconds += time.perf_counter() - started
         return result
@@ -126,7 +128,7 @@ class StreamDecoder:
     async def finish(self) -> RecognitionResult:
         """End of the stream: decode the padded tail; the final result."""
         started = time.perf_counter()
-        await self._in_thread(self._stream.flush_input)
+        await self._in_thread(self._timed, self._stream.flush_input)
         result = await self._run_model_and_search()
         self.decode_seconds += time.perf_counter() - started
         return result
@@ -135,12 +137,19 @@ class StreamDecoder:
         stream = self._stream
         log_probs = await self._decoder.service.decode(stream.model_stream)
         if stream.cheap_to_search(len(log_probs)):
-            return self._search(log_probs)
-        return await self._in_thread(self._search, log_probs)
+            return self._timed(self._search, log_probs)
+        return await self._in_thread(self._timed, self._search, log_probs)
 
     def _search(self, log_probs: np.ndarray) -> RecognitionResult:
         self._stream.accept_log_probs(log_probs)
         return self._stream.result()
+
+    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._decoder.limiter)
