@@ -510,7 +510,7 @@ cdef class PrefixBeamCore:
                 self.merged[self.token[self.node[j]]] = 1
                 j = self.child_next[j]
             if self.hw:
-                seq = self._grow_biased(row, vocab, i, last, cutoff, seq)
+                seq = self._grow_biased(row, i, last, cutoff, seq)
             else:
                 if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
                     _offer(&self.heap, self.pb[i] + row[last], seq, i, last)
@@ -567,8 +567,8 @@ cdef class PrefixBeamCore:
             return self._compact()
         return 0
 
-    cdef int64_t _grow_biased(self, const real* row, Py_ssize_t vocab, Py_ssize_t i, int32_t last,
-                              int32_t cutoff, int64_t seq) noexcept nogil:
+    cdef int64_t _grow_biased(self, const real* row, Py_ssize_t i, int32_t last, int32_t cutoff,
+                              int64_t seq) noexcept nogil:
         """Offer row ``i``'s growths with their hotword bonus; return the next
         ``seq``.  A growth by ``c`` scores ``CTC + kept + gain + at_risk`` of
         the state ``u`` it reaches: the children of the row's (non-root)
