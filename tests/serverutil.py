@@ -20,6 +20,7 @@ import trio_websocket
 
 from trio_asr.config import ServerConfig
 from trio_asr.features import FbankOptions
+from trio_asr.hotwords import Hotword
 from trio_asr.model import AcousticModel, ModelState, ModelStream
 from trio_asr.recognizer import RecognitionResult, TokenTime
 from trio_asr.resample import StreamingResampler
@@ -120,7 +121,11 @@ class CountingRecognizer:
         self.fail_on_decode = False
         self.refused_rates: set[int] = set()
 
-    def create_stream(self, nbest: int, sample_rate: int, *, endpoint: object = None) -> CountingStream:
+    def create_stream(
+        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = (), *, endpoint: object = None
+    ) -> CountingStream:
+        if hotwords:
+            raise ValueError("CountingRecognizer takes no hotwords")
         if sample_rate in self.refused_rates:
             raise ValueError(f"cannot take audio at {sample_rate} Hz")
         stream = CountingStream(self, nbest, sample_rate)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from trio_asr._version import __version__
 
 if TYPE_CHECKING:
+    from trio_asr.hotwords import CompiledHotwords, Hotword
     from trio_asr.model import AcousticModel
 
 __all__ = ["CommandFailed", "build_parser", "main"]
@@ -86,6 +87,30 @@ def _load_vad(config: Any) -> Any:
         raise CommandFailed(exc) from None
 
 
+def _read_hotwords(path: Path | None) -> tuple[Hotword, ...]:
+    """The phrases of ``--hotwords-file`` (checked before the model loads)."""
+    from trio_asr.hotwords import HotwordError, read_hotwords_file
+
+    if path is None:
+        return ()
+    try:
+        return read_hotwords_file(path)
+    except HotwordError as exc:
+        raise CommandFailed(f"{exc} (fix the file or leave out --hotwords-file)", 2) from None
+
+
+def _compile_hotwords(
+    hotwords: tuple[Hotword, ...], score: float, model: AcousticModel
+) -> CompiledHotwords | None:
+    from trio_asr.hotwords import HotwordError, compile_hotwords
+
+    try:
+        compiled = compile_hotwords(hotwords, model.tokens, default_score=score)
+    except HotwordError as exc:
+        raise CommandFailed(f"{exc} (remove it from the hotwords file)", 2) from None
+    return compiled
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -104,9 +129,11 @@ def _add_serve(commands: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import attrs
     import trio
 
     from trio_asr.config import ConfigError, config_overrides, load_config
+    from trio_asr.logs import configure_logging
     from trio_asr.recognizer import Recognizer
     from trio_asr.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
 
@@ -114,11 +141,15 @@ def _run_serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, config_overrides(args))
     except ConfigError as exc:
         raise CommandFailed(exc, 2) from None
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format, log_transcripts=config.log_transcripts)
+    hotwords = _read_hotwords(config.hotwords_file)
     model_dir, model = _load_model(config.model, config.threads)
+    config = attrs.evolve(config, model=model_dir)  # the directory actually served (e.g. in /metrics)
+    compiled = _compile_hotwords(hotwords, config.hotwords_score, model)
     recognizer = Recognizer(
         model,
         beam=config.beam,
+        hotwords=compiled,
         endpoint=config.endpoint_rules(),
         vad=_load_vad(config),
         skip_non_speech=config.skip_non_speech or None,
@@ -131,7 +162,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         except ServerStartError as exc:
             return str(exc)
         saving = f"saving audio to {config.audio_dir.resolve()}" if config.save_audio else "not saving audio"
-        print(f"trio-asr: serving ws://{config.host}:{server.port}{WS_PATH} (model {model_dir}; {saving})",
+        web = "https" if server.scheme == "wss" else "http"
+        print(f"trio-asr: serving {server.scheme}://{config.host}:{server.port}{WS_PATH} (model {model_dir}; {saving})"
+              + (f"; microphone page at {web}://{config.host}:{server.port}/" if config.page else ""),
               file=sys.stderr)  # fmt: skip
         async with trio.open_nursery() as nursery:
             nursery.start_soon(shutdown_on_signals, server)
@@ -164,6 +197,10 @@ def _add_client(commands: Any) -> None:
     parser.add_argument("--chunk-ms", type=float, default=85.0, help="audio per frame in ms (default 85)")
     parser.add_argument("--pipeline", action="store_true", help="send at real-time pace without waiting for replies")
     parser.add_argument("--json", action="store_true", help="print the server's end reply as JSON")
+    parser.add_argument(
+        "--token", help="access token, sent as Authorization: Bearer (default: $TRIO_ASR_TOKEN, else none)"
+    )
+    parser.add_argument("--cafile", type=Path, help="for wss://: trust this CA or self-signed certificate (PEM)")
     parser.set_defaults(run=_run_client)
 
 
@@ -171,6 +208,7 @@ def _run_client(args: argparse.Namespace) -> int:
     import trio
 
     from trio_asr.client import ClientError, stream_file
+    from trio_asr.tls import TlsError, client_context
 
     if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
         raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", 2)
@@ -184,7 +222,15 @@ def _run_client(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         width = len(text)
 
-    options = {"nbest": args.nbest, "chunk_ms": args.chunk_ms, "pipeline": args.pipeline}
+    try:
+        ssl_context = client_context(args.cafile) if args.url.startswith("wss:") else None
+    except TlsError as exc:
+        raise CommandFailed(exc, 2) from None
+    token = args.token if args.token is not None else os.environ.get("TRIO_ASR_TOKEN") or None
+    options = {
+        "nbest": args.nbest, "chunk_ms": args.chunk_ms, "pipeline": args.pipeline,
+        "token": token, "ssl_context": ssl_context,
+    }  # fmt: skip
     try:
         final = trio.run(lambda: stream_file(args.url, args.file, on_partial=show if live else None, **options))
     except (ClientError, OSError, ValueError) as exc:
@@ -217,6 +263,14 @@ def _add_transcribe(commands: Any) -> None:
     parser.add_argument("--beam", type=int, default=10, help="CTC prefix beam width (default 10)")
     parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
     parser.add_argument(
+        "--hotwords-file", type=Path, metavar="FILE",
+        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see README: Hotwords)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hotwords-score", type=float, default=None, metavar="SCORE",
+        help="bonus per token of a hotword without its own score (default 1.5)",
+    )  # fmt: skip
+    parser.add_argument(
         "--timestamps", action="store_true", help="print word start/end times (with --json: also each token's)"
     )
     parser.add_argument("--segments", action="store_true", help="print the segments between endpoints with their times")
@@ -243,11 +297,23 @@ def _add_transcribe(commands: Any) -> None:
 
 def _run_transcribe(args: argparse.Namespace) -> int:
     from trio_asr.endpoint import EndpointRules
+    from trio_asr.hotwords import DEFAULT_SCORE, HotwordError, check_score
     from trio_asr.recognizer import Recognizer
+    from trio_asr.search import MAX_BEAM
     from trio_asr.transcribe import run_batch
 
     if args.nbest < 1 or args.beam < 1 or args.threads < 1:
         raise CommandFailed("--nbest, --beam and --threads must be >= 1", 2)
+    if max(args.beam, args.nbest) > MAX_BEAM:
+        raise CommandFailed(f"--beam and --nbest must be at most {MAX_BEAM}", 2)
+    if args.hotwords_file is None and args.hotwords_score is not None:
+        raise CommandFailed("--hotwords-score needs --hotwords-file", 2)
+    if args.hotwords_file is not None and args.greedy:
+        raise CommandFailed("--hotwords-file needs beam search (leave out --greedy)", 2)
+    try:
+        score = check_score(DEFAULT_SCORE if args.hotwords_score is None else args.hotwords_score, "--hotwords-score")
+    except HotwordError as exc:
+        raise CommandFailed(exc, 2) from None
     try:
         rules = EndpointRules(
             silence_without_text=args.endpoint_silence_without_text or None,
@@ -266,12 +332,15 @@ def _run_transcribe(args: argparse.Namespace) -> int:
             raise CommandFailed(exc) from None
     if args.skip_non_speech is not None and vad is None:
         raise CommandFailed("--skip-non-speech needs --vad", 2)
+    hotwords = _read_hotwords(args.hotwords_file)
     _, model = _load_model(args.model, args.threads)
+    compiled = _compile_hotwords(hotwords, score, model) if hotwords else None
     try:
         recognizer = Recognizer(
             model,
             beam=max(args.beam, args.nbest),
             decoding="greedy" if args.greedy else "beam",
+            hotwords=compiled,
             endpoint=rules,
             vad=vad,
             skip_non_speech=args.skip_non_speech,

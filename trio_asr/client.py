@@ -14,9 +14,11 @@ server resamples and down-mixes.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import trio
@@ -65,10 +67,14 @@ async def stream_pcm(
     chunk_ms: float = 85.0,
     pipeline: bool = False,
     on_partial: Callable[[dict[str, Any]], None] | None = None,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> dict[str, Any]:
     """Stream PCM16 bytes as one stream; return the server's end reply.
 
-    ``on_partial`` is called with every partial reply, in order.  Raises
+    ``on_partial`` is called with every partial reply, in order.  ``token``
+    is sent as ``Authorization: Bearer``; ``ssl_context`` verifies a
+    ``wss://`` server (default: the system's CAs).  Raises
     :class:`ClientError` on an error reply or a protocol violation.
     """
     frame_bytes = 2 * channels
@@ -76,25 +82,73 @@ async def stream_pcm(
     chunks = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
     start = {"name": name, "signal": "start", "nbest": nbest, "sampleRate": sample_rate, "channels": channels}
     partial = on_partial or (lambda reply: None)
+    headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
     try:
-        return await _stream(url, chunks, start, name, nbest, chunk_ms, pipeline, partial)
+        if url.startswith("wss:"):
+            ssl_context = ssl_context or ssl.create_default_context()
+            await _check_tls(url, ssl_context)
+        async with trio_websocket.open_websocket_url(
+            url, ssl_context, extra_headers=headers, max_message_size=16 << 20
+        ) as ws:
+            final = await _stream(ws, chunks, start, name, nbest, chunk_ms, pipeline, partial)
     except trio_websocket.ConnectionRejected as exc:
         body = (exc.body or b"").decode("utf-8", "replace").strip()
         raise ClientError(
             f"{url}: the server refused the WebSocket with HTTP {exc.status_code} {body}".rstrip()
-            + (" (check the URL's path)" if exc.status_code == 404 else "")
+            + _REJECTION_HINTS.get(exc.status_code, "")
         ) from None
     except (trio_websocket.HandshakeError, OSError) as exc:
+        _raise_if_untrusted(url, exc)
         cause = exc if isinstance(exc, OSError) else exc.__cause__
         if isinstance(cause, OSError):
             raise ClientError(
                 f"cannot connect to {url}: {cause.strerror or cause} (is the server running? check the URL)"
             ) from None
         raise ClientError(f"{url}: the WebSocket handshake failed ({cause or type(exc).__name__})") from None
+    except trio.BrokenResourceError as exc:
+        _raise_if_untrusted(url, exc)
+        raise ClientError(f"{url}: the connection broke ({exc.__cause__ or exc})") from None
+    if "result" not in final:
+        raise ClientError(f"expected the end reply, got {final}")
+    return final
+
+
+async def _check_tls(url: str, ssl_context: ssl.SSLContext) -> None:
+    """Complete a TLS handshake with the server of a ``wss://`` URL.
+
+    trio-websocket reports a failed TLS handshake only as a timeout a minute
+    later; doing one first ourselves turns an untrusted certificate into an
+    immediate, clear error.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, parts.port or 443, ssl_context=ssl_context, https_compatible=True
+    )
+    async with stream:
+        await stream.do_handshake()
+
+
+def _raise_if_untrusted(url: str, exc: BaseException) -> None:
+    """Raise a one-line ClientError if ``exc`` came from TLS certificate verification."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            raise ClientError(
+                f"{url}: the server's TLS certificate is not trusted ({seen.verify_message}; "
+                "for a self-signed certificate pass it as --cafile)"
+            ) from None
+        seen = seen.__cause__ or seen.__context__
+
+
+_REJECTION_HINTS = {
+    401: " (the server needs an access token: pass --token or set TRIO_ASR_TOKEN)",
+    404: " (check the URL's path)",
+}
 
 
 async def _stream(
-    url: str,
+    ws: trio_websocket.WebSocketConnection,
     chunks: list[bytes],
     start: dict[str, Any],
     name: str,
@@ -103,43 +157,40 @@ async def _stream(
     pipeline: bool,
     partial: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    async with trio_websocket.open_websocket_url(url, max_message_size=16 << 20) as ws:
-        await ws.send_message(json.dumps(start))
-        ready = await _recv(ws)
-        if ready.get("signal") != "server_ready":
-            raise ClientError(f"expected server_ready, got {ready}")
-        if pipeline:
-            final: dict[str, Any] = {}
-            failure: list[ClientError] = []
-            async with trio.open_nursery() as nursery:
+    await ws.send_message(json.dumps(start))
+    ready = await _recv(ws)
+    if ready.get("signal") != "server_ready":
+        raise ClientError(f"expected server_ready, got {ready}")
+    if pipeline:
+        final: dict[str, Any] = {}
+        failure: list[ClientError] = []
+        async with trio.open_nursery() as nursery:
 
-                async def reader() -> None:
-                    try:
-                        for _ in chunks:
-                            partial(await _recv(ws))
-                        final.update(await _recv(ws))
-                    except ClientError as exc:  # raised below, not as an exception group
-                        failure.append(exc)
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(reader)
+            async def reader() -> None:
                 try:
-                    for chunk in chunks:
-                        await ws.send_message(chunk)
-                        await trio.sleep(chunk_ms / 1000)
-                    await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
-                except trio_websocket.ConnectionClosed:
-                    pass  # the reader reports why
-            if failure:
-                raise failure[0]
-        else:
-            for chunk in chunks:
-                await ws.send_message(chunk)
-                partial(await _recv(ws))
-            await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
-            final = await _recv(ws)
-    if "result" not in final:
-        raise ClientError(f"expected the end reply, got {final}")
+                    for _ in chunks:
+                        partial(await _recv(ws))
+                    final.update(await _recv(ws))
+                except ClientError as exc:  # raised below, not as an exception group
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(reader)
+            try:
+                for chunk in chunks:
+                    await ws.send_message(chunk)
+                    await trio.sleep(chunk_ms / 1000)
+                await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
+            except trio_websocket.ConnectionClosed:
+                pass  # the reader reports why
+        if failure:
+            raise failure[0]
+    else:
+        for chunk in chunks:
+            await ws.send_message(chunk)
+            partial(await _recv(ws))
+        await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
+        final = await _recv(ws)
     return final
 
 

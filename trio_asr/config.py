@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from trio_asr.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, EndpointRules
+from trio_asr.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
 from trio_asr.protocol import ProtocolLimits
 
 __all__ = ["ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
@@ -62,7 +63,10 @@ def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> No
         raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
 
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)"}
+_TYPE_NAMES = {
+    bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)",
+    tuple: "a list of strings",
+}  # fmt: skip
 
 
 def _setting(
@@ -75,9 +79,11 @@ def _setting(
     validator: Any = None,
     choices: tuple[str, ...] | None = None,
     optional: bool = False,
+    secret: bool = False,
 ) -> Any:
     """A config field: ``type`` checks values from files, ``help`` becomes the
-    flag's help text (with the default appended)."""
+    flag's help text (with the default appended).  ``type=tuple`` is a list of
+    strings (a repeatable flag); ``secret`` keeps the value out of ``repr``."""
     validators = [validator] if validator is not None else []
     if choices is not None:
         validators.append(attrs.validators.in_(choices))
@@ -86,10 +92,14 @@ def _setting(
         converter = attrs.converters.optional(float) if optional else float
     elif type is Path:
         converter = attrs.converters.optional(Path) if optional else Path
+    elif type is tuple:
+        converter = tuple
     metadata = {"type": type, "help": help, "default_help": default_help, "choices": choices, "optional": optional}
     if factory is not None:
-        return attrs.field(factory=factory, validator=validators, converter=converter, metadata=metadata)
-    return attrs.field(default=default, validator=validators, converter=converter, metadata=metadata)
+        return attrs.field(
+            factory=factory, validator=validators, converter=converter, metadata=metadata, repr=not secret
+        )
+    return attrs.field(default=default, validator=validators, converter=converter, metadata=metadata, repr=not secret)
 
 
 @attrs.frozen(kw_only=True)
@@ -106,6 +116,18 @@ class ServerConfig:
     save_audio: bool = _setting(True, type=bool, help="save each stream's audio")
     beam: int = _setting(10, type=int, help="CTC prefix beam width", validator=_at_least(1, 256))
     nbest_max: int = _setting(10, type=int, help="largest nbest a client may ask for", validator=_at_least(1, 100))
+    hotwords_file: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none",
+        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see README: Hotwords)",
+    )  # fmt: skip
+    hotwords_score: float = _setting(
+        DEFAULT_SCORE, type=float, validator=lambda _i, a, v: check_score(v, a.name),
+        help=f"bonus per token of a hotword without its own score (0 < score <= {MAX_SCORE:g})",
+    )  # fmt: skip
+    max_stream_hotwords: int = _setting(
+        100, type=int, validator=_at_least(0, 1000),
+        help="phrases a client may add in its start message's 'hotwords' (0: none)",
+    )  # fmt: skip
     max_connections: int = _setting(
         100, type=int, help="WebSocket connections at once; more get HTTP 503", validator=_positive
     )
@@ -165,6 +187,33 @@ class ServerConfig:
         help="after the grace period, time cut-off connections get to save their audio and close, s",
     )  # fmt: skip
     log_level: str = _setting("warning", type=str, help="log level", choices=("debug", "info", "warning", "error"))
+    log_format: str = _setting(
+        "text", type=str, choices=("text", "json"),
+        help="log lines as text, or one JSON object per event with the same fields",
+    )  # fmt: skip
+    log_transcripts: bool = _setting(
+        False, type=bool, help="include recognised text in stream log events (never audio or tokens)"
+    )
+    certfile: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none: plain ws:// and http://",
+        help="PEM certificate chain (and key, unless --keyfile): serve wss:// and https://",
+    )  # fmt: skip
+    keyfile: Path | None = _setting(
+        None, type=Path, optional=True, default_help="the key is in --certfile", help="PEM private key for --certfile"
+    )
+    auth_token: tuple[str, ...] = _setting(
+        (), type=tuple, secret=True, default_help="none: no token needed",
+        help="access token clients must present (Authorization: Bearer, or ?token=); repeat for several",
+    )  # fmt: skip
+    auth_tokens_file: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none",
+        help="file of access tokens, one per line (# comments); adds to --auth-token",
+    )  # fmt: skip
+    metrics: bool = _setting(True, type=bool, help="serve Prometheus metrics at /metrics")
+    metrics_auth: bool = _setting(
+        True, type=bool, help="/metrics needs an access token too (when tokens are configured)"
+    )
+    page: bool = _setting(True, type=bool, help="serve the microphone page at / (it asks for the token itself)")
     endpoint_silence_without_text: float = _setting(
         2.4, type=float, validator=_off_or_between(0.1, MAX_SILENCE_SECONDS),
         help="endpoint rule 1: a segment with no text ends after this much silence, s (0: off)",
@@ -192,6 +241,8 @@ class ServerConfig:
     )  # fmt: skip
 
     def __attrs_post_init__(self) -> None:
+        if self.keyfile is not None and self.certfile is None:
+            raise ConfigError("keyfile needs certfile too")
         if self.skip_non_speech and not self.vad:
             raise ConfigError("skip_non_speech needs vad (--vad)")
 
@@ -208,6 +259,7 @@ class ServerConfig:
             nbest_max=self.nbest_max,
             max_message_bytes=self.max_message_bytes,
             max_stream_seconds=self.max_stream_seconds,
+            max_stream_hotwords=self.max_stream_hotwords,
             endpoint=self.endpoint_rules(),
         )
 
@@ -233,6 +285,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{meta['help']} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is tuple:
+            parser.add_argument(flag, action="append", default=None, metavar=field.name.upper(), help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=None, choices=meta["choices"], help=help_text)
 
@@ -283,10 +337,13 @@ def _check_type(key: str, value: Any, where: str) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif kind is Path:
         ok = isinstance(value, (str, os.PathLike))
+    elif kind is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise ConfigError(f"{where}{key} must be {_TYPE_NAMES[kind]}, got {value!r}")
+        got = "" if not _FIELDS[key].repr else f", got {value!r}"  # never echo a secret
+        raise ConfigError(f"{where}{key} must be {_TYPE_NAMES[kind]}{got}")
 
 
 def load_config(

@@ -15,14 +15,16 @@ test double must provide the same (including a model the service can run).
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 import numpy as np
 import trio
 
 from trio_asr.endpoint import EndpointRules
+from trio_asr.hotwords import Hotword
 from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.model_service import ModelService
 from trio_asr.recognizer import RecognitionResult
@@ -62,11 +64,12 @@ class Recognizer(Protocol):
     def model(self) -> AcousticModel: ...
 
     def create_stream(
-        self, nbest: int, sample_rate: int, *, endpoint: EndpointRules | None = None
+        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = (), *, endpoint: EndpointRules | None = None
     ) -> RecognizerStream:
-        """A stream taking float32 mono samples at ``sample_rate``, cut into
-        segments by ``endpoint`` (None: the recognizer's rules); raises
-        ValueError for a rate it cannot take."""
+        """A stream taking float32 mono samples at ``sample_rate``, biased by
+        the recognizer's hotwords plus ``hotwords``, cut into segments by
+        ``endpoint`` (None: the recognizer's rules); raises ValueError for a
+        rate it cannot take, HotwordError for a phrase it cannot spell."""
         ...
 
 
@@ -81,10 +84,22 @@ class Decoder:
         self.recognizer = recognizer
         self.service = service
         self.limiter = limiter
+        self._compiling = trio.CapacityLimiter(1)
 
     def open_stream(self, nbest: int, sample_rate: int, endpoint: EndpointRules | None = None) -> StreamDecoder:
         """Raises ValueError when the recognizer cannot take ``sample_rate``."""
         return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate, endpoint=endpoint))
+
+    async def open_stream_with_hotwords(
+        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword], endpoint: EndpointRules | None = None
+    ) -> StreamDecoder:
+        """:meth:`open_stream` for a stream with its own hotwords, compiled
+        with the server's in a worker thread, one stream at a time (so that
+        starts with new lists never take the threads decoding needs). Also
+        raises HotwordError (a ValueError) for a phrase the model cannot spell."""
+        create = functools.partial(self.recognizer.create_stream, endpoint=endpoint)
+        stream = await trio.to_thread.run_sync(create, nbest, sample_rate, hotwords, limiter=self._compiling)
+        return StreamDecoder(self, stream)
 
 
 class StreamDecoder:
@@ -98,6 +113,8 @@ class StreamDecoder:
         self._stream = stream
         #: wall time spent in :meth:`feed` and :meth:`finish`, s
         self.decode_seconds = 0.0
+        #: CPU time of this stream's feature and search work (not the model's), s
+        self.cpu_seconds = 0.0
 
     async def feed(self, samples: np.ndarray) -> RecognitionResult:
         """Decode the next samples (possibly none); the result so far."""
@@ -105,9 +122,9 @@ class StreamDecoder:
         stream = self._stream
         if samples.size:
             if stream.cheap_to_accept(samples.size):
-                stream.accept_waveform(samples)
+                self._timed(stream.accept_waveform, samples)
             else:
-                await self._in_thread(stream.accept_waveform, samples)
+                await self._in_thread(self._timed, stream.accept_waveform, samples)
         result = await self._run_model_and_search()
         self.decode_seconds += time.perf_counter() - started
         return result
@@ -115,7 +132,7 @@ class StreamDecoder:
     async def finish(self) -> RecognitionResult:
         """End of the stream: decode the padded tail; the final result."""
         started = time.perf_counter()
-        await self._in_thread(self._stream.flush_input)
+        await self._in_thread(self._timed, self._stream.flush_input)
         result = await self._run_model_and_search()
         self.decode_seconds += time.perf_counter() - started
         return result
@@ -124,12 +141,19 @@ class StreamDecoder:
         stream = self._stream
         log_probs = await self._decoder.service.decode(stream.model_stream)
         if stream.cheap_to_search(len(log_probs)):
-            return self._search(log_probs)
-        return await self._in_thread(self._search, log_probs)
+            return self._timed(self._search, log_probs)
+        return await self._in_thread(self._timed, self._search, log_probs)
 
     def _search(self, log_probs: np.ndarray) -> RecognitionResult:
         self._stream.accept_log_probs(log_probs)
         return self._stream.result()
+
+    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._decoder.limiter)

@@ -20,6 +20,7 @@ import attrs
 import numpy as np
 
 from trio_asr.endpoint import EndpointRules
+from trio_asr.hotwords import Hotword
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -56,15 +57,17 @@ CLOSE_INTERNAL_ERROR = 1011
 class StartStream:
     """A client began a stream; audio in the announced format follows.
 
-    ``endpoint`` holds the rules that cut this stream into segments (None:
-    the server's); ``compact`` asks for replies whose ``result`` is the open
-    segment only, each finalised segment being announced once."""
+    ``hotwords`` are the stream's own, added to the server's.  ``endpoint``
+    holds the rules that cut this stream into segments (None: the server's);
+    ``compact`` asks for replies whose ``result`` is the open segment only,
+    each finalised segment being announced once."""
 
     name: str
     nbest: int
     sample_rate: int
     bits_per_sample: int
     channels: int
+    hotwords: tuple[Hotword, ...] = ()
     endpoint: EndpointRules | None = None
     compact: bool = False
 

@@ -34,6 +34,10 @@ Decisions on points the spec leaves open:
   multi-channel group) carry over to the next frame; the remainder still
   held when a stream ends is not a sample and is dropped.
 * A stream may not grow beyond what one WAV file can hold (4 GiB of PCM).
+* ``start`` may carry ``hotwords`` (our extension): a list of phrases, each a
+  string or a ``[phrase, score]`` pair (:func:`trio_asr.hotwords.hotwords_from_json`),
+  at most ``max_stream_hotwords`` of them (1008 beyond); anything malformed
+  is 1007.
 
 Additions to ``start`` (optional; a client that sends none gets exactly the
 spec's replies plus additive fields, see :mod:`trio_asr.messages`):
@@ -58,6 +62,7 @@ import attrs
 
 from trio_asr.audio import WAV_MAX_DATA_BYTES, down_mix, pcm16_to_float
 from trio_asr.endpoint import EndpointRules
+from trio_asr.hotwords import HotwordError, hotwords_from_json
 from trio_asr.messages import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -104,6 +109,8 @@ class ProtocolLimits:
     max_stream_bytes: int = attrs.field(default=WAV_MAX_DATA_BYTES, validator=_positive)
     #: the endpoint rules a ``start`` without (some of) them gets
     endpoint: EndpointRules = attrs.field(factory=EndpointRules)
+    #: phrases a stream's ``hotwords`` field may hold (0: the field is refused)
+    max_stream_hotwords: int = attrs.field(default=100, validator=attrs.validators.ge(0))
 
 
 #: ``start``'s ``endpoint`` keys -> EndpointRules fields
@@ -378,6 +385,16 @@ class ConnectionProtocol:
         if rate not in limits.sample_rates:
             rates = ", ".join(map(str, sorted(limits.sample_rates)))
             raise _BadMessage(CLOSE_UNSUPPORTED_DATA, f'"sampleRate" {rate} is not supported (one of {rates})')
+        hotwords = message.get("hotwords", [])
+        if isinstance(hotwords, list) and len(hotwords) > limits.max_stream_hotwords:
+            raise _BadMessage(
+                CLOSE_POLICY_VIOLATION,
+                f'"hotwords" holds {len(hotwords)} phrases, at most {limits.max_stream_hotwords} are allowed',
+            )
+        try:
+            phrases = hotwords_from_json(hotwords, limit=limits.max_stream_hotwords)
+        except HotwordError as exc:
+            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}') from None
         compact = message.get("compact", False)
         if not isinstance(compact, bool):
             raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "compact" must be true or false, got {_excerpt(compact)}')
@@ -387,6 +404,7 @@ class ConnectionProtocol:
             sample_rate=rate,
             bits_per_sample=bits,
             channels=channels,
+            hotwords=phrases,
             endpoint=self._endpoint_field(message),
             compact=compact,
         )

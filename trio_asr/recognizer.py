@@ -21,6 +21,7 @@ costs the same per partial result.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import attrs
@@ -28,6 +29,7 @@ import numpy as np
 
 from trio_asr.endpoint import EndpointRules
 from trio_asr.features import StreamingFbank
+from trio_asr.hotwords import CompiledHotwords, Hotword, HotwordGraph, stream_graph
 from trio_asr.model import AcousticModel, ModelStream
 from trio_asr.resample import StreamingResampler
 from trio_asr.search import GreedySearch, PrefixBeamSearch
@@ -55,7 +57,9 @@ class Recognizer:
     """Creates streams over one acoustic model.
 
     ``decoding`` is ``"beam"`` (CTC prefix beam search of width ``beam``) or
-    ``"greedy"`` (best path; n-best then has one entry).  ``endpoint`` gives
+    ``"greedy"`` (best path; n-best then has one entry).  ``hotwords``
+    (compiled for this model's tokens, see :mod:`trio_asr.hotwords`) bias
+    every stream's beam search; a stream may add its own.  ``endpoint`` gives
     the rules that cut streams into segments (None: one segment per stream,
     whose cost then grows with its length).  With a ``vad`` the rules apply
     to its speech / non-speech decisions instead of the CTC best path's
@@ -78,6 +82,7 @@ class Recognizer:
     endpoint: EndpointRules | None = attrs.field(
         factory=EndpointRules, validator=attrs.validators.optional(attrs.validators.instance_of(EndpointRules))
     )
+    hotwords: CompiledHotwords | None = attrs.field(default=None, kw_only=True)
     vad: SileroVad | None = attrs.field(default=None, kw_only=True)
     skip_non_speech: float | None = attrs.field(default=None, kw_only=True)
 
@@ -102,18 +107,28 @@ class Recognizer:
         return self.model.sample_rate
 
     def create_stream(
-        self, nbest: int = 1, sample_rate: int | None = None, *, endpoint: EndpointRules | None = None
+        self,
+        nbest: int = 1,
+        sample_rate: int | None = None,
+        hotwords: Sequence[Hotword] = (),
+        *,
+        endpoint: EndpointRules | None = None,
     ) -> RecognizerStream:
         """A new stream taking audio at ``sample_rate`` (default: the model's),
+        biased by the recognizer's hotwords plus ``hotwords`` (compiled here:
+        :class:`~trio_asr.hotwords.HotwordError` if the model cannot spell one),
         cut into segments by ``endpoint`` (default: the recognizer's rules)."""
-        return RecognizerStream(self, nbest, sample_rate, endpoint=endpoint)
+        return RecognizerStream(self, nbest, sample_rate, hotwords, endpoint=endpoint)
 
-    def new_search(self, nbest: int = 1) -> GreedySearch | PrefixBeamSearch:
-        """The search of one segment of a stream keeping ``nbest`` alternatives."""
+    def new_search(self, nbest: int = 1, hotwords: HotwordGraph | None = None) -> GreedySearch | PrefixBeamSearch:
+        """The search of one segment of a stream keeping ``nbest`` alternatives,
+        biased by ``hotwords`` (a stream's graph, see :func:`~trio_asr.hotwords.stream_graph`)."""
         blank = self.model.tokens.blank_id
         if self.decoding == "greedy":
+            if hotwords is not None:
+                raise ValueError("hotwords need beam decoding, not greedy")
             return GreedySearch(blank_id=blank)
-        return PrefixBeamSearch(beam=max(self.beam, nbest), blank_id=blank)
+        return PrefixBeamSearch(beam=max(self.beam, nbest), blank_id=blank, hotwords=hotwords)
 
 
 class RecognizerStream:
@@ -139,6 +154,7 @@ class RecognizerStream:
         recognizer: Recognizer,
         nbest: int = 1,
         sample_rate: int | None = None,
+        hotwords: Sequence[Hotword] = (),
         *,
         endpoint: EndpointRules | None = None,
     ) -> None:
@@ -156,9 +172,10 @@ class RecognizerStream:
         self._fbank = StreamingFbank(model.feature_options)
         self._input_scale = model.sample_scale / _FBANK_FLOAT_SCALE
         self._chunks = model.create_stream()
+        graph = stream_graph(recognizer.hotwords, hotwords, model.tokens)
         self._decoder = SegmentDecoder(
             model.tokens,
-            lambda: recognizer.new_search(nbest),
+            lambda: recognizer.new_search(nbest, graph),
             nbest,
             model.frame_shift_s,
             recognizer.endpoint if endpoint is None else endpoint,

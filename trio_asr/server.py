@@ -6,8 +6,16 @@ router built on h11 (:mod:`trio_asr.http_router`): ``GET /health`` /
 ``/healthz`` are answered with JSON (200 while the server takes work, 503
 when full, overloaded, shutting down or unable to save audio); a WebSocket
 upgrade for :data:`WS_PATH` is handed, bytes and all, to trio-websocket and
-then to a :class:`~trio_asr.session.Session`; every other path gets 404, a
-plain GET of the WebSocket path 426.
+then to a :class:`~trio_asr.session.Session`; ``GET /metrics`` answers
+Prometheus metrics (:mod:`trio_asr.metrics`), ``GET /`` and its assets the
+microphone page (:mod:`trio_asr.web`); every other path gets 404, a plain
+GET of the WebSocket path 426.
+
+With access tokens configured (:mod:`trio_asr.auth`) an upgrade without a
+valid one gets 401 before anything else is looked at (so is ``/metrics``
+unless ``metrics_auth`` is off); ``/health`` and the page stay open.  With
+``certfile`` every listener speaks TLS (:mod:`trio_asr.tls`): ``wss://``
+and ``https://`` on the same port.
 
 Shutdown (:meth:`Server.shutdown`, on SIGINT/SIGTERM with
 ``handle_signals``): the server *drains*: connections without an open
@@ -20,9 +28,11 @@ signal skips the grace period.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import signal
+import ssl
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -31,20 +41,26 @@ import h11
 import trio
 import trio_websocket
 
+from trio_asr.auth import TokenError, TokenGate, challenge_headers, load_tokens
 from trio_asr.config import ServerConfig
 from trio_asr.decoding import Decoder, Recognizer
-from trio_asr.http_router import ReplayStream, is_upgrade, read_request, respond
+from trio_asr.http_router import ReplayStream, is_upgrade, read_request, respond, respond_bytes
 from trio_asr.lifecycle import Lifecycle
+from trio_asr.logs import log_event
+from trio_asr.metrics import ServerMetrics
 from trio_asr.model_service import ModelService
 from trio_asr.recording import AudioSaveError, AudioStore
 from trio_asr.session import Session, SessionContext
+from trio_asr.tls import TlsError, server_context
+from trio_asr.web import find_asset
 
-__all__ = ["WS_PATH", "Server", "ServerStartError", "serve", "shutdown_on_signals"]
+__all__ = ["WS_PATH", "Server", "ServerStartError", "exposure_warning", "serve", "shutdown_on_signals"]
 
 log = logging.getLogger("trio_asr.server")
 
 WS_PATH = "/paddlespeech/asr/streaming"
 HEALTH_PATHS = frozenset({"/health", "/healthz"})
+METRICS_PATH = "/metrics"
 
 
 class ServerStartError(Exception):
@@ -56,28 +72,46 @@ class Server:
 
     def __init__(self, config: ServerConfig, recognizer: Recognizer) -> None:
         self.config = config
+        #: this server's Prometheus metrics (its own registry)
+        self.metrics = ServerMetrics()
         self.service = ModelService(
             recognizer.model,
             max_batch=config.max_batch if config.batching else 1,
             exact=config.exact_batching,
             max_queue_delay=config.max_queue_delay,
             concurrent_batches=config.concurrent_batches,
+            on_batch=self.metrics.model_batch,
+        )
+        self.metrics.track_queue_delay(lambda: self.service.queue_delay)
+        model = recognizer.model
+        self.metrics.model_info(
+            path=str(config.model or ""), format=type(model).__name__, sample_rate=str(model.sample_rate)
         )
         self.audio = AudioStore(config.audio_dir if config.save_audio else None)
         self.lifecycle = Lifecycle()
         decoder = Decoder(recognizer, self.service, trio.CapacityLimiter(config.workers))
-        self._context = SessionContext(config=config, decoder=decoder, audio=self.audio, lifecycle=self.lifecycle)
+        self._context = SessionContext(
+            config=config, decoder=decoder, audio=self.audio, lifecycle=self.lifecycle, metrics=self.metrics
+        )
+        self._gate = TokenGate.from_tokens(())  # the configured tokens, loaded by open()
+        self._ssl_context: ssl.SSLContext | None = None  # with certfile, made by open()
         self._shutdown = trio.Event()
         self._grace_over = trio.Event()
         self._all_closed = trio.Event()
-        self._listeners: list[trio.SocketListener] = []
+        self._listeners: Sequence[trio.abc.Listener[Any]] = ()
         self._reserved = 0  # WebSocket connections handshaking or open
         self._ids = itertools.count(1)
 
     @property
     def port(self) -> int:
         """The TCP port of the first listener (useful with ``port=0``)."""
-        return int(self._listeners[0].socket.getsockname()[1])
+        listener: Any = self._listeners[0]
+        return int(listener.socket.getsockname()[1])
+
+    @property
+    def scheme(self) -> str:
+        """``wss`` with TLS, else ``ws``."""
+        return "wss" if self.config.certfile is not None else "ws"
 
     @property
     def connections(self) -> int:
@@ -90,14 +124,25 @@ class Server:
         return self.service.overloaded
 
     async def open(self) -> None:
-        """Check the audio directory and bind the port; raises
-        :class:`ServerStartError` with a one-line message."""
+        """Check the audio directory, TLS files and tokens, and bind the port;
+        raises :class:`ServerStartError` with a one-line message."""
+        config = self.config
         try:
             self.audio.check()
         except AudioSaveError as exc:
             raise ServerStartError(f"{exc} (choose another --audio-dir, or --no-save-audio)") from None
         try:
-            self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
+            files = [config.auth_tokens_file] if config.auth_tokens_file is not None else []
+            self._gate = TokenGate.from_tokens(load_tokens(config.auth_token, files))
+            if config.certfile is not None:
+                self._ssl_context = server_context(config.certfile, config.keyfile)
+        except (TokenError, TlsError) as exc:
+            raise ServerStartError(str(exc)) from None
+        warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self._gate.enabled)
+        if warning:
+            log_event(log, "exposed", logging.WARNING, host=config.host or "*", advice=warning)
+        try:
+            self._listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
             raise ServerStartError(
@@ -127,12 +172,14 @@ class Server:
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as acceptors:
                 acceptors.start_soon(
-                    partial(trio.serve_listeners, self._handle_tcp, self._listeners, handler_nursery=handlers)
+                    partial(trio.serve_listeners, self._handle_tcp, list(self._listeners), handler_nursery=handlers)
                 )
-                log.info("listening on port %d", self.port)
+                log_event(
+                    log, "listening", port=self.port, tls=self.scheme == "wss", auth=self._gate.enabled
+                )
                 task_status.started(self)
                 await self._shutdown.wait()
-                log.info("shutting down: %d connection(s) open", self._reserved)
+                log_event(log, "shutting down", connections=self._reserved)
                 with trio.move_on_after(self.config.grace_period):
                     await _first_of(self._all_closed.wait, self._grace_over.wait)
                 self.lifecycle.stop()
@@ -165,13 +212,38 @@ class Server:
         except (OSError, TypeError):
             peer = "?"
         try:
-            await self._route(stream, peer)
+            if self._ssl_context is None:
+                await self._route(stream, peer)
+            else:
+                tls = await self._start_tls(stream)
+                if tls is not None:
+                    await self._route(tls, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("connection from %s broke", peer)
         except Exception:
             log.exception("connection from %s failed", peer)
 
-    async def _route(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _start_tls(self, stream: trio.SocketStream) -> trio.SSLStream[ReplayStream] | None:
+        """The TLS side of a connection; plain HTTP sent to the TLS port gets a
+        400 saying so (and ``None``), instead of a silent handshake failure."""
+        assert self._ssl_context is not None
+        first = b""
+        with trio.move_on_after(self.config.handshake_timeout):
+            first = await stream.receive_some(4096)
+        if first[:1] == b"\x16":  # a TLS handshake record
+            return trio.SSLStream(ReplayStream(first, stream), self._ssl_context, server_side=True,
+                                  https_compatible=True)  # fmt: skip
+        async with stream:
+            if first:
+                plain = ReplayStream(first, stream)
+                with trio.move_on_after(self.config.handshake_timeout):
+                    conn, request, _ = await read_request(plain)
+                    if request is not None:
+                        message = "this server speaks TLS: use wss:// or https://"
+                        await respond(plain, conn, 400, {"status": "error", "message": message})
+        return None
+
+    async def _route(self, stream: trio.abc.Stream, peer: str) -> None:
         async with stream:
             conn = request = None
             raw = b""
@@ -184,17 +256,33 @@ class Server:
                     await respond(stream, conn, 400, {"status": "error", "message": "bad request"})
                 return
             path = request.target.decode("ascii", "replace").split("?", 1)[0]
-            if path in HEALTH_PATHS and not is_upgrade(request):
+            upgrade = is_upgrade(request)
+            asset = find_asset(path) if self.config.page and not upgrade else None
+            authorized = self._gate.allows(request.target, request.headers)
+            if path in HEALTH_PATHS and not upgrade:
                 await respond(stream, conn, *self._health())
+            elif path == METRICS_PATH and self.config.metrics and not upgrade:
+                if self.config.metrics_auth and not authorized:
+                    await self._unauthorized(stream, conn)
+                else:
+                    body, content_type = self.metrics.exposition()
+                    await respond_bytes(stream, conn, 200, body, [("content-type", content_type)])
+            elif asset is not None:
+                await respond_bytes(stream, conn, 200, asset.body, asset.headers())
             elif path != WS_PATH:
                 await respond(stream, conn, 404, {"status": "error", "message": f"no such path: {path}"})
-            elif not is_upgrade(request):
+            elif not upgrade:
                 await respond(stream, conn, 426, {"status": "error", "message": "WebSocket upgrade required"})
+            elif not authorized:
+                await self._unauthorized(stream, conn)
             elif self.lifecycle.draining:
+                self.metrics.refused("shutting_down")
                 await respond(stream, conn, 503, {"status": "error", "message": "server shutting down"})
             elif self._reserved >= self.config.max_connections:
+                self.metrics.refused("full")
                 await respond(stream, conn, 503, {"status": "error", "message": "server busy"})
             elif self.overloaded:
+                self.metrics.refused("overloaded")
                 await respond(stream, conn, 503, {"status": "error", "message": "server overloaded"})
             else:
                 self._reserved += 1
@@ -204,6 +292,11 @@ class Server:
                     self._reserved -= 1
                     if not self._reserved and self.lifecycle.draining:
                         self._all_closed.set()
+
+    async def _unauthorized(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+        self.metrics.unauthorized()
+        message = "missing or wrong access token (send Authorization: Bearer TOKEN, or ?token=TOKEN)"
+        await respond(stream, conn, 401, {"status": "error", "message": message}, challenge_headers())
 
     async def _handle_websocket(self, stream: trio.abc.Stream, peer: str) -> None:
         config = self.config
@@ -217,13 +310,31 @@ class Server:
             if ws is None:
                 nursery.cancel_scope.cancel()
                 return
+            self.metrics.connection_opened()
             try:
                 await Session(ws, self._context, next(self._ids), peer).run()
             finally:
                 with trio.move_on_after(config.close_timeout) as cleanup:
                     cleanup.shield = True
                     await ws.aclose()
+                self.metrics.connection_closed(ws.closed.code if ws.closed is not None else None)
                 nursery.cancel_scope.cancel()
+
+
+def exposure_warning(host: str, *, tls: bool, tokens: bool) -> str | None:
+    """The startup warning for binding ``host`` with neither TLS nor tokens
+    (``None`` for a loopback address, or with either)."""
+    if tls or tokens or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (
+        "anyone who can reach this address can stream audio (saved to disk) in clear text; "
+        "use --auth-token/--auth-tokens-file and --certfile/--keyfile, or --host 127.0.0.1"
+    )
 
 
 async def _first_of(*waiters: Any) -> None:

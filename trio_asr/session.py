@@ -15,6 +15,8 @@ A session sees only its :class:`SessionContext`, never the server.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,16 +28,21 @@ import trio_websocket
 
 from trio_asr.config import ServerConfig
 from trio_asr.decoding import Decoder, StreamDecoder
+from trio_asr.hotwords import HotwordError
 from trio_asr.lifecycle import Lifecycle
+from trio_asr.logs import log_event
+from trio_asr.metrics import ServerMetrics
 from trio_asr.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
     Audio,
     EndStream,
     ErrorReply,
     Event,
+    PartialResult,
     Reply,
     ServerReady,
     StartStream,
@@ -59,6 +66,7 @@ class SessionContext:
     decoder: Decoder
     audio: AudioStore
     lifecycle: Lifecycle
+    metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
 
 
 @attrs.define
@@ -71,10 +79,17 @@ class _Stream:
     replies: StreamReplies
     samples: int = 0
     closed: bool = False
+    save_failed: bool = False
 
     @property
     def audio_seconds(self) -> float:
         return self.samples / self.start.sample_rate
+
+
+#: how a stream ended (as logged) -> its outcome in the metrics
+_OUTCOMES = {
+    "finished": "completed", "cut off": "disconnected", "error": "error", "shut down": "aborted", "cancelled": "aborted",
+}  # fmt: skip
 
 
 def _close_reason(message: str) -> str:
@@ -103,6 +118,11 @@ class Session:
         self._streams = 0
         self._audio_seconds = 0.0
         self._decode_seconds = 0.0
+        self._metrics = context.metrics
+        # perf_counter() of each audio frame whose partial reply is not sent yet
+        self._frame_times: collections.deque[float] = collections.deque()
+        # how a stream cut off by the protocol ended (see _note_cut)
+        self._cut_how = "cut off"
 
     async def run(self) -> None:
         size = self.config.channel_size
@@ -119,10 +139,10 @@ class Session:
                 outer.cancel_scope.cancel()
         finally:
             rtf = self._decode_seconds / self._audio_seconds if self._audio_seconds else 0.0
-            log.info(
-                "connection id=%d peer=%s streams=%d audio_s=%.2f rtf=%.3f duration_s=%.2f outcome=%s",
-                self.id, self.peer, self._streams, self._audio_seconds, rtf,
-                time.perf_counter() - started, self.outcome,
+            log_event(
+                log, "connection", id=self.id, peer=self.peer, streams=self._streams,
+                audio_s=round(self._audio_seconds, 2), rtf=round(rtf, 3),
+                duration_s=round(time.perf_counter() - started, 2), outcome=self.outcome,
             )  # fmt: skip
 
     # ------------------------------------------------------------ watcher
@@ -166,8 +186,19 @@ class Session:
     async def _reader(self, events: trio.MemorySendChannel[Event]) -> None:
         async with events:
             while self.protocol.state is not State.CLOSED:
-                for event in await self._next_events():
+                batch = await self._next_events()
+                self._note_cut(batch)
+                for event in batch:
+                    if isinstance(event, Audio):
+                        self._frame_times.append(time.perf_counter())
                     await events.send(event)
+
+    def _note_cut(self, events: list[Event]) -> None:
+        """A stream cut off together with an error reply ended by that error
+        (or by the shutdown), not by the client leaving."""
+        error = next((e for e in events if isinstance(e, ErrorReply)), None)
+        if error is not None and any(isinstance(e, EndStream) and not e.reply for e in events):
+            self._cut_how = "shut down" if error.code == CLOSE_GOING_AWAY else "error"
 
     async def _next_events(self) -> list[Event]:
         protocol = self.protocol
@@ -216,6 +247,7 @@ class Session:
                     except Exception as exc:
                         if isinstance(exc, AudioSaveError):
                             log.warning("connection id=%d: %s", self.id, exc)
+                            self._save_failed(stream)
                             message = str(exc)
                         else:
                             log.exception("connection id=%d: internal error", self.id)
@@ -232,6 +264,7 @@ class Session:
         if isinstance(event, Audio):
             assert stream is not None
             stream.samples += event.samples.size
+            self._metrics.audio_received(event.samples.size / stream.start.sample_rate)
             if stream.recording is not None and stream.recording.append(event.pcm):
                 await self._in_thread(stream.recording.write_pending)
             result = await stream.decoding.feed(event.samples)
@@ -239,7 +272,15 @@ class Session:
             return stream
         if isinstance(event, StartStream):
             try:
-                decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate, event.endpoint)
+                if event.hotwords:
+                    decoding = await self.context.decoder.open_stream_with_hotwords(
+                        event.nbest, event.sample_rate, event.hotwords, event.endpoint
+                    )
+                else:
+                    decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate, event.endpoint)
+            except HotwordError as exc:
+                await self._fail(replies, CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}', "start")
+                return None
             except ValueError as exc:
                 await self._fail(replies, CLOSE_UNSUPPORTED_DATA, str(exc), "start")
                 return None
@@ -250,12 +291,12 @@ class Session:
         if isinstance(event, EndStream):
             assert stream is not None
             if not event.reply:
-                await self._in_thread(self._close, stream, "cut off")
+                await self._in_thread(self._close, stream, self._cut_how)
                 if self.outcome == "ok":
                     self.outcome = "disconnected mid-stream"
                 return None
             result = await stream.decoding.finish()
-            await self._in_thread(self._close, stream, "finished")
+            await self._in_thread(self._close, stream, "finished", result.text)
             await replies.send(stream.replies.final(result))
             return None
         self.outcome = f"closed {event.code}: {event.message}"
@@ -276,21 +317,35 @@ class Session:
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.context.decoder.limiter)
 
-    def _close(self, stream: _Stream, how: str) -> None:
-        """Finish a stream's recording (blocking I/O) and log it."""
+    def _close(self, stream: _Stream, how: str, text: str | None = None) -> None:
+        """Finish a stream's recording (blocking I/O), count and log it."""
         stream.closed = True
         try:
             if stream.recording is not None:
                 stream.recording.close()
+                with contextlib.suppress(OSError):
+                    self._metrics.audio_saved(stream.recording.path.stat().st_size)
+        except AudioSaveError:
+            self._save_failed(stream)
+            raise
         finally:
             self._audio_seconds += stream.audio_seconds
             self._decode_seconds += stream.decoding.decode_seconds
+            self._metrics.stream_ended(_OUTCOMES[how])
+            self._metrics.decode_cpu(stream.decoding.cpu_seconds)
             rtf = stream.decoding.decode_seconds / stream.audio_seconds if stream.samples else 0.0
-            log.info(
-                "stream conn=%d name=%r saved=%s audio_s=%.2f rtf=%.3f outcome=%s",
-                self.id, stream.start.name, stream.recording and stream.recording.path,
-                stream.audio_seconds, rtf, how,
+            log_event(
+                log, "stream", conn=self.id, name=stream.start.name,
+                saved=str(stream.recording.path) if stream.recording else None,
+                audio_s=round(stream.audio_seconds, 2), rtf=round(rtf, 3), outcome=how, text=text,
             )  # fmt: skip
+
+    def _save_failed(self, stream: _Stream | None) -> None:
+        """Count a stream whose audio could not be saved (once per stream)."""
+        if stream is None or not stream.save_failed:
+            self._metrics.save_failed()
+        if stream is not None:
+            stream.save_failed = True
 
     def _cut(self, stream: _Stream | None, how: str) -> None:
         """Close a stream that is being torn down, here and now (also under
@@ -327,6 +382,8 @@ class Session:
                     self.outcome = "client stopped reading"
                     tasks.cancel()
                     return
+                if isinstance(reply, PartialResult) and self._frame_times:
+                    self._metrics.partial_reply_sent(time.perf_counter() - self._frame_times.popleft())
                 if isinstance(reply, ErrorReply):
                     await self._close_socket(reply.code, reply.message)
 
