@@ -174,3 +174,31 @@ def test_join_texts():
     assert join_texts("你好", "world") == "你好world"
     assert join_texts("hello", "你") == "hello你"
     assert join_texts("", "a") == "a" and join_texts("a", "") == "a"
+
+
+def test_a_streams_hotwords_bias_every_segment(zipformer2_model_dir):
+    """The hotword graph of a stream is given to the search of each of its
+    segments, not only the first."""
+    from trio_asr.hotwords import Hotword, compile_hotwords
+    from trio_asr.model import load_model
+    from trio_asr.recognizer import Recognizer
+
+    model = load_model(zipformer2_model_dir)
+    a, b, c = 11, 12, 13  # fixture pieces: one CJK character each
+    phrase = model.tokens.text([a, b])
+
+    def frame(probs: dict[int, float]) -> np.ndarray:
+        row = np.full(model.vocab_size, 1e-7)
+        for token, p in probs.items():
+            row[token] = p
+        return np.log(row / row.sum())
+
+    said = [frame({a: 0.9}), frame({0: 1.0}), frame({c: 0.6, b: 0.4})] + [frame({0: 1.0})] * 40
+    log_probs = np.array(said * 2, dtype=np.float32)
+    texts = {}
+    for label, hotwords in (("plain", None), ("biased", compile_hotwords([Hotword(phrase)], model.tokens))):
+        stream = Recognizer(model, hotwords=hotwords).create_stream()
+        stream.accept_log_probs(log_probs)
+        texts[label] = [s.text for s in stream.result().segments]
+    assert texts["plain"] == [model.tokens.text([a, c])] * 2
+    assert texts["biased"] == [phrase] * 2
