@@ -26,7 +26,7 @@ import attrs
 
 from trio_asr.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, EndpointRules
 from trio_asr.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
-from trio_asr.protocol import ProtocolLimits
+from trio_asr.start_message import ProtocolLimits
 
 __all__ = ["ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
 

@@ -34,20 +34,8 @@ Decisions on points the spec leaves open:
   multi-channel group) carry over to the next frame; the remainder still
   held when a stream ends is not a sample and is dropped.
 * A stream may not grow beyond what one WAV file can hold (4 GiB of PCM).
-* ``start`` may carry ``hotwords`` (our extension): a list of phrases, each a
-  string or a ``[phrase, score]`` pair (:func:`trio_asr.hotwords.hotwords_from_json`),
-  at most ``max_stream_hotwords`` of them (1008 beyond); anything malformed
-  is 1007.
-
-Additions to ``start`` (optional; a client that sends none gets exactly the
-spec's replies plus additive fields, see :mod:`trio_asr.messages`):
-
-* ``endpoint``: an object with any of ``silenceWithoutText``,
-  ``silenceAfterText`` (seconds, or ``null`` to switch that rule off) and
-  ``maxSegment`` (seconds); missing keys take the server's rules.  Not an
-  object, an unknown key or a non-number is 1007; a value out of bounds
-  (:class:`trio_asr.endpoint.EndpointRules`) is 1008.
-* ``compact``: ``true`` for replies whose ``result`` is the open segment only.
+* ``start`` may carry our additive fields ``hotwords``, ``endpoint`` and
+  ``compact``: see :mod:`trio_asr.start_message`.
 """
 
 from __future__ import annotations
@@ -58,17 +46,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 
-from trio_asr.audio import WAV_MAX_DATA_BYTES, down_mix, pcm16_to_float
-from trio_asr.endpoint import EndpointRules
-from trio_asr.hotwords import HotwordError, hotwords_from_json
+from trio_asr.audio import down_mix, pcm16_to_float
 from trio_asr.messages import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
-    CLOSE_UNSUPPORTED_DATA,
     Audio,
     EndStream,
     ErrorReply,
@@ -80,45 +64,10 @@ from trio_asr.messages import (
     StartStream,
     encode_reply,
 )
+from trio_asr.start_message import BadStart, ProtocolLimits, excerpt, parse_start
 
 __all__ = ["ConnectionProtocol", "LocalProtocolError", "ProtocolLimits", "State"]
 
-DEFAULT_SAMPLE_RATE = 16000
-SUPPORTED_BITS_PER_SAMPLE = 16
-#: rates the server resamples from; arbitrary integers are refused because
-#: a rate like 8001 Hz has no practical polyphase ratio to the model's rate
-STANDARD_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000})
-
-
-def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
-@attrs.frozen
-class ProtocolLimits:
-    """What one connection may ask for; enforced before any audio is accepted."""
-
-    nbest_max: int = attrs.field(default=10, validator=_positive)
-    max_message_bytes: int = attrs.field(default=1 << 20, validator=_positive)
-    max_stream_seconds: float = attrs.field(default=3600.0, validator=_positive)
-    max_name_length: int = attrs.field(default=256, validator=_positive)
-    max_channels: int = attrs.field(default=8, validator=_positive)
-    sample_rates: frozenset[int] = attrs.field(default=STANDARD_SAMPLE_RATES, converter=frozenset)
-    #: PCM bytes per stream; the default is what a WAV file can hold
-    max_stream_bytes: int = attrs.field(default=WAV_MAX_DATA_BYTES, validator=_positive)
-    #: the endpoint rules a ``start`` without (some of) them gets
-    endpoint: EndpointRules = attrs.field(factory=EndpointRules)
-    #: phrases a stream's ``hotwords`` field may hold (0: the field is refused)
-    max_stream_hotwords: int = attrs.field(default=100, validator=attrs.validators.ge(0))
-
-
-#: ``start``'s ``endpoint`` keys -> EndpointRules fields
-_ENDPOINT_KEYS = {
-    "silenceWithoutText": "silence_without_text",
-    "silenceAfterText": "silence_after_text",
-    "maxSegment": "max_segment",
-}
 
 
 class State(enum.Enum):
@@ -130,25 +79,6 @@ class State(enum.Enum):
 class LocalProtocolError(Exception):
     """The server tried to send a reply the protocol does not allow now
     (a bug in the server, never the client's doing)."""
-
-
-class _BadMessage(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _excerpt(value: object, limit: int = 40) -> str:
-    """``value`` as JSON for an error message, cut to ``limit`` characters."""
-    try:
-        text = json.dumps(value)
-    except (ValueError, RecursionError):
-        text = "?"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _reply_due(event: Event) -> type | None:
@@ -301,7 +231,7 @@ class ConnectionProtocol:
             if self._stream is None:
                 return self._error(CLOSE_POLICY_VIOLATION, signal, '"end" without a started stream')
             return [self._end(reply=True)]
-        return self._error(CLOSE_POLICY_VIOLATION, signal, f"unknown signal {_excerpt(signal)}")
+        return self._error(CLOSE_POLICY_VIOLATION, signal, f"unknown signal {excerpt(signal)}")
 
     def _bytes_frame(self, data: bytes) -> list[Event]:
         if self.state is State.CLOSED:
@@ -352,8 +282,8 @@ class ConnectionProtocol:
     def _start(self, message: dict[str, Any]) -> list[Event]:
         events: list[Event] = [self._end(reply=True)] if self._stream is not None else []
         try:
-            start = self._parse_start(message)
-        except _BadMessage as exc:
+            start = parse_start(message, self.limits)
+        except BadStart as exc:
             return events + self._error(exc.code, "start", str(exc))
         self._stream = start
         self.state = State.STREAMING
@@ -361,84 +291,3 @@ class ConnectionProtocol:
         self._frames = self._samples = self._bytes = 0
         events.append(start)
         return events
-
-    def _parse_start(self, message: dict[str, Any]) -> StartStream:
-        limits = self.limits
-        name = message.get("name")
-        if not isinstance(name, str):
-            reason = "missing" if "name" not in message else "not a string"
-            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "name" is {reason}')
-        if len(name) > limits.max_name_length:
-            raise _BadMessage(CLOSE_POLICY_VIOLATION, f'"name" longer than {limits.max_name_length} characters')
-        nbest = self._int_field(message, "nbest", 1)
-        rate = self._int_field(message, "sampleRate", DEFAULT_SAMPLE_RATE)
-        bits = self._int_field(message, "bitsPerSample", SUPPORTED_BITS_PER_SAMPLE)
-        channels = self._int_field(message, "channels", 1)
-        if not 1 <= nbest <= limits.nbest_max:
-            raise _BadMessage(CLOSE_POLICY_VIOLATION, f'"nbest" must be between 1 and {limits.nbest_max}, got {nbest}')
-        if bits != SUPPORTED_BITS_PER_SAMPLE:
-            raise _BadMessage(CLOSE_UNSUPPORTED_DATA, f'"bitsPerSample" {bits} is not supported (only 16)')
-        if not 1 <= channels <= limits.max_channels:
-            raise _BadMessage(
-                CLOSE_UNSUPPORTED_DATA, f'"channels" must be between 1 and {limits.max_channels}, got {channels}'
-            )
-        if rate not in limits.sample_rates:
-            rates = ", ".join(map(str, sorted(limits.sample_rates)))
-            raise _BadMessage(CLOSE_UNSUPPORTED_DATA, f'"sampleRate" {rate} is not supported (one of {rates})')
-        hotwords = message.get("hotwords", [])
-        if isinstance(hotwords, list) and len(hotwords) > limits.max_stream_hotwords:
-            raise _BadMessage(
-                CLOSE_POLICY_VIOLATION,
-                f'"hotwords" holds {len(hotwords)} phrases, at most {limits.max_stream_hotwords} are allowed',
-            )
-        try:
-            phrases = hotwords_from_json(hotwords, limit=limits.max_stream_hotwords)
-        except HotwordError as exc:
-            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}') from None
-        compact = message.get("compact", False)
-        if not isinstance(compact, bool):
-            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "compact" must be true or false, got {_excerpt(compact)}')
-        return StartStream(
-            name=name,
-            nbest=nbest,
-            sample_rate=rate,
-            bits_per_sample=bits,
-            channels=channels,
-            hotwords=phrases,
-            endpoint=self._endpoint_field(message),
-            compact=compact,
-        )
-
-    def _endpoint_field(self, message: dict[str, Any]) -> EndpointRules | None:
-        if "endpoint" not in message:
-            return None
-        given = message["endpoint"]
-        if not isinstance(given, dict):
-            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "endpoint" must be an object, got {_excerpt(given)}')
-        changes: dict[str, Any] = {}
-        for key, value in given.items():
-            if key not in _ENDPOINT_KEYS:
-                known = ", ".join(_ENDPOINT_KEYS)
-                raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'unknown "endpoint" key {_excerpt(key)} (known: {known})')
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number and not (value is None and key != "maxSegment"):
-                raise _BadMessage(
-                    CLOSE_INVALID_PAYLOAD, f'"endpoint" {key} must be a number of seconds, got {_excerpt(value)}'
-                )
-            if number and not -1e300 < value < 1e300:
-                raise _BadMessage(CLOSE_POLICY_VIOLATION, f'"endpoint" {key} is out of bounds, got {_excerpt(value)}')
-            changes[_ENDPOINT_KEYS[key]] = value
-        try:
-            return attrs.evolve(self.limits.endpoint, **changes)
-        except (TypeError, ValueError) as exc:
-            reason = str(exc)
-            for key, field in _ENDPOINT_KEYS.items():
-                reason = reason.replace(field, key)
-            raise _BadMessage(CLOSE_POLICY_VIOLATION, f'"endpoint" {reason}') from None
-
-    @staticmethod
-    def _int_field(message: dict[str, Any], key: str, default: int) -> int:
-        value = message.get(key, default)
-        if not _is_int(value):
-            raise _BadMessage(CLOSE_INVALID_PAYLOAD, f'field "{key}" must be an integer, got {_excerpt(value)}')
-        return value
