@@ -300,3 +300,116 @@ async def test_a_dead_peer_is_found_by_pings(nursery: trio.Nursery, tmp_path: Pa
         await trio.sleep(1.0)
         await ws.send_message(start_msg())
         assert (await recv_json(ws))["signal"] == "server_ready"
+
+
+# ------------------------------------------------------------ no audio lost, however it ends
+
+
+@pytest.fixture
+def accepted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """PCM bytes the protocol core accepted as audio, per stream name."""
+    from trio_asr.protocol import ConnectionProtocol
+
+    counts: dict[str, int] = {}
+    receive = ConnectionProtocol.receive_bytes
+
+    def counting(self: ConnectionProtocol, data: bytes) -> list:
+        name = self.stream.name if self.stream is not None else None
+        events = receive(self, data)
+        for event in events:
+            if hasattr(event, "pcm") and name is not None:
+                counts[name] = counts.get(name, 0) + len(event.pcm)
+        return events
+
+    monkeypatch.setattr(ConnectionProtocol, "receive_bytes", counting)
+    return counts
+
+
+def saved_bytes(path: Path) -> int:
+    saved, _ = read_wav(path)
+    return saved.size * 2
+
+
+async def send_burst(ws: trio_websocket.WebSocketConnection, name: str, frames: int, frame_bytes: int = 3200) -> None:
+    messages = [start_msg(name)] + [pcm16(frame_bytes // 2).tobytes() for _ in range(frames)]
+    await ws._stream.send_all(b"".join(ws._wsproto.send(Message(data=m)) for m in messages))
+
+
+async def test_a_client_that_stops_reading_loses_no_audio(
+    nursery: trio.Nursery, tmp_path: Path, accepted: dict[str, int]
+) -> None:
+    """The server gives up on a client that reads no replies; what it received is saved."""
+    import socket
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+
+    server = await start_server(nursery, tmp_path, send_timeout=0.5)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small, so the server's sends block soon
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    await stream.socket.connect(("127.0.0.1", server.port))
+    client = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(client.send(Request(host="x", target=WS_PATH)))
+    while not any(isinstance(e, AcceptConnection) for e in client.events()):
+        client.receive_data(await stream.receive_some())
+    messages = [start_msg("deaf.wav", nbest=10)] + [pcm16(1).tobytes()] * 20000  # a long reply per 2 bytes
+    with trio.move_on_after(10):
+        await stream.send_all(b"".join(client.send(Message(data=m)) for m in messages))
+    with trio.fail_after(15):
+        while server.connections:
+            await trio.sleep(0.05)
+    await stream.aclose()
+    assert 0 < accepted["deaf.wav"] <= 40000
+    assert saved_bytes(tmp_path / "audio" / "deaf.wav") == accepted["deaf.wav"]
+
+
+async def test_a_stop_with_frames_queued_saves_them_all(tmp_path: Path, accepted: dict[str, int]) -> None:
+    recognizer = CountingRecognizer()
+    recognizer.decode_delay = 0.3  # frames queue up behind a slow model
+    config = make_config(tmp_path, grace_period=0.0, drain_timeout=1.0, close_timeout=1.0)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config, recognizer)
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+            await send_burst(ws, "queued.wav", 40)
+            await trio.sleep(0.5)
+            with trio.fail_after(4):  # grace 0 + drain 1 + close 1, with room
+                server.shutdown()
+                replies, code = await replies_until_close(ws)
+    assert code == 1001
+    assert accepted["queued.wav"] > 3200
+    assert saved_bytes(tmp_path / "audio" / "queued.wav") == accepted["queued.wav"]
+
+
+async def test_a_model_failure_with_frames_queued_saves_them_all(
+    nursery: trio.Nursery, tmp_path: Path, accepted: dict[str, int]
+) -> None:
+    recognizer = CountingRecognizer()
+    recognizer.decode_delay = 0.05
+    server = await start_server(nursery, tmp_path, recognizer)
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        recognizer.fail_on_decode = True
+        await send_burst(ws, "failed.wav", 40)
+        replies, code = await replies_until_close(ws)
+    assert code == 1011 and replies[-1]["status"] == "error"
+    with trio.fail_after(5):
+        while server.connections:
+            await trio.sleep(0.02)
+    assert accepted["failed.wav"] > 3200
+    assert saved_bytes(tmp_path / "audio" / "failed.wav") == accepted["failed.wav"]
+
+
+async def test_a_client_gone_mid_burst_is_not_decoded_further(
+    nursery: trio.Nursery, tmp_path: Path, accepted: dict[str, int]
+) -> None:
+    recognizer = CountingRecognizer()
+    recognizer.decode_delay = 0.2
+    server = await start_server(nursery, tmp_path, recognizer)
+    ws = await trio_websocket.connect_websocket_url(nursery, ws_url(server.port))
+    await send_burst(ws, "gone.wav", 40)
+    await trio.sleep(0.3)
+    await ws._stream.aclose()  # vanish; 40 frames at 0.2 s each would take 8 s to decode
+    with trio.fail_after(2):
+        while server.connections:
+            await trio.sleep(0.02)
+    assert saved_bytes(tmp_path / "audio" / "gone.wav") == accepted["gone.wav"] > 3200

@@ -340,6 +340,8 @@ async def test_save_failures_are_counted(nursery, tmp_path, recognizer):
     audio_dir.write_text("a file where the directory was")
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
         await ws.send_message(start_msg())
+        assert (await recv_json(ws))["signal"] == "server_ready"
+        await ws.send_message(b"\x00\x00" * 100)  # the file is opened at the first audio
         assert (await recv_json(ws))["status"] == "error"
     s = await scrape(server)
     assert s[("trio_asr_audio_save_failures_total", ())] == 1

@@ -48,6 +48,10 @@ class AudioStore:
         self.directory = directory
         self.failure: str | None = None
 
+    @property
+    def saving(self) -> bool:
+        return self.directory is not None
+
     def check(self) -> None:
         """Create the directory if needed and prove a file can be written in it."""
         if self.directory is None:

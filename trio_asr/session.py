@@ -75,8 +75,9 @@ class _Stream:
 
     start: StartStream
     decoding: StreamDecoder
-    recording: Recording | None
     replies: StreamReplies
+    #: opened at the stream's first audio byte (a stream without audio leaves no file)
+    recording: Recording | None = None
     samples: int = 0
     closed: bool = False
     save_failed: bool = False
@@ -90,6 +91,26 @@ class _Stream:
 _OUTCOMES = {
     "finished": "completed", "cut off": "disconnected", "error": "error", "shut down": "aborted", "cancelled": "aborted",
 }  # fmt: skip
+
+
+class _ByteBudget:
+    """Bounds the audio bytes queued between reader and decoder (the channel
+    bounds their number); one item may always pass when nothing is queued."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = trio.Event()
+
+    async def take(self, size: int) -> None:
+        while self.used and self.used + size > self.limit:
+            await self._freed.wait()
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+        self._freed = trio.Event()
 
 
 def _close_reason(message: str) -> str:
@@ -115,6 +136,11 @@ class Session:
         self._peer_dead = False
         self._socket_open = True
         self._failed = False  # the decoder ended the connection (see _fail)
+        self._reader_scope = trio.CancelScope()
+        self._client_gone = False  # no reply can reach the client any more
+        # events the protocol produced that the reader has not handed over yet
+        self._undelivered: collections.deque[Event] = collections.deque()
+        self._budget = _ByteBudget(2 * self.config.max_message_bytes)
         self._streams = 0
         self._audio_seconds = 0.0
         self._decode_seconds = 0.0
@@ -135,7 +161,7 @@ class Session:
                 async with trio.open_nursery() as tasks:
                     tasks.start_soon(self._reader, events_tx)
                     tasks.start_soon(self._decoder, events_rx, replies_tx)
-                    tasks.start_soon(self._writer, replies_rx, tasks.cancel_scope)
+                    tasks.start_soon(self._writer, replies_rx)
                 outer.cancel_scope.cancel()
         finally:
             rtf = self._decode_seconds / self._audio_seconds if self._audio_seconds else 0.0
@@ -184,14 +210,31 @@ class Session:
     # ------------------------------------------------------------ reader
 
     async def _reader(self, events: trio.MemorySendChannel[Event]) -> None:
+        """Hand every event to the decoder, in order, none lost: when the
+        writer gives up on the client (see :meth:`_writer`) the reader stops
+        reading, and what was received still goes to the decoder."""
+        pending = self._undelivered
         async with events:
-            while self.protocol.state is not State.CLOSED:
-                batch = await self._next_events()
-                self._note_cut(batch)
-                for event in batch:
-                    if isinstance(event, Audio):
-                        self._frame_times.append(time.perf_counter())
-                    await events.send(event)
+            with self._reader_scope:
+                while self.protocol.state is not State.CLOSED:
+                    pending.extend(self._produced(await self._next_events()))
+                    while pending:
+                        if isinstance(pending[0], Audio):
+                            await self._budget.take(len(pending[0].pcm))
+                        await events.send(pending[0])
+                        pending.popleft()
+            if self._reader_scope.cancelled_caught:
+                self._client_gone = True
+            pending.extend(self._produced(self.protocol.connection_closed()))
+            while pending:
+                await events.send(pending.popleft())
+
+    def _produced(self, events: list[Event]) -> list[Event]:
+        self._note_cut(events)
+        for event in events:
+            if isinstance(event, Audio):
+                self._frame_times.append(time.perf_counter())
+        return events
 
     def _note_cut(self, events: list[Event]) -> None:
         """A stream cut off together with an error reply ended by that error
@@ -207,7 +250,9 @@ class Session:
             return protocol.fail(CLOSE_GOING_AWAY, "server is shutting down")
         if self._peer_dead:
             self.outcome = "peer did not answer pings"
+            self._client_gone = True
             return protocol.connection_closed()
+        self._woken = False
         streaming = protocol.state is State.STREAMING
         timeout = self.config.idle_timeout if streaming else self.config.connection_idle_timeout
         message: str | bytes | None = None
@@ -216,6 +261,7 @@ class Session:
             try:
                 message = await self.ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
+                self._client_gone = True
                 reason = exc.reason
                 if reason is not None and reason.code in (1002, 1007):  # a frame wsproto refused
                     self.outcome = f"invalid frame: {reason.code} {reason.reason}"
@@ -236,13 +282,18 @@ class Session:
     # ------------------------------------------------------------ decoder
 
     async def _decoder(self, events: trio.MemoryReceiveChannel[Event], replies: trio.MemorySendChannel[Reply]) -> None:
+        """Turn events into replies; every byte of audio received is saved,
+        however the connection ends (see :meth:`_ending`)."""
         stream: _Stream | None = None
         async with events, replies:
             try:
                 async for event in events:
-                    if self._failed and not isinstance(event, ErrorReply):
-                        continue  # what the client sent after our error reply
                     try:
+                        if isinstance(event, Audio):
+                            self._budget.give(len(event.pcm))
+                            if self._ending():
+                                await self._keep_audio_only(stream, event)
+                                continue
                         stream = await self._handle(event, stream, replies)
                     except Exception as exc:
                         if isinstance(exc, AudioSaveError):
@@ -252,11 +303,44 @@ class Session:
                         else:
                             log.exception("connection id=%d: internal error", self.id)
                             message = f"internal error: {type(exc).__name__}"
-                        self._cut(stream, "error")
-                        stream = None
                         await self._fail(replies, CLOSE_INTERNAL_ERROR, message)
+                if stream is not None:
+                    await self._in_thread(self._cut, stream, "error" if self._failed else self._cut_how)
+                    stream = None
             finally:
-                self._cut(stream, "cancelled")
+                if stream is not None:  # cancelled: keep what is queued, here and now
+                    queued: list[Event] = []
+                    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                        while True:
+                            queued.append(events.receive_nowait())
+                    for event in [*queued, *self._undelivered]:
+                        if isinstance(event, Audio) and stream.recording is not None and not stream.save_failed:
+                            stream.recording.append(event.pcm)
+                    self._cut(stream, "cancelled")
+
+    def _ending(self) -> bool:
+        """No reply to the audio still queued will be sent (the server failed,
+        the client is gone, the server is stopping): save it, don't decode it."""
+        return self._failed or self._client_gone or self.context.lifecycle.stopping
+
+    async def _keep_audio_only(self, stream: _Stream | None, audio: Audio) -> None:
+        if stream is None or stream.closed:
+            return
+        stream.samples += audio.samples.size
+        try:
+            await self._record(stream, audio.pcm)
+        except AudioSaveError as exc:
+            log.warning("connection id=%d: %s", self.id, exc)
+            self._save_failed(stream)
+
+    async def _record(self, stream: _Stream, pcm: bytes) -> None:
+        """Keep received bytes, opening the file at the first of them."""
+        if not pcm or stream.save_failed or not self.context.audio.saving:
+            return
+        if stream.recording is None:
+            stream.recording = await self._in_thread(self.context.audio.open, stream.start)
+        if stream.recording is not None and stream.recording.append(pcm):
+            await self._in_thread(stream.recording.write_pending)
 
     async def _handle(
         self, event: Event, stream: _Stream | None, replies: trio.MemorySendChannel[Reply]
@@ -265,8 +349,7 @@ class Session:
             assert stream is not None
             stream.samples += event.samples.size
             self._metrics.audio_received(event.samples.size / stream.start.sample_rate)
-            if stream.recording is not None and stream.recording.append(event.pcm):
-                await self._in_thread(stream.recording.write_pending)
+            await self._record(stream, event.pcm)
             result = await stream.decoding.feed(event.samples)
             await replies.send(stream.replies.partial(result))
             return stream
@@ -284,13 +367,12 @@ class Session:
             except ValueError as exc:
                 await self._fail(replies, CLOSE_UNSUPPORTED_DATA, str(exc), "start")
                 return None
-            recording = await self._in_thread(self.context.audio.open, event)
             self._streams += 1
             await replies.send(ServerReady())
-            return _Stream(event, decoding, recording, StreamReplies(event))
+            return _Stream(event, decoding, StreamReplies(event))
         if isinstance(event, EndStream):
             assert stream is not None
-            if not event.reply:
+            if not event.reply or self._ending():
                 await self._in_thread(self._close, stream, self._cut_how)
                 if self.outcome == "ok":
                     self.outcome = "disconnected mid-stream"
@@ -327,6 +409,7 @@ class Session:
                     self._metrics.audio_saved(stream.recording.path.stat().st_size)
         except AudioSaveError:
             self._save_failed(stream)
+            how, text = "error", None
             raise
         finally:
             self._audio_seconds += stream.audio_seconds
@@ -359,7 +442,7 @@ class Session:
 
     # ------------------------------------------------------------ writer
 
-    async def _writer(self, replies: trio.MemoryReceiveChannel[Reply], tasks: trio.CancelScope) -> None:
+    async def _writer(self, replies: trio.MemoryReceiveChannel[Reply]) -> None:
         async with replies:
             async for reply in replies:
                 if not self._socket_open:
@@ -380,8 +463,9 @@ class Session:
                 if scope.cancelled_caught:
                     log.info("connection id=%d: client stopped reading; dropping it", self.id)
                     self.outcome = "client stopped reading"
-                    tasks.cancel()
-                    return
+                    self._socket_open = False
+                    self._reader_scope.cancel()  # what it received is still saved
+                    continue
                 if isinstance(reply, PartialResult) and self._frame_times:
                     self._metrics.partial_reply_sent(time.perf_counter() - self._frame_times.popleft())
                 if isinstance(reply, ErrorReply):
