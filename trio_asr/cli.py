@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 from trio_asr._version import __version__
 
 if TYPE_CHECKING:
+    from trio_asr.config import ServerConfig
     from trio_asr.hotwords import CompiledHotwords, Hotword
     from trio_asr.model import AcousticModel
+    from trio_asr.recognizer import Recognizer
 
 __all__ = ["CommandFailed", "build_parser", "main"]
 
@@ -87,6 +89,28 @@ def _load_vad(config: Any) -> Any:
         raise CommandFailed(exc) from None
 
 
+def _build_recognizer(config: ServerConfig, *, nbest: int = 1, greedy: bool = False) -> tuple[Path, Recognizer]:
+    """The model directory and a recognizer made as ``config``'s recognizer
+    settings (see :data:`trio_asr.config.RECOGNIZER_SETTINGS`) say."""
+    from trio_asr.recognizer import Recognizer
+
+    if config.hotwords_file is not None and greedy:
+        raise CommandFailed("--hotwords-file needs beam search (leave out --greedy)", 2)
+    hotwords = _read_hotwords(config.hotwords_file)
+    vad = _load_vad(config)
+    model_dir, model = _load_model(config.model, config.threads)
+    recognizer = Recognizer(
+        model,
+        beam=max(config.beam, nbest),
+        decoding="greedy" if greedy else "beam",
+        hotwords=_compile_hotwords(hotwords, config.hotwords_score, model),
+        endpoint=config.endpoint_rules(),
+        vad=vad,
+        skip_non_speech=config.skip_non_speech or None,
+    )
+    return model_dir, recognizer
+
+
 def _read_hotwords(path: Path | None) -> tuple[Hotword, ...]:
     """The phrases of ``--hotwords-file`` (checked before the model loads)."""
     from trio_asr.hotwords import HotwordError, read_hotwords_file
@@ -134,7 +158,6 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from trio_asr.config import ConfigError, config_overrides, load_config
     from trio_asr.logs import configure_logging
-    from trio_asr.recognizer import Recognizer
     from trio_asr.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
 
     try:
@@ -142,18 +165,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandFailed(exc, 2) from None
     configure_logging(config.log_level, config.log_format, log_transcripts=config.log_transcripts)
-    hotwords = _read_hotwords(config.hotwords_file)
-    model_dir, model = _load_model(config.model, config.threads)
+    model_dir, recognizer = _build_recognizer(config)
     config = attrs.evolve(config, model=model_dir)  # the directory actually served (e.g. in /metrics)
-    compiled = _compile_hotwords(hotwords, config.hotwords_score, model)
-    recognizer = Recognizer(
-        model,
-        beam=config.beam,
-        hotwords=compiled,
-        endpoint=config.endpoint_rules(),
-        vad=_load_vad(config),
-        skip_non_speech=config.skip_non_speech or None,
-    )
     server = Server(config, recognizer)
 
     async def run() -> str | None:
@@ -258,95 +271,32 @@ def _add_transcribe(commands: Any) -> None:
         description="Transcribe WAV files offline, streamed through the same recognizer the server uses.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="WAV files (PCM, any rate, mono or stereo)")
-    parser.add_argument("--model", help="model directory or registry name (default: $TRIO_ASR_MODEL_DIR or the cache)")
-    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default 1)")
-    parser.add_argument("--beam", type=int, default=10, help="CTC prefix beam width (default 10)")
+    from trio_asr.config import RECOGNIZER_SETTINGS, add_config_flags
+
+    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default: 1)")
     parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
-    parser.add_argument(
-        "--hotwords-file", type=Path, metavar="FILE",
-        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see README: Hotwords)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--hotwords-score", type=float, default=None, metavar="SCORE",
-        help="bonus per token of a hotword without its own score (default 1.5)",
-    )  # fmt: skip
     parser.add_argument(
         "--timestamps", action="store_true", help="print word start/end times (with --json: also each token's)"
     )
     parser.add_argument("--segments", action="store_true", help="print the segments between endpoints with their times")
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
-    from trio_asr.endpoint import EndpointRules
-
-    rules = EndpointRules()
-    for flag, default, what in (
-        ("--endpoint-silence-without-text", rules.silence_without_text, "a segment with no text ends after this much silence, s (0: off)"),
-        ("--endpoint-silence-after-text", rules.silence_after_text, "a segment with text ends after this much silence, s (0: off)"),
-        ("--endpoint-max-segment", rules.max_segment, "a segment ends when it is this long, s"),
-    ):  # fmt: skip
-        parser.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default {default:g})")
-    parser.add_argument(
-        "--vad", action="store_true", help="endpoints from Silero VAD's speech / non-speech (needs trio-asr[vad])"
-    )
-    parser.add_argument(
-        "--skip-non-speech", type=float, metavar="S",
-        help="with --vad: do not run the model on audio after S seconds of non-speech (the text can change)",
-    )  # fmt: skip
+    add_config_flags(parser, RECOGNIZER_SETTINGS)
     parser.set_defaults(run=_run_transcribe)
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
-    from trio_asr.endpoint import EndpointRules
-    from trio_asr.hotwords import DEFAULT_SCORE, HotwordError, check_score
-    from trio_asr.recognizer import Recognizer
-    from trio_asr.search import MAX_BEAM
+    from trio_asr.config import RECOGNIZER_SETTINGS, ConfigError, config_overrides, load_config
     from trio_asr.transcribe import run_batch
 
-    if args.nbest < 1 or args.beam < 1 or args.threads < 1:
-        raise CommandFailed("--nbest, --beam and --threads must be >= 1", 2)
-    if max(args.beam, args.nbest) > MAX_BEAM:
-        raise CommandFailed(f"--beam and --nbest must be at most {MAX_BEAM}", 2)
-    if args.hotwords_file is None and args.hotwords_score is not None:
-        raise CommandFailed("--hotwords-score needs --hotwords-file", 2)
-    if args.hotwords_file is not None and args.greedy:
-        raise CommandFailed("--hotwords-file needs beam search (leave out --greedy)", 2)
     try:
-        score = check_score(DEFAULT_SCORE if args.hotwords_score is None else args.hotwords_score, "--hotwords-score")
-    except HotwordError as exc:
-        raise CommandFailed(exc, 2) from None
-    try:
-        rules = EndpointRules(
-            silence_without_text=args.endpoint_silence_without_text or None,
-            silence_after_text=args.endpoint_silence_after_text or None,
-            max_segment=args.endpoint_max_segment,
-        )
-    except ValueError as exc:
-        raise CommandFailed(f"bad --endpoint-* flag: {exc} (0 switches the silence rules off)", 2) from None
-    vad = None
-    if args.vad:
-        from trio_asr.vad import SileroVad, VadUnavailable
-
-        try:
-            vad = SileroVad()
-        except VadUnavailable as exc:
-            raise CommandFailed(exc) from None
-    if args.skip_non_speech is not None and vad is None:
-        raise CommandFailed("--skip-non-speech needs --vad", 2)
-    hotwords = _read_hotwords(args.hotwords_file)
-    _, model = _load_model(args.model, args.threads)
-    compiled = _compile_hotwords(hotwords, score, model) if hotwords else None
-    try:
-        recognizer = Recognizer(
-            model,
-            beam=max(args.beam, args.nbest),
-            decoding="greedy" if args.greedy else "beam",
-            hotwords=compiled,
-            endpoint=rules,
-            vad=vad,
-            skip_non_speech=args.skip_non_speech,
-        )
-    except ValueError as exc:
-        raise CommandFailed(f"--skip-non-speech: {exc}", 2) from None
+        config = load_config(None, config_overrides(args, RECOGNIZER_SETTINGS))
+    except ConfigError as exc:  # named as the flags are
+        setting, _, rest = str(exc).partition(" ")
+        flag = "--" + setting.replace("_", "-") if setting in RECOGNIZER_SETTINGS else setting
+        raise CommandFailed(f"{flag} {rest}", 2) from None
+    if not 1 <= args.nbest <= config.beam:
+        raise CommandFailed(f"--nbest must be between 1 and the beam width ({config.beam}), got {args.nbest}", 2)
+    _, recognizer = _build_recognizer(config, nbest=args.nbest, greedy=args.greedy)
     failures = run_batch(
         recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json, segments=args.segments
     )

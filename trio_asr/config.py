@@ -18,7 +18,7 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from trio_asr.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, Endpoint
 from trio_asr.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
 from trio_asr.start_message import ProtocolLimits
 
-__all__ = ["ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
+__all__ = ["RECOGNIZER_SETTINGS", "ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -270,9 +270,17 @@ _FIELDS = {f.name: f for f in attrs.fields(ServerConfig)}
 # ---------------------------------------------------------------- flags
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per setting; a flag left out is ``None`` (not given)."""
-    for field in _FIELDS.values():
+#: the settings that shape a recognizer, shared by ``serve`` and ``transcribe``
+RECOGNIZER_SETTINGS = (
+    "model", "threads", "beam", "hotwords_file", "hotwords_score", "endpoint_silence_without_text",
+    "endpoint_silence_after_text", "endpoint_max_segment", "vad", "vad_threshold", "skip_non_speech",
+)  # fmt: skip
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One ``--flag`` per setting (or per setting in ``names``); a flag left
+    out is ``None`` (not given)."""
+    for field in _FIELDS.values() if names is None else [_FIELDS[name] for name in names]:
         meta = field.metadata
         kind = meta["type"]
         flag = "--" + field.name.replace("_", "-")
@@ -291,9 +299,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=None, choices=meta["choices"], help=help_text)
 
 
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = None) -> dict[str, Any]:
     """The settings given as flags (see :func:`add_config_flags`)."""
-    return {name: getattr(args, name) for name in _FIELDS}
+    return {name: getattr(args, name) for name in (_FIELDS if names is None else names)}
 
 
 # ---------------------------------------------------------------- files
