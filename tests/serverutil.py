@@ -78,7 +78,8 @@ class CountingStream:
     def accept_waveform(self, samples: np.ndarray) -> None:
         assert samples.dtype == np.float32 and samples.ndim == 1
         assert not self.finished
-        assert threading.current_thread() is not threading.main_thread(), "must run in a worker thread"
+        on_loop = threading.current_thread() is threading.main_thread()
+        assert on_loop == self.recognizer.cheap_accept, "runs where cheap_to_accept said"
         if self.resampler is not None:
             samples = self.resampler.process(samples)
         self.samples.append(samples.copy())
@@ -94,10 +95,10 @@ class CountingStream:
         assert log_probs.shape[1:] == (CountingModel.vocab_size,)
 
     def cheap_to_accept(self, samples: int) -> bool:
-        return False  # so that accept_waveform's thread check always applies
+        return self.recognizer.cheap_accept
 
     def cheap_to_search(self, frames: int) -> bool:
-        return True
+        return self.recognizer.cheap_search
 
     def result(self) -> RecognitionResult:
         x = np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
@@ -120,6 +121,9 @@ class CountingRecognizer:
         self.decode_delay = 0.0
         self.fail_on_decode = False
         self.refused_rates: set[int] = set()
+        #: what its streams answer to cheap_to_accept / cheap_to_search (on the event loop or not)
+        self.cheap_accept = False
+        self.cheap_search = True
 
     def create_stream(
         self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = (), *, endpoint: object = None

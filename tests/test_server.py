@@ -41,9 +41,15 @@ from trio_asr.server import Server, serve
 RNG = np.random.default_rng(1234)
 
 
-@pytest.fixture
-def recognizer() -> CountingRecognizer:
-    return CountingRecognizer()
+@pytest.fixture(
+    params=[(False, True), (True, False), (False, False), (True, True)],
+    ids=["accept-in-thread", "search-in-thread", "both-in-threads", "both-on-loop"],
+)
+def recognizer(request: pytest.FixtureRequest) -> CountingRecognizer:
+    """The test double, with each placement of feature and search work."""
+    recognizer = CountingRecognizer()
+    recognizer.cheap_accept, recognizer.cheap_search = request.param
+    return recognizer
 
 
 @pytest.fixture

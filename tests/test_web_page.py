@@ -53,11 +53,12 @@ def asr_server(zipformer2_model_dir, tmp_path):
 
 def transcribe(model_dir: Path, wav: Path) -> str:
     """What ``trio-asr transcribe`` prints for ``wav``."""
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "trio_asr", "transcribe", "--model", str(model_dir), "--json", str(wav)],
-        check=True, capture_output=True, text=True, timeout=120,
-    ).stdout
-    return json.loads(out)["text"]
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["text"]
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:

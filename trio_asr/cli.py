@@ -225,6 +225,8 @@ def _run_client(args: argparse.Namespace) -> int:
 
     if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
         raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", 2)
+    if not args.file.is_file():
+        raise CommandFailed(f"{args.file}: no such file (give a WAV file to stream)", 2)
     live = sys.stderr.isatty() and not args.json
     width = 0
 

@@ -107,7 +107,8 @@ async def stream_pcm(
         raise ClientError(f"{url}: the WebSocket handshake failed ({cause or type(exc).__name__})") from None
     except trio.BrokenResourceError as exc:
         _raise_if_untrusted(url, exc)
-        raise ClientError(f"{url}: the connection broke ({exc.__cause__ or exc})") from None
+        hint = " (is it a plain ws:// server?)" if "WRONG_VERSION_NUMBER" in str(exc.__cause__) else ""
+        raise ClientError(f"{url}: the connection broke ({exc.__cause__ or exc}){hint}") from None
     if "result" not in final:
         raise ClientError(f"expected the end reply, got {final}")
     return final
@@ -179,7 +180,7 @@ async def _stream(
             try:
                 for chunk in chunks:
                     await ws.send_message(chunk)
-                    await trio.sleep(chunk_ms / 1000)
+                    await trio.sleep(len(chunk) / frame_bytes / sample_rate)  # real time
                 await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
             except trio_websocket.ConnectionClosed:
                 pass  # the reader reports why

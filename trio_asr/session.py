@@ -263,8 +263,8 @@ class Session:
             except trio_websocket.ConnectionClosed as exc:
                 self._client_gone = True
                 reason = exc.reason
-                if reason is not None and reason.code in (1002, 1007):  # a frame wsproto refused
-                    self.outcome = f"invalid frame: {reason.code} {reason.reason}"
+                if reason is not None and reason.code in (1002, 1007):  # wsproto refused a frame (or the client said so)
+                    self.outcome = f"closed {reason.code}: {reason.reason}"
                 return protocol.connection_closed()
             finally:
                 self._read_scope = None
