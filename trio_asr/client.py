@@ -180,7 +180,7 @@ async def _stream(
             try:
                 for chunk in chunks:
                     await ws.send_message(chunk)
-                    await trio.sleep(len(chunk) / frame_bytes / sample_rate)  # real time
+                    await trio.sleep(chunk_ms / 1000 * len(chunk) / len(chunks[0]))  # real time
                 await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
             except trio_websocket.ConnectionClosed:
                 pass  # the reader reports why
