@@ -3,8 +3,8 @@
     python benchmarks/bench_rtf.py [--model DIR] [--threads 1] [--chunk-ms 85] [--repeats 3]
 
 For each model (the real-size synthetic Zipformer2-CTC fixture in float32 and
-int8, plus ``--model`` or ``$TRIO_ASR_TEST_MODEL_DIR`` when given), every WAV
-of the shared speech is streamed in ``--chunk-ms`` pieces through
+int8, plus ``--model`` or ``$TRIO_ASR_TEST_MODEL_DIR`` when given), every speech
+clip (tests/data/audio) is streamed in ``--chunk-ms`` pieces through
 
 - ours: :func:`trio_asr.transcribe.transcribe_samples` (the server's decoding
   path: resampler, fbank, model chunker, CTC search, text), beam 10 and greedy;
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also a real model directory (default $TRIO_ASR_TEST_MODEL_DIR)")
     parser.add_argument("--no-fixture", action="store_true", help="skip the synthetic fixture models")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8-quantized fixture")
-    parser.add_argument("--audio-dir", type=Path, help="WAV files to decode (default ../shared/audio)")
+    parser.add_argument("--audio-dir", type=Path, help="WAV files to decode (default tests/data/audio)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk-ms", type=float, default=85.0)
     parser.add_argument("--repeats", type=int, default=3)

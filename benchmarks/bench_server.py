@@ -12,7 +12,7 @@ sherpa-onnx's C++ ``sherpa-onnx-online-websocket-server`` with
 is given), all started at once and their levels run in turn (so that changes
 in the machine's load hit all alike), N WebSocket clients (the
 ``websockets`` library, one asyncio process) each stream ``--seconds`` of the
-shared speech at real-time pace in 85 ms chunks, starting at random offsets
+speech clips at real-time pace in 85 ms chunks, starting at random offsets
 within one chunk, reading replies concurrently, then end the stream.
 
 A level N is *held* when no client saw an error and every stream kept real
@@ -43,11 +43,13 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from benchmarks.common import Progress, fixture_model, speech, tile_to, write_results
+    from benchmarks.common import (
+        Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot,
+    )
     from benchmarks.servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
                                     start_sherpa_cpp, start_sherpa_py)
 except ImportError:
-    from common import Progress, fixture_model, speech, tile_to, write_results
+    from common import Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot
     from servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
                          start_sherpa_cpp, start_sherpa_py)
 
@@ -285,6 +287,37 @@ def print_summary(results: dict, load: str) -> None:
                   f"{rec['rss_per_active_stream_kb'] if rec['rss_per_active_stream_kb'] is not None else '-':>10}")
 
 
+def plot(results: dict, path: Path) -> None:
+    """p95 reply latency and aggregate RTF against N, one row per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
+    for (model, records), (ax_lat, ax_rtf) in zip(results.items(), axes):
+        for name, rec in records.items():
+            levels = sorted(rec["levels"], key=lambda r: r["n"])
+            ns = [r["n"] for r in levels]
+            (line,) = ax_lat.plot(ns, [r["p95_ms"] for r in levels], marker="o", label=f"{name} (max {rec['max_n']})")
+            ax_rtf.plot(ns, [r["aggregate_rtf"] for r in levels], marker="o", color=line.get_color(), label=name)
+            failed = [r for r in levels if not r["pass"]]
+            ax_lat.scatter([r["n"] for r in failed], [r["p95_ms"] for r in failed], marker="x", s=80,
+                           color="red", zorder=3)  # fmt: skip
+        ax_lat.axhline(P95_GOAL_MS, color="grey", linestyle="--", linewidth=1, label=f"{P95_GOAL_MS:.0f} ms")
+        for ax, title, ylabel in ((ax_lat, f"{model}: p95 reply latency (red x: not held)", "ms"),
+                                  (ax_rtf, f"{model}: server CPU s / audio s", "RTF")):  # fmt: skip
+            ax.set_xlabel("concurrent real-time streams N")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        ax_lat.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -332,6 +365,8 @@ def plan(model_dir: Path, args) -> list[tuple[str, object]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if notice := plotting_unavailable():
+        print(notice, file=sys.stderr)  # now, not only after the sweep
     models = {"model": Path(args.model)} if args.model else {k: fixture_model(k) for k in args.fixture.split(",")}
     clips = speech(args.audio_dir)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -365,15 +400,14 @@ def main(argv: list[str] | None = None) -> None:
                 for server in servers.values():
                     server.stop()
     print_summary(results, load)
-    path = write_results("server", {
+    written = write_results_and_plot("server", {
         "models": {k: str(v) for k, v in models.items()}, "seconds_per_client": args.seconds,
         "chunk_ms": 1000 * CHUNK_S, "threads": args.threads, "server_args": args.server_arg,
         "cpp_args": args.cpp_arg, "cpu_count": os.cpu_count(), "load_before": load,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "p95_goal_ms": P95_GOAL_MS,
         "final_slack_s": args.final_slack, "max_wall_per_audio": MAX_STRETCH, "results": results,
-    })  # fmt: skip
-    print(f"wrote {path}")
-
+    }, lambda png: plot(results, png))  # fmt: skip
+    print("wrote " + " and ".join(map(str, written)))
 
 if __name__ == "__main__":
     main()

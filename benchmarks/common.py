@@ -3,12 +3,14 @@
 Benchmarks import this as ``benchmarks.common`` (run from the repository root)
 or as ``common`` (run as ``python benchmarks/<name>.py``).
 
-- :func:`speech` loads every WAV of the shared speech directory (``../shared/audio``
-  beside the checkout, or ``$TRIO_ASR_SHARED_DIR/audio``) as 16 kHz mono float32;
+- :func:`speech` loads every WAV of the speech directory (the clips kept in
+  ``tests/data/audio``, or ``$TRIO_ASR_SHARED_DIR/audio``) as 16 kHz mono float32;
 - :func:`fixture_model` writes the real-size synthetic Zipformer2-CTC model
   (the default model's geometry, random weights) into ``benchmarks/.cache`` once,
   in float32 or dynamically int8-quantized (the real default model is int8);
-- :func:`write_results` stores a JSON record under ``benchmarks/results``.
+- :func:`write_results` stores a JSON record under ``benchmarks/results``;
+  :func:`write_results_and_plot` also draws its plot there when matplotlib is
+  installed (the ``[bench]`` extra) and says so in one line when it is not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,9 @@ __all__ = [
     "shared_dir",
     "speech",
     "tile_to",
+    "plotting_unavailable",
     "write_results",
+    "write_results_and_plot",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +49,8 @@ SAMPLE_RATE = 16000
 
 
 def shared_dir() -> Path:
-    """``$TRIO_ASR_SHARED_DIR``, else ``shared`` beside the checkout (as tests/paths.py)."""
-    return Path(os.environ.get("TRIO_ASR_SHARED_DIR") or REPO_ROOT.parent / "shared")
+    """``$TRIO_ASR_SHARED_DIR``, else the repository's ``tests/data`` (as tests/paths.py)."""
+    return Path(os.environ.get("TRIO_ASR_SHARED_DIR") or REPO_ROOT / "tests" / "data")
 
 
 def speech(audio_dir: Path | None = None) -> list[tuple[str, np.ndarray]]:
@@ -104,9 +109,38 @@ def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path
     return int8_dir
 
 
-def write_results(name: str, record: dict) -> Path:
-    """Write ``record`` as ``benchmarks/results/<name>.json``; returns the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_results(name: str, record: dict, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``record`` as ``<results_dir>/<name>.json``; returns the path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def plotting_unavailable() -> str | None:
+    """One line saying that plots will be skipped and why, or None if matplotlib imports."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed: skipping the plot (pip install -e '.[bench]' to get it)"
+    return None
+
+
+def write_results_and_plot(
+    name: str, record: dict, plot: Callable[[Path], None], results_dir: Path = RESULTS_DIR
+) -> list[Path]:
+    """Write ``record`` (as :func:`write_results`), then ``plot(<results_dir>/<name>.png)``.
+
+    The JSON is written first and the plot only when matplotlib is installed,
+    so a long run's results are never lost to a missing plotting library.
+    Returns the paths written.
+    """
+    written = [write_results(name, record, results_dir)]
+    missing = plotting_unavailable()
+    if missing:
+        print(missing, file=sys.stderr)
+        return written
+    png = results_dir / f"{name}.png"
+    plot(png)
+    written.append(png)
+    return written

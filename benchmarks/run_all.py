@@ -3,8 +3,9 @@
     python benchmarks/run_all.py [--quick] [--model DIR] [--sherpa-server-script PATH]
 
 Runs bench_fbank, bench_search, bench_rtf and bench_server (see
-benchmarks/README.md); tables go to stdout, JSON to
-benchmarks/results/.  ``--quick`` shortens every benchmark (a smoke run).
+benchmarks/README.md); tables go to stdout, JSON and the PNG plot to
+benchmarks/results/ (the plot needs matplotlib, ``pip install -e '.[bench]'``;
+without it the JSON is still written).  ``--quick`` shortens every benchmark (a smoke run).
 Exits non-zero if any benchmark failed.
 """
 
@@ -17,9 +18,9 @@ import sys
 from pathlib import Path
 
 try:
-    from benchmarks.common import Progress
+    from benchmarks.common import Progress, plotting_unavailable
 except ImportError:
-    from common import Progress
+    from common import Progress, plotting_unavailable
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=os.environ.get("TRIO_ASR_TEST_MODEL_DIR") or None)
     parser.add_argument("--sherpa-server-script", default=os.environ.get("SHERPA_ONNX_STREAMING_SERVER"))
     args = parser.parse_args(argv)
+    if notice := plotting_unavailable():
+        print(notice, file=sys.stderr)
     failed = []
     steps = plan(args)
     with Progress(len(steps), "benchmarks") as bar:

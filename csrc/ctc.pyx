@@ -26,6 +26,24 @@ can win: a row's growths rank like the tokens' log probabilities, at most
 ``beam + 1 + most children`` best tokens are enough, and a row's scan stops
 at the first growth that cannot enter the candidate heap.  Exactness is unaffected.
 
+With hotwords (a ``HotwordGraph``, compiled by ``trio_asr.hotwords``) every
+node also holds its automaton state and the bonus it has *kept* (completed
+phrases); a row ranks by its CTC log probability plus its bonus, which is the
+kept part plus the *at-risk* part of its state (a phrase under way).  Both are
+functions of the token sequence alone, so merging equal prefixes stays exact.
+The bonus bends the token order of a row's growths only for the tokens that
+move the automaton somewhere other than its root: the children of the row's
+state and of its suffix states, offered one by one, and the root's children,
+read best first in the order of log probability plus bonus (a second list
+per frame, like the list of best tokens).  Every other token ranks as
+before, and the list of best tokens is long enough as before: a token the
+scan skips because it moves the automaton was offered (or refused) with at
+least the score of any later token.  The root's children that a row skips
+(its repeat, merges, and children of a deeper suffix state, offered there
+with that state's bonus) are not bounded by the beam, so a root list that
+runs out before the row's scan stops is doubled (once per frame, shared by
+the rows after it).
+
 Nodes no row can reach are dropped by a compaction when the tree has doubled
 since the last one, so memory stays proportional to the hypotheses' length.
 All per-frame work runs without the GIL; an instance must not be used by two
@@ -35,7 +53,7 @@ threads at once.
 from libc.math cimport INFINITY, exp, log1p
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -46,6 +64,10 @@ ctypedef fused real:
 cdef enum:
     # Compaction never runs below this many nodes (it would be all overhead).
     MIN_GC_NODES = 4096
+
+# The widest beam accepted: per-frame work and memory grow with it, and
+# every size derived from it stays far from any integer limit.
+MAX_BEAM = 10_000
 
 
 cdef inline double _log_add(double a, double b) noexcept nogil:
@@ -200,10 +222,15 @@ cdef Py_ssize_t _top_tokens(const real* row, Py_ssize_t vocab, int32_t blank, bi
     return size
 
 
+include "hotword_graph.pxi"
+
+
 cdef class PrefixBeamCore:
-    """Streaming CTC prefix beam search state; arguments are trusted (the
-    checks live in ``trio_asr.search.PrefixBeamSearch``).  ``top_k`` 0 and
-    ``use_threshold`` False switch those prunings off."""
+    """Streaming CTC prefix beam search state; the user-facing checks live
+    in ``trio_asr.search.PrefixBeamSearch``, what memory safety needs is
+    checked here too (beam width, vocabulary width, row index).  ``top_k`` 0
+    and ``use_threshold`` False switch those prunings off; ``hotwords`` biases
+    the search (see the module docstring) and fixes the vocabulary width."""
 
     cdef readonly int beam
     cdef readonly int blank_id
@@ -211,6 +238,9 @@ cdef class PrefixBeamCore:
     cdef bint use_threshold
     cdef double threshold
     cdef readonly int64_t num_frames
+    cdef Py_ssize_t vocab  # fixed by the first frames (or the hotwords); -1 before
+    cdef HotwordGraph graph
+    cdef const Automaton* hw  # NULL without hotwords
 
     # The tree of prefixes; node 0 is the empty prefix.
     cdef int64_t* parent
@@ -218,6 +248,8 @@ cdef class PrefixBeamCore:
     cdef int64_t* frame
     cdef int64_t* depth
     cdef uint64_t* hash
+    cdef int32_t* hw_state  # with hotwords: the automaton state of the prefix
+    cdef double* kept       # ... and the bonus of its completed phrases
     cdef readonly Py_ssize_t num_nodes
     cdef Py_ssize_t node_capacity
     cdef Py_ssize_t gc_at
@@ -237,6 +269,10 @@ cdef class PrefixBeamCore:
     cdef Heap heap
     cdef int32_t* tokens        # the frame's best tokens
     cdef Py_ssize_t tokens_capacity
+    cdef Py_ssize_t n_listed    # ... how many there are this frame
+    cdef int32_t* root_list     # with hotwords: root edges, best log probability + bonus first
+    cdef double* root_keys      # ... their keys this frame
+    cdef Py_ssize_t n_root_listed, root_limit  # ... -1: not listed yet this frame
     cdef unsigned char* merged  # per token: a growth of the current row merges
     cdef Py_ssize_t vocab_capacity
     cdef int64_t* child_head    # per row: first row that extends it by one token
@@ -244,14 +280,30 @@ cdef class PrefixBeamCore:
     cdef int64_t* slots         # open-addressing table: prefix hash -> row
     cdef Py_ssize_t slot_mask
 
-    def __cinit__(self, int beam, int blank_id, int top_k, bint use_threshold, double threshold):
+    def __cinit__(self, Py_ssize_t beam, int blank_id, int top_k, bint use_threshold, double threshold,
+                  HotwordGraph hotwords=None):
         cdef Py_ssize_t slots = 1
-        self.beam = beam
+        if not 1 <= beam <= MAX_BEAM:
+            raise ValueError(f"beam must be between 1 and {MAX_BEAM}, got {beam}")
+        if blank_id < 0 or top_k < 0:
+            raise ValueError("blank_id and top_k must be >= 0")
+        self.vocab = -1
+        if hotwords is not None:
+            if blank_id >= hotwords.vocab_size:
+                raise ValueError(f"blank_id {blank_id} is outside the hotwords' vocabulary of {hotwords.vocab_size}")
+            self.graph = hotwords
+            self.hw = &hotwords.a
+            self.vocab = hotwords.vocab_size
+            self.root_list = <int32_t*>malloc((hotwords.a.child_start[1] + 1) * sizeof(int32_t))
+            self.root_keys = <double*>malloc((hotwords.a.child_start[1] + 1) * sizeof(double))
+            if not (self.root_list and self.root_keys):
+                raise MemoryError()
+        self.beam = <int>beam
         self.blank_id = blank_id
         self.top_k = top_k
         self.use_threshold = use_threshold
         self.threshold = threshold
-        while slots < 2 * beam:
+        while slots < 2 * beam:  # Py_ssize_t, and beam <= MAX_BEAM
             slots *= 2
         self.slot_mask = slots - 1
         self.slots = <int64_t*>malloc(slots * sizeof(int64_t))
@@ -279,6 +331,9 @@ cdef class PrefixBeamCore:
         self.frame[0] = -1
         self.depth[0] = 0
         self.hash[0] = 0
+        if self.hw:
+            self.hw_state[0] = 0
+            self.kept[0] = 0.0
         self.num_nodes = 1
         self.rows = 1
         self.node[0] = 0
@@ -291,7 +346,7 @@ cdef class PrefixBeamCore:
         free(self.next_node); free(self.next_pb); free(self.next_pnb)
         free(self.stay_pb); free(self.stay_pnb); free(self.heap.items)
         free(self.tokens); free(self.merged); free(self.child_head); free(self.child_next)
-        free(self.slots)
+        free(self.slots); free(self.hw_state); free(self.kept); free(self.root_list); free(self.root_keys)
 
     cdef int _reserve_nodes(self, Py_ssize_t needed) noexcept nogil:
         """Room for ``needed`` nodes in all node arrays; -1 when out of memory."""
@@ -321,12 +376,21 @@ cdef class PrefixBeamCore:
         if p == NULL:
             return -1
         self.hash = <uint64_t*>p
+        if self.hw:
+            p = realloc(self.hw_state, capacity * sizeof(int32_t))
+            if p == NULL:
+                return -1
+            self.hw_state = <int32_t*>p
+            p = realloc(self.kept, capacity * sizeof(double))
+            if p == NULL:
+                return -1
+            self.kept = <double*>p
         self.node_capacity = capacity
         return 0
 
     cdef int _reserve_scratch(self, Py_ssize_t vocab) noexcept nogil:
         """Per-token scratch for a vocabulary of ``vocab``; -1 when out of memory."""
-        cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * self.beam + 1  # see _step
+        cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * <Py_ssize_t>self.beam + 1  # see _step
         cdef void* p
         if limit > vocab:
             limit = vocab
@@ -400,7 +464,8 @@ cdef class PrefixBeamCore:
         cdef double total, score, blank_lp = row[self.blank_id]
         cdef Candidate* item
 
-        # A row takes at most `beam` growths, skipping its repeat and merges.
+        # A row takes at most `beam` growths, skipping its repeat and merges
+        # (hotwords change which, not how many: see _grow_biased).
         limit = self.beam + 1 + self._link_children()
         if self.top_k:
             limit = self.top_k  # all of them, to know the last one
@@ -409,6 +474,8 @@ cdef class PrefixBeamCore:
                                limit, self.tokens)
         if self.top_k and n_tokens == self.top_k:
             cutoff = self.tokens[n_tokens - 1]  # a token ranked after it is pruned
+        self.n_listed = n_tokens
+        self.n_root_listed = -1
 
         # Stays, with the growths that land on another row merged in.
         for i in range(self.rows):
@@ -427,7 +494,11 @@ cdef class PrefixBeamCore:
 
         self.heap.size = 0
         for i in range(self.rows):
-            _offer(&self.heap, _log_add(self.stay_pb[i], self.stay_pnb[i]), i, i, -1)
+            score = _log_add(self.stay_pb[i], self.stay_pnb[i])
+            if self.hw:
+                n = self.node[i]
+                score += self.kept[n] + self.hw.at_risk[self.hw_state[n]]
+            _offer(&self.heap, score, i, i, -1)
 
         # Growths, best tokens first; a row's scan ends at its first refusal.
         seq = self.rows
@@ -438,19 +509,22 @@ cdef class PrefixBeamCore:
             while j >= 0:
                 self.merged[self.token[self.node[j]]] = 1
                 j = self.child_next[j]
-            if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
-                _offer(&self.heap, self.pb[i] + row[last], seq, i, last)
-                seq += 1
-            total = _log_add(self.pb[i], self.pnb[i])
-            for k in range(n_tokens):
-                c = self.tokens[k]
-                if c == last or self.merged[c]:
-                    continue
-                score = total + row[c]
-                if score == -INFINITY or _refused(&self.heap, score):
-                    break
-                _offer(&self.heap, score, seq, i, c)
-                seq += 1
+            if self.hw:
+                seq = self._grow_biased(row, i, last, cutoff, seq)
+            else:
+                if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
+                    _offer(&self.heap, self.pb[i] + row[last], seq, i, last)
+                    seq += 1
+                total = _log_add(self.pb[i], self.pnb[i])
+                for k in range(n_tokens):
+                    c = self.tokens[k]
+                    if c == last or self.merged[c]:
+                        continue
+                    score = total + row[c]
+                    if score == -INFINITY or _refused(&self.heap, score):
+                        break
+                    _offer(&self.heap, score, seq, i, c)
+                    seq += 1
             j = self.child_head[i]
             while j >= 0:
                 self.merged[self.token[self.node[j]]] = 0
@@ -475,9 +549,15 @@ cdef class PrefixBeamCore:
                 self.frame[n] = self.num_frames
                 self.depth[n] = self.depth[self.node[i]] + 1
                 self.hash[n] = _extend_hash(self.hash[self.node[i]], item.token)
+                if self.hw:
+                    self.hw_state[n] = _goto(self.hw, self.hw_state[self.node[i]], item.token)
+                    self.kept[n] = self.kept[self.node[i]] + self.hw.gain[self.hw_state[n]]
                 self.next_node[k] = n
                 self.next_pb[k] = -INFINITY
-                self.next_pnb[k] = item.score
+                # The heap ranked the growth with its bonus; the beam keeps CTC only.
+                self.next_pnb[k] = ((self.pb[i] if item.token == self.token[self.node[i]] and self.node[i]
+                                     else _log_add(self.pb[i], self.pnb[i])) + row[item.token]
+                                    if self.hw else item.score)
         self.rows = self.heap.size
         self.node, self.next_node = self.next_node, self.node
         self.pb, self.next_pb = self.next_pb, self.pb
@@ -486,6 +566,88 @@ cdef class PrefixBeamCore:
         if self.num_nodes >= self.gc_at:
             return self._compact()
         return 0
+
+    cdef int64_t _grow_biased(self, const real* row, Py_ssize_t i, int32_t last, int32_t cutoff,
+                              int64_t seq) noexcept nogil:
+        """Offer row ``i``'s growths with their hotword bonus; return the next
+        ``seq``.  A growth by ``c`` scores ``CTC + kept + gain + at_risk`` of
+        the state ``u`` it reaches: the children of the row's (non-root)
+        suffix states one by one, then the root's children in key order
+        (stop at the first refusal), then every other token (``u`` is the
+        root, the score is ``CTC + kept``) in the frame's token order (see
+        the module docstring for why the frame's list is long enough)."""
+        cdef const Automaton* a = self.hw
+        cdef int64_t n = self.node[i]
+        cdef int32_t s = self.hw_state[n], f, c, u
+        cdef double total, score
+        cdef Py_ssize_t k, e, roots = a.child_start[1]
+        if last >= 0 and not self.merged[last] and self._candidate(row, last, cutoff):
+            u = _goto(a, s, last)
+            _offer(&self.heap, self.pb[i] + row[last] + self.kept[n] + a.gain[u] + a.at_risk[u], seq, i, last)
+            seq += 1
+        total = _log_add(self.pb[i], self.pnb[i]) + self.kept[n]
+
+        f = s
+        while f:
+            for e in range(a.child_start[f], a.child_start[f + 1]):
+                c = a.child_token[e]
+                u = a.child_state[e]
+                if c == last or self.merged[c] or not self._candidate(row, c, cutoff) or _goto(a, s, c) != u:
+                    continue  # the repeat, a merge, pruned, or a deeper suffix state's child
+                score = total + row[c] + a.gain[u] + a.at_risk[u]
+                if not _refused(&self.heap, score):
+                    _offer(&self.heap, score, seq, i, c)
+                    seq += 1
+            f = a.fail[f]
+
+        k = 0
+        while True:
+            if k == self.n_root_listed or self.n_root_listed < 0:
+                if self.n_root_listed >= 0 and (self.n_root_listed < self.root_limit or self.root_limit >= roots):
+                    break
+                self._list_roots(row, cutoff)
+                if k == self.n_root_listed:
+                    break
+            e = self.root_list[k]
+            k += 1
+            c = a.child_token[e]
+            score = total + self.root_keys[e]
+            if score == -INFINITY or _refused(&self.heap, score):
+                break
+            if c == last or self.merged[c] or not self._candidate(row, c, cutoff) or _goto(a, s, c) != a.child_state[e]:
+                continue
+            _offer(&self.heap, score, seq, i, c)
+            seq += 1
+
+        for k in range(self.n_listed):
+            c = self.tokens[k]
+            if c == last or self.merged[c]:
+                continue
+            score = total + row[c]
+            if score == -INFINITY or _refused(&self.heap, score):
+                break
+            if _goto(a, s, c):
+                continue  # a child of the row's state or a suffix state: offered above
+            _offer(&self.heap, score, seq, i, c)
+            seq += 1
+        return seq
+
+    cdef void _list_roots(self, const real* row, int32_t cutoff) noexcept nogil:
+        """List this frame's best root edges by log probability + bonus (a
+        pruned token last, at -inf): the first call of a frame lists
+        ``2 * beam + 1`` of them, a later one twice as many."""
+        cdef const Automaton* a = self.hw
+        cdef Py_ssize_t e, roots = a.child_start[1]
+        cdef int32_t c
+        if self.n_root_listed < 0:
+            for e in range(roots):
+                c = a.child_token[e]
+                self.root_keys[e] = row[c] + a.root_gain[e] if self._candidate(row, c, cutoff) else -INFINITY
+            self.root_limit = min(2 * <Py_ssize_t>self.beam + 1, roots)
+        else:
+            self.root_limit = min(2 * self.root_limit, roots)
+        self.n_root_listed = _top_tokens[double](self.root_keys, roots, -1, False, 0.0, self.root_limit,
+                                                 self.root_list)
 
     cdef inline bint _candidate(self, const real* row, int32_t c, int32_t cutoff) noexcept nogil:
         """Whether token ``c`` may extend a prefix at this frame."""
@@ -520,6 +682,9 @@ cdef class PrefixBeamCore:
             self.frame[kept] = self.frame[i]
             self.depth[kept] = self.depth[i]
             self.hash[kept] = self.hash[i]
+            if self.hw:
+                self.hw_state[kept] = self.hw_state[i]
+                self.kept[kept] = self.kept[i]
             kept += 1
         for i in range(self.rows):
             self.node[i] = new_index[self.node[i]]
@@ -529,11 +694,18 @@ cdef class PrefixBeamCore:
         return 0
 
     def accept(self, const real[:, ::1] log_probs):
-        """Advance by every frame (row) of ``log_probs`` (C-contiguous, trusted shape)."""
+        """Advance by every frame (row) of ``log_probs`` (C-contiguous).  Its
+        width must be the same in every call (the beam's tokens index it): the
+        first block with frames fixes it unless hotwords did."""
         cdef Py_ssize_t t, frames = log_probs.shape[0], vocab = log_probs.shape[1]
         cdef int status = 0
+        if self.vocab >= 0 and vocab != self.vocab:
+            raise ValueError(f"log_probs have {vocab} tokens per frame, but this stream's have {self.vocab}")
         if frames == 0:
             return
+        if self.blank_id >= vocab:
+            raise ValueError(f"blank_id {self.blank_id} is outside a vocabulary of {vocab}")
+        self.vocab = vocab
         with nogil:
             status = self._reserve_scratch(vocab)
             t = 0
@@ -544,11 +716,18 @@ cdef class PrefixBeamCore:
             raise MemoryError()
 
     def scores(self):
-        """Total log probability of every row, best first."""
+        """Score of every row, in beam order: its total log probability plus,
+        with hotwords, the bonus of its completed phrases (never of a phrase
+        still under way).  Without hotwords this is best first."""
+        if self.hw:
+            return np.array([_log_add(self.pb[i], self.pnb[i]) + self.kept[self.node[i]]
+                             for i in range(self.rows)])
         return np.array([_log_add(self.pb[i], self.pnb[i]) for i in range(self.rows)])
 
     def prefix(self, Py_ssize_t i):
-        """``(tokens, frames)`` of row ``i`` as tuples of ints."""
+        """``(tokens, frames)`` of row ``i`` (``0 <= i < len(scores())``) as tuples of ints."""
+        if not 0 <= i < self.rows:
+            raise IndexError(f"row {i} is outside the beam of {self.rows} rows")
         cdef int64_t n = self.node[i]
         cdef Py_ssize_t k = self.depth[n]
         tokens = np.empty(k, dtype=np.int64)

@@ -9,6 +9,10 @@ output array), never per frame.
 
 Option validation and the computation of the window and mel weights live in
 ``trio_asr.features``; this module trusts its arguments.
+
+Memory is bounded by the stream, not by its history: between calls the sample
+buffer holds fewer samples than one frame, and its allocation is given
+back after a call that brought a large block of samples.
 """
 
 from libc.math cimport cos, sin, log, sqrt, M_PI
@@ -20,6 +24,12 @@ import numpy as np
 
 cdef extern from "<float.h>":
     const float FLT_EPSILON
+
+# Sample buffer capacities (in samples): the smallest allocation, and the
+# largest one kept between calls (2 s at 16 kHz; typical frames never shrink
+# it, so steady streaming does not reallocate).
+cdef int64_t MIN_BUFFER = 4096
+cdef int64_t KEEP_BUFFER = 32768
 
 ctypedef struct Rng:
     uint64_t state
@@ -63,7 +73,7 @@ cdef class FbankCore:
 
     cdef int length, shift, padded, half, log2_half, dim, num_bins
     cdef int64_t first_offset
-    cdef bint snip_edges, remove_dc, use_power, use_energy, has_cmvn, done
+    cdef bint snip_edges, remove_dc, use_power, use_energy, has_cmvn, done, ready
     cdef double preemph, dither, log_energy_floor
     cdef Rng rng
 
@@ -90,6 +100,7 @@ cdef class FbankCore:
     cdef double* cmvn_scale
 
     def __cinit__(self):
+        self.ready = False
         self.buf = NULL
         self.window = NULL
         self.frame = NULL
@@ -131,6 +142,10 @@ cdef class FbankCore:
         cdef int i, j, bits, r, total_weights
         cdef const double[::1] mean_view
         cdef const double[::1] scale_view
+        # A second __init__ starts a fresh stream: free what the first one
+        # allocated, and stay unusable unless this one completes.
+        self.ready = False
+        self._release()
         self.length = length
         self.shift = shift
         self.padded = padded
@@ -223,8 +238,13 @@ cdef class FbankCore:
             for i in range(self.dim):
                 self.cmvn_mean[i] = mean_view[i]
                 self.cmvn_scale[i] = scale_view[i]
+        self.ready = True
 
     def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
+        """Free every buffer; pointers become NULL so this can run twice."""
         free(self.buf)
         free(self.window)
         free(self.frame)
@@ -242,6 +262,25 @@ cdef class FbankCore:
         free(self.mel_w)
         free(self.cmvn_mean)
         free(self.cmvn_scale)
+        self.buf = NULL
+        self.buf_cap = 0
+        self.buf_len = 0
+        self.window = NULL
+        self.frame = NULL
+        self.re = NULL
+        self.im = NULL
+        self.power = NULL
+        self.tw_re = NULL
+        self.tw_im = NULL
+        self.split_re = NULL
+        self.split_im = NULL
+        self.bitrev = NULL
+        self.mel_start = NULL
+        self.mel_len = NULL
+        self.mel_pos = NULL
+        self.mel_w = NULL
+        self.cmvn_mean = NULL
+        self.cmvn_scale = NULL
 
     @property
     def num_frames_emitted(self):
@@ -251,6 +290,11 @@ cdef class FbankCore:
     def finished(self):
         return self.done
 
+    @property
+    def buffer_capacity(self):
+        """Samples the buffer has room for now (its allocation, not its content)."""
+        return self.buf_cap
+
     # ---- streaming -------------------------------------------------------
 
     cdef int _reserve(self, int64_t n) except -1:
@@ -258,13 +302,24 @@ cdef class FbankCore:
         cdef double* grown
         cdef int64_t cap
         if self.buf_len + n > self.buf_cap:
-            cap = max(2 * self.buf_cap, self.buf_len + n, <int64_t>4096)
+            cap = max(2 * self.buf_cap, self.buf_len + n, MIN_BUFFER)
             grown = <double*>realloc(self.buf, cap * sizeof(double))
             if grown == NULL:
                 raise MemoryError()
             self.buf = grown
             self.buf_cap = cap
         return 0
+
+    cdef void _shrink(self) noexcept:
+        """Give back a large allocation once the samples it held are consumed."""
+        cdef double* shrunk
+        cdef int64_t cap = max(2 * self.buf_len, MIN_BUFFER)
+        if self.buf_cap <= KEEP_BUFFER or cap >= self.buf_cap:
+            return
+        shrunk = <double*>realloc(self.buf, cap * sizeof(double))
+        if shrunk != NULL:  # on failure the larger buffer simply stays
+            self.buf = shrunk
+            self.buf_cap = cap
 
     def accept_int16(self, const int16_t[::1] samples not None):
         """Append int16 samples (used as-is); return the new frames."""
@@ -301,6 +356,8 @@ cdef class FbankCore:
         return self._emit(True)
 
     cdef _check_open(self):
+        if not self.ready:
+            raise RuntimeError("FbankCore is not initialised: its __init__ failed or was never called")
         if self.done:
             raise RuntimeError("fbank stream already flushed")
 
@@ -337,6 +394,7 @@ cdef class FbankCore:
             self.buf_len -= drop
             memmove(self.buf, self.buf + drop, self.buf_len * sizeof(double))
             self.buf_start += drop
+        self._shrink()
         return out
 
     # ---- per-frame pipeline (no GIL) ---------------------------------------

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from fixtures import zipformer2_ctc
+from paths import missing_speech_message
 
 REAL_MODEL_ENV = "TRIO_ASR_TEST_MODEL_DIR"
+
+
+def pytest_configure(config) -> None:
+    """Stop at once, in one line, when the speech clips cannot be found."""
+    message = missing_speech_message()
+    if message:
+        raise pytest.UsageError(message)
 
 
 @pytest.fixture(scope="session")

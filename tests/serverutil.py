@@ -1,23 +1,57 @@
 """Helpers for the server tests: test-double recognizer and model, a tiny client.
 
-:class:`CountingRecognizer` has no ``model``, so the server serves it
-unbatched (each stream runs its own "model"); :class:`ControlledModel` wraps
-a real model for the batched path (:mod:`trio_asr.model_service`).
+:class:`CountingRecognizer` goes through the same decode path as the real
+recognizer (its chunks run by the model service, batched), with results
+that summarise the audio; :class:`ControlledModel` wraps a real model so a
+test can hold, count or fail its calls.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
 import trio_websocket
 
+from trio_asr.config import ServerConfig
+from trio_asr.features import FbankOptions
+from trio_asr.hotwords import Hotword
+from trio_asr.model import AcousticModel, ModelState, ModelStream
 from trio_asr.recognizer import RecognitionResult, TokenTime
 from trio_asr.resample import StreamingResampler
-from trio_asr.server import WS_PATH
+from trio_asr.server import WS_PATH, Server, serve
+
+
+class CountingModel(AcousticModel):
+    """A stand-in acoustic model for :class:`CountingRecognizer`: one feature
+    frame per chunk, a meaningless output; the recognizer's ``decode_delay``
+    slows each call and ``fail_on_decode`` makes it raise."""
+
+    chunk_frames = chunk_shift = subsampling = feature_dim = 1
+    frame_shift_s = 0.01
+    vocab_size = 2
+
+    def __init__(self, recognizer: CountingRecognizer) -> None:
+        self.recognizer = recognizer
+
+    @property
+    def feature_options(self) -> FbankOptions:
+        return FbankOptions()
+
+    def initial_state(self) -> ModelState:
+        return ModelState((np.zeros((1, 1), np.float32),), (0,))
+
+    def run(self, features: np.ndarray, states: Sequence[ModelState]) -> tuple[np.ndarray, list[ModelState]]:
+        if self.recognizer.decode_delay:
+            threading.Event().wait(self.recognizer.decode_delay)
+        if self.recognizer.fail_on_decode:
+            raise RuntimeError("boom")
+        return np.zeros((len(states), 1, self.vocab_size), np.float32), list(states)
 
 
 class CountingStream:
@@ -25,7 +59,8 @@ class CountingStream:
 
     ``n=<samples> s=<sum of samples * 32768>`` lets a test compute the
     expected result from the audio it sent, so lost, duplicated, reordered
-    or cross-connection audio shows up in the text.
+    or cross-connection audio shows up in the text.  Each frame of audio
+    makes one chunk for the model service, like real features would.
     """
 
     def __init__(self, recognizer: CountingRecognizer, nbest: int, sample_rate: int) -> None:
@@ -36,27 +71,34 @@ class CountingStream:
             None if sample_rate == recognizer.sample_rate
             else StreamingResampler(sample_rate, recognizer.sample_rate)
         )
+        self.model_stream = ModelStream(recognizer.model)
         self.samples: list[np.ndarray] = []
         self.finished = False
 
     def accept_waveform(self, samples: np.ndarray) -> None:
         assert samples.dtype == np.float32 and samples.ndim == 1
         assert not self.finished
-        assert threading.current_thread() is not threading.main_thread(), "must run in a worker thread"
+        on_loop = threading.current_thread() is threading.main_thread()
+        assert on_loop == self.recognizer.cheap_accept, "runs where cheap_to_accept said"
         if self.resampler is not None:
             samples = self.resampler.process(samples)
         self.samples.append(samples.copy())
+        self.model_stream.accept_features(np.zeros((1, 1), np.float32))
 
-    def decode(self) -> None:
-        if self.recognizer.decode_delay:
-            threading.Event().wait(self.recognizer.decode_delay)
-        if self.recognizer.fail_on_decode:
-            raise RuntimeError("boom")
-
-    def input_finished(self) -> None:
+    def flush_input(self) -> None:
         if self.resampler is not None:
             self.samples.append(self.resampler.flush())
         self.finished = True
+        self.model_stream.input_finished()
+
+    def accept_log_probs(self, log_probs: np.ndarray) -> None:
+        assert log_probs.shape[1:] == (CountingModel.vocab_size,)
+
+    def cheap_to_accept(self, samples: int) -> bool:
+        return self.recognizer.cheap_accept
+
+    def cheap_to_search(self, frames: int) -> bool:
+        return self.recognizer.cheap_search
 
     def result(self) -> RecognitionResult:
         x = np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
@@ -70,13 +112,26 @@ def summary(x: np.ndarray) -> str:
 
 
 class CountingRecognizer:
+    """Serves :class:`CountingStream` s through the production decode path."""
+
     def __init__(self, sample_rate: int = 16000) -> None:
         self.sample_rate = sample_rate
+        self.model = CountingModel(self)
         self.streams: list[CountingStream] = []
         self.decode_delay = 0.0
         self.fail_on_decode = False
+        self.refused_rates: set[int] = set()
+        #: what its streams answer to cheap_to_accept / cheap_to_search (on the event loop or not)
+        self.cheap_accept = False
+        self.cheap_search = True
 
-    def create_stream(self, nbest: int, sample_rate: int) -> CountingStream:
+    def create_stream(
+        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = (), *, endpoint: object = None
+    ) -> CountingStream:
+        if hotwords:
+            raise ValueError("CountingRecognizer takes no hotwords")
+        if sample_rate in self.refused_rates:
+            raise ValueError(f"cannot take audio at {sample_rate} Hz")
         stream = CountingStream(self, nbest, sample_rate)
         self.streams.append(stream)
         return stream
@@ -112,6 +167,25 @@ class ControlledModel:
         if call in self.fail_calls:
             raise RuntimeError("model failure (test)")
         return self.inner.run(features, states)
+
+
+def make_config(tmp_path: Path, **overrides: object) -> ServerConfig:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "audio_dir": tmp_path / "audio",
+        "idle_timeout": 5.0,
+        "grace_period": 2.0,
+        "handshake_timeout": 2.0,
+        "workers": 4,
+    }
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+async def start_server(nursery: trio.Nursery, tmp_path: Path, recognizer=None, **overrides: object) -> Server:
+    config = make_config(tmp_path, **overrides)
+    return await nursery.start(serve, config, recognizer or CountingRecognizer())
 
 
 def ws_url(port: int, path: str = WS_PATH) -> str:

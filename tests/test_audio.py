@@ -46,7 +46,6 @@ def _extensible(sub_tag: int, channels: int, rate: int, bits: int) -> bytes:
 # -- reading -----------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SPEECH, reason="no shared speech files")
 @pytest.mark.parametrize("path", SPEECH, ids=lambda p: p.name)
 def test_read_wav_matches_stdlib_wave(path: Path) -> None:
     with wave.open(str(path)) as w:

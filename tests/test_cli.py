@@ -108,3 +108,109 @@ def test_serve_without_a_model_exits_with_one_actionable_line(offline_env):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("trio-asr serve: ") and "--model" in lines[0]
+
+
+# ------------------------------------------------------------ one line per failure
+
+
+def one_line(stderr: str, command: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"trio-asr {command}: ")
+    return lines[0]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_asr", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_client_with_no_server_says_so(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["client", "--url", f"ws://127.0.0.1:{port}/paddlespeech/asr/streaming", str(SPEECH_FILES[0])]) == 1
+    line = one_line(capsys.readouterr().err, "client")
+    assert "cannot connect" in line and "server running" in line
+
+
+def test_client_with_a_bad_file_says_so(tmp_path, capsys):
+    bad = tmp_path / "x.wav"
+    bad.write_bytes(b"nonsense")
+    assert main(["client", str(bad)]) == 1
+    assert str(bad) in one_line(capsys.readouterr().err, "client")
+
+
+def test_serve_on_a_port_in_use_is_one_line(zipformer2_model_dir, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("serve", "--host", "127.0.0.1", "--port", str(port), "--model", str(zipformer2_model_dir),
+                       "--audio-dir", str(tmp_path / "a"))  # fmt: skip
+    assert proc.returncode == 1
+    assert "--port" in one_line(proc.stderr, "serve")
+
+
+def test_serve_with_an_unusable_audio_dir_is_one_line(zipformer2_model_dir, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    proc = run_cli("serve", "--host", "127.0.0.1", "--port", "0", "--model", str(zipformer2_model_dir),
+                   "--audio-dir", str(not_a_dir))  # fmt: skip
+    assert proc.returncode == 1
+    line = one_line(proc.stderr, "serve")
+    assert str(not_a_dir) in line and "--audio-dir" in line
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('port = "8092"\n', "port must be an integer, got '8092'"),
+        ("max-connections = 3\n", "keys use underscores: max_connections"),
+        ("max_conections = 3\n", "did you mean max_connections?"),
+        ("save_audio = 1\n", "save_audio must be true or false"),
+        ("[server]\nbeam = 100000\n", "beam must be between 1 and 256"),
+    ],
+)
+def test_config_file_errors_name_the_key(tmp_path, capsys, toml, expected):
+    path = tmp_path / "server.toml"
+    path.write_text(toml)
+    assert main(["serve", "--config", str(path)]) == 2
+    assert expected in one_line(capsys.readouterr().err, "serve")
+
+
+def test_every_setting_has_a_flag_and_a_help_text():
+    import attrs
+
+    from trio_asr.cli import build_parser
+    from trio_asr.config import ServerConfig
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = {opt for action in serve._actions for opt in action.option_strings}
+    for field in attrs.fields(ServerConfig):
+        assert "--" + field.name.replace("_", "-") in flags
+        assert field.metadata["help"]
+    text = serve.format_help()
+    assert "ServerConfig" not in text and "Serve the PaddleSpeech" in text
+
+
+def test_help_texts_have_no_markup(capsys):
+    for command in ("client", "serve", "transcribe", "models"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "``" not in out and ":class:" not in out and ":func:" not in out
+
+
+@pytest.mark.parametrize("name", ["foo", "/some/dir"])
+def test_models_download_of_an_unknown_name_names_the_flag(offline_env, capsys, name):
+    assert main(["models", "--download", name]) == 2
+    line = one_line(capsys.readouterr().err, "models")
+    assert f"--download {name}" in line and "known" in line
+
+
+def test_models_shows_language_size_and_kind(offline_env, capsys):
+    assert main(["models"]) == 0
+    fields = capsys.readouterr().out.splitlines()[0].split("\t")
+    assert fields[2] == "Chinese" and fields[3].endswith("MB download") and "CTC" in fields[4]

@@ -10,7 +10,6 @@ batches model calls across connections or not.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from paths import SPEECH_FILES
 from serverutil import ws_url
 
 from trio_asr.audio import WavWriter, read_wav
-from trio_asr.client import add_client_parser, stream_file, stream_pcm
+from trio_asr.cli import main
+from trio_asr.client import stream_file, stream_pcm
 from trio_asr.config import ServerConfig
 from trio_asr.model import load_model
 from trio_asr.recognizer import Recognizer
@@ -40,12 +40,12 @@ def recognizer(streaming_ctc_model_dir: Path) -> Recognizer:
 
 @pytest.fixture(params=[True, False], ids=["batched", "unbatched"])
 async def server(nursery: trio.Nursery, tmp_path: Path, recognizer: Recognizer, request) -> Server:
-    """The server with its model service (batching) and without it."""
+    """The server with batching on and off (one chunk per model call)."""
     config = ServerConfig(
         host="127.0.0.1", port=0, audio_dir=tmp_path / "audio", idle_timeout=20.0, workers=2, batching=request.param
     )
     server = await nursery.start(serve, config, recognizer)
-    assert (server.service is not None) == request.param
+    assert server.service.max_batch == (config.max_batch if request.param else 1)
     return server
 
 
@@ -168,8 +168,7 @@ async def test_concurrent_real_streams_do_not_mix(server: Server, recognizer: Re
             nursery.start_soon(one, i)
     for i, clip in enumerate(clips):
         assert finals[i] == reference(recognizer, clip, 16000).text
-    if server.service is not None:
-        assert server.service.stats.chunks > 0, "the model ran through the service"
+    assert server.service.stats.chunks > 0, "the model ran through the service"
 
 
 async def test_client_command_prints_final_text(server: Server, recognizer: Recognizer, tmp_path: Path, capsys) -> None:
@@ -177,15 +176,12 @@ async def test_client_command_prints_final_text(server: Server, recognizer: Reco
     path = tmp_path / "cli.wav"
     with WavWriter(path, 16000, 1) as wav:
         wav.write(pcm.tobytes())
-    parser = argparse.ArgumentParser()
-    add_client_parser(parser.add_subparsers())
-    args = parser.parse_args(["client", str(path), "--url", ws_url(server.port), "--json"])
-    rc = await trio.to_thread.run_sync(args.run, args)
-    assert rc == 0
+    args = ["client", str(path), "--url", ws_url(server.port), "--json"]
+    assert await trio.to_thread.run_sync(main, args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["result"] == reference(recognizer, pcm, 16000).text
-    bad = parser.parse_args(["client", str(path), "--url", ws_url(server.port, "/nope")])
-    assert await trio.to_thread.run_sync(bad.run, bad) == 1
+    bad = ["client", str(path), "--url", ws_url(server.port, "/nope")]
+    assert await trio.to_thread.run_sync(main, bad) == 1
     assert "404" in capsys.readouterr().err
 
 
@@ -201,3 +197,20 @@ async def test_real_speech_over_the_wire_equals_transcribe(
     expected = transcribe_file(recognizer, path)
     assert expected.text
     assert final["result"] == expected.text
+
+
+async def test_client_command_reports_a_server_error_in_one_line(
+    nursery: trio.Nursery, recognizer: Recognizer, tmp_path: Path, capsys
+) -> None:
+    """A pipelined client whose stream the server ends with an error prints
+    that error, not a traceback of exception groups."""
+    config = ServerConfig(host="127.0.0.1", port=0, audio_dir=tmp_path / "audio", max_message_bytes=2000)
+    server = await nursery.start(serve, config, recognizer)
+    path = tmp_path / "big-frames.wav"
+    with WavWriter(path, 16000, 1) as wav:
+        wav.write(to_pcm16(speechlike(0.5)).tobytes())
+    for mode in (["--pipeline"], []):
+        args = ["client", str(path), "--url", ws_url(server.port), *mode]
+        assert await trio.to_thread.run_sync(main, args) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("trio-asr client: ") and "2000 bytes" in err[0], err

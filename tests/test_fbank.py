@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paths import AUDIO_DIR, SPEECH_FILES
+from paths import SPEECH_FILES
 from trio_asr._fbank import FbankCore
 from trio_asr.features import (
     FbankOptions,
@@ -233,16 +233,12 @@ def snip_edges(request):
 
 @pytest.mark.parametrize("name", OPTION_SETS)
 def test_matches_knf_on_real_speech(name, snip_edges):
-    if not SPEECH_FILES:
-        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_SHARED_DIR)")
     o = attrs.evolve(OPTION_SETS[name], snip_edges=snip_edges)
     for path in SPEECH_FILES:
         assert_matches_knf(read_wav_int16(path), o)
 
 
 def test_nemo_options_match_knf_on_real_speech(snip_edges):
-    if not SPEECH_FILES:
-        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_SHARED_DIR)")
     o = attrs.evolve(NEMO, snip_edges=snip_edges)
     for path in SPEECH_FILES:
         assert_matches_knf(read_wav_int16(path), o, amplitude=NEMO_AMPLITUDE)
@@ -384,8 +380,6 @@ def test_fixed_odd_chunks_equal_whole(size, snip_edges):
 
 @pytest.mark.parametrize("base", [FbankOptions(), NEMO], ids=["kaldi", "nemo"])
 def test_real_speech_in_random_chunks_equals_whole(base, snip_edges):
-    if not SPEECH_FILES:
-        pytest.skip(f"no real speech in {AUDIO_DIR} (set TRIO_ASR_SHARED_DIR)")
     o = attrs.evolve(base, snip_edges=snip_edges)
     rng = np.random.default_rng(2)
     for path in SPEECH_FILES:

@@ -23,9 +23,11 @@ import pytest
 import sherpa_onnx
 
 from fixtures.nemo_ctc import NemoCtcSpec, write_nemo_ctc_model
+from modelutil import decode_streams
 from paths import SPEECH_FILES as SPEECH
+
 from trio_asr.features import StreamingFbank
-from trio_asr.model import ModelError, ModelState, decode_streams, find_model_file
+from trio_asr.model import ModelError, ModelState, find_model_file
 from trio_asr.model.nemo_ctc import NemoCtcModel, matches
 from trio_asr.recognizer import Recognizer
 from trio_asr.search import GreedySearch
@@ -221,7 +223,7 @@ def test_recognizer_greedy_equals_sherpa_onnx(model, model_dir, wav, feed):
 
     n_chunks = chunks_sherpa_runs(model, len(sherpa_fbank(samples, model.feature_dim)))
     limit = n_chunks * model.chunk_shift // model.subsampling  # output frames sherpa decoded
-    got = [(t.piece, round(t.start / model.frame_shift_s)) for t in result.times]
+    got = [(t.piece, round(t.start / model.frame_shift_s)) for t in result.tokens]
     both = [(piece, frame) for piece, frame in got if frame < limit]
     want = [
         (piece.strip(), round(t / 0.04))

@@ -91,7 +91,7 @@ async def test_concurrent_streams_batched_equal_unbatched(nursery: trio.Nursery,
     for path in SPEECH_FILES:
         samples, rate = read_wav(path)
         utterances.append((down_mix(samples), rate))
-    assert len(utterances) >= 4, "needs the shared speech files"
+    assert len(utterances) >= 4, "needs at least 4 speech clips"
     # more streams than files, of unequal lengths: cut copies of the files
     utterances += [(x[: len(x) * (k + 1) // 5], rate) for k, (x, rate) in enumerate(utterances[:3])]
     streams = [recognizer.create_stream(3, rate) for _, rate in utterances]

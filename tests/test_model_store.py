@@ -1,7 +1,8 @@
 """Tests for trio_asr.model_store against a local HTTP server.
 
-The archives are built here from the shared tokens.txt plus a stand-in
-model file, and the registry entries are computed from those archives.
+The archives are built here from the default model's tokens.txt (kept in
+tests/data) plus a stand-in model file, and the registry entries are
+computed from those archives.
 """
 
 from __future__ import annotations
@@ -386,7 +387,10 @@ def test_default_registry_entry() -> None:
     assert {f.path for f in spec.files} >= {"model.int8.onnx", "tokens.txt"}
 
 
-@pytest.mark.skipif(not (SHARED_MODEL / "tokens.txt").is_file(), reason="shared tokens.txt not available")
+@pytest.mark.skipif(
+    not (SHARED_MODEL / "tokens.txt").is_file(),
+    reason=f"no {SHARED_MODEL / 'tokens.txt'} (TRIO_ASR_SHARED_DIR names a directory without it)",
+)
 def test_registry_tokens_checksum_matches_the_shared_copy() -> None:
     tokens = next(f for f in REGISTRY[DEFAULT_MODEL].files if f.path == "tokens.txt")
     data = (SHARED_MODEL / "tokens.txt").read_bytes()

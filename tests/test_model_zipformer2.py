@@ -34,9 +34,11 @@ import onnxruntime as ort
 import pytest
 
 from fixtures import zipformer2_ctc as fixture
+from modelutil import decode_streams, finalize
 from paths import AUDIO_DIR
+
 from trio_asr.features import StreamingFbank
-from trio_asr.model import ModelError, decode_streams, find_model_file, is_batch_invariant, load_model
+from trio_asr.model import ModelError, find_model_file, is_batch_invariant, load_model
 from trio_asr.model.zipformer2_ctc import Zipformer2CtcModel
 from trio_asr.search import GreedySearch
 
@@ -192,7 +194,7 @@ def test_log_probs_match_reference_loop(streaming_ctc_model_dir, name):
     for start in range(0, len(frames), 37):  # odd feed size: chunks straddle calls
         stream.accept_features(frames[start : start + 37])
         got.append(stream.decode_ready_chunks())
-    got.append(stream.finalize())
+    got.append(finalize(stream))
     got = np.concatenate(got)
     want = reference_log_probs(find_model_file(streaming_ctc_model_dir), frames)
     assert got.shape == want.shape
@@ -235,7 +237,7 @@ def test_batched_equals_one_by_one(streaming_ctc_model_dir):
     for frames in inputs:
         stream = model.create_stream()
         stream.accept_features(frames)
-        single.append(np.concatenate([stream.decode_ready_chunks(), stream.finalize()]))
+        single.append(np.concatenate([stream.decode_ready_chunks(), finalize(stream)]))
     checking = _CheckEachBatch(model)
     streams = [checking.create_stream() for _ in inputs]
     for stream, frames in zip(streams, inputs):
@@ -314,7 +316,7 @@ def test_model_geometry(zipformer2_model_dir):
 def test_stream_edges(zipformer2_model_dir):
     model = load_zipformer2(zipformer2_model_dir)
     stream = model.create_stream()
-    assert stream.finalize().shape == (0, model.vocab_size)
+    assert finalize(stream).shape == (0, model.vocab_size)
     with pytest.raises(RuntimeError):
         stream.accept_features(np.zeros((1, 80), np.float32))
     stream = model.create_stream()
@@ -324,7 +326,7 @@ def test_stream_edges(zipformer2_model_dir):
     assert stream.decode_ready_chunks().shape == (0, model.vocab_size)
     # T-1 frames: one padded chunk covers the first chunk_shift, a second the rest.
     expected = math.ceil((model.chunk_frames - 1) / model.chunk_shift)
-    assert stream.finalize().shape[0] == expected * (model.chunk_shift // model.subsampling)
+    assert finalize(stream).shape[0] == expected * (model.chunk_shift // model.subsampling)
     with pytest.raises(ValueError):
         model.run(np.zeros((1, 3, 80), np.float32), [model.initial_state()])
 

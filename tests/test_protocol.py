@@ -7,19 +7,20 @@ import json
 import numpy as np
 import pytest
 
-from trio_asr.protocol import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_asr.messages import (
     Audio,
-    ConnectionProtocol,
     EndStream,
     ErrorReply,
     FinalResult,
     PartialResult,
-    ProtocolLimits,
     ServerReady,
     StartStream,
-    State,
     encode_reply,
 )
+from trio_asr.protocol import ConnectionProtocol, LocalProtocolError, ProtocolLimits, State
 
 
 def start_msg(**fields: object) -> str:
@@ -296,3 +297,132 @@ def test_encode_error() -> None:
         "message": "bad",
     }
     assert json.loads(encode_reply(ErrorReply(1008, "end", "no")))["signal"] == "end"
+
+
+def test_lone_surrogates_stay_encodable() -> None:
+    """JSON allows "\\ud800"; UTF-8 does not: such a reply falls back to ASCII escapes."""
+    for reply in (
+        FinalResult(name="\ud800x", text="hi"),
+        ErrorReply(1008, "\udfff", "unknown signal"),
+    ):
+        text = encode_reply(reply)
+        text.encode("utf-8")
+        assert json.loads(text) == json.loads(json.dumps(json.loads(text)))
+    assert json.loads(encode_reply(FinalResult(name="\ud800x", text="hi")))["name"] == "\ud800x"
+
+
+# ------------------------------------------------------------ never raises (fuzz)
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash() -> None:
+    for text in ("[" * 987, "[" * 100_000, '{"a":' * 50_000):
+        proto = ConnectionProtocol()
+        events = proto.receive_text(text)
+        assert error_of(events).code == 1007
+        assert proto.state is State.CLOSED
+
+
+frames = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200),
+    st.builds(
+        lambda fields: json.dumps({"signal": "start", **fields}),
+        st.dictionaries(
+            st.sampled_from(["name", "nbest", "sampleRate", "channels", "bitsPerSample"]),
+            st.one_of(st.integers(-5, 100_000), st.text(max_size=5), st.none(), st.booleans(), st.floats()),
+        ),
+    ),
+    st.just('{"signal": "end"}'),
+    st.just(start_msg()),
+    st.builds(lambda n: "[" * n, st.integers(0, 5000)),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(frames, max_size=12))
+def test_no_input_sequence_raises_and_replies_stay_orderly(sequence: list) -> None:
+    """Whatever arrives, the core returns events (never raises), and
+    answering every event with its reply is always accepted by send()."""
+    proto = ConnectionProtocol(ProtocolLimits(max_message_bytes=4096))
+    for frame in [*sequence, None]:
+        if frame is None:
+            events = proto.connection_closed()
+        elif isinstance(frame, str):
+            events = proto.receive_text(frame)
+        else:
+            events = proto.receive_bytes(frame)
+        for event in events:
+            reply = reply_to(event)
+            if reply is not None:
+                json.loads(proto.send(reply))
+    assert proto.replies_due == 0
+
+
+# ------------------------------------------------------------ outgoing order (§5)
+
+
+def reply_to(event: object) -> object:
+    if isinstance(event, StartStream):
+        return ServerReady()
+    if isinstance(event, Audio):
+        return PartialResult("x")
+    if isinstance(event, EndStream):
+        return FinalResult(event.name, "x") if event.reply else None
+    assert isinstance(event, ErrorReply)
+    return event
+
+
+def test_replies_go_out_in_the_order_the_frames_came() -> None:
+    proto = ConnectionProtocol()
+    proto.receive_text(start_msg())
+    proto.receive_bytes(pcm([1]))
+    proto.receive_bytes(pcm([2]))
+    proto.receive_text('{"signal": "end"}')
+    with pytest.raises(LocalProtocolError):
+        proto.send(PartialResult("early"))  # server_ready is due first
+    proto.send(ServerReady())
+    with pytest.raises(LocalProtocolError):
+        proto.send(FinalResult("a.wav", "too early"))  # two partials are due first
+    proto.send(PartialResult("1"))
+    proto.send(PartialResult("2"))
+    with pytest.raises(LocalProtocolError):
+        proto.send(PartialResult("3"))  # one per frame
+    assert json.loads(proto.send(FinalResult("a.wav", "done")))["signal"] == "end"
+    assert proto.replies_due == 0
+    with pytest.raises(LocalProtocolError):
+        proto.send(ServerReady())  # nothing was asked
+
+
+def test_an_error_may_overtake_replies_due_and_nothing_follows_it() -> None:
+    proto = ConnectionProtocol()
+    proto.receive_text(start_msg())
+    proto.receive_bytes(pcm([1]))
+    with pytest.raises(LocalProtocolError):
+        proto.send(ErrorReply(1011, None, "no error was issued"))
+    [cut, error] = proto.fail(1011, "internal error: boom")
+    assert cut == EndStream(name="a.wav", reply=False)
+    proto.send(ServerReady())
+    assert json.loads(proto.send(error))["status"] == "error"
+    assert proto.error_sent and proto.replies_due == 0
+    for late in (PartialResult("late"), error):
+        with pytest.raises(LocalProtocolError):
+            proto.send(late)
+
+
+def test_invalid_second_start_finishes_the_open_stream_first() -> None:
+    """Spec §4: the open stream ends (its final reply due, audio saved), then
+    the new start is judged."""
+    proto = started(name="one.wav")
+    events = proto.receive_text(start_msg(name="two.wav", sampleRate=1))
+    assert events[0] == EndStream(name="one.wav", reply=True)
+    assert error_of(events).code == 1003 and len(events) == 2
+    proto.send(ServerReady())
+    proto.send(FinalResult("one.wav", "text"))
+    proto.send(events[1])
+
+
+def test_stream_may_not_outgrow_a_wav_file() -> None:
+    proto = started(ProtocolLimits(max_stream_bytes=10))
+    assert isinstance(proto.receive_bytes(b"\x00" * 10)[0], Audio)
+    events = proto.receive_bytes(b"\x00\x00")
+    assert error_of(events).code == 1008 and "WAV" in error_of(events).message

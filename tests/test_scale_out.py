@@ -11,10 +11,8 @@ Needs the ``nginx`` binary (Debian/Ubuntu package ``nginx-light`` or ``nginx``);
 
 from __future__ import annotations
 
-import grp
 import json
 import os
-import pwd
 import re
 import shutil
 import socket
@@ -67,13 +65,20 @@ def render_nginx_conf(template: str, backends: list[int], listen_port: int) -> s
 
     text, n = re.subn(r"^(\s*)listen\s+[^;]+;$", rf"\g<1>listen 127.0.0.1:{listen_port};", text, flags=re.M)
     assert n == 1, "expected exactly one `listen` line"
-    if os.geteuid() == 0:
-        user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
-    else:
-        user = ""  # nginx ignores `user` (with a warning) unless started as root
-    text, n = re.subn(r"^user\s+[^;]+;$", user, text, flags=re.M)
+    text, n = re.subn(r"^user\s+[^;]+;$", worker_user_line(), text, flags=re.M)
     assert n == 1, "expected exactly one `user` line"
     return text
+
+
+def worker_user_line() -> str:
+    """nginx's ``user`` line for the current user; empty unless running as root
+    on a POSIX system (elsewhere nginx ignores ``user``, with a warning)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return ""
+    import grp  # POSIX only, like the root case itself
+    import pwd
+
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
 
 
 def free_port() -> int:

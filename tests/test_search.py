@@ -249,10 +249,16 @@ def test_frames_are_counted_across_calls(make):
     assert search.num_frames == 8
 
 
-def reference_beam_search(log_probs: np.ndarray, beam: int) -> list[tuple[tuple[int, ...], float, tuple[int, ...]]]:
+def reference_beam_search(
+    log_probs: np.ndarray, beam: int, bonus=None
+) -> list[tuple[tuple[int, ...], float, tuple[int, ...]]]:
     """Textbook prefix beam search (blank 0, no pruning): every candidate of
     every frame in a dict, then the ``beam`` best possible ones kept. Returns
-    ``(tokens, score, frames)`` best first."""
+    ``(tokens, score, frames)`` best first.
+
+    ``bonus(prefix) -> (kept, at_risk)`` (hotwords): the beam ranks by log
+    probability + kept + at_risk, the result by log probability + kept."""
+    bonus = bonus or (lambda prefix: (0.0, 0.0))
     lp = log_probs.astype(np.float64)
     beams = {(): (0.0, -math.inf, ())}  # prefix -> (blank-ending, token-ending, frames)
     for t, row in enumerate(lp):
@@ -274,9 +280,10 @@ def reference_beam_search(log_probs: np.ndarray, beam: int) -> list[tuple[tuple[
             if prefix in beams:
                 entry[2] = beams[prefix][2]
         possible = [kv for kv in nxt.items() if np.logaddexp(kv[1][0], kv[1][1]) > -math.inf]
-        ranked = sorted(possible, key=lambda kv: -np.logaddexp(kv[1][0], kv[1][1]))[:beam]
+        ranked = sorted(possible, key=lambda kv: -(np.logaddexp(kv[1][0], kv[1][1]) + sum(bonus(kv[0]))))[:beam]
         beams = {p: (e[0], e[1], e[2]) for p, e in ranked}
-    return [(p, float(np.logaddexp(pb, pnb)), f) for p, (pb, pnb, f) in beams.items()]
+    found = [(p, float(np.logaddexp(pb, pnb)) + bonus(p)[0], f) for p, (pb, pnb, f) in beams.items()]
+    return sorted(found, key=lambda item: -item[1])
 
 
 @settings(max_examples=40, deadline=None)
@@ -355,3 +362,41 @@ def test_the_search_runs_while_other_threads_hold_the_interpreter():
     duration = per_frame * len(log_probs)
     assert duration > 0.2  # long enough for a held GIL to show
     assert max(b - a for a, b in itertools.pairwise(ticks)) < duration / 3
+
+
+def test_the_vocabulary_width_is_fixed_by_the_first_frames():
+    """Rows narrower than the first block's would be read past their end (the
+    beam's last tokens index them): a width change is refused, wider too."""
+    search = PrefixBeamSearch(4)
+    search.accept(log_softmax(np.random.default_rng(1).normal(size=(6, 50))).astype(np.float32))
+    for width in (3, 51):
+        with pytest.raises(ValueError, match="50"):
+            search.accept(np.log(np.full((2, width), 1 / width, dtype=np.float32)))
+    search.accept(np.zeros((0, 50), dtype=np.float32))
+    search.accept(np.log(np.full((2, 50), 1 / 50, dtype=np.float32)))  # still usable
+    assert search.num_frames == 8
+
+
+def test_prefix_rows_are_bounds_checked():
+    search = PrefixBeamSearch(4)
+    search.accept(np.log(np.full((3, 5), 0.2, dtype=np.float32)))
+    rows = len(search._core.scores())
+    assert search._core.prefix(rows - 1)  # the last row is readable
+    for row in (rows, -1, 10**9):
+        with pytest.raises(IndexError):
+            search._core.prefix(row)
+
+
+def test_beam_width_is_bounded():
+    """A beam past MAX_BEAM is refused before anything is allocated; the
+    compiled core refuses it too (its ``2 * beam`` once overflowed a C int)."""
+    from trio_asr._ctc import PrefixBeamCore
+    from trio_asr.search import MAX_BEAM
+
+    assert 5000 <= MAX_BEAM <= 100_000
+    PrefixBeamSearch(MAX_BEAM)
+    with pytest.raises(ValueError, match="beam"):
+        PrefixBeamSearch(MAX_BEAM + 1)
+    for beam in (2**30 + 1, 2**31 - 1, 0, -1):
+        with pytest.raises(ValueError, match="beam"):
+            PrefixBeamCore(beam, 0, 0, False, 0.0)

@@ -9,6 +9,7 @@ tests with the real recognizer live in ``test_client_interop.py``.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import trio
 import trio_websocket
 from serverutil import (
     ControlledModel,
+    make_config,
+    start_server,
     CountingRecognizer,
     end_msg,
     expect_close,
@@ -38,28 +41,15 @@ from trio_asr.server import Server, serve
 RNG = np.random.default_rng(1234)
 
 
-def make_config(tmp_path: Path, **overrides: object) -> ServerConfig:
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "audio_dir": tmp_path / "audio",
-        "idle_timeout": 5.0,
-        "grace_period": 2.0,
-        "handshake_timeout": 2.0,
-        "workers": 4,
-    }
-    values.update(overrides)
-    return ServerConfig(**values)
-
-
-async def start_server(nursery: trio.Nursery, tmp_path: Path, recognizer=None, **overrides: object) -> Server:
-    config = make_config(tmp_path, **overrides)
-    return await nursery.start(serve, config, recognizer or CountingRecognizer())
-
-
-@pytest.fixture
-def recognizer() -> CountingRecognizer:
-    return CountingRecognizer()
+@pytest.fixture(
+    params=[(False, True), (True, False), (False, False), (True, True)],
+    ids=["accept-in-thread", "search-in-thread", "both-in-threads", "both-on-loop"],
+)
+def recognizer(request: pytest.FixtureRequest) -> CountingRecognizer:
+    """The test double, with each placement of feature and search work."""
+    recognizer = CountingRecognizer()
+    recognizer.cheap_accept, recognizer.cheap_search = request.param
+    return recognizer
 
 
 @pytest.fixture
@@ -292,7 +282,7 @@ async def test_oversize_frame_is_1009(nursery: trio.Nursery, tmp_path: Path) -> 
         await recv_json(ws)
         await ws.send_message(b"\x00" * 100_000)
         assert await expect_close(ws) == 1009
-    assert len(wavs(server)) == 2
+    assert [p.name for p in wavs(server)] == ["t.wav"], "a stream that got no audio leaves no file"
 
 
 async def test_idle_client_is_closed(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -405,14 +395,42 @@ async def test_model_failure_ends_only_the_streams_of_that_batch(
     assert server.service is not None and server.service.stats.failed_batches == 1
 
 
-async def test_batching_off_or_no_model_means_no_service(
+async def two_streams_while_the_model_is_held(model: ControlledModel, port: int, hold: float) -> None:
+    """Two streams send 1 s each while the first model call is held for
+    ``hold`` s longer, so the other stream's chunks queue up behind it."""
+    model.gate = threading.Event()
+    try:
+        async with trio_websocket.open_websocket_url(ws_url(port)) as a:
+            async with trio_websocket.open_websocket_url(ws_url(port)) as b:
+                for ws in (a, b):
+                    await ws.send_message(start_msg())
+                    await recv_json(ws)
+                    await ws.send_message(pcm16(16000).tobytes())
+                await wait_until_running(model)
+                await trio.sleep(hold)
+                model.gate.set()
+                for ws in (a, b):
+                    assert "result" in await recv_json(ws)
+    finally:
+        model.gate.set()
+
+
+async def test_batching_off_runs_one_chunk_per_model_call(
     nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
 ) -> None:
-    unbatched = await start_server(nursery, tmp_path, Recognizer(controlled_model), batching=False)
-    assert unbatched.service is None
-    assert "queue_delay" not in json.loads((await http_get(unbatched.port, "/health"))[1])
-    counting = await start_server(nursery, tmp_path, CountingRecognizer())
-    assert counting.service is None and not counting.overloaded
+    """--no-batching goes through the same decode path, one chunk per call."""
+    server = await start_server(nursery, tmp_path, Recognizer(controlled_model, beam=2), batching=False)
+    await two_streams_while_the_model_is_held(controlled_model, server.port, 0.2)
+    assert len(controlled_model.batch_sizes) > 2 and set(controlled_model.batch_sizes) == {1}
+
+
+async def test_batching_on_batches_the_chunks_of_several_streams(
+    nursery: trio.Nursery, tmp_path: Path, controlled_model: ControlledModel
+) -> None:
+    """The control for the test above: the same load with batching on."""
+    server = await start_server(nursery, tmp_path, Recognizer(controlled_model, beam=2), concurrent_batches=1)
+    await two_streams_while_the_model_is_held(controlled_model, server.port, 0.2)
+    assert max(controlled_model.batch_sizes) == 2
 
 
 # ------------------------------------------------------------ saving
@@ -518,9 +536,13 @@ async def test_graceful_shutdown_lets_open_stream_finish(nursery: trio.Nursery, 
             error = await recv_json(idle)
             assert error["status"] == "error"
             assert await expect_close(idle) == 1001
-            # no new connections
-            with pytest.raises(OSError):
-                await trio.open_tcp_stream("127.0.0.1", server.port)
+            # no new streams: balancers see 503 and move on
+            with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                async with trio_websocket.open_websocket_url(ws_url(server.port)):
+                    pass
+            assert info.value.status_code == 503
+            status, body = await http_get(server.port, "/health")
+            assert status == 503 and json.loads(body)["status"] == "shutting down"
             # the open stream can still finish
             await busy.send_message(audio.tobytes())
             assert "result" in await recv_json(busy)
@@ -583,18 +605,15 @@ def test_config_from_toml_with_cli_overrides(tmp_path: Path) -> None:
     assert (config.batching, config.max_batch, config.max_queue_delay) == (False, 8, 0.25)
 
 
+@pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="Windows cannot send SIGINT to a child process (only SIGTERM, a hard kill, and console events)",
+)
 async def test_serve_command_exits_0_on_sigint(tmp_path: Path, zipformer2_model_dir: Path) -> None:
     import signal
     import subprocess
-    import sys
 
-    script = (
-        "import argparse, sys\n"
-        "from trio_asr.server import add_serve_parser\n"
-        "parser = argparse.ArgumentParser(); add_serve_parser(parser.add_subparsers())\n"
-        "args = parser.parse_args(['serve'] + sys.argv[1:]); sys.exit(args.run(args))\n"
-    )
-    cmd = [sys.executable, "-c", script, "--port", "0", "--host", "127.0.0.1", "--model", str(zipformer2_model_dir)]
+    cmd = [sys.executable, "-m", "trio_asr", "serve", "--port", "0", "--host", "127.0.0.1", "--model", str(zipformer2_model_dir)]
     cmd += ["--audio-dir", str(tmp_path / "a")]
     proc = await trio.lowlevel.open_process(cmd, stderr=subprocess.PIPE)
     try:

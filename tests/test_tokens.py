@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures import zipformer2_ctc
+from paths import MODELS_DIR
+from trio_asr.model_store import DEFAULT_MODEL
 from trio_asr.tokens import BYTE_TO_CHAR, TokenTable
 
 # icefall/byte_utils.py: the code point standing in for byte b is PUBLISHED[b].
@@ -237,3 +239,91 @@ def test_bbpe_text_matches_sherpa_onnx(tmp_path, seed):
     ids = [table.id(piece) for piece in result.tokens]
     assert len(ids) > 10
     assert table.text(ids) == result.text
+
+
+# --- encode: phrase -> the tokens the model would emit ------------------------
+
+PHRASE_WORDS = ["hello", "world", "a", "你好", "世界", "é", ",", "一", "hello你好"]
+
+
+def cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(PHRASE_WORDS), min_size=1, max_size=6))
+def test_encode_inverts_text_on_a_bbpe_table(words):
+    table = synthetic_bbpe()
+    phrase = " ".join(words)
+    ids = table.encode(phrase)
+    # The words joined by the spacing rule: no space next to a CJK character.
+    expected = "".join(
+        ch for i, ch in enumerate(phrase) if ch != " " or not (cjk(phrase[i - 1]) or cjk(phrase[i + 1]))
+    )
+    assert table.text(ids) == expected
+    if "hello你好" not in words:  # never more tokens than icefall's own spelling
+        assert len(ids) <= len(segment(table, icefall_pieces(phrase)))
+
+
+def test_encode_spells_words_with_their_boundary_and_cjk_as_icefall_does():
+    table = synthetic_bbpe()
+    assert [table.piece(i) for i in table.encode("hello  world")] == ["\u2581hello", "\u2581wor", "ld"]
+    hao = "\u2581" + byte_encode("好")
+    assert table.encode("好") == (table.id(hao),)  # the boundary joined to the character
+    assert table.encode("你好")[-1] == table.id(hao)
+
+
+@pytest.mark.parametrize("sentence", CHINESE)
+def test_encode_round_trips_chinese_on_a_bbpe_tokens_file(tmp_path, sentence):
+    table = TokenTable.from_file(bbpe_tokens_file(tmp_path / "tokens.txt", 1500))
+    ids = table.encode(sentence)
+    assert table.text(ids) == sentence
+    assert len(ids) == len(sentence)  # every character has a whole piece after ▁
+    assert all(table.piece(i).startswith("\u2581") for i in ids)
+
+
+@pytest.mark.parametrize("sentence", CHINESE)
+def test_encode_round_trips_chinese_on_the_real_table(real_table, sentence):
+    assert real_table.text(real_table.encode(sentence)) == sentence
+
+
+def test_encode_on_the_default_models_table_spells_like_icefall():
+    """The default model's tokens.txt (kept in tests/data): every character
+    of the publisher's sentences is spelled after a ▁, as icefall's byte-level
+    BPE spells Chinese, and the text comes back."""
+    path = MODELS_DIR / DEFAULT_MODEL / "tokens.txt"
+    table = TokenTable.from_file(path)
+    assert table.bbpe
+    for sentence in CHINESE:
+        ids = table.encode(sentence)
+        assert table.text(ids) == sentence
+        starts = [i for i in ids if table.piece(i).startswith("\u2581")]
+        assert len(starts) == len(sentence)
+        assert len(ids) <= len(segment(table, icefall_pieces(sentence)))
+    with pytest.raises(ValueError, match="cannot spell 'h'"):
+        table.encode("hello")
+
+
+def test_encode_on_a_sentencepiece_table_follows_its_case():
+    table = sentencepiece_table()
+    assert [table.piece(i) for i in table.encode("Hello world")] == ["\u2581HE", "LLO", "\u2581WORLD"]
+    assert table.text(table.encode("hello s")) == "HELLO S"
+    assert [table.piece(i) for i in table.encode("你")] == ["<0xE4>", "<0xBD>", "<0xA0>"]  # byte fallback
+    mixed = TokenTable(["<blk>", "\u2581He", "\u2581he", "llo"])
+    assert mixed.text(mixed.encode("He")) == "He"  # both cases: kept as written
+    assert mixed.text(mixed.encode("hello")) == "hello"
+    with pytest.raises(ValueError, match="cannot spell 'H'"):
+        mixed.encode("HELLO")
+
+
+def test_encode_on_a_character_table_with_a_space_token():
+    table = TokenTable(["<blk>", " ", *"newyork"])
+    assert "".join(table.piece(i) for i in table.encode("new  york")) == "new york"
+
+
+def test_encode_refuses_what_the_table_cannot_spell():
+    table = sentencepiece_table()
+    with pytest.raises(ValueError, match="cannot spell 'X'"):
+        table.encode("hex")
+    with pytest.raises(ValueError, match="empty"):
+        table.encode("  ")

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 __all__ = [
+    "WAV_MAX_DATA_BYTES",
     "WavWriter",
     "create_unique_wav",
     "down_mix",
@@ -34,6 +35,9 @@ _FORMAT_EXTENSIBLE = 0xFFFE
 # Sub-format GUIDs of WAVE_FORMAT_EXTENSIBLE: the first two bytes carry the
 # plain format tag, the remaining 14 bytes are this fixed suffix.
 _GUID_SUFFIX = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+
+#: the most PCM bytes one WAV file can hold (its sizes are 32-bit fields)
+WAV_MAX_DATA_BYTES = 0xFFFFFFFF - 36 - 1
 
 
 def read_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
@@ -157,7 +161,6 @@ class WavWriter:
     """
 
     _DATA_START = 44
-    _MAX_DATA = 0xFFFFFFFF - 36 - 1
 
     def __init__(
         self,
@@ -203,7 +206,7 @@ class WavWriter:
         block = self.channels * self.sampwidth
         buf = self._pending + bytes(pcm)
         whole = len(buf) - len(buf) % block
-        if self._data_bytes + whole > self._MAX_DATA:
+        if self._data_bytes + whole > WAV_MAX_DATA_BYTES:
             raise ValueError("WAV data would exceed the 4 GiB limit of the format")
         self._pending = buf[whole:]
         if not whole:

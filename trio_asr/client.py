@@ -13,13 +13,12 @@ server resamples and down-mixes.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import sys
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import trio
@@ -27,7 +26,7 @@ import trio_websocket
 
 from trio_asr.audio import read_wav
 
-__all__ = ["ClientError", "add_client_parser", "stream_file", "stream_pcm"]
+__all__ = ["DEFAULT_URL", "ClientError", "stream_file", "stream_pcm"]
 
 DEFAULT_URL = "ws://127.0.0.1:8090/paddlespeech/asr/streaming"
 
@@ -45,7 +44,8 @@ async def _recv(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
     try:
         message = await ws.get_message()
     except trio_websocket.ConnectionClosed as exc:
-        raise ClientError(f"server closed the connection ({exc.reason})") from None
+        why = f" ({exc.reason.code} {exc.reason.reason or exc.reason.name})" if exc.reason else ""
+        raise ClientError(f"the server closed the connection{why}") from None
     if not isinstance(message, str):
         raise ClientError("server sent a binary frame")
     reply = json.loads(message)
@@ -67,10 +67,14 @@ async def stream_pcm(
     chunk_ms: float = 85.0,
     pipeline: bool = False,
     on_partial: Callable[[dict[str, Any]], None] | None = None,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> dict[str, Any]:
     """Stream PCM16 bytes as one stream; return the server's end reply.
 
-    ``on_partial`` is called with every partial reply, in order.  Raises
+    ``on_partial`` is called with every partial reply, in order.  ``token``
+    is sent as ``Authorization: Bearer``; ``ssl_context`` verifies a
+    ``wss://`` server (default: the system's CAs).  Raises
     :class:`ClientError` on an error reply or a protocol violation.
     """
     frame_bytes = 2 * channels
@@ -78,33 +82,116 @@ async def stream_pcm(
     chunks = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
     start = {"name": name, "signal": "start", "nbest": nbest, "sampleRate": sample_rate, "channels": channels}
     partial = on_partial or (lambda reply: None)
-    async with trio_websocket.open_websocket_url(url, max_message_size=16 << 20) as ws:
-        await ws.send_message(json.dumps(start))
-        ready = await _recv(ws)
-        if ready.get("signal") != "server_ready":
-            raise ClientError(f"expected server_ready, got {ready}")
-        if pipeline:
-            final: dict[str, Any] = {}
-            async with trio.open_nursery() as nursery:
+    headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
+    try:
+        if url.startswith("wss:"):
+            ssl_context = ssl_context or ssl.create_default_context()
+            await _check_tls(url, ssl_context)
+        async with trio_websocket.open_websocket_url(
+            url, ssl_context, extra_headers=headers, max_message_size=16 << 20
+        ) as ws:
+            final = await _stream(ws, chunks, start, name, nbest, chunk_ms, pipeline, partial)
+    except trio_websocket.ConnectionRejected as exc:
+        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        raise ClientError(
+            f"{url}: the server refused the WebSocket with HTTP {exc.status_code} {body}".rstrip()
+            + _REJECTION_HINTS.get(exc.status_code, "")
+        ) from None
+    except (trio_websocket.HandshakeError, OSError) as exc:
+        _raise_if_untrusted(url, exc)
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if isinstance(cause, OSError):
+            raise ClientError(
+                f"cannot connect to {url}: {cause.strerror or cause} (is the server running? check the URL)"
+            ) from None
+        raise ClientError(f"{url}: the WebSocket handshake failed ({cause or type(exc).__name__})") from None
+    except trio.BrokenResourceError as exc:
+        _raise_if_untrusted(url, exc)
+        hint = " (is it a plain ws:// server?)" if "WRONG_VERSION_NUMBER" in str(exc.__cause__) else ""
+        raise ClientError(f"{url}: the connection broke ({exc.__cause__ or exc}){hint}") from None
+    if "result" not in final:
+        raise ClientError(f"expected the end reply, got {final}")
+    return final
 
-                async def reader() -> None:
+
+async def _check_tls(url: str, ssl_context: ssl.SSLContext) -> None:
+    """Complete a TLS handshake with the server of a ``wss://`` URL.
+
+    trio-websocket reports a failed TLS handshake only as a timeout a minute
+    later; doing one first ourselves turns an untrusted certificate into an
+    immediate, clear error.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, parts.port or 443, ssl_context=ssl_context, https_compatible=True
+    )
+    async with stream:
+        await stream.do_handshake()
+
+
+def _raise_if_untrusted(url: str, exc: BaseException) -> None:
+    """Raise a one-line ClientError if ``exc`` came from TLS certificate verification."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            raise ClientError(
+                f"{url}: the server's TLS certificate is not trusted ({seen.verify_message}; "
+                "for a self-signed certificate pass it as --cafile)"
+            ) from None
+        seen = seen.__cause__ or seen.__context__
+
+
+_REJECTION_HINTS = {
+    401: " (the server needs an access token: pass --token or set TRIO_ASR_TOKEN)",
+    404: " (check the URL's path)",
+}
+
+
+async def _stream(
+    ws: trio_websocket.WebSocketConnection,
+    chunks: list[bytes],
+    start: dict[str, Any],
+    name: str,
+    nbest: int,
+    chunk_ms: float,
+    pipeline: bool,
+    partial: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    await ws.send_message(json.dumps(start))
+    ready = await _recv(ws)
+    if ready.get("signal") != "server_ready":
+        raise ClientError(f"expected server_ready, got {ready}")
+    if pipeline:
+        final: dict[str, Any] = {}
+        failure: list[ClientError] = []
+        async with trio.open_nursery() as nursery:
+
+            async def reader() -> None:
+                try:
                     for _ in chunks:
                         partial(await _recv(ws))
                     final.update(await _recv(ws))
+                except ClientError as exc:  # raised below, not as an exception group
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
 
-                nursery.start_soon(reader)
+            nursery.start_soon(reader)
+            try:
                 for chunk in chunks:
                     await ws.send_message(chunk)
-                    await trio.sleep(chunk_ms / 1000)
+                    await trio.sleep(chunk_ms / 1000 * len(chunk) / len(chunks[0]))  # real time
                 await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
-        else:
-            for chunk in chunks:
-                await ws.send_message(chunk)
-                partial(await _recv(ws))
-            await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
-            final = await _recv(ws)
-    if "result" not in final:
-        raise ClientError(f"expected the end reply, got {final}")
+            except trio_websocket.ConnectionClosed:
+                pass  # the reader reports why
+        if failure:
+            raise failure[0]
+    else:
+        for chunk in chunks:
+            await ws.send_message(chunk)
+            partial(await _recv(ws))
+        await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
+        final = await _recv(ws)
     return final
 
 
@@ -113,66 +200,3 @@ async def stream_file(url: str, path: str | Path, **options: Any) -> dict[str, A
     samples, rate = read_wav(path)
     options.setdefault("name", Path(path).name)
     return await stream_pcm(url, _to_pcm16(samples), sample_rate=rate, channels=samples.shape[1], **options)
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_client_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``client`` sub-command to ``trio-asr``'s parser."""
-    parser = subparsers.add_parser(
-        "client",
-        help="stream a WAV file to a server and print the transcript",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("file", type=Path, help="WAV file (any rate, PCM or float, mono or multi-channel)")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
-    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to ask for (default 1)")
-    parser.add_argument("--chunk-ms", type=float, default=85.0, help="audio per frame in ms (default 85)")
-    parser.add_argument(
-        "--pipeline", action="store_true", help="send at real-time pace without waiting for replies"
-    )
-    parser.add_argument("--json", action="store_true", help="print the server's end reply as JSON")
-    parser.set_defaults(run=run_client)
-    return parser
-
-
-def run_client(args: argparse.Namespace) -> int:
-    live = sys.stderr.isatty() and not args.json
-    width = 0
-
-    def show(reply: dict[str, Any]) -> None:
-        nonlocal width
-        text = str(reply.get("result", ""))
-        sys.stderr.write("\r" + text.ljust(width))
-        sys.stderr.flush()
-        width = len(text)
-
-    if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
-        print("trio-asr client: --nbest must be >= 1 and --chunk-ms > 0", file=sys.stderr)
-        return 2
-    try:
-        final = trio.run(
-            lambda: stream_file(
-                args.url,
-                args.file,
-                nbest=args.nbest,
-                chunk_ms=args.chunk_ms,
-                pipeline=args.pipeline,
-                on_partial=show if live else None,
-            )
-        )
-    except (ClientError, OSError, ValueError, trio_websocket.HandshakeError) as exc:
-        if live and width:
-            sys.stderr.write("\n")
-        print(f"trio-asr client: {exc}", file=sys.stderr)
-        return 1
-    if live:
-        sys.stderr.write("\r" + " " * width + "\r")
-    if args.json:
-        print(json.dumps(final, ensure_ascii=False))
-    else:
-        print(final["result"])
-        for i, hyp in enumerate(final.get("nbest", [])[1:], start=2):
-            print(f"  {i}. {hyp['text']}  ({hyp['score']:.2f})")
-    return 0

@@ -1,121 +1,317 @@
-"""Server configuration: one frozen attrs class, loadable from TOML.
+"""Server configuration: one frozen attrs class, the single definition of every setting.
+
+Each field of :class:`ServerConfig` carries its type, help text and
+validation; the ``serve`` command's flags are generated from them
+(:func:`add_config_flags`) and TOML files are checked against them
+(:func:`load_config`), so a setting is written exactly once.
 
 Precedence is defaults < TOML file < command-line flags: :func:`load_config`
 reads the file (keys are the field names; an optional ``[server]`` table is
 also accepted) and then applies the non-``None`` overrides.  Unknown keys
-are an error, so a typo in a config file is not silently ignored.
+and values of the wrong type are errors with a one-line message naming the
+key, so a typo in a config file is never silently ignored.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from trio_asr.protocol import ProtocolLimits
+from trio_asr.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, EndpointRules
+from trio_asr.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
+from trio_asr.start_message import ProtocolLimits
 
-__all__ = ["ConfigError", "ServerConfig", "load_config"]
+__all__ = ["RECOGNIZER_SETTINGS", "ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
 
 
 class ConfigError(ValueError):
     """The configuration file or a value in it is invalid."""
 
 
+def _cpu_count() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _at_least(low: float, high: float | None = None) -> Callable[[object, attrs.Attribute, Any], None]:
+    def check(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None:
+            return
+        if value < low or (high is not None and value > high):
+            bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+            raise ConfigError(f"{attribute.name} must be {bound}, got {value!r}")
+
+    return check
+
+
+def _off_or_between(low: float, high: float) -> Callable[[object, attrs.Attribute, Any], None]:
+    def check(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
+        if value != 0 and not low <= value <= high:
+            raise ConfigError(f"{attribute.name} must be 0 (off) or between {low:g} and {high:g}, got {value!r}")
+
+    return check
+
+
 def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or value <= 0:
+    if value <= 0:
         raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
 
 
-def _non_negative(_instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{attribute.name} must not be negative, got {value!r}")
+_TYPE_NAMES = {
+    bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)",
+    tuple: "a list of strings",
+}  # fmt: skip
 
 
-def _port(_instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if isinstance(value, bool) or not 0 <= value <= 65535:
-        raise ConfigError(f"{attribute.name} must be in 0..65535, got {value!r}")
-
-
-def _optional_path(value: Any) -> Path | None:
-    return None if value is None else Path(value)
-
-
-_LOG_LEVELS = ("debug", "info", "warning", "error")
+def _setting(
+    default: Any = attrs.NOTHING,
+    *,
+    type: type,
+    help: str,
+    factory: Callable[[], Any] | None = None,
+    default_help: str | None = None,
+    validator: Any = None,
+    choices: tuple[str, ...] | None = None,
+    optional: bool = False,
+    secret: bool = False,
+) -> Any:
+    """A config field: ``type`` checks values from files, ``help`` becomes the
+    flag's help text (with the default appended).  ``type=tuple`` is a list of
+    strings (a repeatable flag); ``secret`` keeps the value out of ``repr``."""
+    validators = [validator] if validator is not None else []
+    if choices is not None:
+        validators.append(attrs.validators.in_(choices))
+    converter: Any = None
+    if type is float:
+        converter = attrs.converters.optional(float) if optional else float
+    elif type is Path:
+        converter = attrs.converters.optional(Path) if optional else Path
+    elif type is tuple:
+        converter = tuple
+    metadata = {"type": type, "help": help, "default_help": default_help, "choices": choices, "optional": optional}
+    if factory is not None:
+        return attrs.field(
+            factory=factory, validator=validators, converter=converter, metadata=metadata, repr=not secret
+        )
+    return attrs.field(default=default, validator=validators, converter=converter, metadata=metadata, repr=not secret)
 
 
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Everything ``trio-asr serve`` can be told; all limits are enforced."""
 
-    host: str = "0.0.0.0"
-    port: int = attrs.field(default=8090, validator=[attrs.validators.instance_of(int), _port])
-    #: model directory; ``None`` lets the CLI resolve the default model
-    model: Path | None = attrs.field(default=None, converter=_optional_path)
-    audio_dir: Path = attrs.field(default=Path("audio"), converter=Path)
-    save_audio: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    nbest_max: int = attrs.field(default=10, validator=[attrs.validators.instance_of(int), _positive])
-    beam: int = attrs.field(default=10, validator=[attrs.validators.instance_of(int), _positive])
-    #: concurrent WebSocket sessions; more are refused with HTTP 503
-    max_connections: int = attrs.field(default=100, validator=[attrs.validators.instance_of(int), _positive])
-    max_message_bytes: int = attrs.field(default=1 << 20, validator=[attrs.validators.instance_of(int), _positive])
-    #: seconds without any message from the client before it is closed (1008)
-    idle_timeout: float = attrs.field(default=60.0, converter=float, validator=_positive)
-    max_stream_seconds: float = attrs.field(default=3600.0, converter=float, validator=_positive)
-    #: ONNX Runtime intra-op threads per model run
-    threads: int = attrs.field(default=1, validator=[attrs.validators.instance_of(int), _positive])
-    #: decode calls running at once in worker threads (over all connections)
-    workers: int = attrs.field(
-        factory=lambda: max(1, os.cpu_count() or 1), validator=[attrs.validators.instance_of(int), _positive]
+    host: str = _setting("0.0.0.0", type=str, help="interface to bind")
+    port: int = _setting(8090, type=int, help="TCP port (0 picks a free one)", validator=_at_least(0, 65535))
+    model: Path | None = _setting(
+        None, type=Path, optional=True, default_help="$TRIO_ASR_MODEL_DIR or the cached default model",
+        help="model directory or registry name",
+    )  # fmt: skip
+    audio_dir: Path = _setting(Path("audio"), type=Path, help="where each stream is saved as WAV")
+    save_audio: bool = _setting(True, type=bool, help="save each stream's audio")
+    beam: int = _setting(10, type=int, help="CTC prefix beam width", validator=_at_least(1, 256))
+    nbest_max: int = _setting(10, type=int, help="largest nbest a client may ask for", validator=_at_least(1, 100))
+    hotwords_file: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none",
+        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see README: Hotwords)",
+    )  # fmt: skip
+    hotwords_score: float = _setting(
+        DEFAULT_SCORE, type=float, validator=lambda _i, a, v: check_score(v, a.name),
+        help=f"bonus per token of a hotword without its own score (0 < score <= {MAX_SCORE:g})",
+    )  # fmt: skip
+    max_stream_hotwords: int = _setting(
+        100, type=int, validator=_at_least(0, 1000),
+        help="phrases a client may add in its start message's 'hotwords' (0: none)",
+    )  # fmt: skip
+    max_connections: int = _setting(
+        100, type=int, help="WebSocket connections at once; more get HTTP 503", validator=_positive
     )
-    #: run the model of all connections in one service that batches their chunks
-    #: (see :mod:`trio_asr.model_service`); off: each connection runs its own
-    batching: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    #: most chunks (streams) per batched model call
-    max_batch: int = attrs.field(default=16, validator=[attrs.validators.instance_of(int), _positive])
-    #: with a model whose outputs depend on the batch (dynamically quantized
-    #: activations, as in int8 exports), run one stream per model call so a
-    #: result never depends on other streams; off: batch anyway (cheaper, but
-    #: rare tokens may then differ from decoding the stream alone)
-    exact_batching: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    #: batched model calls running at once (one worker thread each)
-    concurrent_batches: int = attrs.field(
-        factory=lambda: max(1, os.cpu_count() or 1), validator=[attrs.validators.instance_of(int), _positive]
+    max_message_bytes: int = _setting(1 << 20, type=int, help="largest frame accepted, bytes", validator=_positive)
+    max_stream_seconds: float = _setting(3600.0, type=float, help="longest stream accepted, s", validator=_positive)
+    idle_timeout: float = _setting(
+        60.0, type=float, help="close a client silent this long inside an open stream, s", validator=_positive
     )
-    #: seconds of model queue delay above which new connections get HTTP 503
-    #: (only with ``batching``; existing streams go on)
-    max_queue_delay: float = attrs.field(default=0.5, converter=float, validator=_positive)
-    log_level: str = attrs.field(default="warning", validator=attrs.validators.in_(_LOG_LEVELS))
-    #: capacity of the reader->decoder and decoder->writer channels of a connection
-    channel_size: int = attrs.field(default=16, validator=[attrs.validators.instance_of(int), _positive])
-    #: seconds open streams get to finish after SIGINT/SIGTERM
-    grace_period: float = attrs.field(default=10.0, converter=float, validator=_non_negative)
-    #: seconds for the HTTP/WebSocket opening and closing handshakes
-    handshake_timeout: float = attrs.field(default=10.0, converter=float, validator=_positive)
+    connection_idle_timeout: float = _setting(
+        600.0, type=float, help="close a connection with no stream open after this long, s", validator=_positive
+    )
+    ping_interval: float = _setting(
+        30.0, type=float, validator=_at_least(0),
+        help="WebSocket ping to a connection with no stream open every this many s; "
+        "no pong within the next interval closes it (0: no pings)",
+    )  # fmt: skip
+    send_timeout: float = _setting(
+        60.0, type=float, help="drop a client that reads no reply for this long, s", validator=_positive
+    )
+    threads: int = _setting(1, type=int, help="ONNX Runtime threads per model call", validator=_positive)
+    workers: int = _setting(
+        factory=_cpu_count, type=int, default_help="the CPU count", validator=_positive,
+        help="feature, search and disk work running at once in worker threads",
+    )  # fmt: skip
+    batching: bool = _setting(
+        True, type=bool, help="run the model chunks of all connections in batched calls (off: one chunk per call)"
+    )
+    max_batch: int = _setting(16, type=int, help="most chunks per batched model call", validator=_positive)
+    exact_batching: bool = _setting(
+        True, type=bool,
+        help="never batch a model whose outputs depend on the batch (e.g. dynamically quantized int8), "
+        "so a stream's result never depends on other streams",
+    )  # fmt: skip
+    concurrent_batches: int = _setting(
+        factory=_cpu_count, type=int, default_help="the CPU count", validator=_positive,
+        help="batched model calls in flight at once",
+    )  # fmt: skip
+    max_queue_delay: float = _setting(
+        0.5, type=float, validator=_positive,
+        help="model queue delay, s, above which new connections get HTTP 503",
+    )  # fmt: skip
+    channel_size: int = _setting(
+        16, type=int, help="capacity of a connection's reader->decoder and decoder->writer channels",
+        validator=_positive,
+    )  # fmt: skip
+    grace_period: float = _setting(
+        10.0, type=float, help="time open streams get to finish after SIGINT/SIGTERM, s", validator=_at_least(0)
+    )
+    handshake_timeout: float = _setting(
+        10.0, type=float, help="time for a request head and the WebSocket opening handshake, s", validator=_positive
+    )
+    close_timeout: float = _setting(
+        5.0, type=float, help="time for a WebSocket closing handshake, s", validator=_positive
+    )
+    drain_timeout: float = _setting(
+        5.0, type=float, validator=_positive,
+        help="after the grace period, time cut-off connections get to save their audio and close, s",
+    )  # fmt: skip
+    log_level: str = _setting("warning", type=str, help="log level", choices=("debug", "info", "warning", "error"))
+    log_format: str = _setting(
+        "text", type=str, choices=("text", "json"),
+        help="log lines as text, or one JSON object per event with the same fields",
+    )  # fmt: skip
+    log_transcripts: bool = _setting(
+        False, type=bool, help="include recognised text in stream log events (never audio or tokens)"
+    )
+    certfile: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none: plain ws:// and http://",
+        help="PEM certificate chain (and key, unless --keyfile): serve wss:// and https://",
+    )  # fmt: skip
+    keyfile: Path | None = _setting(
+        None, type=Path, optional=True, default_help="the key is in --certfile", help="PEM private key for --certfile"
+    )
+    auth_token: tuple[str, ...] = _setting(
+        (), type=tuple, secret=True, default_help="none: no token needed",
+        help="access token clients must present (Authorization: Bearer, or ?token=); repeat for several",
+    )  # fmt: skip
+    auth_tokens_file: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none",
+        help="file of access tokens, one per line (# comments); adds to --auth-token",
+    )  # fmt: skip
+    metrics: bool = _setting(True, type=bool, help="serve Prometheus metrics at /metrics")
+    metrics_auth: bool = _setting(
+        True, type=bool, help="/metrics needs an access token too (when tokens are configured)"
+    )
+    page: bool = _setting(True, type=bool, help="serve the microphone page at / (it asks for the token itself)")
+    endpoint_silence_without_text: float = _setting(
+        2.4, type=float, validator=_off_or_between(0.1, MAX_SILENCE_SECONDS),
+        help="endpoint rule 1: a segment with no text ends after this much silence, s (0: off)",
+    )  # fmt: skip
+    endpoint_silence_after_text: float = _setting(
+        1.2, type=float, validator=_off_or_between(0.1, MAX_SILENCE_SECONDS),
+        help="endpoint rule 2: a segment with text ends after this much silence, s (0: off)",
+    )  # fmt: skip
+    endpoint_max_segment: float = _setting(
+        20.0, type=float, validator=_at_least(1.0, MAX_SEGMENT_SECONDS),
+        help="endpoint rule 3: a segment ends when it is this long, s",
+    )  # fmt: skip
+    vad: bool = _setting(
+        False, type=bool,
+        help="apply the endpoint rules to Silero VAD's speech / non-speech instead of the CTC best path's "
+        "tokens / blanks (needs trio-asr[vad])",
+    )  # fmt: skip
+    vad_threshold: float = _setting(
+        0.5, type=float, help="speech probability at which the VAD hears speech", validator=_at_least(0.2, 0.95)
+    )
+    skip_non_speech: float = _setting(
+        0.0, type=float, validator=_off_or_between(0.1, 60.0),
+        help="with --vad: do not run the model on audio after this much non-speech, s (0: off; "
+        "saves CPU on silence-heavy audio, but the text can change)",
+    )  # fmt: skip
+
+    def __attrs_post_init__(self) -> None:
+        if self.keyfile is not None and self.certfile is None:
+            raise ConfigError("keyfile needs certfile too")
+        if self.skip_non_speech and not self.vad:
+            raise ConfigError("skip_non_speech needs vad (--vad)")
+
+    def endpoint_rules(self) -> EndpointRules:
+        """The endpoint rules of streams that do not ask for others."""
+        return EndpointRules(
+            silence_without_text=self.endpoint_silence_without_text or None,
+            silence_after_text=self.endpoint_silence_after_text or None,
+            max_segment=self.endpoint_max_segment,
+        )
 
     def protocol_limits(self) -> ProtocolLimits:
         return ProtocolLimits(
             nbest_max=self.nbest_max,
             max_message_bytes=self.max_message_bytes,
             max_stream_seconds=self.max_stream_seconds,
+            max_stream_hotwords=self.max_stream_hotwords,
+            endpoint=self.endpoint_rules(),
         )
 
 
-_FIELDS = frozenset(f.name for f in attrs.fields(ServerConfig))
+_FIELDS = {f.name: f for f in attrs.fields(ServerConfig)}
+
+
+# ---------------------------------------------------------------- flags
+
+
+#: the settings that shape a recognizer, shared by ``serve`` and ``transcribe``
+RECOGNIZER_SETTINGS = (
+    "model", "threads", "beam", "hotwords_file", "hotwords_score", "endpoint_silence_without_text",
+    "endpoint_silence_after_text", "endpoint_max_segment", "vad", "vad_threshold", "skip_non_speech",
+)  # fmt: skip
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One ``--flag`` per setting (or per setting in ``names``); a flag left
+    out is ``None`` (not given)."""
+    for field in _FIELDS.values() if names is None else [_FIELDS[name] for name in names]:
+        meta = field.metadata
+        kind = meta["type"]
+        flag = "--" + field.name.replace("_", "-")
+        if meta["default_help"] is not None:
+            default = meta["default_help"]
+        elif isinstance(field.default, Path):
+            default = str(field.default)
+        else:
+            default = repr(field.default) if kind is str else str(field.default).lower() if kind is bool else field.default
+        help_text = f"{meta['help']} (default: {default})".replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is tuple:
+            parser.add_argument(flag, action="append", default=None, metavar=field.name.upper(), help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, choices=meta["choices"], help=help_text)
+
+
+def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The settings given as flags (see :func:`add_config_flags`)."""
+    return {name: getattr(args, name) for name in (_FIELDS if names is None else names)}
+
+
+# ---------------------------------------------------------------- files
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ConfigError(
-                f"reading {path} needs Python >= 3.11 or the 'tomli' package (pip install tomli)"
-            ) from None
+    else:  # a dependency on Python 3.10
+        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -123,6 +319,39 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _check_key(key: str, where: str) -> None:
+    if key in _FIELDS:
+        return
+    hint = ""
+    if key.replace("-", "_") in _FIELDS:
+        hint = f" (keys use underscores: {key.replace('-', '_')})"
+    elif close := difflib.get_close_matches(key, _FIELDS, n=1):
+        hint = f" (did you mean {close[0]}?)"
+    raise ConfigError(f"{where}unknown setting {key!r}{hint}")
+
+
+def _check_type(key: str, value: Any, where: str) -> None:
+    meta = _FIELDS[key].metadata
+    kind = meta["type"]
+    if value is None and meta["optional"]:
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is Path:
+        ok = isinstance(value, (str, os.PathLike))
+    elif kind is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        got = "" if not _FIELDS[key].repr else f", got {value!r}"  # never echo a secret
+        raise ConfigError(f"{where}{key} must be {_TYPE_NAMES[kind]}{got}")
 
 
 def load_config(
@@ -133,23 +362,23 @@ def load_config(
     ``overrides`` (typically the command-line flags) win over the file;
     entries whose value is ``None`` mean "not given" and are skipped.
     Raises :class:`ConfigError` for unreadable files, unknown keys and
-    invalid values.
+    invalid values, with a one-line message.
     """
     values: dict[str, Any] = {}
     if path is not None:
+        where = f"{path}: "
         data = _read_toml(Path(path))
         table = data.pop("server", {})
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [server] must be a table")
-        values.update(data)
-        values.update(table)
-        unknown = sorted(set(values) - _FIELDS)
-        if unknown:
-            raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+            raise ConfigError(f"{where}[server] must be a table")
+        for key, value in [*data.items(), *table.items()]:
+            _check_key(key, where)
+            _check_type(key, value, where)
+            values[key] = value
     for key, value in (overrides or {}).items():
-        if key not in _FIELDS:
-            raise ConfigError(f"unknown setting: {key}")
+        _check_key(key, "")
         if value is not None:
+            _check_type(key, value, "")
             values[key] = value
     try:
         return ServerConfig(**values)

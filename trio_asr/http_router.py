@@ -14,7 +14,7 @@ from typing import Any
 import h11
 import trio
 
-__all__ = ["ReplayStream", "is_upgrade", "read_request", "respond"]
+__all__ = ["ReplayStream", "is_upgrade", "read_request", "respond", "respond_bytes"]
 
 
 class ReplayStream(trio.abc.Stream):
@@ -29,8 +29,8 @@ class ReplayStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             n = len(self._prefix) if max_bytes is None else max_bytes
             data, self._prefix = self._prefix[:n], self._prefix[n:]
-            return data
-        return await self._stream.receive_some(max_bytes)
+            return bytes(data)
+        return bytes(await self._stream.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -59,16 +59,31 @@ async def read_request(stream: trio.abc.Stream) -> tuple[h11.Connection, h11.Req
         if not data:
             return conn, None, bytes(raw)
         raw += data
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
 
 
-async def respond(stream: trio.abc.Stream, conn: h11.Connection, status: int, body: dict[str, Any]) -> None:
+async def respond(
+    stream: trio.abc.Stream,
+    conn: h11.Connection,
+    status: int,
+    body: dict[str, Any],
+    headers: list[tuple[str, str]] | None = None,
+) -> None:
+    """Send a JSON response (and ``connection: close``)."""
     payload = json.dumps(body).encode()
-    headers = [
-        ("content-type", "application/json"),
-        ("content-length", str(len(payload))),
-        ("connection", "close"),
-    ]
+    await respond_bytes(
+        stream, conn, status, payload, [("content-type", "application/json"), *(headers or [])]
+    )
+
+
+async def respond_bytes(
+    stream: trio.abc.Stream, conn: h11.Connection, status: int, payload: bytes, headers: list[tuple[str, str]]
+) -> None:
+    """Send ``payload`` with ``headers`` (content length and ``connection:
+    close`` are added unless given)."""
+    names = {name.lower() for name, _ in headers}
+    headers = [*headers, *([("content-length", str(len(payload)))] if "content-length" not in names else [])]
+    headers.append(("connection", "close"))
     try:
         data = conn.send(h11.Response(status_code=status, headers=headers))
         data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())

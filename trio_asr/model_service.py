@@ -25,7 +25,8 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -114,6 +115,7 @@ class ModelService:
         max_queue_delay: float = 0.5,
         concurrent_batches: int = 1,
         exact: bool = True,
+        on_batch: Callable[[int, float, float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
@@ -130,6 +132,9 @@ class ModelService:
             max_batch = 1
         self.max_batch = max_batch
         self.max_queue_delay = max_queue_delay
+        #: called after each successful model call with (chunks, seconds the
+        #: oldest waited, CPU seconds of the call's thread)
+        self.on_batch = on_batch
         self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
         # queued_at of the requests in the channel, oldest first (the channel is FIFO)
         self._waiting: collections.deque[float] = collections.deque()
@@ -236,10 +241,11 @@ class ModelService:
         self._batches += 1
         self._chunks += len(batch)
         self._largest = max(self._largest, len(batch))
+        waited = trio.current_time() - since
         try:
             chunks = [c for _, c in batch]
             states = [r.stream.state for r in requests]
-            log_probs, new_states = await trio.to_thread.run_sync(self._call_model, chunks, states)
+            log_probs, new_states, cpu = await trio.to_thread.run_sync(self._call_model, chunks, states)
         except BaseException as exc:  # the service's own cancellation too: nobody is left hanging
             self._failed += 1
             for request in requests:
@@ -252,14 +258,17 @@ class ModelService:
             self._slots.release()
         for request, lp, state in zip(requests, log_probs, new_states):
             request.finish(lp, state)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), waited, cpu)
 
     def _call_model(
         self, chunks: list[np.ndarray], states: Sequence[ModelState]
-    ) -> tuple[np.ndarray, list[ModelState]]:
+    ) -> tuple[np.ndarray, list[ModelState], float]:
+        started = time.thread_time()
         log_probs, new_states = self.model.run(np.stack(chunks), states)
         if len(log_probs) != len(chunks) or len(new_states) != len(chunks):
             raise ValueError(f"model returned {len(log_probs)} outputs for {len(chunks)} chunks")
-        return log_probs, new_states
+        return log_probs, new_states, time.thread_time() - started
 
     def _fail_queued(self) -> None:
         error = ModelServiceError("the model service stopped")

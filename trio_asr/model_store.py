@@ -124,7 +124,10 @@ class ModelSpec:
     archive: str = attrs.field(validator=_component)
     archive_size: int = attrs.field(validator=attrs.validators.gt(0))
     archive_sha256: str = attrs.field(validator=_sha256_hex)
-    files: tuple[ModelFile, ...] = attrs.field(converter=tuple)
+    files: tuple[ModelFile, ...] = attrs.field(converter=lambda files: tuple(files))
+    #: what ``trio-asr models`` shows
+    language: str = ""
+    kind: str = ""
 
     def url(self, base: str | None = None, env: Mapping[str, str] = os.environ) -> str:
         """Archive URL under ``base``, else ``$TRIO_ASR_MODEL_URL``, else the official one."""
@@ -154,6 +157,8 @@ REGISTRY: Mapping[str, ModelSpec] = {
                     "6fed8c6c248516f38e7faa19404b57413e8ce259f1cbc1fa4aebc86eac32fdfd",
                 ),
             ],
+            language="Chinese",
+            kind="streaming zipformer2-CTC, int8",
         )
     ]
 }

@@ -69,6 +69,8 @@ class Progress:
             self._draw("\r" if self._interactive else "", "\n")
 
     def _draw(self, prefix: str, suffix: str) -> None:
+        if self._stream is None:
+            return
         fraction = min(self.done / self.total, 1.0) if self.total else 1.0
         filled = int(self._width * fraction)
         bar = "#" * filled + "-" * (self._width - filled)

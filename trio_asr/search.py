@@ -11,9 +11,9 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from trio_asr._ctc import PrefixBeamCore
+from trio_asr._ctc import MAX_BEAM, HotwordGraph, PrefixBeamCore
 
-__all__ = ["GreedySearch", "Hypothesis", "PrefixBeamSearch"]
+__all__ = ["MAX_BEAM", "GreedySearch", "Hypothesis", "PrefixBeamSearch"]
 
 def _frame_matrix(log_probs: np.ndarray, blank_id: int) -> np.ndarray:
     log_probs = np.asarray(log_probs)
@@ -88,22 +88,41 @@ class PrefixBeamSearch:
     tokens of a frame, ``token_threshold`` only by tokens whose log
     probability is at least that value.
 
+    ``hotwords`` (the ``graph`` of :func:`trio_asr.hotwords.compile_hotwords`,
+    shareable by any number of searches) biases the search towards phrases:
+    a prefix gains the phrase's bonus per token as it spells one, loses what
+    it gained if the phrase breaks off, and keeps it once the phrase is
+    complete. The beam ranks prefixes with their bonus; a hypothesis' score
+    is its log probability plus the bonus of its completed phrases only, so a
+    half-spoken phrase never wins by its bonus.
+
+    Every block must have the same width ``V`` (the hotwords' vocabulary,
+    when given). ``beam`` is at most :data:`MAX_BEAM`.
+
     The per-frame work is compiled (``trio_asr._ctc``) and runs without the
     GIL; one instance must not be used by two threads at once.
     """
 
-    beam: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    beam: int = attrs.field(default=10, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_BEAM)])
     blank_id: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     token_top_k: int | None = attrs.field(
         default=None, kw_only=True, validator=attrs.validators.optional(attrs.validators.ge(1))
     )
     token_threshold: float | None = attrs.field(default=None, kw_only=True)
+    hotwords: HotwordGraph | None = attrs.field(
+        default=None, kw_only=True, validator=attrs.validators.optional(attrs.validators.instance_of(HotwordGraph))
+    )
     _core: PrefixBeamCore = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         threshold = self.token_threshold
         self._core = PrefixBeamCore(
-            self.beam, self.blank_id, self.token_top_k or 0, threshold is not None, threshold or 0.0
+            self.beam,
+            self.blank_id,
+            self.token_top_k or 0,
+            threshold is not None,
+            threshold or 0.0,
+            self.hotwords,
         )
 
     def accept(self, log_probs: np.ndarray) -> None:
@@ -116,11 +135,12 @@ class PrefixBeamSearch:
         (equal scores in token order)."""
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        scores = self._core.scores()  # best first
+        scores = self._core.scores()  # best first without hotwords, beam order with
         if not len(scores):  # every path so far has probability 0
             return []
         # Read back only the rows that can be among the first n.
-        rows = np.flatnonzero(scores >= scores[min(n, len(scores)) - 1]).tolist()
+        nth = np.sort(scores)[::-1][min(n, len(scores)) - 1]
+        rows = np.flatnonzero(scores >= nth).tolist()
         found = []
         for row in rows:
             tokens, frames = self._core.prefix(row)

@@ -1,111 +1,72 @@
 """One WebSocket connection: reader, decoder and writer tasks in a nursery.
 
-*reader* turns frames into events through the sans-I/O
-:class:`~trio_asr.protocol.ConnectionProtocol`; *decoder* runs the
-recognizer (in worker threads; model chunks through the server's
-:class:`~trio_asr.model_service.ModelService` when batching) and saves the
-audio; *writer* sends the replies in order, then the close code after an
-error.  Bounded memory channels join them, so a slow client or a slow model
-applies backpressure, and replies keep the order of the requests: exactly
-one per binary frame.
+*reader* feeds frames to the sans-I/O
+:class:`~trio_asr.protocol.ConnectionProtocol` and passes its events on;
+*decoder* opens streams, records their audio and decodes it through the
+server's :class:`~trio_asr.decoding.Decoder`, turning events into replies;
+*writer* sends each reply through the protocol core (which checks that it is
+the one due) and closes the socket after an error.  Bounded memory channels
+join them, so a slow client or a slow model applies backpressure.  A fourth
+task, the *watcher*, wakes the reader when the server starts draining or
+stopping, and pings connections that have no stream open.
+
+A session sees only its :class:`SessionContext`, never the server.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
-import numpy as np
 import trio
 import trio_websocket
 
-from trio_asr.audio import WavWriter, create_unique_wav
-from trio_asr.model import ModelStream
-from trio_asr.protocol import (
+from trio_asr.config import ServerConfig
+from trio_asr.decoding import Decoder, StreamDecoder
+from trio_asr.hotwords import HotwordError
+from trio_asr.lifecycle import Lifecycle
+from trio_asr.logs import log_event
+from trio_asr.metrics import ServerMetrics
+from trio_asr.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
     Audio,
-    ConnectionProtocol,
     EndStream,
     ErrorReply,
     Event,
-    FinalResult,
     PartialResult,
     Reply,
     ServerReady,
     StartStream,
-    State,
-    encode_reply,
 )
-from trio_asr.recognizer import RecognitionResult
+from trio_asr.protocol import ConnectionProtocol, LocalProtocolError, State
+from trio_asr.recording import AudioSaveError, AudioStore, Recording
+from trio_asr.segment_replies import StreamReplies
 
-if TYPE_CHECKING:
-    from trio_asr.server import Server
-
-__all__ = ["Recognizer", "RecognizerStream", "Session", "SteppedRecognizerStream"]
+__all__ = ["Session", "SessionContext"]
 
 log = logging.getLogger("trio_asr.server")
 
-# Per-frame work small enough for the event loop itself: a worker-thread
-# round trip costs more than it.  Everything else (model calls, large or
-# resampled frames, long transcripts, disk writes) runs in worker threads.
-#: a frame's features, at the model's rate (~0.15 ms for 4096 samples)
-INLINE_MAX_SAMPLES = 4096
-#: the search over one chunk and the partial text, while the n-best texts are
-#: short (text costs ~1 us per token and hypothesis)
-INLINE_MAX_FRAMES = 16
-INLINE_MAX_TEXT = 256
-#: received audio is written to the stream's WAV (in a worker thread) once
-#: this much is waiting, and always when the stream ends
-SAVE_EVERY_BYTES = 32768
+T = TypeVar("T")
 
 
-class RecognizerStream(Protocol):
-    def accept_waveform(self, samples: np.ndarray) -> None: ...
-    def decode(self) -> None: ...
-    def input_finished(self) -> None: ...
-    def result(self) -> RecognitionResult: ...
+@attrs.frozen
+class SessionContext:
+    """What a session needs of its server."""
 
-
-class SteppedRecognizerStream(RecognizerStream, Protocol):
-    """A stream whose model chunks can be run elsewhere (batched); see
-    :class:`trio_asr.recognizer.RecognizerStream`."""
-
-    model_stream: ModelStream
-
-    def accept_log_probs(self, log_probs: np.ndarray) -> None: ...
-    def flush_input(self) -> None: ...
-
-
-class Recognizer(Protocol):
-    """What the server needs of a recognizer (see ``trio_asr.recognizer``).
-
-    ``create_stream(nbest, sample_rate)`` returns a stream taking float32 mono
-    samples at ``sample_rate`` (resampling them to the model's rate itself, or
-    raising ValueError for a rate it cannot take); ``result()`` gives a
-    :class:`~trio_asr.recognizer.RecognitionResult`.
-    Stream methods are called from worker threads, one call at a time per
-    stream.
-
-    A recognizer with a ``model`` attribute (an
-    :class:`~trio_asr.model.AcousticModel`) must create
-    :class:`SteppedRecognizerStream` s; with ``config.batching`` their chunks
-    are then run by the server's :class:`~trio_asr.model_service.ModelService`.
-    """
-
-    sample_rate: int
-
-    def create_stream(self, nbest: int, sample_rate: int) -> RecognizerStream: ...
-
-
-def _close_reason(message: str) -> str:
-    """Close reasons are limited to 123 bytes of UTF-8."""
-    return message.encode("utf-8")[:120].decode("utf-8", "ignore")
+    config: ServerConfig
+    decoder: Decoder
+    audio: AudioStore
+    lifecycle: Lifecycle
+    metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
 
 
 @attrs.define
@@ -113,50 +74,81 @@ class _Stream:
     """Decoder-side state of one open audio stream."""
 
     start: StartStream
-    recognizer_stream: RecognizerStream
-    wav: WavWriter | None
-    path: Path | None
-    #: PCM received but not yet written to ``wav``
-    unsaved: bytearray = attrs.Factory(bytearray)
+    decoding: StreamDecoder
+    replies: StreamReplies
+    #: opened at the stream's first audio byte (a stream without audio leaves no file)
+    recording: Recording | None = None
     samples: int = 0
-    decode_seconds: float = 0.0
     closed: bool = False
+    save_failed: bool = False
 
     @property
     def audio_seconds(self) -> float:
         return self.samples / self.start.sample_rate
 
 
-class Session:
-    """One WebSocket connection: reader, decoder and writer tasks."""
+#: how a stream ended (as logged) -> its outcome in the metrics
+_OUTCOMES = {
+    "finished": "completed", "cut off": "disconnected", "error": "error", "shut down": "aborted", "cancelled": "aborted",
+}  # fmt: skip
 
-    def __init__(self, server: Server, ws: trio_websocket.WebSocketConnection, conn_id: int, peer: str) -> None:
-        self.server = server
-        self.config = server.config
+
+class _ByteBudget:
+    """Bounds the audio bytes queued between reader and decoder (the channel
+    bounds their number); one item may always pass when nothing is queued."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = trio.Event()
+
+    async def take(self, size: int) -> None:
+        while self.used and self.used + size > self.limit:
+            await self._freed.wait()
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+        self._freed = trio.Event()
+
+
+def _close_reason(message: str) -> str:
+    """Close reasons are limited to 123 bytes of UTF-8."""
+    return message.encode("utf-8", "replace")[:120].decode("utf-8", "ignore")
+
+
+class Session:
+    """One WebSocket connection; :meth:`run` serves it until it ends."""
+
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, context: SessionContext, conn_id: int, peer: str
+    ) -> None:
         self.ws = ws
+        self.context = context
+        self.config = context.config
         self.id = conn_id
         self.peer = peer
         self.protocol = ConnectionProtocol(self.config.protocol_limits())
         self.outcome = "ok"
-        self._stopping = False
         self._read_scope: trio.CancelScope | None = None
         self._woken = False
+        self._peer_dead = False
+        self._socket_open = True
+        self._failed = False  # the decoder ended the connection (see _fail)
+        self._reader_scope = trio.CancelScope()
+        self._client_gone = False  # no reply can reach the client any more
+        # events the protocol produced that the reader has not handed over yet
+        self._undelivered: collections.deque[Event] = collections.deque()
+        self._budget = _ByteBudget(2 * self.config.max_message_bytes)
         self._streams = 0
         self._audio_seconds = 0.0
         self._decode_seconds = 0.0
-        self._failed = False
-        self._nursery: trio.Nursery | None = None
-
-    def wake(self) -> None:
-        """Make the reader look at the server state (used when draining starts)."""
-        if self._read_scope is not None:
-            self._woken = True
-            self._read_scope.cancel()
-
-    def stop(self) -> None:
-        """End the session soon: error 1001 after the replies already due."""
-        self._stopping = True
-        self.wake()
+        self._metrics = context.metrics
+        # perf_counter() of each audio frame whose partial reply is not sent yet
+        self._frame_times: collections.deque[float] = collections.deque()
+        # how a stream cut off by the protocol ended (see _note_cut)
+        self._cut_how = "cut off"
 
     async def run(self) -> None:
         size = self.config.channel_size
@@ -164,44 +156,115 @@ class Session:
         replies_tx, replies_rx = trio.open_memory_channel[Reply](size)
         started = time.perf_counter()
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._reader, events_tx)
-                nursery.start_soon(self._decoder, events_rx, replies_tx)
-                nursery.start_soon(self._writer, replies_rx)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._watcher)
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(self._reader, events_tx)
+                    tasks.start_soon(self._decoder, events_rx, replies_tx)
+                    tasks.start_soon(self._writer, replies_rx)
+                outer.cancel_scope.cancel()
         finally:
             rtf = self._decode_seconds / self._audio_seconds if self._audio_seconds else 0.0
-            log.info(
-                "connection id=%d peer=%s streams=%d audio_s=%.2f rtf=%.3f duration_s=%.2f outcome=%s",
-                self.id,
-                self.peer,
-                self._streams,
-                self._audio_seconds,
-                rtf,
-                time.perf_counter() - started,
-                self.outcome,
-            )
+            log_event(
+                log, "connection", id=self.id, peer=self.peer, streams=self._streams,
+                audio_s=round(self._audio_seconds, 2), rtf=round(rtf, 3),
+                duration_s=round(time.perf_counter() - started, 2), outcome=self.outcome,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------ watcher
+
+    async def _watcher(self) -> None:
+        """Wake the reader on lifecycle changes; ping while no stream is open."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._wake_on_lifecycle)
+            if self.config.ping_interval > 0:
+                nursery.start_soon(self._ping)
+
+    async def _wake_on_lifecycle(self) -> None:
+        while True:
+            await self.context.lifecycle.wait_changed()
+            self._wake()
+
+    async def _ping(self) -> None:
+        interval = self.config.ping_interval
+        while True:
+            await trio.sleep(interval)
+            if self.protocol.state is not State.IDLE:
+                continue
+            with trio.move_on_after(interval) as scope:
+                try:
+                    await self.ws.ping()
+                except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if scope.cancelled_caught:
+                log.info("connection id=%d: no pong within %g s; dropping it", self.id, interval)
+                self._peer_dead = True
+                self._wake()
+                return
+
+    def _wake(self) -> None:
+        if self._read_scope is not None:
+            self._woken = True
+            self._read_scope.cancel()
 
     # ------------------------------------------------------------ reader
 
     async def _reader(self, events: trio.MemorySendChannel[Event]) -> None:
-        protocol = self.protocol
+        """Hand every event to the decoder, in order, none lost: when the
+        writer gives up on the client (see :meth:`_writer`) the reader stops
+        reading, and what was received still goes to the decoder."""
+        pending = self._undelivered
         async with events:
-            while protocol.state is not State.CLOSED:
-                out = await self._next_events()
-                for event in out:
-                    await events.send(event)
+            with self._reader_scope:
+                while self.protocol.state is not State.CLOSED:
+                    pending.extend(self._produced(await self._next_events()))
+                    while pending:
+                        if isinstance(pending[0], Audio):
+                            await self._budget.take(len(pending[0].pcm))
+                        await events.send(pending[0])
+                        pending.popleft()
+            if self._reader_scope.cancelled_caught:
+                self._client_gone = True
+            pending.extend(self._produced(self.protocol.connection_closed()))
+            while pending:
+                await events.send(pending.popleft())
+
+    def _produced(self, events: list[Event]) -> list[Event]:
+        self._note_cut(events)
+        for event in events:
+            if isinstance(event, Audio):
+                self._frame_times.append(time.perf_counter())
+        return events
+
+    def _note_cut(self, events: list[Event]) -> None:
+        """A stream cut off together with an error reply ended by that error
+        (or by the shutdown), not by the client leaving."""
+        error = next((e for e in events if isinstance(e, ErrorReply)), None)
+        if error is not None and any(isinstance(e, EndStream) and not e.reply for e in events):
+            self._cut_how = "shut down" if error.code == CLOSE_GOING_AWAY else "error"
 
     async def _next_events(self) -> list[Event]:
         protocol = self.protocol
-        if self._stopping or (self.server.draining and protocol.state is State.IDLE):
+        lifecycle = self.context.lifecycle
+        if lifecycle.stopping or (lifecycle.draining and protocol.state is State.IDLE):
             return protocol.fail(CLOSE_GOING_AWAY, "server is shutting down")
+        if self._peer_dead:
+            self.outcome = "peer did not answer pings"
+            self._client_gone = True
+            return protocol.connection_closed()
+        self._woken = False
+        streaming = protocol.state is State.STREAMING
+        timeout = self.config.idle_timeout if streaming else self.config.connection_idle_timeout
         message: str | bytes | None = None
-        with trio.move_on_after(self.config.idle_timeout) as scope:
+        with trio.move_on_after(timeout) as scope:
             self._read_scope = scope
             try:
                 message = await self.ws.get_message()
-            except trio_websocket.ConnectionClosed:
+            except trio_websocket.ConnectionClosed as exc:
+                self._client_gone = True
+                reason = exc.reason
+                if reason is not None and reason.code in (1002, 1007):  # wsproto refused a frame (or the client said so)
+                    self.outcome = f"closed {reason.code}: {reason.reason}"
                 return protocol.connection_closed()
             finally:
                 self._read_scope = None
@@ -209,7 +272,8 @@ class Session:
             if self._woken:
                 self._woken = False
                 return []
-            return protocol.fail(CLOSE_POLICY_VIOLATION, f"no message for {self.config.idle_timeout:g} s")
+            what = "no message" if streaming else "no stream started"
+            return protocol.fail(CLOSE_POLICY_VIOLATION, f"{what} for {timeout:g} s")
         if isinstance(message, str):
             return protocol.receive_text(message)
         assert isinstance(message, bytes)
@@ -218,223 +282,199 @@ class Session:
     # ------------------------------------------------------------ decoder
 
     async def _decoder(self, events: trio.MemoryReceiveChannel[Event], replies: trio.MemorySendChannel[Reply]) -> None:
+        """Turn events into replies; every byte of audio received is saved,
+        however the connection ends (see :meth:`_ending`)."""
         stream: _Stream | None = None
         async with events, replies:
             try:
                 async for event in events:
-                    if self._failed:
-                        continue
                     try:
+                        if isinstance(event, Audio):
+                            self._budget.give(len(event.pcm))
+                            if self._ending():
+                                await self._keep_audio_only(stream, event)
+                                continue
                         stream = await self._handle(event, stream, replies)
-                    except _Unsupported as exc:
-                        self._failed = True
-                        await self._fail(replies, stream, ErrorReply(CLOSE_UNSUPPORTED_DATA, "start", str(exc)))
                     except Exception as exc:
-                        log.exception("connection id=%d: internal error", self.id)
-                        self._failed = True
-                        reply = ErrorReply(CLOSE_INTERNAL_ERROR, None, f"internal error: {type(exc).__name__}")
-                        await self._fail(replies, stream, reply)
+                        if isinstance(exc, AudioSaveError):
+                            log.warning("connection id=%d: %s", self.id, exc)
+                            self._save_failed(stream)
+                            message = str(exc)
+                        else:
+                            log.exception("connection id=%d: internal error", self.id)
+                            message = f"internal error: {type(exc).__name__}"
+                        await self._fail(replies, CLOSE_INTERNAL_ERROR, message)
+                if stream is not None:
+                    await self._in_thread(self._cut, stream, "error" if self._failed else self._cut_how)
+                    stream = None
             finally:
-                self._cut(stream, "cancelled")
+                if stream is not None:  # cancelled: keep what is queued, here and now
+                    queued: list[Event] = []
+                    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                        while True:
+                            queued.append(events.receive_nowait())
+                    for event in [*queued, *self._undelivered]:
+                        if isinstance(event, Audio) and stream.recording is not None and not stream.save_failed:
+                            stream.recording.append(event.pcm)
+                    self._cut(stream, "cancelled")
 
-    async def _fail(self, replies: trio.MemorySendChannel[Reply], stream: _Stream | None, reply: ErrorReply) -> None:
-        self._cut(stream, "error")
-        self.outcome = f"closed {reply.code}: {reply.message}"
-        await replies.send(reply)
+    def _ending(self) -> bool:
+        """No reply to the audio still queued will be sent (the server failed,
+        the client is gone, the server is stopping): save it, don't decode it."""
+        return self._failed or self._client_gone or self.context.lifecycle.stopping
+
+    async def _keep_audio_only(self, stream: _Stream | None, audio: Audio) -> None:
+        if stream is None or stream.closed:
+            return
+        stream.samples += audio.samples.size
+        try:
+            await self._record(stream, audio.pcm)
+        except AudioSaveError as exc:
+            log.warning("connection id=%d: %s", self.id, exc)
+            self._save_failed(stream)
+
+    async def _record(self, stream: _Stream, pcm: bytes) -> None:
+        """Keep received bytes, opening the file at the first of them."""
+        if not pcm or stream.save_failed or not self.context.audio.saving:
+            return
+        if stream.recording is None:
+            stream.recording = await self._in_thread(self.context.audio.open, stream.start)
+        if stream.recording is not None and stream.recording.append(pcm):
+            await self._in_thread(stream.recording.write_pending)
 
     async def _handle(
         self, event: Event, stream: _Stream | None, replies: trio.MemorySendChannel[Reply]
     ) -> _Stream | None:
         if isinstance(event, Audio):
             assert stream is not None
-            await replies.send(await self._feed(stream, event))
+            stream.samples += event.samples.size
+            self._metrics.audio_received(event.samples.size / stream.start.sample_rate)
+            await self._record(stream, event.pcm)
+            result = await stream.decoding.feed(event.samples)
+            await replies.send(stream.replies.partial(result))
             return stream
         if isinstance(event, StartStream):
-            stream = await self._run(self._open, event)
+            try:
+                if event.hotwords:
+                    decoding = await self.context.decoder.open_stream_with_hotwords(
+                        event.nbest, event.sample_rate, event.hotwords, event.endpoint
+                    )
+                else:
+                    decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate, event.endpoint)
+            except HotwordError as exc:
+                await self._fail(replies, CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}', "start")
+                return None
+            except ValueError as exc:
+                await self._fail(replies, CLOSE_UNSUPPORTED_DATA, str(exc), "start")
+                return None
             self._streams += 1
             await replies.send(ServerReady())
-            return stream
+            return _Stream(event, decoding, StreamReplies(event))
         if isinstance(event, EndStream):
             assert stream is not None
-            if event.reply:
-                final = await self._finish(stream)
-                self._close(stream, "finished")
-                await replies.send(final)
-            else:
-                self._close(stream, "cut off")
+            if not event.reply or self._ending():
+                await self._in_thread(self._close, stream, self._cut_how)
                 if self.outcome == "ok":
                     self.outcome = "disconnected mid-stream"
+                return None
+            result = await stream.decoding.finish()
+            await self._in_thread(self._close, stream, "finished", result.text)
+            await replies.send(stream.replies.final(result))
             return None
-        assert isinstance(event, ErrorReply)
         self.outcome = f"closed {event.code}: {event.message}"
         await replies.send(event)
         return stream
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        """Run a blocking call in a worker thread; never blocks the event loop."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.server.limiter)
+    async def _fail(
+        self, replies: trio.MemorySendChannel[Reply], code: int, message: str, signal: str | None = None
+    ) -> None:
+        """End the connection from the server's side, through the protocol core;
+        events the reader queued before it need no answer any more."""
+        self._failed = True
+        for event in self.protocol.fail(code, message, signal):
+            if isinstance(event, ErrorReply):
+                self.outcome = f"closed {code}: {message}"
+                await replies.send(event)
 
-    def _open(self, start: StartStream) -> _Stream:
-        try:
-            recognizer_stream = self.server.recognizer.create_stream(start.nbest, start.sample_rate)
-        except ValueError as exc:
-            raise _Unsupported(str(exc)) from None
-        wav = path = None
-        if self.config.save_audio:
-            self.config.audio_dir.mkdir(parents=True, exist_ok=True)
-            path, file = create_unique_wav(self.config.audio_dir, start.name)
-            wav = WavWriter(file, start.sample_rate, start.channels)
-        return _Stream(start, recognizer_stream, wav, path)
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.context.decoder.limiter)
 
-    async def _feed(self, stream: _Stream, audio: Audio) -> PartialResult:
-        """Save and decode one audio frame: features, model (batched through
-        the service or run by the stream itself), search, partial result."""
-        t0 = time.perf_counter()
-        service = self.server.service
-        if service is None:
-            partial_result = await self._run(self._feed_unbatched, stream, audio)
-        else:
-            rs = stream.recognizer_stream
-            if self._inline_accept(stream, audio):
-                self._accept(stream, audio)
-            else:
-                await self._run(self._accept, stream, audio)
-            log_probs = await service.decode(rs.model_stream)
-            if self._inline_search(stream, log_probs):
-                partial_result = self._partial(stream, log_probs)
-            else:
-                partial_result = await self._run(self._partial, stream, log_probs)
-        stream.decode_seconds += time.perf_counter() - t0
-        return partial_result
-
-    async def _finish(self, stream: _Stream) -> FinalResult:
-        """End of the stream: decode the padded tail, give the final result."""
-        t0 = time.perf_counter()
-        service = self.server.service
-        rs = stream.recognizer_stream
-        if service is None:
-            await self._run(rs.input_finished)
-            final = await self._run(self._final, stream, None)
-        else:
-            await self._run(rs.flush_input)
-            log_probs = await service.decode(rs.model_stream)
-            final = await self._run(self._final, stream, log_probs)
-        stream.decode_seconds += time.perf_counter() - t0
-        return final
-
-    def _inline_accept(self, stream: _Stream, audio: Audio) -> bool:
-        """Whether :meth:`_accept` is cheap enough for the event loop."""
-        return (
-            audio.samples.size <= INLINE_MAX_SAMPLES
-            and stream.start.sample_rate == self.server.recognizer.sample_rate
-            and (stream.wav is None or len(stream.unsaved) + len(audio.pcm) < SAVE_EVERY_BYTES)
-        )
-
-    def _inline_search(self, stream: _Stream, log_probs: np.ndarray) -> bool:
-        """Whether :meth:`_partial` is cheap enough for the event loop."""
-        rs = stream.recognizer_stream
-        if len(log_probs) == 0 and rs.result_is_cached:
-            return True
-        if len(log_probs) > INLINE_MAX_FRAMES or not rs.result_is_cached:
-            return False
-        return len(rs.result().text) * stream.start.nbest <= INLINE_MAX_TEXT
-
-    def _accept(self, stream: _Stream, audio: Audio) -> None:
-        """Keep a frame's audio for saving (writing it out once enough is
-        waiting) and compute its features."""
-        if stream.wav is not None:
-            stream.unsaved += audio.pcm
-            if len(stream.unsaved) >= SAVE_EVERY_BYTES:
-                self._save(stream)
-        samples = audio.samples
-        stream.samples += samples.size
-        if samples.size:
-            stream.recognizer_stream.accept_waveform(samples)
-
-    def _feed_unbatched(self, stream: _Stream, audio: Audio) -> PartialResult:
-        self._accept(stream, audio)
-        self._save(stream)
-        if audio.samples.size:
-            stream.recognizer_stream.decode()
-        return self._partial(stream, None)
-
-    def _partial(self, stream: _Stream, log_probs: np.ndarray | None) -> PartialResult:
-        rs = stream.recognizer_stream
-        if log_probs is not None:
-            rs.accept_log_probs(log_probs)
-        result = rs.result()
-        return PartialResult(text=result.text, nbest=_nbest(result, stream.start.nbest))
-
-    def _final(self, stream: _Stream, log_probs: np.ndarray | None) -> FinalResult:
-        rs = stream.recognizer_stream
-        if log_probs is not None:
-            rs.accept_log_probs(log_probs)
-        result = rs.result()
-        times = tuple((t.piece, float(t.start), float(t.end)) for t in result.times)
-        return FinalResult(
-            name=stream.start.name, text=result.text, nbest=_nbest(result, stream.start.nbest), times=times
-        )
-
-    @staticmethod
-    def _save(stream: _Stream) -> None:
-        if stream.wav is not None and stream.unsaved:
-            stream.wav.write(stream.unsaved)
-            stream.unsaved.clear()
-
-    def _close(self, stream: _Stream, how: str) -> None:
+    def _close(self, stream: _Stream, how: str, text: str | None = None) -> None:
+        """Finish a stream's recording (blocking I/O), count and log it."""
         stream.closed = True
-        if stream.wav is not None:
-            try:
-                self._save(stream)  # at most SAVE_EVERY_BYTES
-            finally:
-                stream.wav.close()
-        self._audio_seconds += stream.audio_seconds
-        self._decode_seconds += stream.decode_seconds
-        rtf = stream.decode_seconds / stream.audio_seconds if stream.samples else 0.0
-        log.info(
-            "stream conn=%d name=%r saved=%s audio_s=%.2f rtf=%.3f outcome=%s",
-            self.id,
-            stream.start.name,
-            stream.path,
-            stream.audio_seconds,
-            rtf,
-            how,
-        )
+        try:
+            if stream.recording is not None:
+                stream.recording.close()
+                with contextlib.suppress(OSError):
+                    self._metrics.audio_saved(stream.recording.path.stat().st_size)
+        except AudioSaveError:
+            self._save_failed(stream)
+            how, text = "error", None
+            raise
+        finally:
+            self._audio_seconds += stream.audio_seconds
+            self._decode_seconds += stream.decoding.decode_seconds
+            self._metrics.stream_ended(_OUTCOMES[how])
+            self._metrics.decode_cpu(stream.decoding.cpu_seconds)
+            rtf = stream.decoding.decode_seconds / stream.audio_seconds if stream.samples else 0.0
+            log_event(
+                log, "stream", conn=self.id, name=stream.start.name,
+                saved=str(stream.recording.path) if stream.recording else None,
+                audio_s=round(stream.audio_seconds, 2), rtf=round(rtf, 3), outcome=how, text=text,
+            )  # fmt: skip
+
+    def _save_failed(self, stream: _Stream | None) -> None:
+        """Count a stream whose audio could not be saved (once per stream)."""
+        if stream is None or not stream.save_failed:
+            self._metrics.save_failed()
+        if stream is not None:
+            stream.save_failed = True
 
     def _cut(self, stream: _Stream | None, how: str) -> None:
-        if stream is not None and not stream.closed:
+        """Close a stream that is being torn down, here and now (also under
+        cancellation); a save error is logged, the stream is gone either way."""
+        if stream is None or stream.closed:
+            return
+        try:
             self._close(stream, how)
+        except AudioSaveError as exc:
+            log.warning("connection id=%d: %s", self.id, exc)
 
     # ------------------------------------------------------------ writer
 
     async def _writer(self, replies: trio.MemoryReceiveChannel[Reply]) -> None:
-        open_ = True
         async with replies:
             async for reply in replies:
-                if not open_:
+                if not self._socket_open:
                     continue  # keep draining so the decoder never blocks
                 try:
-                    with trio.move_on_after(self.config.idle_timeout) as scope:
-                        await self.ws.send_message(encode_reply(reply))
-                    if scope.cancelled_caught:
-                        log.info("connection id=%d: client stopped reading; dropping it", self.id)
-                        self.outcome = "client stopped reading"
-                        assert self._nursery is not None
-                        self._nursery.cancel_scope.cancel()
-                        return
-                    if isinstance(reply, ErrorReply):
-                        open_ = False
-                        with trio.move_on_after(self.config.handshake_timeout):
-                            await self.ws.aclose(reply.code, _close_reason(reply.message))
+                    text = self.protocol.send(reply)
+                except LocalProtocolError:
+                    log.exception("connection id=%d: reply out of order", self.id)
+                    self.outcome = "internal error: reply out of order"
+                    await self._close_socket(CLOSE_INTERNAL_ERROR, "internal error")
+                    continue
+                try:
+                    with trio.move_on_after(self.config.send_timeout) as scope:
+                        await self.ws.send_message(text)
                 except trio_websocket.ConnectionClosed:
-                    open_ = False
+                    self._socket_open = False
+                    continue
+                if scope.cancelled_caught:
+                    log.info("connection id=%d: client stopped reading; dropping it", self.id)
+                    self.outcome = "client stopped reading"
+                    self._socket_open = False
+                    self._reader_scope.cancel()  # what it received is still saved
+                    continue
+                if isinstance(reply, PartialResult) and self._frame_times:
+                    self._metrics.partial_reply_sent(time.perf_counter() - self._frame_times.popleft())
+                if isinstance(reply, ErrorReply):
+                    await self._close_socket(reply.code, reply.message)
 
-
-class _Unsupported(Exception):
-    """The client's audio format cannot be served (close 1003)."""
-
-
-def _nbest(result: RecognitionResult, n: int) -> tuple[tuple[str, float], ...]:
-    if n <= 1:
-        return ()
-    return tuple((str(text), float(score)) for text, score in list(result.nbest)[:n])
+    async def _close_socket(self, code: int, reason: str) -> None:
+        self._socket_open = False
+        with trio.move_on_after(self.config.close_timeout):
+            try:
+                await self.ws.aclose(code, _close_reason(reason))
+            except trio_websocket.ConnectionClosed:
+                pass

@@ -13,6 +13,9 @@ Text is made of words joined by single spaces, except that no space is put
 next to an East Asian wide character (CJK ideographs, kana, full-width
 punctuation), so Chinese comes out without spurious spaces while mixed
 Chinese/English keeps spaces between English words.
+
+:meth:`TokenTable.encode` inverts this for a phrase (the token sequence the
+model would emit to spell it), which is what hotwords are matched on.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ _WHITESPACE_BYTES = frozenset(b" \t\n\r\x0b\x0c")
 
 # A token's content: byte values, with None marking a word boundary.
 _Units = tuple[int | None, ...]
+
+# A phrase to spell: byte values and word boundaries, a boundary being
+# _NEEDED (it puts a space into the text), _OPTIONAL (the text is the same
+# either way: next to a character written without spaces) or _LEADING (the
+# phrase's first, marked only when joined to its first token: a phrase must
+# match at the start of an utterance, where no standalone boundary comes).
+_NEEDED, _OPTIONAL, _LEADING = "needed", "optional", "leading"
 
 
 def _is_unspaced(ch: str) -> bool:
@@ -105,6 +115,7 @@ class TokenTable:
     blank_id: int
     bbpe: bool
     _units: tuple[_Units, ...]
+    _spelling: list = attrs.field(eq=False, repr=False)  # [trie, case], built on first encode
 
     def __init__(self, pieces: Sequence[str], *, blank_id: int | None = None, bbpe: bool | None = None):
         pieces = tuple(pieces)
@@ -117,7 +128,7 @@ class TokenTable:
         if bbpe is None:
             bbpe = _looks_bbpe(pieces)
         units = tuple(() if i == blank_id else _units(p, bbpe=bbpe) for i, p in enumerate(pieces))
-        self.__attrs_init__(pieces, blank_id, bbpe, units)
+        self.__attrs_init__(pieces, blank_id, bbpe, units, [])
 
     @classmethod
     def from_file(
@@ -198,3 +209,133 @@ class TokenTable:
                 if not decoder.getstate()[0]:
                     owner = None
         return out
+
+    def encode(self, phrase: str) -> tuple[int, ...]:
+        """The tokens this model emits to spell ``phrase``: the inverse of
+        :meth:`text`, so ``text(encode(p))`` is ``p`` with its whitespace
+        collapsed (and its case changed as below).
+
+        Words are separated by whitespace; a word starts with a word boundary
+        (``▁``), and each character written without spaces (CJK) may start
+        its own word, as icefall's byte-level BPE models spell Chinese. Of
+        the spellings, the cheapest is taken: a token costs 1, so does an
+        optional boundary left unmarked (the phrase's leading one excepted),
+        ties going to more marked boundaries and then to the longest first
+        token. BPE merges usually give that spelling; a model that emits
+        another one is not matched. A table without lower-case letters (or
+        without upper-case ones) gets the phrase upper-cased (lower-cased).
+        ValueError, naming the character, if the table cannot spell it.
+        """
+        words = phrase.split()
+        if not words:
+            raise ValueError("an empty phrase has no tokens")
+        trie, case = self._spelling_trie()
+        text = " ".join(words)
+        text = text.upper() if case == "upper" else text.lower() if case == "lower" else text
+        target, chars = _spelling_target(text)
+        return _fewest_tokens(trie, target, chars, text)
+
+    def _spelling_trie(self) -> tuple[dict, str | None]:
+        if not self._spelling:
+            trie: dict = {}
+            upper = lower = False
+            for token_id, units in enumerate(self._units):
+                if not units or all(u is None for u in units) and len(units) > 1:
+                    continue  # blank and control tokens; a run of boundaries spells nothing new
+                node = trie
+                for unit in units:
+                    node = node.setdefault(unit, {})
+                node.setdefault("ids", []).append(token_id)
+                upper = upper or any(u is not None and 65 <= u <= 90 for u in units)
+                lower = lower or any(u is not None and 97 <= u <= 122 for u in units)
+            case = "upper" if upper and not lower else "lower" if lower and not upper else None
+            self._spelling.extend((trie, case))
+        return self._spelling[0], self._spelling[1]
+
+
+def _spelling_target(text: str) -> tuple[list, list[int]]:
+    """``text`` (words joined by single spaces) as units and boundary marks,
+    with the index in ``text`` of the character each entry belongs to."""
+    target: list = []
+    chars: list[int] = []
+    previous = ""
+    for index, ch in enumerate(text):
+        if ch == " ":
+            continue
+        if not previous:
+            target.append(_LEADING)
+            chars.append(index)
+        elif _is_unspaced(ch) or _is_unspaced(previous):
+            target.append(_OPTIONAL)
+            chars.append(index)
+        elif text[index - 1] == " ":
+            target.append(_NEEDED)
+            chars.append(index)
+        for byte in ch.encode("utf-8"):
+            target.append(byte)
+            chars.append(index)
+        previous = ch
+    return target, chars
+
+
+def _fewest_tokens(trie: dict, target: list, chars: list[int], text: str) -> tuple[int, ...]:
+    """Dynamic programming over ``target`` from its end: the cost of spelling
+    ``target[p:]`` is (tokens + unmarked optional boundaries, unmarked
+    boundaries, minus the first token's length), smallest first."""
+    size = len(target)
+    # per position: (cost..., token id or None to leave a boundary unmarked, next position)
+    best: list[tuple[int, int, int, int | None, int] | None] = [None] * (size + 1)
+    best[size] = (0, 0, 0, None, size)
+    for p in range(size - 1, -1, -1):
+        found = None
+        rest = best[p + 1]
+        if target[p] in (_OPTIONAL, _LEADING) and rest is not None:  # leave it unmarked
+            found = (rest[0] + (target[p] == _OPTIONAL), rest[1] + 1, 0, None, p + 1)
+        for q, skipped, token_id in _token_matches(trie, target, p):
+            rest = best[q]
+            if rest is None:
+                continue
+            cost = (rest[0] + 1 + skipped, rest[1] + skipped, p - q, token_id, q)
+            if found is None or cost[:3] < found[:3]:
+                found = cost
+        best[p] = found
+    if best[0] is None:
+        reach = {0}
+        for p in range(size):
+            if p in reach:
+                reach.update(q for q, _, _ in _token_matches(trie, target, p))
+                if target[p] in (_OPTIONAL, _LEADING):
+                    reach.add(p + 1)
+        stuck = chars[max(reach)]
+        raise ValueError(f"the model's tokens cannot spell {text[stuck]!r} (in {text!r})")
+    ids = []
+    p = 0
+    while p < size:
+        step = best[p]
+        assert step is not None
+        _, _, _, token_id, q = step
+        if token_id is not None:
+            ids.append(token_id)
+        p = q
+    return tuple(ids)
+
+
+def _token_matches(trie: dict, target: list, p: int):
+    """``(end, optional boundaries skipped, token id)`` of every token whose
+    units spell ``target[p:end]``, skipping optional boundaries inside it."""
+    stack = [(trie, p, 0)]
+    while stack:
+        node, q, skipped = stack.pop()
+        if q > p and "ids" in node and not (q == p + 1 and target[p] == _LEADING):
+            yield q, skipped, min(node["ids"])
+        if q == len(target):
+            continue
+        entry = target[q]
+        if isinstance(entry, int):
+            if entry in node:
+                stack.append((node[entry], q + 1, skipped))
+        else:
+            if None in node:
+                stack.append((node[None], q + 1, skipped))
+            if entry == _OPTIONAL and q > p:
+                stack.append((node, q + 1, skipped + 1))

@@ -51,23 +51,45 @@ def transcribe_file(
     return transcribe_samples(recognizer, samples, rate, nbest=nbest, chunk_seconds=chunk_seconds)
 
 
+def _times_json(times) -> list[dict]:
+    return [{"w": t.piece, "bg": round(t.start, 3), "ed": round(t.end, 3)} for t in times]
+
+
 def format_result(
-    path: str, result: RecognitionResult, *, as_json: bool, nbest: int, timestamps: bool
+    path: str,
+    result: RecognitionResult,
+    *,
+    as_json: bool,
+    nbest: int,
+    timestamps: bool,
+    segments: bool = False,
 ) -> str:
     """One file's output: a JSON object per line, or ``path<TAB>text`` plus
-    indented n-best / timestamp lines."""
+    indented n-best, segment and timestamp lines.
+
+    Timestamps are words (PaddleSpeech's ``times``: ``w``, ``bg``, ``ed`` in
+    seconds); the JSON form adds each token's under ``tokens``.  Segments
+    are the stream's pieces between endpoints, each with its time span (and
+    its words, with timestamps)."""
     if as_json:
         record: dict = {"file": path, "text": result.text}
         if nbest > 1:
             record["nbest"] = [{"text": t, "score": round(s, 4)} for t, s in result.nbest]
-        if timestamps:
-            record["times"] = [
-                {"w": t.piece, "bg": round(t.start, 3), "ed": round(t.end, 3)} for t in result.times
+        if segments:
+            record["segments"] = [
+                {"index": seg.index, "bg": round(seg.start, 3), "ed": round(seg.end, 3), "text": seg.text}
+                | ({"times": _times_json(seg.words)} if timestamps else {})
+                for seg in result.segments
             ]
+        if timestamps:
+            record["times"] = _times_json(result.times)
+            record["tokens"] = _times_json(result.tokens)
         return json.dumps(record, ensure_ascii=False)
     lines = [f"{path}\t{result.text}"]
     if nbest > 1:
         lines += [f"  {rank}. {score:9.3f}  {text}" for rank, (text, score) in enumerate(result.nbest, 1)]
+    if segments:
+        lines += [f"  [{seg.start:8.2f} {seg.end:8.2f}]  {seg.text}" for seg in result.segments]
     if timestamps:
         lines += [f"  {t.start:7.2f} {t.end:7.2f}  {t.piece}" for t in result.times]
     return "\n".join(lines)
@@ -80,6 +102,7 @@ def run_batch(
     nbest: int,
     timestamps: bool,
     as_json: bool,
+    segments: bool = False,
     out: TextIO | None = None,
     progress: TextIO | None = None,
 ) -> int:
@@ -102,7 +125,9 @@ def run_batch(
                 print(f"trio-asr transcribe: {exc}", file=sys.stderr)  # names the file
             else:
                 print(
-                    format_result(path, result, as_json=as_json, nbest=nbest, timestamps=timestamps),
+                    format_result(
+                        path, result, as_json=as_json, nbest=nbest, timestamps=timestamps, segments=segments
+                    ),
                     file=out,
                     flush=True,
                 )

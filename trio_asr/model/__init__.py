@@ -20,7 +20,6 @@ from trio_asr.model.base import (
     ModelError,
     ModelState,
     ModelStream,
-    decode_streams,
     is_batch_invariant,
     make_session_options,
 )
@@ -30,7 +29,6 @@ __all__ = [
     "ModelError",
     "ModelState",
     "ModelStream",
-    "decode_streams",
     "is_batch_invariant",
     "find_model_file",
     "load_model",

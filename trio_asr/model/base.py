@@ -32,7 +32,6 @@ __all__ = [
     "ModelError",
     "ModelState",
     "ModelStream",
-    "decode_streams",
     "is_batch_invariant",
     "make_session_options",
 ]
@@ -82,8 +81,8 @@ class ModelState:
     States are immutable values: :meth:`AcousticModel.run` returns new ones.
     """
 
-    tensors: tuple[np.ndarray, ...] = attrs.field(converter=tuple)
-    batch_axes: tuple[int, ...] = attrs.field(converter=tuple)
+    tensors: tuple[np.ndarray, ...] = attrs.field(converter=lambda ts: tuple(ts))
+    batch_axes: tuple[int, ...] = attrs.field(converter=lambda axes: tuple(axes))
 
     @batch_axes.validator
     def _check(self, _attribute, axes):
@@ -132,7 +131,7 @@ class AcousticModel(abc.ABC):
     - ``frame_shift_s``: seconds per output frame;
     - ``vocab_size``, ``tokens``;
     - ``feature_pad_value``: the feature value of digital silence, used to pad
-      the last chunk of a stream (see :meth:`ModelStream.finalize`);
+      the last chunk of a stream (see :meth:`ModelStream.input_finished`);
     - ``sample_scale``: the amplitude the model's fbank expects for full-scale
       audio: 1.0 when features are computed on samples in [-1, 1] (icefall /
       sherpa-onnx zipformer models), 32768.0 for the int16 range (Kaldi, WeNet).
@@ -249,7 +248,7 @@ class ModelStream:
     def next_chunk(self) -> np.ndarray | None:
         """The next chunk's features if one is complete, else None.
 
-        After :meth:`finalize` began, incomplete chunks are completed with
+        After :meth:`input_finished`, incomplete chunks are completed with
         ``feature_pad_value`` as long as accepted frames remain.
         """
         size = self.model.chunk_frames
@@ -279,23 +278,13 @@ class ModelStream:
             outputs.append(log_probs[0])
         return self._concat(outputs)
 
-    def finalize(self) -> np.ndarray:
-        """End of input: run the remaining chunks, the last one padded.
-
-        Padding uses ``feature_pad_value`` (for fbank models: log of the
-        energy floor, which is exactly what the fbank of zero samples gives),
-        so the result is what sherpa-onnx gives for the same audio followed by
-        enough zero samples ("tail padding"), up to the few frames that straddle
-        the end of the audio.  Chunks are run until every accepted frame lies
-        within the ``chunk_shift`` part of some chunk: no frame's output is lost.
-        """
-        self.input_finished()
-        return self.decode_ready_chunks()
-
     def input_finished(self) -> None:
         """Mark the end of input without running anything: from now on
-        :meth:`next_chunk` pads the tail (so :func:`decode_streams` can batch
-        the streams' last chunks too)."""
+        :meth:`next_chunk` pads the tail with ``feature_pad_value`` (the fbank
+        of zero samples: the result is what sherpa-onnx gives with tail
+        padding), and chunks are run until every accepted frame lies within
+        the ``chunk_shift`` part of some chunk, so no frame's output is lost.
+        The tail chunks can be batched like any other."""
         self._finalized = True
 
     def _concat(self, outputs: list[np.ndarray]) -> np.ndarray:
@@ -328,21 +317,3 @@ def is_batch_invariant(model: AcousticModel, tolerance: float = 1e-3) -> bool:
     batched, _ = model.run(features, states)
     alone, _ = model.run(features[:1], states[:1])
     return float(np.abs(batched[0] - alone[0]).max()) <= tolerance
-
-
-def decode_streams(model: AcousticModel, streams: Sequence[ModelStream]) -> list[np.ndarray]:
-    """Run all ready chunks of many streams, stacking one chunk per stream into
-    each model call.  Returns each stream's log-probs (t_i, V), as
-    ``stream.decode_ready_chunks()`` would have, but with fewer model calls.
-    """
-    outputs: list[list[np.ndarray]] = [[] for _ in streams]
-    while True:
-        ready = [(i, c) for i, s in enumerate(streams) if (c := s.next_chunk()) is not None]
-        if not ready:
-            break
-        features = np.stack([c for _, c in ready])
-        log_probs, states = model.run(features, [streams[i].state for i, _ in ready])
-        for (i, _), lp, state in zip(ready, log_probs, states):
-            streams[i].advance(state)
-            outputs[i].append(lp)
-    return [s._concat(o) for s, o in zip(streams, outputs)]

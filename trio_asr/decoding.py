@@ -1,0 +1,159 @@
+"""The one decode path from received samples to results, shared by all connections.
+
+A connection's decoder task asks :class:`Decoder` (one per server) for a
+:class:`StreamDecoder` per stream and awaits :meth:`StreamDecoder.feed` for
+every frame and :meth:`StreamDecoder.finish` at the end.  Every stream runs
+the same way: features in a worker thread (or on the event loop when the
+stream says that is cheaper than a thread hop), the model's chunks through
+the :class:`~trio_asr.model_service.ModelService` (batched with other
+streams' chunks, or one per call when batching is off), then the search.
+
+:class:`Recognizer` and :class:`RecognizerStream` state what this needs of a
+recognizer; :class:`trio_asr.recognizer.Recognizer` is the real one, and a
+test double must provide the same (including a model the service can run).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+import numpy as np
+import trio
+
+from trio_asr.endpoint import EndpointRules
+from trio_asr.hotwords import Hotword
+from trio_asr.model import AcousticModel, ModelStream
+from trio_asr.model_service import ModelService
+from trio_asr.recognizer import RecognitionResult
+
+__all__ = ["Decoder", "Recognizer", "RecognizerStream", "StreamDecoder"]
+
+T = TypeVar("T")
+
+
+class RecognizerStream(Protocol):
+    """One stream of a recognizer, driven in steps (see
+    :class:`trio_asr.recognizer.RecognizerStream`); one caller at a time."""
+
+    @property
+    def model_stream(self) -> ModelStream: ...
+
+    def accept_waveform(self, samples: np.ndarray) -> None: ...
+
+    def flush_input(self) -> None: ...
+
+    def accept_log_probs(self, log_probs: np.ndarray) -> None: ...
+
+    def result(self) -> RecognitionResult: ...
+
+    def cheap_to_accept(self, samples: int) -> bool:
+        """Whether accepting this many samples costs less than a worker-thread hop."""
+        ...
+
+    def cheap_to_search(self, frames: int) -> bool:
+        """Whether searching this many log-prob frames and the result after them
+        cost less than a worker-thread hop."""
+        ...
+
+
+class Recognizer(Protocol):
+    @property
+    def model(self) -> AcousticModel: ...
+
+    def create_stream(
+        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = (), *, endpoint: EndpointRules | None = None
+    ) -> RecognizerStream:
+        """A stream taking float32 mono samples at ``sample_rate``, biased by
+        the recognizer's hotwords plus ``hotwords``, cut into segments by
+        ``endpoint`` (None: the recognizer's rules); raises ValueError for a
+        rate it cannot take, HotwordError for a phrase it cannot spell."""
+        ...
+
+
+class Decoder:
+    """Decodes the streams of every connection of a server.
+
+    ``service`` runs ``recognizer.model``; ``limiter`` bounds the worker
+    threads doing feature and search work at once.
+    """
+
+    def __init__(self, recognizer: Recognizer, service: ModelService, limiter: trio.CapacityLimiter) -> None:
+        self.recognizer = recognizer
+        self.service = service
+        self.limiter = limiter
+        self._compiling = trio.CapacityLimiter(1)
+
+    def open_stream(self, nbest: int, sample_rate: int, endpoint: EndpointRules | None = None) -> StreamDecoder:
+        """Raises ValueError when the recognizer cannot take ``sample_rate``."""
+        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate, endpoint=endpoint))
+
+    async def open_stream_with_hotwords(
+        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword], endpoint: EndpointRules | None = None
+    ) -> StreamDecoder:
+        """:meth:`open_stream` for a stream with its own hotwords, compiled
+        with the server's in a worker thread, one stream at a time (so that
+        starts with new lists never take the threads decoding needs). Also
+        raises HotwordError (a ValueError) for a phrase the model cannot spell."""
+        create = functools.partial(self.recognizer.create_stream, endpoint=endpoint)
+        stream = await trio.to_thread.run_sync(create, nbest, sample_rate, hotwords, limiter=self._compiling)
+        return StreamDecoder(self, stream)
+
+
+class StreamDecoder:
+    """One stream on its way through the decode path; one call at a time.
+
+    A call cancelled half-way leaves the stream unusable: discard it.
+    """
+
+    def __init__(self, decoder: Decoder, stream: RecognizerStream) -> None:
+        self._decoder = decoder
+        self._stream = stream
+        #: wall time spent in :meth:`feed` and :meth:`finish`, s
+        self.decode_seconds = 0.0
+        #: CPU time of this stream's feature and search work (not the model's), s
+        self.cpu_seconds = 0.0
+
+    async def feed(self, samples: np.ndarray) -> RecognitionResult:
+        """Decode the next samples (possibly none); the result so far."""
+        started = time.perf_counter()
+        stream = self._stream
+        if samples.size:
+            if stream.cheap_to_accept(samples.size):
+                self._timed(stream.accept_waveform, samples)
+            else:
+                await self._in_thread(self._timed, stream.accept_waveform, samples)
+        result = await self._run_model_and_search()
+        self.decode_seconds += time.perf_counter() - started
+        return result
+
+    async def finish(self) -> RecognitionResult:
+        """End of the stream: decode the padded tail; the final result."""
+        started = time.perf_counter()
+        await self._in_thread(self._timed, self._stream.flush_input)
+        result = await self._run_model_and_search()
+        self.decode_seconds += time.perf_counter() - started
+        return result
+
+    async def _run_model_and_search(self) -> RecognitionResult:
+        stream = self._stream
+        log_probs = await self._decoder.service.decode(stream.model_stream)
+        if stream.cheap_to_search(len(log_probs)):
+            return self._timed(self._search, log_probs)
+        return await self._in_thread(self._timed, self._search, log_probs)
+
+    def _search(self, log_probs: np.ndarray) -> RecognitionResult:
+        self._stream.accept_log_probs(log_probs)
+        return self._stream.result()
+
+    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._decoder.limiter)

@@ -1,0 +1,385 @@
+"""Hotwords: phrases the CTC prefix beam search is biased towards (sans-I/O).
+
+Three steps, each checking what it takes:
+
+* :func:`parse_hotwords` reads the file format (:func:`read_hotwords_file`
+  reads a file, size-bounded), :func:`hotwords_from_json` a stream's list;
+* :func:`merge_hotwords` adds a stream's list to the server's;
+* :func:`compile_hotwords` spells every phrase with the model's own tokens
+  (:meth:`trio_asr.tokens.TokenTable.encode`) and builds the Aho-Corasick
+  automaton over token ids that the compiled search walks, a
+  :class:`CompiledHotwords` shared by every stream that uses the same list.
+
+**File format.** UTF-8 text, one phrase per line; blank lines and lines
+starting with ``#`` are ignored; runs of whitespace in a phrase count as one
+space. A line may end in ``:SCORE`` (a number, ``0 < SCORE <= 10``), the
+phrase's bonus per token in natural-log units, instead of the default
+(``--hotwords-score``, 1.5). So a phrase cannot contain ``:``. At most
+:data:`MAX_PHRASES` phrases of at most :data:`MAX_PHRASE_CHARS` characters;
+a phrase may appear once.
+
+**Scores.** Walking along a phrase, a hypothesis gains the phrase's score for
+every token; if the phrase breaks off, everything gained on it is taken back;
+once the phrase is complete the bonus is kept. Precisely, for a token
+sequence ``x`` let ``w`` be its longest suffix that begins some phrase (the
+automaton's state). Position ``k`` of ``w`` carries the largest score of the
+phrases beginning with ``w[:k]``. The positions of ``w`` inside some phrase
+occurrence lying wholly in ``w`` are *settled*, the others *at risk*.
+Entering a state keeps (adds for good) the positions that it settles newly
+(those not settled in ``w`` without its last token), each with its score in
+the longest phrase ending there; a hypothesis is ranked with the kept bonus
+plus the at-risk scores of its state, and reported with the kept bonus only.
+Two overlapping phrases that both complete may both count their shared
+tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+import attrs
+import numpy as np
+
+from trio_asr._ctc import HotwordGraph
+from trio_asr.tokens import TokenTable
+
+__all__ = [
+    "DEFAULT_SCORE",
+    "MAX_PHRASE_CHARS",
+    "MAX_PHRASES",
+    "MAX_SCORE",
+    "CompiledHotwords",
+    "Hotword",
+    "HotwordError",
+    "compile_hotwords",
+    "hotwords_from_json",
+    "merge_hotwords",
+    "parse_hotwords",
+    "read_hotwords_file",
+    "stream_graph",
+]
+
+DEFAULT_SCORE = 1.5
+MAX_SCORE = 10.0
+MAX_PHRASES = 10_000
+MAX_PHRASE_CHARS = 64
+MAX_FILE_BYTES = 1 << 20  # far above MAX_PHRASES short lines
+
+
+class HotwordError(ValueError):
+    """A hotword list that cannot be used; the message is one line for the user."""
+
+
+def check_score(score: object, what: str = "score") -> float:
+    """``score`` as a float if it is a number with ``0 < score <= MAX_SCORE``."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise HotwordError(f"{what} must be a number, got {_short(score)}")
+    score = float(score)
+    if not (math.isfinite(score) and 0 < score <= MAX_SCORE):
+        raise HotwordError(f"{what} must be above 0 and at most {MAX_SCORE:g}, got {score:g}")
+    return score
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut so that an error message stays one short line."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a deeply nested JSON list
+        text = f"a nested {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_phrase(phrase: object) -> str:
+    if not isinstance(phrase, str):
+        raise HotwordError(f"a phrase must be a string, got {_short(phrase)}")
+    if len(phrase) > 4 * MAX_PHRASE_CHARS:  # before scanning it
+        raise HotwordError(f"phrase {_short(phrase)} is longer than {MAX_PHRASE_CHARS} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and not ch.isspace() for ch in phrase):
+        raise HotwordError(f"phrase {_short(phrase)} holds a control or unassigned character")
+    text = " ".join(phrase.split())
+    if not text:
+        raise HotwordError("a phrase is empty")
+    if len(text) > MAX_PHRASE_CHARS:
+        raise HotwordError(f"phrase {_short(text)} is longer than {MAX_PHRASE_CHARS} characters")
+    if ":" in text:
+        raise HotwordError(f"phrase {text!r} contains ':' (a score is written 'PHRASE :SCORE')")
+    return text
+
+
+@attrs.frozen
+class Hotword:
+    """One phrase and its bonus per token (``None``: the default score)."""
+
+    phrase: str = attrs.field(converter=_check_phrase)
+    score: float | None = attrs.field(
+        default=None, converter=attrs.converters.optional(lambda s: check_score(s))
+    )
+
+
+def _bounded(hotwords: Iterable[Hotword], limit: int) -> tuple[Hotword, ...]:
+    seen: set[str] = set()
+    out = []
+    for hotword in hotwords:
+        if hotword.phrase in seen:
+            raise HotwordError(f"phrase {hotword.phrase!r} appears twice")
+        seen.add(hotword.phrase)
+        out.append(hotword)
+        if len(out) > limit:
+            raise HotwordError(f"more than {limit} phrases")
+    return tuple(out)
+
+
+def parse_hotwords(text: str, *, source: str = "hotwords") -> tuple[Hotword, ...]:
+    """The phrases of a hotwords file's text (format in the module docstring);
+    errors name ``source`` and the line."""
+    hotwords = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{source}:{number}"
+        phrase, colon, score_text = line.rpartition(":")
+        if not colon:
+            phrase, score = line, None
+        else:
+            try:
+                score = check_score(float(score_text), "the score")
+            except ValueError as e:  # HotwordError is one too
+                detail = e if isinstance(e, HotwordError) else f"the score {_short(score_text.strip())} is not a number"
+                raise HotwordError(f"{where}: {detail} (expected 'PHRASE' or 'PHRASE :SCORE')") from None
+        try:
+            hotword = Hotword(phrase, score)
+        except HotwordError as e:
+            raise HotwordError(f"{where}: {e}") from None
+        if hotword.phrase in seen:
+            raise HotwordError(f"{where}: {hotword.phrase!r} is already on line {seen[hotword.phrase]}")
+        seen[hotword.phrase] = number
+        hotwords.append(hotword)
+        if len(hotwords) > MAX_PHRASES:
+            raise HotwordError(f"{where}: more than {MAX_PHRASES} phrases")
+    return tuple(hotwords)
+
+
+def read_hotwords_file(path: str | os.PathLike[str]) -> tuple[Hotword, ...]:
+    """:func:`parse_hotwords` of a file (UTF-8, at most 1 MiB)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise HotwordError(f"cannot read hotwords file {os.fspath(path)!r}: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise HotwordError(f"hotwords file {os.fspath(path)!r} is larger than {MAX_FILE_BYTES >> 20} MiB")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise HotwordError(f"hotwords file {os.fspath(path)!r} is not UTF-8 (byte {e.start})") from None
+    return parse_hotwords(text, source=os.fspath(path))
+
+
+def hotwords_from_json(value: object, *, limit: int) -> tuple[Hotword, ...]:
+    """A stream's list: a JSON array of phrases, each a string or a
+    ``[phrase, score]`` pair, at most ``limit`` of them."""
+    if not isinstance(value, list):
+        raise HotwordError("hotwords must be a list of phrases or [phrase, score] pairs")
+    if len(value) > limit:
+        raise HotwordError(f"hotwords has {len(value)} phrases, at most {limit} are allowed")
+    hotwords = []
+    for item in value:
+        if isinstance(item, str):
+            hotwords.append(Hotword(item))
+        elif isinstance(item, list) and len(item) == 2:
+            hotwords.append(Hotword(item[0], item[1]))
+        else:
+            raise HotwordError(f"a hotword must be a phrase or a [phrase, score] pair, got {_short(item)}")
+    return _bounded(hotwords, limit)
+
+
+def merge_hotwords(base: Sequence[Hotword], extra: Sequence[Hotword]) -> tuple[Hotword, ...]:
+    """``base`` plus ``extra``; a phrase in both takes ``extra``'s score."""
+    replaced = {h.phrase: h for h in extra}
+    return (*(replaced.pop(h.phrase, h) for h in base), *(h for h in extra if h.phrase in replaced))
+
+
+MERGES_CACHED = 16
+
+
+@attrs.frozen
+class CompiledHotwords:
+    """A hotword list compiled for one token table; ``graph`` goes to
+    :class:`trio_asr.search.PrefixBeamSearch`. Shareable across threads."""
+
+    hotwords: tuple[Hotword, ...]
+    default_score: float
+    tokens: TokenTable = attrs.field(repr=False)
+    graph: HotwordGraph = attrs.field(repr=False)
+    _spelled: dict[str, tuple[int, ...]] = attrs.field(repr=False, eq=False)  # phrase -> its tokens
+    _merges: dict[tuple[Hotword, ...], CompiledHotwords] = attrs.field(repr=False, eq=False, factory=dict)
+    _lock: threading.Lock = attrs.field(repr=False, eq=False, factory=threading.Lock)
+
+    def merged(self, extra: Sequence[Hotword]) -> CompiledHotwords:
+        """These hotwords plus a stream's ``extra`` (itself when it is empty).
+        The last :data:`MERGES_CACHED` distinct lists are kept, so streams
+        sending the same list compile it once; phrases already spelled are
+        not spelled again."""
+        extra = tuple(extra)
+        if not extra:
+            return self
+        with self._lock:
+            found = self._merges.get(extra)
+        if found is None:
+            found = _compile(merge_hotwords(self.hotwords, extra), self.tokens, self.default_score, self._spelled)
+            with self._lock:
+                if len(self._merges) >= MERGES_CACHED:
+                    del self._merges[next(iter(self._merges))]  # the oldest
+                self._merges[extra] = found
+        return found
+
+
+def stream_graph(
+    base: CompiledHotwords | None, extra: Sequence[Hotword], tokens: TokenTable
+) -> HotwordGraph | None:
+    """The graph for a stream: ``base`` (the recognizer's, shared) plus the
+    stream's ``extra`` phrases (compiled for this stream), or None when there
+    are no phrases at all (the unbiased search)."""
+    if base is None:
+        base = compile_hotwords((), tokens)
+    compiled = base.merged(extra)
+    return compiled.graph if compiled.hotwords else None
+
+
+def compile_hotwords(
+    hotwords: Sequence[Hotword], tokens: TokenTable, *, default_score: float = DEFAULT_SCORE
+) -> CompiledHotwords:
+    """Spell every phrase with ``tokens`` and build its automaton; a phrase
+    the table cannot spell is a :class:`HotwordError` naming it."""
+    return _compile(tuple(hotwords), tokens, check_score(default_score, "the default hotword score"), {})
+
+
+def _compile(
+    hotwords: tuple[Hotword, ...], tokens: TokenTable, default_score: float, known: dict[str, tuple[int, ...]]
+) -> CompiledHotwords:
+    spellings = {}
+    scores: dict[tuple[int, ...], float] = {}
+    for hotword in hotwords:
+        ids = known.get(hotword.phrase)
+        if ids is None:
+            try:
+                ids = tokens.encode(hotword.phrase)
+            except ValueError as e:
+                raise HotwordError(f"hotword {hotword.phrase!r}: {e}") from None
+        spellings[hotword.phrase] = ids
+        score = default_score if hotword.score is None else hotword.score
+        scores[ids] = max(score, scores.get(ids, 0.0))  # two phrases may spell alike
+    return CompiledHotwords(hotwords, default_score, tokens, _build_graph(scores, len(tokens)), spellings)
+
+
+def _build_graph(phrases: dict[tuple[int, ...], float], vocab_size: int) -> HotwordGraph:
+    # The trie, numbered breadth first (so every fail link points backwards).
+    children: list[dict[int, int]] = [{}]
+    parent, token_of, depth, score, is_end = [0], [-1], [0], [0.0], [False]
+    for ids, phrase_score in phrases.items():
+        state = 0
+        for token in ids:
+            if token not in children[state]:
+                children[state][token] = len(children)
+                children.append({})
+                parent.append(state)
+                token_of.append(token)
+                depth.append(depth[state] + 1)
+                score.append(0.0)
+                is_end.append(False)
+            state = children[state][token]
+            score[state] = max(score[state], phrase_score)
+        is_end[state] = True
+    order = [0]
+    for state in order:  # grows while iterating: breadth first
+        order.extend(children[state][t] for t in sorted(children[state]))
+    new_id = {old: new for new, old in enumerate(order)}
+
+    count = len(order)
+    fail = [0] * count  # by old id
+    longest_end = [0] * count  # the longest phrase that is a suffix of the state (0: none)
+    total = [0.0] * count  # sum of position scores along the path
+    covered: list[tuple[tuple[int, int], ...]] = [()] * count  # settled positions, as intervals
+    gain = [0.0] * count
+    at_risk = [0.0] * count
+    for state in order:
+        if state:
+            up = parent[state]
+            token = token_of[state]
+            f = fail[up]
+            while up and f and token not in children[f]:
+                f = fail[f]
+            fail[state] = children[f][token] if up and token in children[f] else 0
+            total[state] = total[up] + score[state]
+            longest_end[state] = state if is_end[state] else longest_end[fail[state]]
+            covered[state], gain[state] = _settle(state, longest_end[state], covered[up], parent, depth, total)
+            at_risk[state] = total[state] - sum(
+                _span(state, lo, hi, parent, depth, total) for lo, hi in covered[state]
+            )
+
+    up_most = [0.0] * count  # most a child adds: max of gain + at_risk over the children
+    for state in order:
+        up_most[state] = max((gain[c] + at_risk[c] for c in children[state].values()), default=0.0)
+    bound = [0.0] * count
+    for state in order:  # the chain of fail links is all earlier states
+        bound[state] = max(up_most[state], bound[fail[state]] if state else 0.0)
+
+    child_start = [0]
+    child_token: list[int] = []
+    child_state: list[int] = []
+    for state in order:
+        for token in sorted(children[state]):
+            child_token.append(token)
+            child_state.append(new_id[children[state][token]])
+        child_start.append(len(child_token))
+    by_new = np.array(order)
+    return HotwordGraph(
+        np.array([new_id[fail[s]] for s in order], dtype=np.int32),
+        np.array(child_start, dtype=np.int32),
+        np.array(child_token, dtype=np.int32),
+        np.array(child_state, dtype=np.int32),
+        np.array(at_risk)[by_new],
+        np.array(gain)[by_new],
+        np.array(bound)[by_new],
+        vocab_size,
+    )
+
+
+def _span(state: int, lo: int, hi: int, parent: list[int], depth: list[int], total: list[float]) -> float:
+    """Sum of the position scores ``lo..hi`` (1-based) of ``state``'s path."""
+    node = state
+    while depth[node] > hi:
+        node = parent[node]
+    top = node
+    while depth[node] > lo - 1:
+        node = parent[node]
+    return total[top] - total[node]
+
+
+def _settle(state, phrase, covered, parent, depth, total):
+    """``(covered, gain)`` of ``state``: its parent's settled intervals plus
+    the positions of ``phrase`` (the longest phrase ending here, or 0), and
+    the scores in ``phrase`` of the positions that adds."""
+    if not phrase:
+        return covered, 0.0
+    d = depth[state]
+    shift = d - depth[phrase]  # window position = phrase position + shift
+    lo = start = shift + 1
+    gain = total[phrase]
+    merged = []
+    for a, b in covered:
+        if b < start - 1:
+            merged.append((a, b))
+            continue
+        overlap_lo, overlap_hi = max(a, start), min(b, d)
+        if overlap_lo <= overlap_hi:
+            gain -= _span(phrase, overlap_lo - shift, overlap_hi - shift, parent, depth, total)
+        lo = min(lo, a)
+    merged.append((lo, d))
+    return tuple(merged), gain

@@ -1,0 +1,217 @@
+"""The vocabulary of the streaming-ASR protocol: events, replies, close codes.
+
+*Events* are what a client's frames mean (:class:`StartStream`,
+:class:`Audio`, :class:`EndStream`, or an :class:`ErrorReply` when the input
+breaks the protocol); *replies* are what the server answers
+(:class:`ServerReady`, :class:`PartialResult`, :class:`FinalResult`,
+:class:`ErrorReply`).  :func:`encode_reply` writes a reply exactly as the
+protocol specification (``spec/protocol.md``) describes.  The state machine
+that turns frames into events and orders the replies is
+:class:`trio_asr.protocol.ConnectionProtocol`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Union
+
+import attrs
+import numpy as np
+
+from trio_asr.endpoint import EndpointRules
+from trio_asr.hotwords import Hotword
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_INVALID_PAYLOAD",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_UNSUPPORTED_DATA",
+    "Audio",
+    "EndStream",
+    "ErrorReply",
+    "Event",
+    "FinalResult",
+    "PartialResult",
+    "Reply",
+    "SegmentFinal",
+    "ServerReady",
+    "StartStream",
+    "encode_reply",
+]
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+
+# ---------------------------------------------------------------- events
+
+
+@attrs.frozen
+class StartStream:
+    """A client began a stream; audio in the announced format follows.
+
+    ``hotwords`` are the stream's own, added to the server's.  ``endpoint``
+    holds the rules that cut this stream into segments (None: the server's);
+    ``compact`` asks for replies whose ``result`` is the open segment only,
+    each finalised segment being announced once."""
+
+    name: str
+    nbest: int
+    sample_rate: int
+    bits_per_sample: int
+    channels: int
+    hotwords: tuple[Hotword, ...] = ()
+    endpoint: EndpointRules | None = None
+    compact: bool = False
+
+
+@attrs.frozen(eq=False)
+class Audio:
+    """One binary frame of the open stream.
+
+    ``samples`` are the complete samples this frame finished, down-mixed to
+    float32 mono in [-1, 1) at the *client's* rate (possibly empty).  ``pcm``
+    is the frame exactly as received, for saving in the client's format.
+    ``frame_index`` counts binary frames from 0 within the stream.
+    """
+
+    samples: np.ndarray
+    pcm: bytes
+    frame_index: int
+
+
+@attrs.frozen
+class EndStream:
+    """The open stream is over.
+
+    ``reply`` is true when the client asked for the final result (``end`` or
+    a second ``start``) and false when the stream was cut off (disconnect,
+    error, timeout, shutdown): then only its audio is kept.
+    """
+
+    name: str
+    reply: bool
+
+
+# ---------------------------------------------------------------- replies
+
+
+@attrs.frozen
+class ServerReady:
+    """Answer to ``start``."""
+
+
+@attrs.frozen
+class SegmentFinal:
+    """A segment of the stream that a reply closes: its index (from 0), final
+    text, time span and words as ``(word, start s, end s)``."""
+
+    index: int
+    text: str
+    start: float
+    end: float
+    times: tuple[tuple[str, float, float], ...] = ()
+
+
+@attrs.frozen
+class PartialResult:
+    """Answer to every binary frame; ``nbest`` is sent only when non-empty.
+
+    ``segment`` (the index of the open segment) and ``segments`` (those this
+    reply closes) are additive fields, sent when set / non-empty."""
+
+    text: str
+    nbest: tuple[tuple[str, float], ...] = ()
+    segment: int | None = None
+    segments: tuple[SegmentFinal, ...] = ()
+
+
+@attrs.frozen
+class FinalResult:
+    """Answer to ``end``; ``times`` holds ``(word, start s, end s)``;
+    ``segment``/``segments`` as in :class:`PartialResult`."""
+
+    name: str
+    text: str
+    nbest: tuple[tuple[str, float], ...] = ()
+    times: tuple[tuple[str, float, float], ...] = ()
+    segment: int | None = None
+    segments: tuple[SegmentFinal, ...] = ()
+
+
+@attrs.frozen
+class ErrorReply:
+    """A JSON error to send, after which the connection closes with ``code``."""
+
+    code: int
+    signal: str | None
+    message: str
+
+
+Event = Union[StartStream, Audio, EndStream, ErrorReply]
+Reply = Union[ServerReady, PartialResult, FinalResult, ErrorReply]
+
+
+def _nbest_json(nbest: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
+    return [{"text": text, "score": float(score)} for text, score in nbest]
+
+
+def _times_json(times: Sequence[tuple[str, float, float]]) -> list[dict[str, Any]]:
+    return [{"w": w, "bg": round(float(bg), 3), "ed": round(float(ed), 3)} for w, bg, ed in times]
+
+
+def _add_segments(obj: dict[str, Any], segment: int | None, segments: Sequence[SegmentFinal]) -> None:
+    if segment is not None:
+        obj["segment"] = segment
+    if segments:
+        obj["segments"] = [
+            {
+                "segment": s.index,
+                "result": s.text,
+                "bg": round(float(s.start), 3),
+                "ed": round(float(s.end), 3),
+                "times": _times_json(s.times),
+            }
+            for s in segments
+        ]
+
+
+def encode_reply(reply: Reply) -> str:
+    """Serialise a reply to the JSON text frame the spec prescribes.
+
+    Text is UTF-8 (no ``\\u`` escapes) unless a string echoed from the client
+    cannot be UTF-8 (a lone surrogate such as ``"\\ud800"``, which JSON
+    allows): that reply is written with ASCII escapes instead, so every reply
+    can be sent whatever the client sent.
+    """
+    obj: dict[str, Any]
+    if isinstance(reply, ServerReady):
+        obj = {"status": "ok", "signal": "server_ready"}
+    elif isinstance(reply, PartialResult):
+        obj = {"result": reply.text}
+        if reply.nbest:
+            obj["nbest"] = _nbest_json(reply.nbest)
+        _add_segments(obj, reply.segment, reply.segments)
+    elif isinstance(reply, FinalResult):
+        obj = {"name": reply.name, "signal": "end", "result": reply.text, "status": "ok"}
+        if reply.nbest:
+            obj["nbest"] = _nbest_json(reply.nbest)
+        obj["times"] = _times_json(reply.times)
+        _add_segments(obj, reply.segment, reply.segments)
+    elif isinstance(reply, ErrorReply):
+        obj = {"status": "error", "signal": reply.signal, "message": reply.message}
+    else:
+        raise TypeError(f"not a reply: {reply!r}")
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj)
+    return text
