@@ -159,9 +159,11 @@ class AcousticModel(abc.ABC):
     def initial_state(self) -> ModelState:
         """The state of a fresh stream."""
 
-    @abc.abstractmethod
     def feed(self, features: np.ndarray, states: Sequence[ModelState]) -> dict[str, np.ndarray]:
-        """The ONNX session's inputs for one chunk of B streams (as :meth:`run` takes them)."""
+        """The ONNX session's inputs for one chunk of B streams (as :meth:`run`
+        takes them); the ONNX formats have it (loading an int8 model probes
+        its graph with it), other models need not."""
+        raise NotImplementedError(f"{type(self).__name__} has no ONNX session to feed")
 
     @abc.abstractmethod
     def run(
@@ -173,6 +175,8 @@ class AcousticModel(abc.ABC):
         streams' states.  Returns float32 log-probs (B, T_out, vocab_size) and
         the B new states, in the same order.
         """
+
+    _session: ort.InferenceSession  # the ONNX formats' session
 
     #: known by construction (True for an int8 model rewritten for per-item
     #: quantization); None: unknown, :func:`is_batch_invariant` probes

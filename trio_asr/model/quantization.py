@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from trio_asr.model.quantized_ops import Builder, extra_columns_needed, quantize_per_item, rewrite_matmul
@@ -95,7 +96,7 @@ def with_probe_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
 def rewrite_model(
     data: bytes,
     feed: Callable[[int], Mapping[str, np.ndarray]],
-    session: Callable[[bytes], object],
+    session: Callable[[bytes], ort.InferenceSession],
 ) -> tuple[bytes, list[str]]:
     """Probe and rewrite a serialized dynamically quantized model.
 
@@ -182,7 +183,7 @@ def per_item_quantization(
             columns = extra_columns_needed(node, consumers, weights)
             scale, zp = quantize_per_item(b, node, rewrite[node.output[0]], len(shapes[node.input[0]]), columns)
             scale_vector[node.output[1]] = scale
-            if columns:
+            if zp is None:
                 extra_columns[node.output[0]] = columns
             else:
                 zp_int32[node.output[2]] = zp
@@ -191,8 +192,8 @@ def per_item_quantization(
         ):
             rewrite_matmul(b, node, zp_int32, extra_columns, weights)
         elif node.op_type == "DequantizeLinear" and node.output[0] in dequantize_axes:
-            q, scale, zp = node.input
-            b.op("DequantizeLinear", q, scale_vector[scale], zp, axis=dequantize_axes[node.output[0]],
+            q, q_scale, q_zp = node.input
+            b.op("DequantizeLinear", q, scale_vector[q_scale], q_zp, axis=dequantize_axes[node.output[0]],
                  out=node.output[0])  # fmt: skip
         else:
             b.nodes = [node]
