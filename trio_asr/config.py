@@ -158,8 +158,8 @@ class ServerConfig:
     max_batch: int = _setting(16, type=int, help="most chunks per batched model call", validator=_positive)
     exact_batching: bool = _setting(
         True, type=bool,
-        help="never batch a model whose outputs depend on the batch (e.g. dynamically quantized int8), "
-        "so a stream's result never depends on other streams",
+        help="a stream's result never depends on other streams: int8 models are quantized per stream, and a "
+        "model that still depends on the batch runs one stream per call (off: batch it anyway)",
     )  # fmt: skip
     concurrent_batches: int = _setting(
         factory=_cpu_count, type=int, default_help="the CPU count", validator=_positive,
