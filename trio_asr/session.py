@@ -248,8 +248,10 @@ class Session:
             if self._woken:
                 self._woken = False
                 return []
-            what = "no message" if streaming else "no stream started"
-            return protocol.fail(CLOSE_POLICY_VIOLATION, f"{what} for {timeout:g} s")
+            if streaming:  # e.g. PaddleSpeech's web demo after Stop: it never sends "end"
+                log.info("connection id=%d: stream silent for %g s; ending it", self.id, timeout)
+                return protocol.stream_idle()
+            return protocol.fail(CLOSE_POLICY_VIOLATION, f"no stream started for {timeout:g} s")
         if isinstance(message, str):
             return protocol.receive_text(message)
         assert isinstance(message, bytes)
