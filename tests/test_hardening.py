@@ -260,22 +260,30 @@ async def test_a_failing_disk_gets_an_error_reply_and_health_says_so(
 # ------------------------------------------------------------ idle connections
 
 
-async def test_between_streams_a_connection_may_stay_much_longer_than_the_idle_timeout(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
-    """PaddleSpeech's web demo keeps the socket open after Stop and sends nothing."""
+async def test_paddlespeech_web_demo_can_record_again_after_a_pause(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """PaddleSpeech's web demo never sends "end": Stop just stops sending, and
+    the next Start sends a new "start" on the same socket, maybe minutes later.
+    The silent stream ends by itself (final reply, audio saved) and the
+    connection waits, much longer than the stream's idle timeout."""
     server = await start_server(nursery, tmp_path, idle_timeout=0.2, connection_idle_timeout=30.0)
+    first, second = pcm16(4800), pcm16(3200)
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
-        await ws.send_message(start_msg("a.wav"))
-        await recv_json(ws)
-        await ws.send_message(end_msg())
-        await recv_json(ws)
-        await trio.sleep(0.6)  # three idle timeouts between streams
-        await ws.send_message(start_msg("b.wav"))
+        await ws.send_message(start_msg("test.wav", nbest=5))
         assert (await recv_json(ws))["signal"] == "server_ready"
-        await trio.sleep(0.6)  # inside a stream the short timeout applies
-        replies, code = await replies_until_close(ws)
-    assert code == 1008 and "0.2" in replies[-1]["message"]
+        await ws.send_message(first.tobytes())
+        await recv_json(ws)
+        final = await recv_json(ws)  # Stop: silence
+        assert final["signal"] == "end" and final["result"] == summary(first.astype(np.float32) / 32768) + " final"
+        await trio.sleep(0.6)  # three stream idle timeouts between recordings
+        await ws.send_message(start_msg("test.wav", nbest=5))
+        assert (await recv_json(ws))["signal"] == "server_ready"
+        await ws.send_message(second.tobytes())
+        assert "result" in await recv_json(ws)
+    with trio.fail_after(5):
+        while server.connections:
+            await trio.sleep(0.01)
+    audio = tmp_path / "audio"
+    assert [read_wav(audio / name)[0].shape[0] for name in ("test.wav", "test-1.wav")] == [4800, 3200]
 
 
 async def test_a_connection_that_never_starts_a_stream_is_closed(nursery: trio.Nursery, tmp_path: Path) -> None:

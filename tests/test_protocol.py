@@ -426,3 +426,14 @@ def test_stream_may_not_outgrow_a_wav_file() -> None:
     assert isinstance(proto.receive_bytes(b"\x00" * 10)[0], Audio)
     events = proto.receive_bytes(b"\x00\x00")
     assert error_of(events).code == 1008 and "WAV" in error_of(events).message
+
+
+def test_an_idle_stream_ends_with_its_final_reply_due() -> None:
+    proto = started(name="quiet.wav")
+    proto.receive_bytes(pcm([1]))
+    assert proto.stream_idle() == [EndStream(name="quiet.wav", reply=True)]
+    assert proto.state is State.IDLE and proto.stream_idle() == []
+    proto.send(ServerReady())
+    proto.send(PartialResult("1"))
+    proto.send(FinalResult("quiet.wav", "1"))
+    assert proto.replies_due == 0

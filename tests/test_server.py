@@ -286,13 +286,16 @@ async def test_oversize_frame_is_1009(nursery: trio.Nursery, tmp_path: Path) -> 
 
 
 async def test_idle_client_is_closed(nursery: trio.Nursery, tmp_path: Path) -> None:
-    server = await start_server(nursery, tmp_path, idle_timeout=0.3)
+    """A silent stream ends by itself; a connection that then stays silent is closed."""
+    server = await start_server(nursery, tmp_path, idle_timeout=0.3, connection_idle_timeout=0.3, ping_interval=0)
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
         await ws.send_message(start_msg("idle.wav"))
         await recv_json(ws)
         await ws.send_message(pcm16(160).tobytes())
         await recv_json(ws)
-        error = await recv_json(ws)  # nothing sent for longer than the timeout
+        final = await recv_json(ws)  # nothing sent for longer than the timeout
+        assert final["signal"] == "end" and final["name"] == "idle.wav"
+        error = await recv_json(ws)
         assert error["status"] == "error" and "0.3" in error["message"]
         assert await expect_close(ws) == 1008
     saved, _ = read_wav(wavs(server)[0])

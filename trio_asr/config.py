@@ -134,8 +134,10 @@ class ServerConfig:
     max_message_bytes: int = _setting(1 << 20, type=int, help="largest frame accepted, bytes", validator=_positive)
     max_stream_seconds: float = _setting(3600.0, type=float, help="longest stream accepted, s", validator=_positive)
     idle_timeout: float = _setting(
-        60.0, type=float, help="close a client silent this long inside an open stream, s", validator=_positive
-    )
+        60.0, type=float, validator=_positive,
+        help="an open stream silent this long ends as if the client had sent 'end' (final reply, audio saved); "
+        "the connection stays open, s",
+    )  # fmt: skip
     connection_idle_timeout: float = _setting(
         600.0, type=float, help="close a connection with no stream open after this long, s", validator=_positive
     )

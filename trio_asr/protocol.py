@@ -166,6 +166,11 @@ class ConnectionProtocol:
         """A binary frame arrived."""
         return self._owe(self._bytes_frame(data))
 
+    def stream_idle(self) -> list[Event]:
+        """The open stream has been silent too long: it ends as if the client
+        had sent ``end`` (its final reply is due), the connection stays open."""
+        return self._owe([self._end(reply=True)] if self._stream is not None else [])
+
     def connection_closed(self) -> list[Event]:
         """The peer went away (or the socket closed): cut the open stream."""
         events: list[Event] = [self._end(reply=False)] if self._stream is not None else []

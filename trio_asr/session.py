@@ -27,7 +27,7 @@ import trio
 import trio_websocket
 
 from trio_asr.config import ServerConfig
-from trio_asr.decoding import Decoder, StreamDecoder
+from trio_asr.decoding import Decoder
 from trio_asr.hotwords import HotwordError
 from trio_asr.lifecycle import Lifecycle
 from trio_asr.logs import log_event
@@ -48,7 +48,8 @@ from trio_asr.messages import (
     StartStream,
 )
 from trio_asr.protocol import ConnectionProtocol, LocalProtocolError, State
-from trio_asr.recording import AudioSaveError, AudioStore, Recording
+from trio_asr.open_stream import ConnectionTotals, OpenStream
+from trio_asr.recording import AudioSaveError, AudioStore
 from trio_asr.segment_replies import StreamReplies
 
 __all__ = ["Session", "SessionContext"]
@@ -67,30 +68,6 @@ class SessionContext:
     audio: AudioStore
     lifecycle: Lifecycle
     metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
-
-
-@attrs.define
-class _Stream:
-    """Decoder-side state of one open audio stream."""
-
-    start: StartStream
-    decoding: StreamDecoder
-    replies: StreamReplies
-    #: opened at the stream's first audio byte (a stream without audio leaves no file)
-    recording: Recording | None = None
-    samples: int = 0
-    closed: bool = False
-    save_failed: bool = False
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.samples / self.start.sample_rate
-
-
-#: how a stream ended (as logged) -> its outcome in the metrics
-_OUTCOMES = {
-    "finished": "completed", "cut off": "disconnected", "error": "error", "shut down": "aborted", "cancelled": "aborted",
-}  # fmt: skip
 
 
 class _ByteBudget:
@@ -141,9 +118,7 @@ class Session:
         # events the protocol produced that the reader has not handed over yet
         self._undelivered: collections.deque[Event] = collections.deque()
         self._budget = _ByteBudget(2 * self.config.max_message_bytes)
-        self._streams = 0
-        self._audio_seconds = 0.0
-        self._decode_seconds = 0.0
+        self._totals = ConnectionTotals()
         self._metrics = context.metrics
         # perf_counter() of each audio frame whose partial reply is not sent yet
         self._frame_times: collections.deque[float] = collections.deque()
@@ -164,10 +139,11 @@ class Session:
                     tasks.start_soon(self._writer, replies_rx)
                 outer.cancel_scope.cancel()
         finally:
-            rtf = self._decode_seconds / self._audio_seconds if self._audio_seconds else 0.0
+            totals = self._totals
+            rtf = totals.decode_seconds / totals.audio_seconds if totals.audio_seconds else 0.0
             log_event(
-                log, "connection", id=self.id, peer=self.peer, streams=self._streams,
-                audio_s=round(self._audio_seconds, 2), rtf=round(rtf, 3),
+                log, "connection", id=self.id, peer=self.peer, streams=totals.streams,
+                audio_s=round(totals.audio_seconds, 2), rtf=round(rtf, 3),
                 duration_s=round(time.perf_counter() - started, 2), outcome=self.outcome,
             )  # fmt: skip
 
@@ -272,8 +248,10 @@ class Session:
             if self._woken:
                 self._woken = False
                 return []
-            what = "no message" if streaming else "no stream started"
-            return protocol.fail(CLOSE_POLICY_VIOLATION, f"{what} for {timeout:g} s")
+            if streaming:  # e.g. PaddleSpeech's web demo after Stop: it never sends "end"
+                log.info("connection id=%d: stream silent for %g s; ending it", self.id, timeout)
+                return protocol.stream_idle()
+            return protocol.fail(CLOSE_POLICY_VIOLATION, f"no stream started for {timeout:g} s")
         if isinstance(message, str):
             return protocol.receive_text(message)
         assert isinstance(message, bytes)
@@ -284,7 +262,7 @@ class Session:
     async def _decoder(self, events: trio.MemoryReceiveChannel[Event], replies: trio.MemorySendChannel[Reply]) -> None:
         """Turn events into replies; every byte of audio received is saved,
         however the connection ends (see :meth:`_ending`)."""
-        stream: _Stream | None = None
+        stream: OpenStream | None = None
         async with events, replies:
             try:
                 async for event in events:
@@ -292,20 +270,25 @@ class Session:
                         if isinstance(event, Audio):
                             self._budget.give(len(event.pcm))
                             if self._ending():
-                                await self._keep_audio_only(stream, event)
+                                if stream is not None and not stream.closed:
+                                    stream.received(event.samples.size)
+                                    await stream.keep(event.pcm)
                                 continue
                         stream = await self._handle(event, stream, replies)
                     except Exception as exc:
                         if isinstance(exc, AudioSaveError):
                             log.warning("connection id=%d: %s", self.id, exc)
-                            self._save_failed(stream)
+                            if stream is not None:
+                                stream.note_save_failed()
+                            else:
+                                self._metrics.save_failed()
                             message = str(exc)
                         else:
                             log.exception("connection id=%d: internal error", self.id)
                             message = f"internal error: {type(exc).__name__}"
                         await self._fail(replies, CLOSE_INTERNAL_ERROR, message)
                 if stream is not None:
-                    await self._in_thread(self._cut, stream, "error" if self._failed else self._cut_how)
+                    await self._in_thread(stream.cut, "error" if self._failed else self._cut_how)
                     stream = None
             finally:
                 if stream is not None:  # cancelled: keep what is queued, here and now
@@ -314,42 +297,22 @@ class Session:
                         while True:
                             queued.append(events.receive_nowait())
                     for event in [*queued, *self._undelivered]:
-                        if isinstance(event, Audio) and stream.recording is not None and not stream.save_failed:
-                            stream.recording.append(event.pcm)
-                    self._cut(stream, "cancelled")
+                        if isinstance(event, Audio):
+                            stream.keep_now(event.pcm)
+                    stream.cut("cancelled")
 
     def _ending(self) -> bool:
         """No reply to the audio still queued will be sent (the server failed,
         the client is gone, the server is stopping): save it, don't decode it."""
         return self._failed or self._client_gone or self.context.lifecycle.stopping
 
-    async def _keep_audio_only(self, stream: _Stream | None, audio: Audio) -> None:
-        if stream is None or stream.closed:
-            return
-        stream.samples += audio.samples.size
-        try:
-            await self._record(stream, audio.pcm)
-        except AudioSaveError as exc:
-            log.warning("connection id=%d: %s", self.id, exc)
-            self._save_failed(stream)
-
-    async def _record(self, stream: _Stream, pcm: bytes) -> None:
-        """Keep received bytes, opening the file at the first of them."""
-        if not pcm or stream.save_failed or not self.context.audio.saving:
-            return
-        if stream.recording is None:
-            stream.recording = await self._in_thread(self.context.audio.open, stream.start)
-        if stream.recording is not None and stream.recording.append(pcm):
-            await self._in_thread(stream.recording.write_pending)
-
     async def _handle(
-        self, event: Event, stream: _Stream | None, replies: trio.MemorySendChannel[Reply]
-    ) -> _Stream | None:
+        self, event: Event, stream: OpenStream | None, replies: trio.MemorySendChannel[Reply]
+    ) -> OpenStream | None:
         if isinstance(event, Audio):
             assert stream is not None
-            stream.samples += event.samples.size
-            self._metrics.audio_received(event.samples.size / stream.start.sample_rate)
-            await self._record(stream, event.pcm)
+            stream.received(event.samples.size)
+            await stream.record(event.pcm)
             result = await stream.decoding.feed(event.samples)
             await replies.send(stream.replies.partial(result))
             return stream
@@ -367,18 +330,21 @@ class Session:
             except ValueError as exc:
                 await self._fail(replies, CLOSE_UNSUPPORTED_DATA, str(exc), "start")
                 return None
-            self._streams += 1
+            self._totals.streams += 1
             await replies.send(ServerReady())
-            return _Stream(event, decoding, StreamReplies(event))
+            return OpenStream(
+                event, decoding, StreamReplies(event), self.context.audio, self._metrics, self._totals,
+                self.context.decoder.limiter, self.id,
+            )  # fmt: skip
         if isinstance(event, EndStream):
             assert stream is not None
             if not event.reply or self._ending():
-                await self._in_thread(self._close, stream, self._cut_how)
+                await self._in_thread(stream.close, self._cut_how)
                 if self.outcome == "ok":
                     self.outcome = "disconnected mid-stream"
                 return None
             result = await stream.decoding.finish()
-            await self._in_thread(self._close, stream, "finished", result.text)
+            await self._in_thread(stream.close, "finished", result.text)
             await replies.send(stream.replies.final(result))
             return None
         self.outcome = f"closed {event.code}: {event.message}"
@@ -398,47 +364,6 @@ class Session:
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.context.decoder.limiter)
-
-    def _close(self, stream: _Stream, how: str, text: str | None = None) -> None:
-        """Finish a stream's recording (blocking I/O), count and log it."""
-        stream.closed = True
-        try:
-            if stream.recording is not None:
-                stream.recording.close()
-                with contextlib.suppress(OSError):
-                    self._metrics.audio_saved(stream.recording.path.stat().st_size)
-        except AudioSaveError:
-            self._save_failed(stream)
-            how, text = "error", None
-            raise
-        finally:
-            self._audio_seconds += stream.audio_seconds
-            self._decode_seconds += stream.decoding.decode_seconds
-            self._metrics.stream_ended(_OUTCOMES[how])
-            self._metrics.decode_cpu(stream.decoding.cpu_seconds)
-            rtf = stream.decoding.decode_seconds / stream.audio_seconds if stream.samples else 0.0
-            log_event(
-                log, "stream", conn=self.id, name=stream.start.name,
-                saved=str(stream.recording.path) if stream.recording else None,
-                audio_s=round(stream.audio_seconds, 2), rtf=round(rtf, 3), outcome=how, text=text,
-            )  # fmt: skip
-
-    def _save_failed(self, stream: _Stream | None) -> None:
-        """Count a stream whose audio could not be saved (once per stream)."""
-        if stream is None or not stream.save_failed:
-            self._metrics.save_failed()
-        if stream is not None:
-            stream.save_failed = True
-
-    def _cut(self, stream: _Stream | None, how: str) -> None:
-        """Close a stream that is being torn down, here and now (also under
-        cancellation); a save error is logged, the stream is gone either way."""
-        if stream is None or stream.closed:
-            return
-        try:
-            self._close(stream, how)
-        except AudioSaveError as exc:
-            log.warning("connection id=%d: %s", self.id, exc)
 
     # ------------------------------------------------------------ writer
 
