@@ -207,6 +207,18 @@ async def recv_json(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
     return json.loads(message)
 
 
+async def replies_until_close(ws: trio_websocket.WebSocketConnection) -> tuple[list[dict[str, Any]], int]:
+    """Every JSON reply until the server closes; (replies, close code)."""
+    replies = []
+    with trio.fail_after(10):
+        try:
+            while True:
+                replies.append(json.loads(await ws.get_message()))
+        except trio_websocket.ConnectionClosed as exc:
+            assert exc.reason is not None
+            return replies, exc.reason.code
+
+
 async def expect_close(ws: trio_websocket.WebSocketConnection) -> int:
     """Wait for the server's close; return its code."""
     with trio.fail_after(10):

@@ -21,10 +21,10 @@ from wsproto.events import Message
 from serverutil import (
     CountingRecognizer,
     end_msg,
-    expect_close,
     http_get,
     make_config,
     recv_json,
+    replies_until_close,
     start_msg,
     start_server,
     summary,
@@ -55,16 +55,6 @@ async def raw_websocket(port: int) -> trio.SocketStream:
         head += await stream.receive_some()
     assert head.startswith(b"HTTP/1.1 101")
     return stream
-
-
-async def replies_until_close(ws: trio_websocket.WebSocketConnection) -> tuple[list[dict], int]:
-    replies = []
-    with trio.fail_after(10):
-        try:
-            while True:
-                replies.append(json.loads(await ws.get_message()))
-        except trio_websocket.ConnectionClosed as exc:
-            return replies, exc.reason.code
 
 
 # ------------------------------------------------------------ drain

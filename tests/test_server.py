@@ -26,13 +26,13 @@ from serverutil import (
     expect_close,
     http_get,
     recv_json,
+    replies_until_close,
     start_msg,
     summary,
     ws_url,
 )
 
 from trio_asr.audio import read_wav
-from trio_asr.config import ServerConfig
 from trio_asr.model import load_model
 from trio_asr.recognizer import Recognizer
 from trio_asr.resample import resample
@@ -252,13 +252,7 @@ async def test_protocol_errors_get_json_error_and_close_code(
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
         for message in messages:
             await ws.send_message(message)
-        replies = []
-        with trio.fail_after(10):
-            try:
-                while True:
-                    replies.append(json.loads(await ws.get_message()))
-            except trio_websocket.ConnectionClosed as exc:
-                closed = exc.reason.code
+        replies, closed = await replies_until_close(ws)
     error = replies[-1]
     assert error["status"] == "error" and error["signal"] == signal and isinstance(error["message"], str)
     assert closed == code
