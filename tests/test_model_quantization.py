@@ -332,3 +332,17 @@ def test_rewrite_reports_quantizers_inside_subgraphs() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     _, skipped = quantization.per_item_quantization(model, {}, {})
     assert skipped == ["x", "x"]  # one per branch: the model is not batch-invariant
+
+
+def test_serve_settings_choose_the_rewrite(int8_dir) -> None:
+    """--exact-batching (the default) loads the per-item rewrite; without it
+    the int8 file is served as exported (batched anyway)."""
+    from trio_asr.cli import _build_recognizer
+    from trio_asr.config import ServerConfig
+    from trio_asr.model_service import ModelService
+
+    _, exact = _build_recognizer(ServerConfig(model=int8_dir))
+    _, as_exported = _build_recognizer(ServerConfig(model=int8_dir, exact_batching=False))
+    assert is_batch_invariant(exact.model) and not is_batch_invariant(as_exported.model)
+    assert ModelService(exact.model, exact=True).max_batch > 1
+    assert ModelService(as_exported.model, exact=False).max_batch > 1

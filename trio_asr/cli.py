@@ -66,13 +66,13 @@ class CommandFailed(Exception):
         self.status = status
 
 
-def _load_model(model: str | Path | None, threads: int) -> tuple[Path, AcousticModel]:
+def _load_model(model: str | Path | None, threads: int, exact: bool) -> tuple[Path, AcousticModel]:
     from trio_asr.model import ModelError, load_model
     from trio_asr.model_store import ModelNotAvailable, resolve_model_dir
 
     try:
         directory = resolve_model_dir(model)
-        return directory, load_model(directory, threads=threads)
+        return directory, load_model(directory, threads=threads, per_item_quantization=exact)
     except (ModelNotAvailable, ModelError) as exc:
         raise CommandFailed(exc) from None
 
@@ -98,7 +98,7 @@ def _build_recognizer(config: ServerConfig, *, nbest: int = 1, greedy: bool = Fa
         raise CommandFailed("--hotwords-file needs beam search (leave out --greedy)", 2)
     hotwords = _read_hotwords(config.hotwords_file)
     vad = _load_vad(config)
-    model_dir, model = _load_model(config.model, config.threads)
+    model_dir, model = _load_model(config.model, config.threads, config.exact_batching)
     recognizer = Recognizer(
         model,
         beam=max(config.beam, nbest),
