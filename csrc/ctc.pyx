@@ -225,6 +225,15 @@ cdef Py_ssize_t _top_tokens(const real* row, Py_ssize_t vocab, int32_t blank, bi
 include "hotword_graph.pxi"
 
 
+cdef inline int _grow(void** array, size_t size) noexcept nogil:
+    """``realloc`` ``array[0]`` to ``size`` bytes in place; -1 (array unchanged) when out of memory."""
+    cdef void* p = realloc(array[0], size)
+    if p == NULL:
+        return -1
+    array[0] = p
+    return 0
+
+
 cdef class PrefixBeamCore:
     """Streaming CTC prefix beam search state; the user-facing checks live
     in ``trio_asr.search.PrefixBeamSearch``, what memory safety needs is
@@ -351,60 +360,34 @@ cdef class PrefixBeamCore:
     cdef int _reserve_nodes(self, Py_ssize_t needed) noexcept nogil:
         """Room for ``needed`` nodes in all node arrays; -1 when out of memory."""
         cdef Py_ssize_t capacity = self.node_capacity if self.node_capacity else 1
-        cdef void* p
         if needed <= self.node_capacity:
             return 0
         while capacity < needed:
             capacity *= 2
-        p = realloc(self.parent, capacity * sizeof(int64_t))
-        if p == NULL:
+        if (_grow(<void**>&self.parent, capacity * sizeof(int64_t))
+                or _grow(<void**>&self.token, capacity * sizeof(int32_t))
+                or _grow(<void**>&self.frame, capacity * sizeof(int64_t))
+                or _grow(<void**>&self.depth, capacity * sizeof(int64_t))
+                or _grow(<void**>&self.hash, capacity * sizeof(uint64_t))):
             return -1
-        self.parent = <int64_t*>p
-        p = realloc(self.token, capacity * sizeof(int32_t))
-        if p == NULL:
+        if self.hw and (_grow(<void**>&self.hw_state, capacity * sizeof(int32_t))
+                        or _grow(<void**>&self.kept, capacity * sizeof(double))):
             return -1
-        self.token = <int32_t*>p
-        p = realloc(self.frame, capacity * sizeof(int64_t))
-        if p == NULL:
-            return -1
-        self.frame = <int64_t*>p
-        p = realloc(self.depth, capacity * sizeof(int64_t))
-        if p == NULL:
-            return -1
-        self.depth = <int64_t*>p
-        p = realloc(self.hash, capacity * sizeof(uint64_t))
-        if p == NULL:
-            return -1
-        self.hash = <uint64_t*>p
-        if self.hw:
-            p = realloc(self.hw_state, capacity * sizeof(int32_t))
-            if p == NULL:
-                return -1
-            self.hw_state = <int32_t*>p
-            p = realloc(self.kept, capacity * sizeof(double))
-            if p == NULL:
-                return -1
-            self.kept = <double*>p
         self.node_capacity = capacity
         return 0
 
     cdef int _reserve_scratch(self, Py_ssize_t vocab) noexcept nogil:
         """Per-token scratch for a vocabulary of ``vocab``; -1 when out of memory."""
         cdef Py_ssize_t limit = self.top_k if self.top_k else 2 * <Py_ssize_t>self.beam + 1  # see _step
-        cdef void* p
         if limit > vocab:
             limit = vocab
         if limit > self.tokens_capacity:
-            p = realloc(self.tokens, limit * sizeof(int32_t))
-            if p == NULL:
+            if _grow(<void**>&self.tokens, limit * sizeof(int32_t)):
                 return -1
-            self.tokens = <int32_t*>p
             self.tokens_capacity = limit
         if vocab > self.vocab_capacity:
-            p = realloc(self.merged, vocab)
-            if p == NULL:
+            if _grow(<void**>&self.merged, vocab):
                 return -1
-            self.merged = <unsigned char*>p
             memset(self.merged, 0, vocab)
             self.vocab_capacity = vocab
         return 0
