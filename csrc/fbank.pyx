@@ -99,25 +99,8 @@ cdef class FbankCore:
     cdef double* cmvn_mean
     cdef double* cmvn_scale
 
-    def __cinit__(self):
-        self.ready = False
-        self.buf = NULL
-        self.window = NULL
-        self.frame = NULL
-        self.re = NULL
-        self.im = NULL
-        self.power = NULL
-        self.tw_re = NULL
-        self.tw_im = NULL
-        self.split_re = NULL
-        self.split_im = NULL
-        self.bitrev = NULL
-        self.mel_start = NULL
-        self.mel_len = NULL
-        self.mel_pos = NULL
-        self.mel_w = NULL
-        self.cmvn_mean = NULL
-        self.cmvn_scale = NULL
+    # No __cinit__: Cython zero-initialises C attributes (every pointer
+    # NULL, ``ready`` false) before __init__ runs; _release() restores that.
 
     def __init__(
         self,
