@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import os
 import random
 import sys
@@ -111,15 +112,23 @@ async def stream_client(adapter, url: str, audio: np.ndarray, name: str, ready: 
         except (asyncio.TimeoutError, ConnectionClosed, OSError) as exc:
             out["error"] = type(exc).__name__
             read_task.cancel()
-    latencies = []
-    for k, at in enumerate(replies):
-        j = adapter.chunk_of_reply(k)
-        j = min(j, len(sent) - 1, max((i for i, s in enumerate(sent) if s <= at), default=0))
-        latencies.append(at - sent[j])
-    out["latencies"] = latencies
+    # Latencies are worked out after the level (reply_latencies): computing them
+    # here would stall the event loop while other clients still wait for replies.
+    out["sent"], out["replies"] = sent, replies
     out["first_send"] = sent[0] if sent else None
     out["last_send"] = sent[-1] if sent else None
     return out
+
+
+def reply_latencies(adapter, sent: list[float], replies: list[float]) -> list[float]:
+    """Seconds from the message each reply answers to the reply: reply ``k``
+    answers ``adapter.chunk_of_reply(k)``, or the last message sent before it."""
+    latencies = []
+    for k, at in enumerate(replies):
+        last_before = max(bisect.bisect_right(sent, at) - 1, 0)
+        j = min(adapter.chunk_of_reply(k), len(sent) - 1, last_before)
+        latencies.append(at - sent[j])
+    return latencies
 
 
 async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict:
@@ -139,11 +148,16 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
     ready.set()
     peak = rss_before
 
+    lag = 0.0  # the clients' own event-loop stalls: large ones would skew every latency
+
     async def sample_rss() -> None:
-        nonlocal peak
+        nonlocal peak, lag
         while True:
             peak = max(peak, server.rss_bytes())
-            await asyncio.sleep(0.25)
+            for _ in range(25):
+                asked = time.perf_counter() + 0.01
+                await asyncio.sleep(0.01)
+                lag = max(lag, time.perf_counter() - asked)
 
     sampler = asyncio.create_task(sample_rss())
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -152,7 +166,8 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
     cpu = server.cpu_seconds() - cpu0
     client_cpu = time.process_time() - client_cpu0
 
-    lat = np.array([x for r in results if isinstance(r, dict) for x in r["latencies"]]) * 1000
+    lat = np.array([x for r in results if isinstance(r, dict)
+                    for x in reply_latencies(adapter, r["sent"], r["replies"])]) * 1000  # fmt: skip
     finals, stretch, ok = [], [], 0
     for r in results:
         if isinstance(r, dict) and r["final_at"] is not None and r["error"] is None:
@@ -177,6 +192,7 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
         "server_cpu_pct": round(100 * cpu / wall, 1),
         "server_rss_peak_mb": round(peak / 2**20, 1),
         "client_cpu_pct": round(100 * client_cpu / wall, 1),
+        "client_lag_ms": round(lag * 1000, 1),
         "wall_s": round(wall, 2),
         "errors": errors[:5],
     }
@@ -264,7 +280,7 @@ async def sweep(servers: dict, adapters: dict, clips, args, bar) -> dict:
 COLUMNS = (("n", "N", 5), ("p50_ms", "p50 ms", 8), ("p95_ms", "p95 ms", 8), ("final_max_s", "final s", 8),
            ("wall_per_audio_max", "wall/aud", 9), ("realtime_streams", "realtime", 9),
            ("aggregate_rtf", "agg RTF", 8), ("server_cpu_pct", "CPU %", 7), ("server_rss_peak_mb", "RSS MB", 8),
-           ("client_cpu_pct", "client%", 8), ("pass", "held", 6))  # fmt: skip
+           ("client_cpu_pct", "client%", 8), ("client_lag_ms", "lag ms", 7), ("pass", "held", 6))  # fmt: skip
 
 
 def print_row(name: str, row: dict) -> None:
