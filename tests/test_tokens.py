@@ -327,3 +327,53 @@ def test_encode_refuses_what_the_table_cannot_spell():
         table.encode("hex")
     with pytest.raises(ValueError, match="empty"):
         table.encode("  ")
+
+
+def bytewise_pieces(table: TokenTable, ids: list[int]) -> list[str]:
+    """The pieces rule applied one byte at a time, as the definition reads:
+    the bytes go through one incremental UTF-8 decoder (invalid ones
+    dropped), a character goes to the token holding its first byte, a word
+    boundary becomes one space unless either neighbour is written without
+    spaces."""
+    import codecs
+
+    from trio_asr.tokens import _is_unspaced
+
+    decoder = codecs.getincrementaldecoder("utf-8")("ignore")
+    out, owner, space, previous = [""] * len(ids), None, False, ""
+    for k, token_id in enumerate(ids):
+        for unit in table._units[token_id]:
+            if unit is None:
+                space = True
+                continue
+            if owner is None:
+                owner = k
+            for ch in decoder.decode(bytes([unit])):
+                if space and previous and not (_is_unspaced(previous) or _is_unspaced(ch)):
+                    out[owner] += " "
+                out[owner] += ch
+                previous, space = ch, False
+            if not decoder.getstate()[0]:
+                owner = None
+    return out
+
+
+MIXED_PIECES = [
+    "<blk>", "<unk>", "\u2581", "\u2581the", "re", "\u2581a\u2581b", "c\u2581", "中", "\u2581中", "é",
+    "<0xE4>", "<0xB8>", "<0xAD>", "<0x41>", "<0x80>", "<0xFF>", " ", "\u2581한", "文",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(MIXED_PIECES) - 1), max_size=30))
+def test_pieces_equal_the_rule_applied_byte_by_byte_on_a_mixed_table(ids):
+    table = TokenTable(MIXED_PIECES)
+    assert table.pieces(ids) == bytewise_pieces(table, ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 600), max_size=30))
+def test_pieces_equal_the_rule_applied_byte_by_byte_on_a_bbpe_table(ids):
+    table = synthetic_bbpe()
+    ids = [i % len(table) for i in ids]
+    assert table.pieces(ids) == bytewise_pieces(table, ids)

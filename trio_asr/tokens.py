@@ -101,6 +101,28 @@ def _units(piece: str, *, bbpe: bool) -> _Units:
     return tuple(None if u in _WHITESPACE_BYTES else u for u in raw)
 
 
+# A token spelled as zero or more word boundaries followed by complete UTF-8
+# characters: (whether it starts with a boundary, its characters).
+_Whole = tuple[bool, str]
+
+
+def _whole(units: _Units) -> _Whole | None:
+    """The token as whole characters, or None when it needs decoding byte by
+    byte (a boundary after its first character, or bytes that are not
+    complete valid UTF-8 on their own)."""
+    leading = 0
+    while leading < len(units) and units[leading] is None:
+        leading += 1
+    body = units[leading:]
+    if None in body:
+        return None
+    try:
+        text = bytes(body).decode("utf-8")  # type: ignore[arg-type]
+    except UnicodeDecodeError:
+        return None
+    return leading > 0, text
+
+
 @attrs.frozen(init=False)
 class TokenTable:
     """Id <-> piece table of a model, and the rules that turn ids into text.
@@ -115,6 +137,7 @@ class TokenTable:
     blank_id: int
     bbpe: bool
     _units: tuple[_Units, ...]
+    _whole: tuple[_Whole | None, ...] = attrs.field(eq=False, repr=False)
     _spelling: list = attrs.field(eq=False, repr=False)  # [trie, case], built on first encode
 
     def __init__(self, pieces: Sequence[str], *, blank_id: int | None = None, bbpe: bool | None = None):
@@ -128,7 +151,7 @@ class TokenTable:
         if bbpe is None:
             bbpe = _looks_bbpe(pieces)
         units = tuple(() if i == blank_id else _units(p, bbpe=bbpe) for i, p in enumerate(pieces))
-        self.__attrs_init__(pieces, blank_id, bbpe, units, [])
+        self.__attrs_init__(pieces, blank_id, bbpe, units, tuple(_whole(u) for u in units), [])
 
     @classmethod
     def from_file(
@@ -195,6 +218,15 @@ class TokenTable:
         pending_space = False
         previous = ""
         for k, token_id in enumerate(ids):
+            whole = self._whole[token_id]
+            if whole is not None and owner is None:  # the usual token: whole characters, nothing pending
+                boundary, text = whole
+                pending_space = pending_space or boundary
+                if text:
+                    if pending_space and previous and not (_is_unspaced(previous) or _is_unspaced(text[0])):
+                        text = " " + text
+                    out[k], previous, pending_space = text, text[-1], False
+                continue
             for unit in self._units[token_id]:
                 if unit is None:
                     pending_space = True
