@@ -393,6 +393,19 @@ def test_replies_go_out_in_the_order_the_frames_came() -> None:
         proto.send(ServerReady())  # nothing was asked
 
 
+def test_a_repeated_reply_is_still_one_per_frame() -> None:
+    proto = ConnectionProtocol()
+    proto.receive_text(start_msg())
+    proto.receive_bytes(pcm([1]))
+    proto.receive_bytes(pcm([2]))
+    proto.send(ServerReady())
+    same = PartialResult("so far", (("so far", -1.5),))
+    first = proto.send(same)
+    assert proto.send(same) == first == encode_reply(same)
+    with pytest.raises(LocalProtocolError):
+        proto.send(same)  # the third frame never came
+
+
 def test_an_error_may_overtake_replies_due_and_nothing_follows_it() -> None:
     proto = ConnectionProtocol()
     proto.receive_text(start_msg())

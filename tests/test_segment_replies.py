@@ -144,6 +144,18 @@ def test_compact_replies_carry_the_open_segment_and_each_final_once() -> None:
     assert sent[-1].times == ()
 
 
+@pytest.mark.parametrize("compact", [False, True])
+def test_frames_that_move_no_search_repeat_the_reply_but_never_an_announcement(compact: bool) -> None:
+    partials, _ = results()
+    replies = StreamReplies(StartStream("a.wav", 1, 16000, 16, 1, compact=compact))
+    closing = partials[1]  # closes segment 0
+    first, again, third = (replies.partial(closing) for _ in range(3))
+    assert [s.index for s in first.segments] == [0]
+    assert again.segments == () and again.text == first.text
+    assert third is again  # nothing new: the same reply, encoded once by the protocol core
+    assert replies.partial(partials[2]) is not again
+
+
 def test_segment_fields_encoding() -> None:
     reply = PartialResult("x", (), 4, (SegmentFinal(3, "hi there", 1.0, 2.5, (("hi", 1.04, 1.2), ("there", 1.2, 1.6))),))
     assert json.loads(encode_reply(reply)) == {

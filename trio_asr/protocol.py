@@ -137,6 +137,7 @@ class ConnectionProtocol:
         self._samples = 0
         self._bytes = 0
         self._due: collections.deque[type] = collections.deque()
+        self._last_sent: tuple[Reply, str] | None = None  # a repeated partial reply is encoded once
         self._error_issued = False
         self._error_sent = False
 
@@ -202,7 +203,11 @@ class ConnectionProtocol:
                 expected = "nothing" if due is None else due.__name__
                 raise LocalProtocolError(f"{type(reply).__name__} sent where {expected} is due")
             self._due.popleft()
-        return encode_reply(reply)
+        if self._last_sent is not None and self._last_sent[0] is reply:
+            return self._last_sent[1]
+        text = encode_reply(reply)
+        self._last_sent = (reply, text)
+        return text
 
     # ------------------------------------------------------------ internals
 

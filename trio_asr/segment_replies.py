@@ -51,6 +51,9 @@ class StreamReplies:
     def __init__(self, start: StartStream) -> None:
         self.start = start
         self._announced = 0  # segments already sent
+        # the last partial reply and its result: a frame that moved no search
+        # gets the same reply object (whose text the protocol core keeps)
+        self._last: tuple[RecognitionResult, PartialResult] | None = None
 
     def _new_segments(self, result: RecognitionResult) -> tuple[SegmentFinal, ...]:
         new = result.segments[self._announced :]
@@ -58,6 +61,14 @@ class StreamReplies:
         return tuple(_announce(segment) for segment in new)
 
     def partial(self, result: RecognitionResult) -> PartialResult:
+        if self._last is not None and self._last[0] is result:
+            return self._last[1]
+        reply = self._partial(result)
+        # a reply announcing segments is not repeated: the next one for the same result announces none
+        self._last = None if reply.segments else (result, reply)
+        return reply
+
+    def _partial(self, result: RecognitionResult) -> PartialResult:
         n, segments = self.start.nbest, self._new_segments(result)
         if result.open is None:
             return PartialResult(result.text, _nbest(result.nbest, n), segments=segments)
