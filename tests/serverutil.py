@@ -86,6 +86,8 @@ class CountingStream:
         self.model_stream.accept_features(np.zeros((1, 1), np.float32))
 
     def flush_input(self) -> None:
+        on_loop = threading.current_thread() is threading.main_thread()
+        assert on_loop == self.recognizer.cheap_accept, "runs where cheap_to_flush said"
         if self.resampler is not None:
             self.samples.append(self.resampler.flush())
         self.finished = True
@@ -99,6 +101,9 @@ class CountingStream:
 
     def cheap_to_search(self, frames: int) -> bool:
         return self.recognizer.cheap_search
+
+    def cheap_to_flush(self) -> bool:
+        return self.recognizer.cheap_accept
 
     def result(self) -> RecognitionResult:
         x = np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
@@ -121,7 +126,7 @@ class CountingRecognizer:
         self.decode_delay = 0.0
         self.fail_on_decode = False
         self.refused_rates: set[int] = set()
-        #: what its streams answer to cheap_to_accept / cheap_to_search (on the event loop or not)
+        #: what its streams answer to cheap_to_accept (and cheap_to_flush) / cheap_to_search (on the event loop or not)
         self.cheap_accept = False
         self.cheap_search = True
 

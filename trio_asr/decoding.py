@@ -58,6 +58,10 @@ class RecognizerStream(Protocol):
         cost less than a worker-thread hop."""
         ...
 
+    def cheap_to_flush(self) -> bool:
+        """Whether :meth:`flush_input` costs less than a worker-thread hop."""
+        ...
+
 
 class Recognizer(Protocol):
     @property
@@ -132,7 +136,10 @@ class StreamDecoder:
     async def finish(self) -> RecognitionResult:
         """End of the stream: decode the padded tail; the final result."""
         started = time.perf_counter()
-        await self._in_thread(self._timed, self._stream.flush_input)
+        if self._stream.cheap_to_flush():
+            self._timed(self._stream.flush_input)
+        else:
+            await self._in_thread(self._timed, self._stream.flush_input)
         result = await self._run_model_and_search()
         self.decode_seconds += time.perf_counter() - started
         return result

@@ -124,6 +124,14 @@ class OpenStream:
                 audio_s=round(self.audio_seconds, 2), rtf=round(rtf, 3), outcome=how, text=text,
             )  # fmt: skip
 
+    async def aclose(self, how: str, text: str | None = None) -> None:
+        """:meth:`close`, in a worker thread when a file is to be finished
+        (without one it is only counting, cheaper than a thread hop)."""
+        if self.recording is None:
+            self.close(how, text)
+        else:
+            await trio.to_thread.run_sync(self.close, how, text, limiter=self.limiter)
+
     def cut(self, how: str) -> None:
         """Close a stream that is being torn down, here and now (also under
         cancellation); a save error is logged, the stream is gone either way."""

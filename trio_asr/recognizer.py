@@ -45,11 +45,13 @@ _NOT_SPOKEN = -1e4
 _FBANK_FLOAT_SCALE = 32768.0
 
 # Work small enough to do on a server's event loop, where it costs less than
-# a worker-thread round trip (measured: features ~0.15 ms per 4096 samples;
-# texts ~1 us per token and hypothesis).
+# a worker-thread round trip (an idle hop: ~0.09 ms; under load the hop waits
+# for a worker, tens of ms). Measured: features ~0.15 ms per 4096 samples;
+# a beam-10 search step plus its result ~0.2 ms for 32 frames; texts ~0.1-0.2
+# us per token and hypothesis. 32 frames: the padded tail of a stream's end.
 _CHEAP_SAMPLES = 4096
-_CHEAP_FRAMES = 16
-_CHEAP_TEXT = 256
+_CHEAP_FRAMES = 32
+_CHEAP_TEXT = 1024
 
 
 @attrs.frozen
@@ -284,6 +286,11 @@ class RecognizerStream:
         enough for an event loop (no resampling, a frame's worth of features,
         no voice activity model to run)."""
         return samples <= _CHEAP_SAMPLES and self._resampler is None and self._vad is None
+
+    def cheap_to_flush(self) -> bool:
+        """Whether :meth:`flush_input` is cheap enough for an event loop: the
+        last frames' features, with no resampler or voice activity model to flush."""
+        return self._resampler is None and self._vad is None
 
     def cheap_to_search(self, frames: int) -> bool:
         """Whether :meth:`accept_log_probs` of this many frames followed by

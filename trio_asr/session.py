@@ -339,12 +339,12 @@ class Session:
         if isinstance(event, EndStream):
             assert stream is not None
             if not event.reply or self._ending():
-                await self._in_thread(stream.close, self._cut_how)
+                await stream.aclose(self._cut_how)
                 if self.outcome == "ok":
                     self.outcome = "disconnected mid-stream"
                 return None
             result = await stream.decoding.finish()
-            await self._in_thread(stream.close, "finished", result.text)
+            await stream.aclose("finished", result.text)
             await replies.send(stream.replies.final(result))
             return None
         self.outcome = f"closed {event.code}: {event.message}"
