@@ -238,3 +238,28 @@ def test_segments_are_the_same_decoded_alone_or_stepped(model, speech):
     words = final.times
     assert [w.start for w in words] == sorted(w.start for w in words)
     assert all(w.start < w.end for w in words)
+
+
+def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
+    """What a server may do on its event loop: short searches while the
+    open segment's text is short, the tail's search included (flushing
+    resets the cached result, not what the text cost)."""
+    recognizer = Recognizer(model, endpoint=None)
+    stream = recognizer.create_stream(nbest=2)
+    assert stream.cheap_to_search(16) and stream.cheap_to_flush()
+    assert not stream.cheap_to_search(10_000)
+    vocab = model.vocab_size
+    spoken = np.full((600, vocab), -30.0, np.float32)
+    spoken[np.arange(600), 1 + np.arange(600) % (vocab - 1)] = 0.0  # a new token every frame
+    stream.accept_log_probs(spoken)
+    assert len(stream.result().text) * 2 > 1024
+    assert not stream.cheap_to_search(16)
+    stream.flush_input()
+    assert not stream.cheap_to_search(16)
+    short = recognizer.create_stream(nbest=1)
+    short.accept_log_probs(spoken[:8])
+    short.result()
+    short.flush_input()
+    assert short.cheap_to_search(32)
+    resampling = recognizer.create_stream(nbest=1, sample_rate=8000)
+    assert not resampling.cheap_to_flush() and not resampling.cheap_to_accept(100)

@@ -191,6 +191,7 @@ class RecognizerStream:
         self.samples_accepted = 0
         self._finished = False
         self._result: RecognitionResult | None = None  # valid until the search moves
+        self._open_chars = 0  # length of the open segment's text at the last result
 
     @property
     def seconds_accepted(self) -> float:
@@ -297,13 +298,7 @@ class RecognizerStream:
         :meth:`result` is cheap enough for an event loop: a short search while
         the open segment's n-best texts are short (the finalised segments'
         text is cached)."""
-        cached = self._result
-        if cached is None:
-            return False
-        if frames == 0:
-            return True
-        open_text = cached.text if cached.open is None else cached.open.text
-        return frames <= _CHEAP_FRAMES and len(open_text) * self.nbest <= _CHEAP_TEXT
+        return frames <= _CHEAP_FRAMES and self._open_chars * self.nbest <= _CHEAP_TEXT
 
     def result(self) -> RecognitionResult:
         """The stream so far (computed once per search step, then cached).
@@ -312,5 +307,6 @@ class RecognizerStream:
         is given as finalised."""
         if self._result is None:
             final = self._finished and self._chunks.next_chunk() is None
-            self._result = self._decoder.result(final)
+            result = self._result = self._decoder.result(final)
+            self._open_chars = len(result.text if result.open is None else result.open.text)
         return self._result
