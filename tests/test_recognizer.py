@@ -254,12 +254,21 @@ def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
     stream.accept_log_probs(spoken)
     assert len(stream.result().text) * 2 > 1024
     assert not stream.cheap_to_search(16)
+    assert stream.cheap_to_search(0)  # a frame that ran no chunk: the result is cached
     stream.flush_input()
-    assert not stream.cheap_to_search(16)
+    assert not stream.cheap_to_search(16) and not stream.cheap_to_search(0)
     short = recognizer.create_stream(nbest=1)
     short.accept_log_probs(spoken[:8])
     short.result()
     short.flush_input()
     assert short.cheap_to_search(32)
+    # the final result times every word: a shorter text than a partial's is cheap
+    medium = recognizer.create_stream(nbest=1)
+    medium.accept_log_probs(spoken[:400])
+    assert 256 < len(medium.result().text) <= 1024 and medium.cheap_to_search(32)
+    medium.flush_input()
+    assert not medium.cheap_to_search(32)
+    wide = Recognizer(model, beam=256, endpoint=None).create_stream(nbest=1)
+    assert wide.cheap_to_search(1) and not wide.cheap_to_search(32)
     resampling = recognizer.create_stream(nbest=1, sample_rate=8000)
     assert not resampling.cheap_to_flush() and not resampling.cheap_to_accept(100)

@@ -111,7 +111,7 @@ class ModelService:
         self,
         model: AcousticModel,
         *,
-        max_batch: int = 16,
+        max_batch: int = 32,
         max_queue_delay: float = 0.5,
         concurrent_batches: int = 1,
         exact: bool = True,

@@ -46,12 +46,15 @@ _FBANK_FLOAT_SCALE = 32768.0
 
 # Work small enough to do on a server's event loop, where it costs less than
 # a worker-thread round trip (an idle hop: ~0.09 ms; under load the hop waits
-# for a worker, tens of ms). Measured: features ~0.15 ms per 4096 samples;
-# a beam-10 search step plus its result ~0.2 ms for 32 frames; texts ~0.1-0.2
-# us per token and hypothesis. 32 frames: the padded tail of a stream's end.
+# for a worker, tens of ms). Measured: features ~0.15 ms per 4096 samples; a
+# beam-10 search step plus its partial result ~0.2 ms for 32 frames (the
+# padded tail of a stream's end; the step's cost grows with the beam); texts
+# ~0.1-0.2 us per token and hypothesis; the final result, which times every
+# word of the open segment, ~1.4 us per token.
 _CHEAP_SAMPLES = 4096
-_CHEAP_FRAMES = 32
-_CHEAP_TEXT = 1024
+_CHEAP_SEARCH = 320  # frames x beam width
+_CHEAP_TEXT = 1024  # characters x n-best, partial results
+_CHEAP_FINAL_TEXT = 256  # characters x n-best, the final result
 
 
 @attrs.frozen
@@ -175,6 +178,7 @@ class RecognizerStream:
         self._input_scale = model.sample_scale / _FBANK_FLOAT_SCALE
         self._chunks = model.create_stream()
         graph = stream_graph(recognizer.hotwords, hotwords, model.tokens)
+        self._search_width = max(recognizer.beam, nbest) if recognizer.decoding == "beam" else 1
         self._decoder = SegmentDecoder(
             model.tokens,
             lambda: recognizer.new_search(nbest, graph),
@@ -295,10 +299,15 @@ class RecognizerStream:
 
     def cheap_to_search(self, frames: int) -> bool:
         """Whether :meth:`accept_log_probs` of this many frames followed by
-        :meth:`result` is cheap enough for an event loop: a short search while
-        the open segment's n-best texts are short (the finalised segments'
-        text is cached)."""
-        return frames <= _CHEAP_FRAMES and self._open_chars * self.nbest <= _CHEAP_TEXT
+        :meth:`result` is cheap enough for an event loop: a short search with
+        a narrow beam while the open segment's n-best texts are short (the
+        finalised segments' text is cached), judged by the text of the last
+        result."""
+        if frames == 0 and self._result is not None:
+            return True  # nothing to search, the result is cached
+        frames += self._skipped_frames
+        text = _CHEAP_FINAL_TEXT if self._finished else _CHEAP_TEXT
+        return frames * self._search_width <= _CHEAP_SEARCH and self._open_chars * self.nbest <= text
 
     def result(self) -> RecognitionResult:
         """The stream so far (computed once per search step, then cached).
