@@ -303,9 +303,9 @@ class RecognizerStream:
         a narrow beam while the open segment's n-best texts are short (the
         finalised segments' text is cached), judged by the text of the last
         result."""
+        frames += self._skipped_frames
         if frames == 0 and self._result is not None:
             return True  # nothing to search, the result is cached
-        frames += self._skipped_frames
         text = _CHEAP_FINAL_TEXT if self._finished else _CHEAP_TEXT
         return frames * self._search_width <= _CHEAP_SEARCH and self._open_chars * self.nbest <= text
 
