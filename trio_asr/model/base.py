@@ -23,6 +23,8 @@ import attrs
 import numpy as np
 import onnxruntime as ort
 
+from trio_asr._states import concatenate_states
+
 if TYPE_CHECKING:
     from trio_asr.features import FbankOptions
     from trio_asr.tokens import TokenTable
@@ -94,16 +96,16 @@ class ModelState:
 
     @staticmethod
     def stack(states: Sequence[ModelState]) -> list[np.ndarray]:
-        """Concatenate per-stream states into batched tensors, in stream order."""
+        """Concatenate per-stream states into batched tensors, in stream order.
+
+        Safe to call from a worker thread while the event loop is busy: all
+        the copying happens in one stretch without the interpreter lock (see
+        ``csrc/states.pyx``)."""
         if not states:
             raise ValueError("no states to stack")
         if len(states) == 1:
             return list(states[0].tensors)  # a batch of one needs no copy
-        axes = states[0].batch_axes
-        return [
-            np.concatenate([s.tensors[i] for s in states], axis=axis)
-            for i, axis in enumerate(axes)
-        ]
+        return concatenate_states([s.tensors for s in states], states[0].batch_axes)
 
     @classmethod
     def unstack(cls, tensors: Sequence[np.ndarray], batch_axes: Sequence[int]) -> list[ModelState]:
