@@ -145,7 +145,8 @@ class CountingRecognizer:
 class ControlledModel:
     """A real acoustic model whose :meth:`run` the test controls.
 
-    Records each batch size; ``gate`` (when set to a ``threading.Event``)
+    Records each batch size and the first feature value of each chunk run
+    (``first_features``, which tells the streams apart); ``gate`` (when set to a ``threading.Event``)
     holds every run until the event is set, ``entered`` is set whenever a run
     starts, runs whose index (0-based) is in ``fail_calls`` raise.  Swap
     ``gate`` for a new event before setting the old one to hold the next run
@@ -155,6 +156,7 @@ class ControlledModel:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.batch_sizes: list[int] = []
+        self.first_features: list[list[float]] = []
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
         self.fail_calls: set[int] = set()
@@ -165,6 +167,7 @@ class ControlledModel:
     def run(self, features: np.ndarray, states: Any) -> Any:
         call = len(self.batch_sizes)
         self.batch_sizes.append(len(features))
+        self.first_features.append([float(chunk[0, 0]) for chunk in features])
         gate = self.gate
         self.entered.set()
         if gate is not None:

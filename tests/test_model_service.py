@@ -45,6 +45,7 @@ async def service(nursery: trio.Nursery, model: ControlledModel) -> ModelService
 def forget_probe(model: ControlledModel) -> None:
     """Drop the record of the batch-invariance probe's model runs."""
     model.batch_sizes.clear()
+    model.first_features.clear()
     model.entered.clear()
 
 
@@ -163,6 +164,33 @@ async def test_max_batch_bounds_the_batch(nursery: trio.Nursery, model: Controll
     finally:
         model.gate.set()
     assert model.batch_sizes == [1, 2, 2, 1]
+
+
+async def test_a_decodes_later_chunks_go_ahead_of_decodes_begun_after_it(
+    nursery: trio.Nursery, model: ControlledModel
+) -> None:
+    """The end of a stream needs two chunks, one after the other: the second
+    must not queue behind every chunk other streams asked for meanwhile."""
+    service = ModelService(model, max_batch=1, exact=False)
+    forget_probe(model)
+    await nursery.start(service.run)
+    model.gate = threading.Event()
+    ending = stream_with_chunks(model, 2)
+    others = [stream_with_chunks(model, 1) for _ in range(3)]
+    marks = [float(ending._buffer[0, 0]), float(ending._buffer[model.chunk_shift, 0])]
+    marks += [float(s._buffer[0, 0]) for s in others]
+    try:
+        async with trio.open_nursery() as clients:
+            clients.start_soon(service.decode, ending)
+            await wait_until_running(model)
+            for stream in others:
+                clients.start_soon(service.decode, stream)
+                await trio.testing.wait_all_tasks_blocked()
+            model.gate.set()
+    finally:
+        model.gate.set()
+    assert model.batch_sizes == [1] * 5
+    assert [run[0] for run in model.first_features] == marks  # not marks[0], marks[2:], marks[1]
 
 
 # ------------------------------------------------------------ cancellation and errors

@@ -12,6 +12,13 @@ There is no timer: under low load a request runs at once in a batch of one,
 under high load batches grow by themselves.  The CTC search stays with the
 stream's owner; only the model call is shared.
 
+Order: the oldest *decode* first.  Every chunk of one :meth:`decode` call
+queues with the time that call began, so the second padded chunk at the end
+of a stream goes ahead of chunks that other streams asked for later, instead
+of queuing behind all of them: when many streams end together, each final
+result waits for about its own share of the burst, not for the whole of it.
+A decode of one chunk (the usual case) is served first come, first served.
+
 Queue delay and admission: every request records when it was queued.
 :attr:`ModelService.queue_delay` is the longest wait among the requests
 waiting now and those of the batch now running (0 while the service is
@@ -22,9 +29,9 @@ that existing streams keep their pace instead of all of them slowing down.
 
 from __future__ import annotations
 
-import collections
+import heapq
+import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -49,6 +56,8 @@ class _Request:
     """One chunk of one stream, queued for the next batch."""
 
     stream: ModelStream
+    #: when its decode call began: the queue's order
+    since: float
     queued_at: float
     done: trio.Event = attrs.Factory(trio.Event)
     log_probs: np.ndarray | None = None
@@ -135,9 +144,11 @@ class ModelService:
         #: called after each successful model call with (chunks, seconds the
         #: oldest waited, CPU seconds of the call's thread)
         self.on_batch = on_batch
-        self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
-        # queued_at of the requests in the channel, oldest first (the channel is FIFO)
-        self._waiting: collections.deque[float] = collections.deque()
+        # waiting requests, a heap by (since, arrival number)
+        self._queue: list[tuple[float, int, _Request]] = []
+        self._arrivals = itertools.count()
+        self._queued = trio.Event()  # set while the queue is not empty
+        self._stopped = False
         # queued_at of the oldest request of each running batch
         self._running_since: list[float] = []
         # Batches in flight at once: the next batch gathers while all run.
@@ -152,7 +163,9 @@ class ModelService:
     def queue_delay(self) -> float:
         """Seconds the longest-waiting current request has waited (or waited,
         if its batch is running) for its batch to start; 0 when idle."""
-        oldest = self._running_since + ([self._waiting[0]] if self._waiting else [])
+        oldest = list(self._running_since)
+        if self._queue:
+            oldest.append(min(request.queued_at for _, _, request in self._queue))
         return trio.current_time() - min(oldest) if oldest else 0.0
 
     @property
@@ -168,21 +181,21 @@ class ModelService:
         If cancelled, the chunks that already ran are recorded in ``stream``
         but their log-probs are lost with the call: a stream whose decode was
         cancelled should be discarded."""
+        since = trio.current_time()
         outputs = []
         while stream.next_chunk() is not None:
-            outputs.append(await self._run_chunk(stream))
+            outputs.append(await self._run_chunk(stream, since))
         if not outputs:
             await trio.lowlevel.checkpoint()
             return np.zeros((0, self.model.vocab_size), np.float32)
         return np.concatenate(outputs)
 
-    async def _run_chunk(self, stream: ModelStream) -> np.ndarray:
-        request = _Request(stream, trio.current_time())
-        try:
-            self._send.send_nowait(request)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise ModelServiceError("the model service is not running") from None
-        self._waiting.append(request.queued_at)
+    async def _run_chunk(self, stream: ModelStream, since: float) -> np.ndarray:
+        if self._stopped:
+            raise ModelServiceError("the model service is not running")
+        request = _Request(stream, since, trio.current_time())
+        heapq.heappush(self._queue, (since, next(self._arrivals), request))
+        self._queued.set()
         try:
             await request.done.wait()
         except BaseException:
@@ -209,20 +222,17 @@ class ModelService:
                     else:
                         self._slots.release()
         finally:
-            self._send.close()
+            self._stopped = True
             self._fail_queued()
-            self._receive.close()
 
     async def _gather(self) -> list[tuple[_Request, np.ndarray]]:
-        """Wait for a request, then take every one queued now, up to max_batch."""
-        requests = [await self._receive.receive()]
-        self._waiting.popleft()
-        while len(requests) < self.max_batch:
-            try:
-                requests.append(self._receive.receive_nowait())
-            except trio.WouldBlock:
-                break
-            self._waiting.popleft()
+        """Wait for a request, then take the oldest queued now, up to max_batch."""
+        await self._queued.wait()
+        requests = []
+        while self._queue and len(requests) < self.max_batch:
+            requests.append(heapq.heappop(self._queue)[2])
+        if not self._queue:
+            self._queued = trio.Event()
         batch = []
         for request in requests:
             if request.abandoned:
@@ -272,10 +282,6 @@ class ModelService:
 
     def _fail_queued(self) -> None:
         error = ModelServiceError("the model service stopped")
-        while True:
-            try:
-                request = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        for _, _, request in self._queue:
             request.finish(error=error)
-        self._waiting.clear()
+        self._queue.clear()
