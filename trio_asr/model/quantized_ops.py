@@ -68,17 +68,9 @@ def quantize_per_item(
     x = node.input[0]
     q_out, scale_out, zp_out = node.output
     others = [a for a in range(rank) if a != axis]
-    if extra_columns:
-        # zeros appended to x quantize to the zero point, and make min <= 0 <= max
-        pads = np.zeros(2 * rank, np.int64)
-        pads[-1] = extra_columns
-        x = b.op("Pad", x, b.const(pads, "pads"))
-        lo = b.reduce("ReduceMin", x, others, keepdims=0)
-        hi = b.reduce("ReduceMax", x, others, keepdims=0)
-    else:
-        zero = b.const(np.float32(0.0), "zero")
-        lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
-        hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
+    zero = b.const(np.float32(0.0), "zero")
+    lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
+    hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
     # onnxruntime's GetQuantizationParameter, per item: scale = (max - min) / 255,
     # or 1 when max == min (== 0: all zeros, which quantize to zero point 0 with
     # any positive scale, so the smallest normal float serves as well).
@@ -86,8 +78,17 @@ def quantize_per_item(
     scale = b.op("Max", spread, b.const(np.float32(_FLT_MIN), "tiny"))
     # zp = round(clamp(0 - min / scale, 0, 255)): what QuantizeLinear computes for -min
     zp = b.op("QuantizeLinear", b.op("Neg", lo), scale, axis=0, out=zp_out)
-    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
     keep = b.const(np.array([-1 if a == axis else 1 for a in range(rank)], np.int64), "keep")
+    if extra_columns:
+        # the quantized values, then columns each holding the item's zero point
+        # (what zeros appended to x would quantize to)
+        q = b.op("QuantizeLinear", x, scale, zp, axis=axis)
+        leading = b.op("Slice", b.op("Shape", q), b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64)))
+        shape = b.op("Concat", leading, b.const(np.array([extra_columns], np.int64), "cols"), axis=0)
+        columns = b.op("Expand", b.op("Reshape", zp, keep), shape)
+        b.op("Concat", q, columns, axis=-1, out=q_out)
+    else:
+        b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
     b.op("Reshape", scale, keep, out=scale_out)
     return scale, None if extra_columns else b.op("Reshape", _int32(b, zp), keep)
 
