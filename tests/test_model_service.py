@@ -193,6 +193,32 @@ async def test_a_decodes_later_chunks_go_ahead_of_decodes_begun_after_it(
     assert [run[0] for run in model.first_features] == marks  # not marks[0], marks[2:], marks[1]
 
 
+async def test_a_long_decode_holds_up_later_decodes_for_two_chunks_at_most(
+    nursery: trio.Nursery, model: ControlledModel
+) -> None:
+    """A client that sent many chunks' worth of audio at once does not make
+    everyone who asked later wait for all of it."""
+    service = ModelService(model, max_batch=1, exact=False)
+    forget_probe(model)
+    await nursery.start(service.run)
+    model.gate = threading.Event()
+    bulk = stream_with_chunks(model, 4)
+    others = [stream_with_chunks(model, 1) for _ in range(2)]
+    bulk_marks = [float(bulk._buffer[k * model.chunk_shift, 0]) for k in range(4)]
+    other_marks = [float(s._buffer[0, 0]) for s in others]
+    try:
+        async with trio.open_nursery() as clients:
+            clients.start_soon(service.decode, bulk)
+            await wait_until_running(model)
+            for stream in others:
+                clients.start_soon(service.decode, stream)
+                await trio.testing.wait_all_tasks_blocked()
+            model.gate.set()
+    finally:
+        model.gate.set()
+    assert [run[0] for run in model.first_features] == bulk_marks[:2] + other_marks + bulk_marks[2:]
+
+
 # ------------------------------------------------------------ cancellation and errors
 
 

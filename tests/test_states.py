@@ -19,23 +19,24 @@ from trio_asr.model import ModelState
 def state_batches(draw):
     """Streams' state tensors as a model's unstack leaves them: some
     contiguous, some slices of a batched array along their batch axis, some
-    transposed or reversed (the odd layouts are copied first)."""
+    transposed, reversed or broadcast (the odd layouts are copied first);
+    batch axes counted from either end."""
     count = draw(st.integers(1, 4))
     batch = draw(st.integers(1, 5))
     specs = []
     for _ in range(count):
         rank = draw(st.integers(1, 4))
-        shape = draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank))
+        shape = draw(st.lists(st.integers(0, 4), min_size=rank, max_size=rank))
         axis = draw(st.integers(0, rank - 1))
         shape[axis] = 1
-        dtype = draw(st.sampled_from([np.float32, np.int64]))
+        dtype = draw(st.sampled_from([np.float32, np.int64, np.float64, np.int8, np.bool_, np.complex64]))
         specs.append((tuple(shape), axis, dtype))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     streams = []
     for _ in range(batch):
         tensors = []
         for shape, axis, dtype in specs:
-            layout = draw(st.sampled_from(["fresh", "slice", "reversed", "transposed"]))
+            layout = draw(st.sampled_from(["fresh", "slice", "reversed", "transposed", "broadcast"]))
             if layout == "slice":  # one slot of a batch of 3, as unstack leaves it
                 wide = list(shape)
                 wide[axis] = 3
@@ -44,14 +45,17 @@ def state_batches(draw):
                 index[axis] = slice(1, 2)
                 tensor = full[tuple(index)]
             elif layout == "reversed":
-                tensor = (rng.standard_normal(shape) * 100).astype(dtype)[..., ::-1]
+                tensor = np.flip((rng.standard_normal(shape) * 100).astype(dtype))  # every stride negative
+            elif layout == "broadcast":  # stride 0 along every axis
+                tensor = np.broadcast_to(np.asarray(rng.standard_normal() * 100).astype(dtype), shape)
             elif layout == "transposed":
                 tensor = np.ascontiguousarray((rng.standard_normal(shape[::-1]) * 100).astype(dtype)).T
             else:
                 tensor = (rng.standard_normal(shape) * 100).astype(dtype)
             tensors.append(tensor)
         streams.append(tuple(tensors))
-    return streams, tuple(axis for _, axis, _ in specs)
+    axes = tuple(axis - len(shape) if draw(st.booleans()) else axis for shape, axis, _ in specs)
+    return streams, axes
 
 
 @settings(max_examples=300, deadline=None)
@@ -80,6 +84,10 @@ def test_concatenate_states_rejects_mismatches():
         concatenate_states([(a, a), (a,)], (1, 1))
     with pytest.raises(ValueError, match="no states"):
         concatenate_states([], (1,))
+    with pytest.raises(ValueError, match="not plain numbers"):  # copying object pointers would corrupt refcounts
+        concatenate_states([(a.astype(object),), (a.astype(object),)], (1,))
+    with pytest.raises(ValueError, match="not plain numbers"):
+        concatenate_states([(a.astype(">f4"),), (a.astype(">f4"),)], (1,))
 
 
 def test_model_state_round_trip():
@@ -120,9 +128,10 @@ def test_stacking_in_a_thread_is_not_held_up_by_a_busy_interpreter():
     took: list[float] = []
 
     def stack() -> None:
-        started = time.perf_counter()
-        concatenate_states(streams, axes)
-        took.append(time.perf_counter() - started)
+        for _ in range(3):  # the best of three: one OS scheduling hiccup is not the point
+            started = time.perf_counter()
+            concatenate_states(streams, axes)
+            took.append(time.perf_counter() - started)
 
     try:
         worker = threading.Thread(target=stack)
@@ -132,4 +141,5 @@ def test_stacking_in_a_thread_is_not_held_up_by_a_busy_interpreter():
         stop.set()
         busy.join()
     # one release and retake: a couple of switch intervals at most, not one per tensor
-    assert took[0] < 10 * interval, f"stacking took {took[0] * 1000:.1f} ms"
+    assert len(took) == 3, "the stacking thread failed"
+    assert min(took) < 10 * interval, f"stacking took {min(took) * 1000:.1f} ms"

@@ -2,22 +2,27 @@
 
 Connections do not call the model themselves: their decoder tasks hand the
 :class:`~trio_asr.model.ModelStream` whose chunks they want run to
-:meth:`ModelService.decode`, which queues one request per chunk on a channel.
+:meth:`ModelService.decode`, which queues one request per chunk.
 The service task (:meth:`ModelService.run`, started in the server's nursery)
-takes every request queued right now, up to ``max_batch``, stacks their
-chunks and states along the batch axis, runs one ``model.run`` in a worker
-thread and wakes each decoder with its log-probs and new state, which the
-decoder records in its stream (``ModelStream.advance``) as it wakes.  Requests that arrive while a batch runs wait for the next one.
+takes the oldest requests queued right now (see *Order*), up to
+``max_batch``, stacks their chunks and states along the batch axis, runs one
+``model.run`` in a worker thread and wakes each decoder with its log-probs
+and new state, which the decoder records in its stream
+(``ModelStream.advance``) as it wakes.  Requests that arrive while a batch
+runs wait for the next one.
 There is no timer: under low load a request runs at once in a batch of one,
 under high load batches grow by themselves.  The CTC search stays with the
 stream's owner; only the model call is shared.
 
-Order: the oldest *decode* first.  Every chunk of one :meth:`decode` call
-queues with the time that call began, so the second padded chunk at the end
-of a stream goes ahead of chunks that other streams asked for later, instead
-of queuing behind all of them: when many streams end together, each final
-result waits for about its own share of the burst, not for the whole of it.
-A decode of one chunk (the usual case) is served first come, first served.
+Order: the oldest *decode* first.  The first two chunks of one :meth:`decode`
+call (all that the padded tail at a stream's end takes) queue with the time
+the call began, so the second tail chunk goes ahead of chunks that other
+streams asked for later, instead of queuing behind all of them: when many
+streams end together, each final result waits for about its own share of the
+burst, not for the whole of it.  Further chunks of a decode (a client that
+sent seconds of audio at once) queue as they come, so one such client cannot
+hold up the others.  A decode of one chunk (the usual case) is served first
+come, first served.
 
 Queue delay and admission: every request records when it was queued.
 :attr:`ModelService.queue_delay` is the longest wait among the requests
@@ -44,6 +49,9 @@ from trio_asr.model import AcousticModel, ModelState, ModelStream, is_batch_inva
 __all__ = ["ModelService", "ModelServiceError", "ServiceStats"]
 
 log = logging.getLogger("trio_asr.server")
+
+#: chunks of one decode that queue with the time the decode began
+_CHUNKS_KEEPING_PLACE = 2
 
 
 class ModelServiceError(Exception):
@@ -182,8 +190,10 @@ class ModelService:
         but their log-probs are lost with the call: a stream whose decode was
         cancelled should be discarded."""
         since = trio.current_time()
-        outputs = []
+        outputs: list[np.ndarray] = []
         while stream.next_chunk() is not None:
+            if len(outputs) >= _CHUNKS_KEEPING_PLACE:
+                since = trio.current_time()
             outputs.append(await self._run_chunk(stream, since))
         if not outputs:
             await trio.lowlevel.checkpoint()
@@ -211,6 +221,7 @@ class ModelService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve requests until cancelled; then fail whatever is still queued."""
+        self._stopped = False
         try:
             async with trio.open_nursery() as batches:
                 task_status.started()
@@ -228,7 +239,7 @@ class ModelService:
     async def _gather(self) -> list[tuple[_Request, np.ndarray]]:
         """Wait for a request, then take the oldest queued now, up to max_batch."""
         await self._queued.wait()
-        requests = []
+        requests: list[_Request] = []
         while self._queue and len(requests) < self.max_batch:
             requests.append(heapq.heappop(self._queue)[2])
         if not self._queue:

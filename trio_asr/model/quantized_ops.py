@@ -83,7 +83,8 @@ def quantize_per_item(
         # the quantized values, then columns each holding the item's zero point
         # (what zeros appended to x would quantize to)
         q = b.op("QuantizeLinear", x, scale, zp, axis=axis)
-        leading = b.op("Slice", b.op("Shape", q), b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64)))
+        start, stop = b.const(np.array([0], np.int64), "start"), b.const(np.array([-1], np.int64), "stop")
+        leading = b.op("Slice", b.op("Shape", q), start, stop)  # the shape of q but its last axis
         shape = b.op("Concat", leading, b.const(np.array([extra_columns], np.int64), "cols"), axis=0)
         columns = b.op("Expand", b.op("Reshape", zp, keep), shape)
         b.op("Concat", q, columns, axis=-1, out=q_out)
