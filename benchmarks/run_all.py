@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py [--quick] [--model DIR] [--sherpa-server-script PATH]
 
-Runs bench_fbank, bench_search, bench_rtf and bench_server (see
+Runs bench_fbank, bench_search, bench_states, bench_rtf and bench_server (see
 benchmarks/README.md); tables go to stdout, JSON and the PNG plot to
 benchmarks/results/ (the plot needs matplotlib, ``pip install -e '.[bench]'``;
 without it the JSON is still written).  ``--quick`` shortens every benchmark (a smoke run).
@@ -32,6 +32,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [
         ("bench_fbank", ["--seconds", "10" if quick else "60", "--repeats", "1" if quick else "5"]),
         ("bench_search", ["--repeats", "1" if quick else "3"]),
+        ("bench_states", ["--repeats", "1" if quick else "5"]),
         ("bench_rtf", ["--repeats", "1" if quick else "3", *model]),
         ("bench_server", [*(["--start", "2", "--max-clients", "4", "--refine", "0", "--seconds", "4",
                              "--idle-connections", "8"] if quick else []),
