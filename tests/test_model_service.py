@@ -149,20 +149,8 @@ async def test_requests_queued_during_a_batch_form_the_next_one(
 
 
 async def test_max_batch_bounds_the_batch(nursery: trio.Nursery, model: ControlledModel) -> None:
-    service = ModelService(model, max_batch=2, exact=False)
-    forget_probe(model)
-    await nursery.start(service.run)
-    model.gate = threading.Event()
-    try:
-        async with trio.open_nursery() as clients:
-            clients.start_soon(service.decode, stream_with_chunks(model, 1))
-            await wait_until_running(model)
-            for _ in range(5):
-                clients.start_soon(service.decode, stream_with_chunks(model, 1))
-            await trio.testing.wait_all_tasks_blocked()
-            model.gate.set()
-    finally:
-        model.gate.set()
+    later = [stream_with_chunks(model, 1) for _ in range(5)]
+    await run_order(nursery, model, stream_with_chunks(model, 1), later, max_batch=2)
     assert model.batch_sizes == [1, 2, 2, 1]
 
 
@@ -173,11 +161,13 @@ def chunk_marks(model: ControlledModel, stream) -> list[float]:
     return [float(stream._buffer[k * model.chunk_shift, 0]) for k in range(count)]
 
 
-async def run_order(nursery: trio.Nursery, model: ControlledModel, first, later) -> list[float]:
+async def run_order(
+    nursery: trio.Nursery, model: ControlledModel, first, later, *, max_batch: int = 1
+) -> list[float]:
     """Decode ``first``, then, while its first chunk runs, ``later`` streams
-    one after another, one chunk per model call; the chunks in the order
-    they ran (as :func:`chunk_marks` names them)."""
-    service = ModelService(model, max_batch=1, exact=False)
+    one after another; the first chunk of each model call in the order the
+    calls ran (as :func:`chunk_marks` names them)."""
+    service = ModelService(model, max_batch=max_batch, exact=False)
     forget_probe(model)
     await nursery.start(service.run)
     model.gate = threading.Event()
@@ -191,7 +181,6 @@ async def run_order(nursery: trio.Nursery, model: ControlledModel, first, later)
             model.gate.set()
     finally:
         model.gate.set()
-    assert set(model.batch_sizes) == {1}
     return [run[0] for run in model.first_features]
 
 
@@ -204,6 +193,7 @@ async def test_a_decodes_later_chunks_go_ahead_of_decodes_begun_after_it(
     others = [stream_with_chunks(model, 1) for _ in range(3)]
     expected = chunk_marks(model, ending) + [m for s in others for m in chunk_marks(model, s)]
     assert await run_order(nursery, model, ending, others) == expected
+    assert set(model.batch_sizes) == {1}
 
 
 async def test_a_long_decode_holds_up_later_decodes_for_two_chunks_at_most(
@@ -216,6 +206,7 @@ async def test_a_long_decode_holds_up_later_decodes_for_two_chunks_at_most(
     bulk_marks = chunk_marks(model, bulk)
     expected = bulk_marks[:2] + [m for s in others for m in chunk_marks(model, s)] + bulk_marks[2:]
     assert await run_order(nursery, model, bulk, others) == expected
+    assert set(model.batch_sizes) == {1}
 
 
 # ------------------------------------------------------------ cancellation and errors
