@@ -214,3 +214,41 @@ def test_models_shows_language_size_and_kind(offline_env, capsys):
     assert main(["models"]) == 0
     fields = capsys.readouterr().out.splitlines()[0].split("\t")
     assert fields[2] == "Chinese" and fields[3].endswith("MB download") and "CTC" in fields[4]
+
+
+def test_serve_settles_the_garbage_collector_before_serving(zipformer2_model_dir, tmp_path, monkeypatch):
+    """Startup's objects are frozen and the thresholds raised once the model
+    is loaded, before the event loop starts (see settle_garbage_collector)."""
+    import gc
+
+    import trio
+
+    from trio_asr import cli
+
+    calls: list = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: calls.append(t))
+    monkeypatch.setattr(cli, "_build_recognizer", _recording(cli._build_recognizer, calls, "model loaded"))
+    monkeypatch.setattr(trio, "run", lambda fn: calls.append("serving"))
+    assert main(["serve", "--model", str(zipformer2_model_dir), "--port", "0", "--no-save-audio",
+                 "--audio-dir", str(tmp_path)]) == 0  # fmt: skip
+    assert calls == ["model loaded", "freeze", cli.SERVING_GC_THRESHOLDS, "serving"]
+
+
+def test_settle_garbage_collector_freezes_startup_and_raises_the_thresholds():
+    code = (
+        "import gc; from trio_asr.cli import settle_garbage_collector, SERVING_GC_THRESHOLDS;"
+        "settle_garbage_collector();"
+        "print(gc.get_freeze_count() > 1000, gc.get_threshold() == SERVING_GC_THRESHOLDS)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["True", "True"], proc.stderr
+
+
+def _recording(fn, calls: list, label: str):
+    def wrapper(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        calls.append(label)
+        return result
+
+    return wrapper
