@@ -209,6 +209,62 @@ async def test_a_long_decode_holds_up_later_decodes_for_two_chunks_at_most(
     assert set(model.batch_sizes) == {1}
 
 
+async def test_every_worker_keeps_serving_after_calls_that_empty_the_queue(
+    nursery: trio.Nursery, model: ControlledModel
+) -> None:
+    """With two concurrent batches, a call held in the model never stops a
+    second one from starting, however often the queue ran empty before (a
+    worker that finds it empty must not leave the other one waiting on an
+    event nobody sets)."""
+    service = ModelService(model, max_batch=1, concurrent_batches=2, exact=False)
+    forget_probe(model)
+    await nursery.start(service.run)
+    for _ in range(4):
+        await service.decode(stream_with_chunks(model, 1))  # returns with the queue empty
+        model.gate = threading.Event()
+        try:
+            async with trio.open_nursery() as clients:
+                clients.start_soon(service.decode, stream_with_chunks(model, 1))
+                await wait_until_running(model)  # one call held
+                clients.start_soon(service.decode, stream_with_chunks(model, 1))
+                beside = await trio.to_thread.run_sync(model.entered.wait, 5)
+                model.entered.clear()
+                model.gate.set()
+                assert beside, "the second call did not start while the first was held"
+        finally:
+            model.gate.set()
+            model.gate = None
+    assert model.batch_sizes == [1] * 12
+
+
+async def test_the_next_batch_starts_before_the_finished_callers_run(
+    nursery: trio.Nursery, model: ControlledModel
+) -> None:
+    """When a call returns, its worker starts the next batch at once: the
+    callers it wakes (whose search and reply take the event loop a while)
+    must not leave the model idle meanwhile."""
+    service = ModelService(model, max_batch=1, concurrent_batches=1, exact=False)
+    forget_probe(model)
+    await nursery.start(service.run)
+    seen: list[int] = []
+
+    async def first() -> None:
+        await service.decode(stream_with_chunks(model, 1))
+        seen.append(service.stats.batches)  # the first thing its caller does
+
+    model.gate = threading.Event()
+    try:
+        async with trio.open_nursery() as clients:
+            clients.start_soon(first)
+            await wait_until_running(model)
+            clients.start_soon(service.decode, stream_with_chunks(model, 1))
+            await trio.testing.wait_all_tasks_blocked()
+            model.gate.set()
+    finally:
+        model.gate.set()
+    assert seen == [2], "the queued chunk's batch had not started when the first caller ran"
+
+
 # ------------------------------------------------------------ cancellation and errors
 
 

@@ -2,14 +2,17 @@
 
 Connections do not call the model themselves: their decoder tasks hand the
 :class:`~trio_asr.model.ModelStream` whose chunks they want run to
-:meth:`ModelService.decode`, which queues one request per chunk.
-The service task (:meth:`ModelService.run`, started in the server's nursery)
-takes the oldest requests queued right now (see *Order*), up to
-``max_batch``, stacks their chunks and states along the batch axis, runs one
-``model.run`` in a worker thread and wakes each decoder with its log-probs
-and new state, which the decoder records in its stream
-(``ModelStream.advance``) as it wakes.  Requests that arrive while a batch
-runs wait for the next one.
+:meth:`ModelService.decode`, which queues their chunks one at a time.
+The service (:meth:`ModelService.run`, started in the server's nursery) has
+``concurrent_batches`` worker tasks.  Each takes the oldest requests queued
+right now (see *Order*), up to ``max_batch``, stacks their chunks and states
+along the batch axis and runs one ``model.run`` in a worker thread.  When
+the call returns, the worker records each new state in its stream
+(``ModelStream.advance``), queues the next chunk of every decode that has
+one, wakes the decoders whose chunks are all done, and starts the next batch
+before any of them runs: they search and reply on the event loop, which
+takes a while after a batch of 32, and a core would idle meanwhile.
+Requests that arrive while a batch runs wait for the next one.
 There is no timer: under low load a request runs at once in a batch of one,
 under high load batches grow by themselves.  The CTC search stays with the
 stream's owner; only the model call is shared.
@@ -34,14 +37,18 @@ that existing streams keep their pace instead of all of them slowing down.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
+import outcome
 import trio
 
 from trio_asr.model import AcousticModel, ModelState, ModelStream, is_batch_invariant
@@ -61,27 +68,59 @@ class ModelServiceError(Exception):
 
 @attrs.define(eq=False)
 class _Request:
-    """One chunk of one stream, queued for the next batch."""
+    """One :meth:`ModelService.decode`: its stream's ready chunks, queued
+    one at a time (the next as soon as the one before has run)."""
 
     stream: ModelStream
-    #: when its decode call began: the queue's order
+    #: the queue's order: when the decode began, for its first chunks
     since: float
     queued_at: float
     done: trio.Event = attrs.Factory(trio.Event)
-    log_probs: np.ndarray | None = None
-    state: ModelState | None = None
+    #: log-probs of the chunks run so far
+    outputs: list[np.ndarray] = attrs.Factory(list)
     error: BaseException | None = None
-    #: the requester is gone: skip the request if it is still queued
+    #: the requester is gone: skip the request if it is still queued, drop its result if it runs
     abandoned: bool = False
 
-    def finish(
-        self, log_probs: np.ndarray | None = None, state: ModelState | None = None, error: BaseException | None = None
-    ) -> None:
-        """Complete the request; safe whether or not anybody still waits
-        (the service never touches the stream: the requester records the
-        result in it, or nobody does)."""
-        self.log_probs, self.state, self.error = log_probs, state, error
+    def finish(self, error: BaseException | None = None) -> None:
+        """Complete the request; safe whether or not anybody still waits."""
+        self.error = error
         self.done.set()
+
+
+class _BatchCall:
+    """One batch's ``model.run`` in a worker thread.  :meth:`start` starts the
+    thread at once (no checkpoint: ``trio.to_thread.run_sync`` takes one,
+    and every caller woken by the previous batch would run first);
+    :meth:`result` waits for it.  A started call always runs to the end: a
+    cancelled waiter still waits for it, so no thread outlives the service."""
+
+    def __init__(self, requests: list[_Request], now: float) -> None:
+        self.requests = requests
+        #: queued_at of its oldest request, and when it started
+        self.since = min(r.queued_at for r in requests)
+        self.started = now
+        self._done = trio.Event()
+        self._result: outcome.Outcome | None = None
+
+    def start(self, fn: Callable[[], object]) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def store(result: outcome.Outcome) -> None:
+            self._result = result
+            self._done.set()
+
+        def deliver(result: outcome.Outcome) -> None:  # in the worker thread
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(store, result)
+
+        trio.lowlevel.start_thread_soon(fn, deliver, name="trio-asr model call")
+
+    async def result(self) -> outcome.Outcome:
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
+        assert self._result is not None
+        return self._result
 
 
 @attrs.frozen
@@ -115,10 +154,11 @@ class ModelService:
     * One :meth:`decode` at a time per stream, and nobody else touches the
       stream while it runs.
     * Each chunk either runs and is recorded (``stream.advance``, by the
-      caller's task as it wakes) with its log-probs returned, or leaves the
-      stream as it was: a caller cancelled while its chunk is queued is
-      skipped, one cancelled while its chunk runs has that result dropped.
-      Other streams of the batch are not affected either way.
+      service as its batch returns; the decode's next chunk then queues at
+      once) with its log-probs returned, or leaves the stream as it was: a
+      caller cancelled while its chunk is queued is skipped, one cancelled
+      while its chunk runs has that result dropped.  Other streams of the
+      batch are not affected either way.
     * If ``model.run`` raises, every caller in that batch gets
       :class:`ModelServiceError` (their streams are left as they were) and the
       service goes on with the next batch.
@@ -159,8 +199,7 @@ class ModelService:
         self._stopped = False
         # queued_at of the oldest request of each running batch
         self._running_since: list[float] = []
-        # Batches in flight at once: the next batch gathers while all run.
-        self._slots = trio.Semaphore(concurrent_batches)
+        self._concurrent = concurrent_batches  # worker tasks, each with one call in flight
         self._batches = self._chunks = self._largest = self._failed = 0
 
     @property
@@ -189,23 +228,14 @@ class ModelService:
         If cancelled, the chunks that already ran are recorded in ``stream``
         but their log-probs are lost with the call: a stream whose decode was
         cancelled should be discarded."""
-        since = trio.current_time()
-        outputs: list[np.ndarray] = []
-        while stream.next_chunk() is not None:
-            if len(outputs) >= _CHUNKS_KEEPING_PLACE:
-                since = trio.current_time()
-            outputs.append(await self._run_chunk(stream, since))
-        if not outputs:
+        if stream.next_chunk() is None:
             await trio.lowlevel.checkpoint()
             return np.zeros((0, self.model.vocab_size), np.float32)
-        return np.concatenate(outputs)
-
-    async def _run_chunk(self, stream: ModelStream, since: float) -> np.ndarray:
         if self._stopped:
             raise ModelServiceError("the model service is not running")
-        request = _Request(stream, since, trio.current_time())
-        heapq.heappush(self._queue, (since, next(self._arrivals), request))
-        self._queued.set()
+        now = trio.current_time()
+        request = _Request(stream, now, now)
+        self._push(request)
         try:
             await request.done.wait()
         except BaseException:
@@ -213,9 +243,11 @@ class ModelService:
             raise
         if request.error is not None:
             raise ModelServiceError(f"model run failed: {request.error!r}") from request.error
-        assert request.log_probs is not None and request.state is not None
-        stream.advance(request.state)
-        return request.log_probs
+        return request.outputs[0] if len(request.outputs) == 1 else np.concatenate(request.outputs)
+
+    def _push(self, request: _Request) -> None:
+        heapq.heappush(self._queue, (request.since, next(self._arrivals), request))
+        self._queued.set()
 
     # ------------------------------------------------------------ service
 
@@ -223,27 +255,38 @@ class ModelService:
         """Serve requests until cancelled; then fail whatever is still queued."""
         self._stopped = False
         try:
-            async with trio.open_nursery() as batches:
+            async with trio.open_nursery() as workers:
+                for _ in range(self._concurrent):
+                    workers.start_soon(self._worker)
                 task_status.started()
-                while True:
-                    await self._slots.acquire()
-                    batch = await self._gather()
-                    if batch:
-                        batches.start_soon(self._run_batch, batch)
-                    else:
-                        self._slots.release()
         finally:
             self._stopped = True
             self._fail_queued()
 
-    async def _gather(self) -> list[tuple[_Request, np.ndarray]]:
-        """Wait for a request, then take the oldest queued now, up to max_batch."""
-        await self._queued.wait()
+    async def _worker(self) -> None:
+        """Run batches one after another.  When a call returns, its results
+        are recorded, the decodes with more chunks queue their next one, and
+        the next batch starts, all before the finished callers run: their
+        searches and replies take the event loop for a while, and a core
+        would idle until they were done."""
+        call: _BatchCall | None = None
+        while True:
+            if call is None:
+                await self._queued.wait()
+                call = self._start(self._take())
+                continue
+            self._deliver(call, await call.result())
+            call = None
+            if trio.current_effective_deadline() != -math.inf:  # not being cancelled
+                call = self._start(self._take())
+
+    def _take(self) -> list[tuple[_Request, np.ndarray]]:
+        """The oldest requests queued now, up to max_batch, with their chunks."""
         requests: list[_Request] = []
         while self._queue and len(requests) < self.max_batch:
             requests.append(heapq.heappop(self._queue)[2])
-        if not self._queue:
-            self._queued = trio.Event()
+        if not self._queue and self._queued.is_set():
+            self._queued = trio.Event()  # (an unset one may have waiters)
         batch = []
         for request in requests:
             if request.abandoned:
@@ -255,32 +298,45 @@ class ModelService:
                 batch.append((request, chunk))
         return batch
 
-    async def _run_batch(self, batch: list[tuple[_Request, np.ndarray]]) -> None:
-        requests = [r for r, _ in batch]
-        since = min(r.queued_at for r in requests)
-        self._running_since.append(since)
+    def _start(self, batch: list[tuple[_Request, np.ndarray]]) -> _BatchCall | None:
+        if not batch:
+            return None
+        call = _BatchCall([r for r, _ in batch], trio.current_time())
+        self._running_since.append(call.since)
         self._batches += 1
         self._chunks += len(batch)
         self._largest = max(self._largest, len(batch))
-        waited = trio.current_time() - since
+        chunks = [c for _, c in batch]
+        states = [r.stream.state for r in call.requests]
+        call.start(functools.partial(self._call_model, chunks, states))
+        return call
+
+    def _deliver(self, call: _BatchCall, result: outcome.Outcome) -> None:
+        self._running_since.remove(call.since)
         try:
-            chunks = [c for _, c in batch]
-            states = [r.stream.state for r in requests]
-            log_probs, new_states, cpu = await trio.to_thread.run_sync(self._call_model, chunks, states)
-        except BaseException as exc:  # the service's own cancellation too: nobody is left hanging
+            log_probs, new_states, cpu = result.unwrap()
+        except BaseException as exc:  # nobody is left hanging
             self._failed += 1
-            for request in requests:
+            for request in call.requests:
                 request.finish(error=exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            self._running_since.remove(since)
-            self._slots.release()
-        for request, lp, state in zip(requests, log_probs, new_states):
-            request.finish(lp, state)
+        for request, lp, state in zip(call.requests, log_probs, new_states):
+            if request.abandoned:
+                continue
+            request.stream.advance(state)
+            request.outputs.append(lp)
+            if request.stream.next_chunk() is None:
+                request.finish()
+            else:
+                now = trio.current_time()
+                if len(request.outputs) >= _CHUNKS_KEEPING_PLACE:
+                    request.since = now
+                request.queued_at = now
+                self._push(request)
         if self.on_batch is not None:
-            self.on_batch(len(batch), waited, cpu)
+            self.on_batch(len(call.requests), call.started - call.since, cpu)
 
     def _call_model(
         self, chunks: list[np.ndarray], states: Sequence[ModelState]
