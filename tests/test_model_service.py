@@ -359,6 +359,29 @@ async def test_model_error_reaches_only_its_batch(service: ModelService, model: 
     np.testing.assert_allclose(await service.decode(doomed1), expected, atol=1e-5)
 
 
+async def test_a_thread_that_cannot_start_fails_only_its_batch(
+    service: ModelService, model: ControlledModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = trio.lowlevel.start_thread_soon
+    calls = []
+
+    def start_thread_soon(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("can't start new thread")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", start_thread_soon)
+    doomed = stream_with_chunks(model, 1)
+    with pytest.raises(ModelServiceError) as caught:
+        await service.decode(doomed)
+    assert "can't start new thread" in str(caught.value.__cause__)
+    assert doomed.chunks_run == 0
+    expected = reference_log_probs(model, doomed)
+    np.testing.assert_allclose(await service.decode(doomed), expected, atol=1e-5)
+    assert service.stats.failed_batches == 1
+
+
 async def test_stopped_service_fails_requests_instead_of_hanging(model: ControlledModel) -> None:
     service = ModelService(model)
     model.gate = threading.Event()

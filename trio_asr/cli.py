@@ -201,12 +201,12 @@ def settle_garbage_collector() -> None:
 
     Every collection holds the interpreter lock, stalling the event loop and
     the model threads' Python parts alike.  With the defaults, a server at
-    170 streams spent about 60 ms of every second in collections, with full
-    ones of 30-60 ms (see benchmarks/README.md).  So: freeze what startup
-    built (the model's tables and every module: they live until exit and
-    never need scanning again), and collect the young generation less often
-    (nearly everything a frame allocates is freed by reference counting
-    long before then)."""
+    170 streams spent about 60 ms of every second in collections, full ones
+    taking 30-60 ms (see benchmarks/README.md).  So: freeze what startup
+    built (modules, classes, functions, the model's token tables: they live
+    until exit and never need scanning again), and collect the young
+    generation less often (nearly everything a frame allocates is freed by
+    reference counting long before then)."""
     import gc
 
     gc.collect()

@@ -1,4 +1,4 @@
-"""One task that runs the acoustic model for every stream, batching their chunks.
+"""The acoustic model run for every stream, in batched calls.
 
 Connections do not call the model themselves: their decoder tasks hand the
 :class:`~trio_asr.model.ModelStream` whose chunks they want run to
@@ -29,7 +29,7 @@ come, first served.
 
 Queue delay and admission: every request records when it was queued.
 :attr:`ModelService.queue_delay` is the longest wait among the requests
-waiting now and those of the batch now running (0 while the service is
+waiting now and those of the batches now running (0 while the service is
 idle); :attr:`ModelService.overloaded` says whether it exceeds
 ``max_queue_delay``.  The server refuses new connections while overloaded, so
 that existing streams keep their pace instead of all of them slowing down.
@@ -42,7 +42,6 @@ import functools
 import heapq
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -104,17 +103,21 @@ class _BatchCall:
         self._result: outcome.Outcome | None = None
 
     def start(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` in a thread; a thread that cannot start fails this call."""
         token = trio.lowlevel.current_trio_token()
-
-        def store(result: outcome.Outcome) -> None:
-            self._result = result
-            self._done.set()
 
         def deliver(result: outcome.Outcome) -> None:  # in the worker thread
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(store, result)
+                token.run_sync_soon(self._store, result)
 
-        trio.lowlevel.start_thread_soon(fn, deliver, name="trio-asr model call")
+        try:
+            trio.lowlevel.start_thread_soon(fn, deliver, name="trio-asr model call")
+        except Exception as exc:  # e.g. "can't start new thread"
+            self._store(outcome.Error(exc))
+
+    def _store(self, result: outcome.Outcome) -> None:
+        self._result = result
+        self._done.set()
 
     async def result(self) -> outcome.Outcome:
         with trio.CancelScope(shield=True):
@@ -144,8 +147,8 @@ class ModelService:
     for a model that is not batch-invariant (see
     :func:`~trio_asr.model.is_batch_invariant`), so a stream's
     results never depend on which streams share its batch; ``concurrent_batches``
-    how many calls run at once (each in its own worker thread: a second call
-    lets a second core work while the first call's results are handed out);
+    how many calls run at once (each in its own worker thread, one per core:
+    a call uses one core);
     ``max_queue_delay`` (s) is the queue delay above which :attr:`overloaded`
     is true.
 
@@ -195,7 +198,7 @@ class ModelService:
         # waiting requests, a heap by (since, arrival number)
         self._queue: list[tuple[float, int, _Request]] = []
         self._arrivals = itertools.count()
-        self._queued = trio.Event()  # set while the queue is not empty
+        self._idle_workers = trio.lowlevel.ParkingLot()
         self._stopped = False
         # queued_at of the oldest request of each running batch
         self._running_since: list[float] = []
@@ -247,7 +250,7 @@ class ModelService:
 
     def _push(self, request: _Request) -> None:
         heapq.heappush(self._queue, (request.since, next(self._arrivals), request))
-        self._queued.set()
+        self._idle_workers.unpark()  # one is enough: a busy worker looks at the queue when it is done
 
     # ------------------------------------------------------------ service
 
@@ -269,15 +272,13 @@ class ModelService:
         the next batch starts, all before the finished callers run: their
         searches and replies take the event loop for a while, and a core
         would idle until they were done."""
-        call: _BatchCall | None = None
         while True:
-            if call is None:
-                await self._queued.wait()
-                call = self._start(self._take())
-                continue
-            self._deliver(call, await call.result())
-            call = None
-            if trio.current_effective_deadline() != -math.inf:  # not being cancelled
+            while not self._queue:
+                await self._idle_workers.park()
+            call = self._start(self._take())
+            while call is not None:
+                self._deliver(call, await call.result())
+                await trio.lowlevel.checkpoint_if_cancelled()  # (no checkpoint otherwise)
                 call = self._start(self._take())
 
     def _take(self) -> list[tuple[_Request, np.ndarray]]:
@@ -285,8 +286,6 @@ class ModelService:
         requests: list[_Request] = []
         while self._queue and len(requests) < self.max_batch:
             requests.append(heapq.heappop(self._queue)[2])
-        if not self._queue and self._queued.is_set():
-            self._queued = trio.Event()  # (an unset one may have waiters)
         batch = []
         for request in requests:
             if request.abandoned:
@@ -325,16 +324,21 @@ class ModelService:
         for request, lp, state in zip(call.requests, log_probs, new_states):
             if request.abandoned:
                 continue
-            request.stream.advance(state)
-            request.outputs.append(lp)
-            if request.stream.next_chunk() is None:
+            try:
+                request.stream.advance(state)
+                request.outputs.append(lp)
+                more = request.stream.next_chunk() is not None
+            except Exception as exc:  # this stream's alone
+                request.finish(error=exc)
+                continue
+            if not more:
                 request.finish()
-            else:
-                now = trio.current_time()
-                if len(request.outputs) >= _CHUNKS_KEEPING_PLACE:
-                    request.since = now
-                request.queued_at = now
-                self._push(request)
+                continue
+            now = trio.current_time()
+            if len(request.outputs) >= _CHUNKS_KEEPING_PLACE:
+                request.since = now
+            request.queued_at = now
+            self._push(request)
         if self.on_batch is not None:
             self.on_batch(len(call.requests), call.started - call.since, cpu)
 
