@@ -231,7 +231,7 @@ class ModelService:
         If cancelled, the chunks that already ran are recorded in ``stream``
         but their log-probs are lost with the call: a stream whose decode was
         cancelled should be discarded."""
-        if stream.next_chunk() is None:
+        if not stream.has_chunk():
             await trio.lowlevel.checkpoint()
             return np.zeros((0, self.model.vocab_size), np.float32)
         if self._stopped:
@@ -327,7 +327,7 @@ class ModelService:
             try:
                 request.stream.advance(state)
                 request.outputs.append(lp)
-                more = request.stream.next_chunk() is not None
+                more = request.stream.has_chunk()
             except Exception as exc:  # this stream's alone
                 request.finish(error=exc)
                 continue

@@ -240,7 +240,7 @@ class RecognizerStream:
         assert self._vad is not None
         model, chunks = self._model, self._chunks
         shift_s = model.feature_options.frame_shift_ms / 1000
-        while not self._finished and chunks.next_chunk() is not None:
+        while not self._finished and chunks.has_chunk():
             start = chunks.chunks_run * model.chunk_shift * shift_s
             end = start + model.chunk_frames * shift_s + model.feature_options.frame_length_ms / 1000
             if end > self._vad.covered or start - after < self._vad.speech_end:
@@ -315,7 +315,7 @@ class RecognizerStream:
         Once the input is finished and every chunk decoded, the last segment
         is given as finalised."""
         if self._result is None:
-            final = self._finished and self._chunks.next_chunk() is None
+            final = self._finished and not self._chunks.has_chunk()
             result = self._result = self._decoder.result(final)
             self._open_chars = len(result.text if result.open is None else result.open.text)
         return self._result

@@ -251,23 +251,23 @@ class ModelStream:
             )
         self._buffer = np.concatenate([self._buffer, frames])
 
+    def has_chunk(self) -> bool:
+        """Whether :meth:`next_chunk` would return a chunk (without building it)."""
+        return len(self._buffer) >= self.model.chunk_frames or (self._finalized and len(self._buffer) > 0)
+
     def next_chunk(self) -> np.ndarray | None:
         """The next chunk's features if one is complete, else None.
 
         After :meth:`input_finished`, incomplete chunks are completed with
         ``feature_pad_value`` as long as accepted frames remain.
         """
+        if not self.has_chunk():
+            return None
         size = self.model.chunk_frames
         if len(self._buffer) >= size:
             return self._buffer[:size]
-        if self._finalized and len(self._buffer):
-            pad = np.full(
-                (size - len(self._buffer), self.model.feature_dim),
-                self.model.feature_pad_value,
-                np.float32,
-            )
-            return np.concatenate([self._buffer, pad])
-        return None
+        pad = np.full((size - len(self._buffer), self.model.feature_dim), self.model.feature_pad_value, np.float32)
+        return np.concatenate([self._buffer, pad])
 
     def advance(self, state: ModelState) -> None:
         """Record that :meth:`next_chunk` was run and produced ``state``."""
