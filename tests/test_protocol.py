@@ -16,6 +16,7 @@ from trio_asr.messages import (
     ErrorReply,
     FinalResult,
     PartialResult,
+    SegmentFinal,
     ServerReady,
     StartStream,
     encode_reply,
@@ -309,6 +310,65 @@ def test_lone_surrogates_stay_encodable() -> None:
         text.encode("utf-8")
         assert json.loads(text) == json.loads(json.dumps(json.loads(text)))
     assert json.loads(encode_reply(FinalResult(name="\ud800x", text="hi")))["name"] == "\ud800x"
+
+
+def _spec_json(reply: FinalResult | PartialResult) -> dict:
+    """The reply as the spec writes it, built field by field."""
+
+    def times(ts):
+        return [{"w": w, "bg": round(float(bg), 3), "ed": round(float(ed), 3)} for w, bg, ed in ts]
+
+    if isinstance(reply, FinalResult):
+        obj = {"name": reply.name, "signal": "end", "result": reply.text, "status": "ok"}
+    else:
+        obj = {"result": reply.text}
+    if reply.nbest:
+        obj["nbest"] = [{"text": t, "score": float(s)} for t, s in reply.nbest]
+    if isinstance(reply, FinalResult):
+        obj["times"] = times(reply.times)
+    if reply.segment is not None:
+        obj["segment"] = reply.segment
+    if reply.segments:
+        obj["segments"] = [
+            {"segment": s.index, "result": s.text, "bg": round(float(s.start), 3), "ed": round(float(s.end), 3), "times": times(s.times)}
+            for s in reply.segments
+        ]
+    return obj
+
+
+_texts = st.text(alphabet=st.sampled_from(["a", "z", " ", "你", '"', "\\", "\n", "\x00", "é", "\U0001f600", "\ud800"]), max_size=4)
+_seconds = st.one_of(st.floats(0, 1e6), st.sampled_from([0.0, 0.0425, 0.12345, 0.0005, 1e-9]), st.integers(0, 10**6))
+_words = st.lists(st.tuples(_texts, _seconds, _seconds), max_size=6).map(tuple)
+
+
+@st.composite
+def _replies(draw):
+    words = draw(_words)
+    segments = [SegmentFinal(draw(st.integers(0, 9)), draw(_texts), draw(_seconds), draw(_seconds), draw(_words))]
+    segments = draw(st.lists(st.sampled_from(segments), max_size=2))
+    if draw(st.booleans()):  # a final's closing segment: its words end the stream's
+        segments.append(SegmentFinal(3, draw(_texts), 1.0, 2.0, words[draw(st.integers(0, len(words))) :]))
+    nbest = tuple(draw(st.lists(st.tuples(_texts, st.floats(-1e4, 0)), max_size=2)))
+    segment = draw(st.sampled_from([None, 0, 7]))
+    if draw(st.booleans()):
+        return FinalResult(draw(_texts), draw(_texts), nbest, words, segment, tuple(segments))
+    return PartialResult(draw(_texts), nbest, segment, tuple(segments))
+
+
+@given(_replies())
+@settings(max_examples=400, deadline=None)
+def test_encode_writes_the_spec_json(reply: FinalResult | PartialResult) -> None:
+    """Replies with word lists are written in pieces (a final's closing segment
+    reuses the text of the stream's words): the result must be exactly what
+    json.dumps writes for the spec's object, UTF-8 or, for lone surrogates,
+    ASCII-escaped."""
+    obj = _spec_json(reply)
+    try:
+        expected = json.dumps(obj, ensure_ascii=False)
+        expected.encode("utf-8")
+    except UnicodeEncodeError:
+        expected = json.dumps(obj)
+    assert encode_reply(reply) == expected
 
 
 # ------------------------------------------------------------ never raises (fuzz)

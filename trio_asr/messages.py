@@ -13,7 +13,7 @@ that turns frames into events and orders the replies is
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import attrs
@@ -163,24 +163,74 @@ def _nbest_json(nbest: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
     return [{"text": text, "score": float(score)} for text, score in nbest]
 
 
-def _times_json(times: Sequence[tuple[str, float, float]]) -> list[dict[str, Any]]:
-    return [{"w": w, "bg": round(float(bg), 3), "ed": round(float(ed), 3)} for w, bg, ed in times]
+_UTF8 = json.JSONEncoder(ensure_ascii=False)
+_ASCII = json.JSONEncoder()
 
 
-def _add_segments(obj: dict[str, Any], segment: int | None, segments: Sequence[SegmentFinal]) -> None:
+def _times_entries(times: Sequence[tuple[str, float, float]], encode: Callable[[Any], str]) -> list[str]:
+    """The JSON text of each ``{"w": …, "bg": …, "ed": …}``, as :func:`json.dumps`
+    writes it, times rounded to milliseconds (times are finite)."""
+    return [
+        f'{{"w": {encode(str(word))}, "bg": {round(float(start), 3)!r}, "ed": {round(float(end), 3)!r}}}'
+        for word, start, end in times
+    ]
+
+
+def _segments_json(
+    segments: Sequence[SegmentFinal],
+    encode: Callable[[Any], str],
+    times: Sequence[tuple[str, float, float]],
+    entries: list[str],
+) -> str:
+    """The ``segments`` list; a segment whose words end ``times`` (the final
+    reply's closing segment) reuses their ``entries`` instead of writing them
+    again, which is most of a long final reply's cost."""
+    texts = []
+    for s in segments:
+        n = len(s.times)
+        if n and n <= len(times) and times[len(times) - n :] == s.times:
+            words = entries[len(entries) - n :]
+        else:
+            words = _times_entries(s.times, encode)
+        fields = {"segment": s.index, "result": s.text, "bg": round(float(s.start), 3), "ed": round(float(s.end), 3)}
+        texts.append(f'{encode(fields)[:-1]}, "times": [{", ".join(words)}]}}')
+    return "[" + ", ".join(texts) + "]"
+
+
+def _encode(reply: Reply, encoder: json.JSONEncoder) -> str:
+    obj: dict[str, Any]
+    times: Sequence[tuple[str, float, float]] | None = None
+    segment: int | None = None
+    segments: Sequence[SegmentFinal] = ()
+    if isinstance(reply, ServerReady):
+        obj = {"status": "ok", "signal": "server_ready"}
+    elif isinstance(reply, PartialResult):
+        obj = {"result": reply.text}
+        if reply.nbest:
+            obj["nbest"] = _nbest_json(reply.nbest)
+        segment, segments = reply.segment, reply.segments
+    elif isinstance(reply, FinalResult):
+        obj = {"name": reply.name, "signal": "end", "result": reply.text, "status": "ok"}
+        if reply.nbest:
+            obj["nbest"] = _nbest_json(reply.nbest)
+        times, segment, segments = reply.times, reply.segment, reply.segments
+    elif isinstance(reply, ErrorReply):
+        obj = {"status": "error", "signal": reply.signal, "message": reply.message}
+    else:
+        raise TypeError(f"not a reply: {reply!r}")
+    text = encoder.encode(obj)
+    if times is None and segment is None and not segments:
+        return text
+    # the fields with word lists are written here, after those above, in the spec's order
+    entries = _times_entries(times or (), encoder.encode)
+    tail = []
+    if times is not None:
+        tail.append(f', "times": [{", ".join(entries)}]')
     if segment is not None:
-        obj["segment"] = segment
+        tail.append(f', "segment": {int(segment)}')
     if segments:
-        obj["segments"] = [
-            {
-                "segment": s.index,
-                "result": s.text,
-                "bg": round(float(s.start), 3),
-                "ed": round(float(s.end), 3),
-                "times": _times_json(s.times),
-            }
-            for s in segments
-        ]
+        tail.append(f', "segments": {_segments_json(segments, encoder.encode, times or (), entries)}')
+    return text[:-1] + "".join(tail) + "}"
 
 
 def encode_reply(reply: Reply) -> str:
@@ -191,27 +241,9 @@ def encode_reply(reply: Reply) -> str:
     allows): that reply is written with ASCII escapes instead, so every reply
     can be sent whatever the client sent.
     """
-    obj: dict[str, Any]
-    if isinstance(reply, ServerReady):
-        obj = {"status": "ok", "signal": "server_ready"}
-    elif isinstance(reply, PartialResult):
-        obj = {"result": reply.text}
-        if reply.nbest:
-            obj["nbest"] = _nbest_json(reply.nbest)
-        _add_segments(obj, reply.segment, reply.segments)
-    elif isinstance(reply, FinalResult):
-        obj = {"name": reply.name, "signal": "end", "result": reply.text, "status": "ok"}
-        if reply.nbest:
-            obj["nbest"] = _nbest_json(reply.nbest)
-        obj["times"] = _times_json(reply.times)
-        _add_segments(obj, reply.segment, reply.segments)
-    elif isinstance(reply, ErrorReply):
-        obj = {"status": "error", "signal": reply.signal, "message": reply.message}
-    else:
-        raise TypeError(f"not a reply: {reply!r}")
-    text = json.dumps(obj, ensure_ascii=False)
+    text = _encode(reply, _UTF8)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(obj)
+        text = _encode(reply, _ASCII)
     return text
