@@ -157,7 +157,7 @@ class ServerConfig:
     batching: bool = _setting(
         True, type=bool, help="run the model chunks of all connections in batched calls (off: one chunk per call)"
     )
-    max_batch: int = _setting(32, type=int, help="most chunks per batched model call", validator=_positive)
+    max_batch: int = _setting(48, type=int, help="most chunks per batched model call", validator=_positive)
     exact_batching: bool = _setting(
         True, type=bool,
         help="a stream's result never depends on other streams: int8 models are quantized per stream, and a "

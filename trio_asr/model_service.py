@@ -171,7 +171,7 @@ class ModelService:
         self,
         model: AcousticModel,
         *,
-        max_batch: int = 32,
+        max_batch: int = 48,
         max_queue_delay: float = 0.5,
         concurrent_batches: int = 1,
         exact: bool = True,
