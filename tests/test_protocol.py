@@ -337,17 +337,32 @@ def _spec_json(reply: FinalResult | PartialResult) -> dict:
 
 
 _texts = st.text(alphabet=st.sampled_from(["a", "z", " ", "你", '"', "\\", "\n", "\x00", "é", "\U0001f600", "\ud800"]), max_size=4)
-_seconds = st.one_of(st.floats(0, 1e6), st.sampled_from([0.0, 0.0425, 0.12345, 0.0005, 1e-9]), st.integers(0, 10**6))
-_words = st.lists(st.tuples(_texts, _seconds, _seconds), max_size=6).map(tuple)
+_times_s = st.one_of(
+    st.floats(0, 1e6),
+    st.sampled_from([0.0, 0.0425, 0.12345, 0.0005, 1e-9, float("nan"), float("inf")]),
+    st.integers(0, 10**6),
+    st.floats(0, 1e4, width=32).map(np.float32),
+)
+_words = st.lists(st.tuples(_texts, _times_s, _times_s), max_size=6).map(tuple)
+_segments = st.builds(SegmentFinal, st.integers(0, 9), _texts, _times_s, _times_s, _words)
+
+
+def _same_values(words: tuple) -> tuple:
+    """Equal words of other types: what the reuse compares by value."""
+    return tuple((np.str_(w), np.float64(bg), np.float64(ed)) for w, bg, ed in words)
 
 
 @st.composite
 def _replies(draw):
     words = draw(_words)
-    segments = [SegmentFinal(draw(st.integers(0, 9)), draw(_texts), draw(_seconds), draw(_seconds), draw(_words))]
-    segments = draw(st.lists(st.sampled_from(segments), max_size=2))
-    if draw(st.booleans()):  # a final's closing segment: its words end the stream's
-        segments.append(SegmentFinal(3, draw(_texts), 1.0, 2.0, words[draw(st.integers(0, len(words))) :]))
+    segments = draw(st.lists(_segments, max_size=2))
+    if draw(st.booleans()):  # words that are a slice of the stream's: the tail is reused, others not
+        start = draw(st.integers(0, len(words)))
+        end = draw(st.one_of(st.just(len(words)), st.integers(start, len(words))))
+        sliced = words[start:end]
+        if draw(st.booleans()):
+            sliced = _same_values(sliced)
+        segments.insert(draw(st.integers(0, len(segments))), SegmentFinal(3, draw(_texts), 1.0, 2.0, sliced))
     nbest = tuple(draw(st.lists(st.tuples(_texts, st.floats(-1e4, 0)), max_size=2)))
     segment = draw(st.sampled_from([None, 0, 7]))
     if draw(st.booleans()):

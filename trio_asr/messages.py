@@ -13,6 +13,7 @@ that turns frames into events and orders the replies is
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -166,29 +167,35 @@ def _nbest_json(nbest: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
 _UTF8 = json.JSONEncoder(ensure_ascii=False)
 _ASCII = json.JSONEncoder()
 
+Times = Sequence[tuple[str, float, float]]
 
-def _times_entries(times: Sequence[tuple[str, float, float]], encode: Callable[[Any], str]) -> list[str]:
-    """The JSON text of each ``{"w": …, "bg": …, "ed": …}``, as :func:`json.dumps`
-    writes it, times rounded to milliseconds (times are finite)."""
+
+def _seconds(value: float, encode: Callable[[Any], str]) -> str:
+    """A time rounded to milliseconds, as json.dumps writes it (-0.0 as 0.0)."""
+    rounded = round(float(value), 3) + 0.0
+    return repr(rounded) if math.isfinite(rounded) else encode(rounded)
+
+
+def _times_entries(times: Times, encode: Callable[[Any], str]) -> list[str]:
+    """The JSON text of each ``{"w": …, "bg": …, "ed": …}``."""
     return [
-        f'{{"w": {encode(str(word))}, "bg": {round(float(start), 3)!r}, "ed": {round(float(end), 3)!r}}}'
+        f'{{"w": {encode(word)}, "bg": {_seconds(start, encode)}, "ed": {_seconds(end, encode)}}}'
         for word, start, end in times
     ]
 
 
 def _segments_json(
-    segments: Sequence[SegmentFinal],
-    encode: Callable[[Any], str],
-    times: Sequence[tuple[str, float, float]],
-    entries: list[str],
+    segments: Sequence[SegmentFinal], encode: Callable[[Any], str], times: Times, entries: list[str]
 ) -> str:
-    """The ``segments`` list; a segment whose words end ``times`` (the final
-    reply's closing segment) reuses their ``entries`` instead of writing them
-    again, which is most of a long final reply's cost."""
+    """The ``segments`` list.  ``entries`` are the texts of ``times``, written
+    with the same ``encode``: a segment whose words are the last of ``times``
+    (the final reply's closing segment: often hundreds of words) reuses them
+    instead of writing them again.  Equal values write equal texts, as
+    ``_seconds`` writes -0.0 as 0.0."""
     texts = []
     for s in segments:
         n = len(s.times)
-        if n and n <= len(times) and times[len(times) - n :] == s.times:
+        if n and n <= len(times) and tuple(times[len(times) - n :]) == tuple(s.times):
             words = entries[len(entries) - n :]
         else:
             words = _times_entries(s.times, encode)
@@ -198,8 +205,12 @@ def _segments_json(
 
 
 def _encode(reply: Reply, encoder: json.JSONEncoder) -> str:
+    """The reply's JSON text, as ``encoder.encode`` would write the spec's
+    object.  The fields without word lists are encoded as a dict; ``times``,
+    ``segment`` and ``segments``, which come last in the spec's order, are
+    written here and appended, so that a long word list is written once."""
     obj: dict[str, Any]
-    times: Sequence[tuple[str, float, float]] | None = None
+    final = False
     segment: int | None = None
     segments: Sequence[SegmentFinal] = ()
     if isinstance(reply, ServerReady):
@@ -213,23 +224,22 @@ def _encode(reply: Reply, encoder: json.JSONEncoder) -> str:
         obj = {"name": reply.name, "signal": "end", "result": reply.text, "status": "ok"}
         if reply.nbest:
             obj["nbest"] = _nbest_json(reply.nbest)
-        times, segment, segments = reply.times, reply.segment, reply.segments
+        final, segment, segments = True, reply.segment, reply.segments
     elif isinstance(reply, ErrorReply):
         obj = {"status": "error", "signal": reply.signal, "message": reply.message}
     else:
         raise TypeError(f"not a reply: {reply!r}")
     text = encoder.encode(obj)
-    if times is None and segment is None and not segments:
+    if not final and segment is None and not segments:
         return text
-    # the fields with word lists are written here, after those above, in the spec's order
-    entries = _times_entries(times or (), encoder.encode)
-    tail = []
-    if times is not None:
-        tail.append(f', "times": [{", ".join(entries)}]')
+    encode = encoder.encode
+    times = reply.times if isinstance(reply, FinalResult) else ()
+    entries = _times_entries(times, encode)
+    tail = [f', "times": [{", ".join(entries)}]'] if final else []
     if segment is not None:
-        tail.append(f', "segment": {int(segment)}')
+        tail.append(f', "segment": {encode(segment)}')
     if segments:
-        tail.append(f', "segments": {_segments_json(segments, encoder.encode, times or (), entries)}')
+        tail.append(f', "segments": {_segments_json(segments, encode, times, entries)}')
     return text[:-1] + "".join(tail) + "}"
 
 
@@ -239,7 +249,7 @@ def encode_reply(reply: Reply) -> str:
     Text is UTF-8 (no ``\\u`` escapes) unless a string echoed from the client
     cannot be UTF-8 (a lone surrogate such as ``"\\ud800"``, which JSON
     allows): that reply is written with ASCII escapes instead, so every reply
-    can be sent whatever the client sent.
+    can be sent whatever the client sent.  Times are rounded to milliseconds.
     """
     text = _encode(reply, _UTF8)
     try:
