@@ -9,6 +9,7 @@ where a test needs to hold or break a model call.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,48 @@ async def test_max_batch_bounds_the_batch(nursery: trio.Nursery, model: Controll
     later = [stream_with_chunks(model, 1) for _ in range(5)]
     await run_order(nursery, model, stream_with_chunks(model, 1), later, max_batch=2)
     assert model.batch_sizes == [1, 2, 2, 1]
+
+
+class CostlyModel(ControlledModel):
+    """Spends ``chunk_seconds`` of its thread's CPU on every chunk it runs."""
+
+    chunk_seconds = 0.0
+
+    def run(self, features: np.ndarray, states):
+        result = super().run(features, states)
+        until = time.thread_time() + self.chunk_seconds * len(features)
+        while time.thread_time() < until:
+            pass
+        return result
+
+
+async def test_a_call_takes_the_chunks_that_fit_in_its_cpu_budget(
+    nursery: trio.Nursery, model: ControlledModel
+) -> None:
+    """Until a call is measured, a call may take max_batch chunks; after
+    that, as many as fit in max_call_seconds at the measured CPU cost per
+    chunk (5 ms here, plus the fixture's own: 17.5 ms fits 3, or 2)."""
+    costly = CostlyModel(model.inner)
+    costly.chunk_seconds = 0.005
+    later = [stream_with_chunks(costly, 1) for _ in range(9)]
+    service = ModelService(costly, max_batch=16, max_call_seconds=0.0175, exact=False)
+    assert service.batch_limit == 16
+    await nursery.start(service.run)
+    costly.gate = threading.Event()
+    try:
+        async with trio.open_nursery() as clients:
+            clients.start_soon(service.decode, stream_with_chunks(costly, 1))
+            await wait_until_running(costly)
+            for stream in later:
+                clients.start_soon(service.decode, stream)
+            await trio.testing.wait_all_tasks_blocked()
+            costly.gate.set()
+    finally:
+        costly.gate.set()
+    first, *rest = costly.batch_sizes
+    assert first == 1 and sum(rest) == 9
+    assert all(2 <= size <= 3 for size in rest[:-1]) and 1 <= rest[-1] <= 3, costly.batch_sizes
+    assert service.batch_limit in (2, 3)
 
 
 def chunk_marks(model: ControlledModel, stream) -> list[float]:
@@ -416,6 +459,8 @@ def test_invalid_settings(model: ControlledModel) -> None:
         ModelService(model, max_batch=0)
     with pytest.raises(ValueError):
         ModelService(model, max_queue_delay=0)
+    with pytest.raises(ValueError):
+        ModelService(model, max_call_seconds=0)
 
 
 class BatchDependentModel(ControlledModel):

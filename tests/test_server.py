@@ -596,7 +596,7 @@ def test_config_from_toml_with_cli_overrides(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             load_config(None, bad)
     defaults = load_config()
-    assert (defaults.batching, defaults.max_batch, defaults.max_queue_delay) == (True, 48, 0.5)
+    assert (defaults.batching, defaults.max_batch, defaults.max_queue_delay) == (True, 64, 0.5)
     path.write_text("batching = false\nmax_batch = 4\nmax_queue_delay = 0.25\n")
     config = load_config(path, {"max_batch": 8})
     assert (config.batching, config.max_batch, config.max_queue_delay) == (False, 8, 0.25)

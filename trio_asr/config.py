@@ -157,7 +157,12 @@ class ServerConfig:
     batching: bool = _setting(
         True, type=bool, help="run the model chunks of all connections in batched calls (off: one chunk per call)"
     )
-    max_batch: int = _setting(48, type=int, help="most chunks per batched model call", validator=_positive)
+    max_batch: int = _setting(64, type=int, help="most chunks per batched model call", validator=_positive)
+    max_call_seconds: float = _setting(
+        0.075, type=float, validator=_positive,
+        help="CPU seconds a batched model call should stay under, s: every chunk of a call waits for all of it, "
+        "so a call takes as many chunks as fit at the model's measured cost per chunk (at most --max-batch)",
+    )  # fmt: skip
     exact_batching: bool = _setting(
         True, type=bool,
         help="a stream's result never depends on other streams: int8 models are quantized per stream, and a "

@@ -5,13 +5,13 @@ Connections do not call the model themselves: their decoder tasks hand the
 :meth:`ModelService.decode`, which queues their chunks one at a time.
 The service (:meth:`ModelService.run`, started in the server's nursery) has
 ``concurrent_batches`` worker tasks.  Each takes the oldest requests queued
-right now (see *Order*), up to ``max_batch``, stacks their chunks and states
+right now (see *Order*), up to the batch limit (see *Batch size*), stacks their chunks and states
 along the batch axis and runs one ``model.run`` in a worker thread.  When
 the call returns, the worker records each new state in its stream
 (``ModelStream.advance``), queues the next chunk of every decode that has
 one, wakes the decoders whose chunks are all done, and starts the next batch
 before any of them runs: they search and reply on the event loop, which
-takes a while after a batch of 32, and a core would idle meanwhile.
+takes a while after a full batch, and a core would idle meanwhile.
 Requests that arrive while a batch runs wait for the next one.
 There is no timer: under low load a request runs at once in a batch of one,
 under high load batches grow by themselves.  The CTC search stays with the
@@ -26,6 +26,16 @@ burst, not for the whole of it.  Further chunks of a decode (a client that
 sent seconds of audio at once) queue as they come, so one such client cannot
 hold up the others.  A decode of one chunk (the usual case) is served first
 come, first served.
+
+Batch size: a bigger call costs less per chunk, but every chunk of a call
+waits for all of it.  A call takes as many chunks as fit in
+``max_call_seconds`` of CPU at the model's cost per chunk, measured over the
+recent calls (weighted by their chunks), and never more than ``max_batch``;
+until a call has been measured, ``max_batch``.  With two calls at once on
+2 cores, the default model's geometry costs about 1.65 ms of CPU per chunk
+in int8 and 2.3 ms in float32, so the default 0.075 s gives batches of
+about 45 and 32 (in A/B runs at the limit of streams, int8 did better with
+48 than with 32, float32 with 32 than with 48; see ``benchmarks/README.md``).
 
 Queue delay and admission: every request records when it was queued.
 :attr:`ModelService.queue_delay` is the longest wait among the requests
@@ -58,6 +68,8 @@ log = logging.getLogger("trio_asr.server")
 
 #: chunks of one decode that queue with the time the decode began
 _CHUNKS_KEEPING_PLACE = 2
+#: how much of the measured cost per chunk each earlier call keeps, per call
+_DECAY = 0.9
 
 
 class ModelServiceError(Exception):
@@ -143,7 +155,8 @@ class ServiceStats:
 class ModelService:
     """Runs ``model`` for many streams in batched calls.
 
-    ``max_batch`` bounds the chunks per model call; with ``exact`` it is 1
+    ``max_batch`` bounds the chunks per model call, and ``max_call_seconds``
+    (CPU s) bounds them by the measured cost per chunk; with ``exact`` it is 1
     for a model that is not batch-invariant (see
     :func:`~trio_asr.model.is_batch_invariant`), so a stream's
     results never depend on which streams share its batch; ``concurrent_batches``
@@ -171,7 +184,8 @@ class ModelService:
         self,
         model: AcousticModel,
         *,
-        max_batch: int = 48,
+        max_batch: int = 64,
+        max_call_seconds: float = 0.075,
         max_queue_delay: float = 0.5,
         concurrent_batches: int = 1,
         exact: bool = True,
@@ -183,6 +197,8 @@ class ModelService:
             raise ValueError(f"concurrent_batches must be >= 1, not {concurrent_batches}")
         if max_queue_delay <= 0:
             raise ValueError(f"max_queue_delay must be positive, not {max_queue_delay}")
+        if max_call_seconds <= 0:
+            raise ValueError(f"max_call_seconds must be positive, not {max_call_seconds}")
         self.model = model
         if exact and max_batch > 1 and not is_batch_invariant(model):
             log.warning(
@@ -191,6 +207,9 @@ class ModelService:
             )
             max_batch = 1
         self.max_batch = max_batch
+        self.max_call_seconds = max_call_seconds
+        # CPU seconds and chunks of recent calls, each call's share decaying by _DECAY per call
+        self._cpu_seconds = self._cpu_chunks = 0.0
         self.max_queue_delay = max_queue_delay
         #: called after each successful model call with (chunks, seconds the
         #: oldest waited, CPU seconds of the call's thread)
@@ -208,6 +227,14 @@ class ModelService:
     @property
     def stats(self) -> ServiceStats:
         return ServiceStats(self._batches, self._chunks, self._largest, self._failed)
+
+    @property
+    def batch_limit(self) -> int:
+        """Chunks the next call may take (see *Batch size* above)."""
+        if self._cpu_seconds <= 0:
+            return self.max_batch
+        per_chunk = self._cpu_seconds / self._cpu_chunks
+        return max(1, min(self.max_batch, int(self.max_call_seconds / per_chunk)))
 
     @property
     def queue_delay(self) -> float:
@@ -282,9 +309,10 @@ class ModelService:
                 call = self._start(self._take())
 
     def _take(self) -> list[tuple[_Request, np.ndarray]]:
-        """The oldest requests queued now, up to max_batch, with their chunks."""
+        """The oldest requests queued now, up to the batch limit, with their chunks."""
         requests: list[_Request] = []
-        while self._queue and len(requests) < self.max_batch:
+        limit = self.batch_limit
+        while self._queue and len(requests) < limit:
             requests.append(heapq.heappop(self._queue)[2])
         batch = []
         for request in requests:
@@ -321,6 +349,8 @@ class ModelService:
             if not isinstance(exc, Exception):
                 raise
             return
+        self._cpu_seconds = _DECAY * self._cpu_seconds + cpu
+        self._cpu_chunks = _DECAY * self._cpu_chunks + len(call.requests)
         for request, lp, state in zip(call.requests, log_probs, new_states):
             if request.abandoned:
                 continue

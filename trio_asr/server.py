@@ -77,6 +77,7 @@ class Server:
         self.service = ModelService(
             recognizer.model,
             max_batch=config.max_batch if config.batching else 1,
+            max_call_seconds=config.max_call_seconds,
             exact=config.exact_batching,
             max_queue_delay=config.max_queue_delay,
             concurrent_batches=config.concurrent_batches,
