@@ -30,7 +30,7 @@ STREAM_OUTCOMES = ("completed", "disconnected", "error", "aborted")
 REFUSAL_REASONS = ("full", "overloaded", "shutting_down")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 128)
 _DELAY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 METRIC_NAMES = (
