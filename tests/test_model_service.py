@@ -180,17 +180,7 @@ async def test_a_call_takes_the_chunks_that_fit_in_its_cpu_budget(
     service = ModelService(costly, max_batch=16, max_call_seconds=0.0175, exact=False)
     assert service.batch_limit == 16
     await nursery.start(service.run)
-    costly.gate = threading.Event()
-    try:
-        async with trio.open_nursery() as clients:
-            clients.start_soon(service.decode, stream_with_chunks(costly, 1))
-            await wait_until_running(costly)
-            for stream in later:
-                clients.start_soon(service.decode, stream)
-            await trio.testing.wait_all_tasks_blocked()
-            costly.gate.set()
-    finally:
-        costly.gate.set()
+    await queue_while_first_runs(service, costly, stream_with_chunks(costly, 1), later)
     first, *rest = costly.batch_sizes
     assert first == 1 and sum(rest) == 9
     assert all(2 <= size <= 3 for size in rest[:-1]) and 1 <= rest[-1] <= 3, costly.batch_sizes
@@ -213,6 +203,13 @@ async def run_order(
     service = ModelService(model, max_batch=max_batch, exact=False)
     forget_probe(model)
     await nursery.start(service.run)
+    await queue_while_first_runs(service, model, first, later)
+    return [run[0] for run in model.first_features]
+
+
+async def queue_while_first_runs(service: ModelService, model: ControlledModel, first, later) -> None:
+    """Decode ``first`` and, while its first chunk runs, ``later`` streams
+    one after another, so that they queue in that order; until all are done."""
     model.gate = threading.Event()
     try:
         async with trio.open_nursery() as clients:
@@ -224,7 +221,6 @@ async def run_order(
             model.gate.set()
     finally:
         model.gate.set()
-    return [run[0] for run in model.first_features]
 
 
 async def test_a_decodes_later_chunks_go_ahead_of_decodes_begun_after_it(
