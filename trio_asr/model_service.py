@@ -5,8 +5,9 @@ Connections do not call the model themselves: their decoder tasks hand the
 :meth:`ModelService.decode`, which queues their chunks one at a time.
 The service (:meth:`ModelService.run`, started in the server's nursery) has
 ``concurrent_batches`` worker tasks.  Each takes the oldest requests queued
-right now (see *Order*), up to the batch limit (see *Batch size*), stacks their chunks and states
-along the batch axis and runs one ``model.run`` in a worker thread.  When
+right now (see *Order*), as many as the batch limit allows (see *Batch
+size*), stacks their chunks and states along the batch axis and runs one
+``model.run`` in a worker thread.  When
 the call returns, the worker records each new state in its stream
 (``ModelStream.advance``), queues the next chunk of every decode that has
 one, wakes the decoders whose chunks are all done, and starts the next batch
