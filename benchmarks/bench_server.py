@@ -21,7 +21,9 @@ chunk and within 1.1 x the audio's duration of its first chunk; ours must
 also answer each frame with p95 latency <= 185 ms (sherpa-onnx's servers reply
 once per model chunk, so they are not held to it).  N climbs by x1.25 from
 ``--start`` until a level fails (twice in a row: one load spike is not a
-limit), then ``--refine`` bisection steps narrow it:
+limit), then bisection between the highest held and the lowest failed level
+narrows it to within 5 %, in at most ``--refine`` steps (the default 3 gets
+there from the ladder's 25 %: 12.5, 6.3, then 3.1 %):
 the result is each server's max real-time streams, and the ratio ours / C++.
 
 Memory in the same run: RSS growth per idle WebSocket connection
@@ -352,7 +354,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fixtures without --model, comma-separated (int8, float32)")
     parser.add_argument("--start", type=int, default=16, help="first N")
     parser.add_argument("--max-clients", type=int, default=400)
-    parser.add_argument("--refine", type=int, default=2, help="bisection steps after the first failed N")
+    parser.add_argument("--refine", type=int, default=3, help="at most this many bisection steps after the first failed N")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per client per N")
     parser.add_argument("--final-slack", type=float, default=0.5,
                         help="a stream keeps real time if its final reply comes this soon after its last chunk")
