@@ -22,8 +22,8 @@ also answer each frame with p95 latency <= 185 ms (sherpa-onnx's servers reply
 once per model chunk, so they are not held to it).  N climbs by x1.25 from
 ``--start`` until a level fails (twice in a row: one load spike is not a
 limit), then bisection between the highest held and the lowest failed level
-narrows it to within 5 %, in at most ``--refine`` steps (the default 3 gets
-there from the ladder's 25 %: 12.5, 6.3, then 3.1 %):
+goes on until they are at most 5 % of the held level apart or ``--refine``
+steps are spent (the default, 3, always gets there from the ladder's 25 %):
 the result is each server's max real-time streams, and the ratio ours / C++.
 
 Memory in the same run: RSS growth per idle WebSocket connection
@@ -218,8 +218,10 @@ async def idle_memory(server, adapter, count: int) -> dict:
 
 
 def next_levels(start: int, levels: list[dict], refine: int, cap: int) -> int | None:
-    """The next N to try: x1.25 up from ``start`` until one fails, then
-    ``refine`` bisection steps between the highest held and the lowest failed."""
+    """The next N to try, or None when done: x1.25 up from ``start`` until
+    one fails (or ``cap`` is passed), then bisection between the highest held
+    and the lowest failed, until they are at most 5 % of the held level
+    apart or ``refine`` steps are spent."""
     held = [r["n"] for r in levels if r["pass"]]
     failed = [r["n"] for r in levels if not r["pass"]]
     if not levels:
@@ -396,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     clips = speech(args.audio_dir)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results: dict = {}
-    steps = sum(len(plan(d, args)) for d in models.values()) * 8
+    # an estimate: a ladder of about ten levels to the first failure, then the bisection
+    steps = sum(len(plan(d, args)) for d in models.values()) * (10 + args.refine)
     with tempfile.TemporaryDirectory(prefix="trio-asr-bench-") as tmp, Progress(steps, "server sweep") as bar:
         for label, model_dir in models.items():
             model = load_model(model_dir)
