@@ -20,7 +20,8 @@ type quantized.  What each group proves:
 - ``test_rewrite_*``: hand-built graphs with the layouts the real models
   have: time-major activations, quantized activation x activation MatMuls,
   an operand that does not depend on the batch; a batch merged into another
-  axis is reported, not silently mis-rewritten.
+  axis is reported, not silently mis-rewritten; the scaling fused into the
+  matmuls rounds as the unfused graph does.
 """
 
 from __future__ import annotations
@@ -306,6 +307,47 @@ def test_rewrite_time_major_and_activation_matmuls(tmp_path) -> None:
         np.testing.assert_allclose(together[:, i : i + 1], alone, rtol=1e-5, atol=1e-5)
     # and the original file really mixes the items (so the check above can fail)
     assert np.abs(original_batched[:, :1] - session(data).run(["y"], {"x": x[:, :1]})[0]).max() > 1e-3
+
+
+def wide_projection(width: int) -> onnx.ModelProto:
+    """x (N, T, width) @ w (width, 8), all positive: the int32 sums exceed
+    2**24, so converting them to float rounds."""
+    rng = np.random.default_rng(2)
+    w = rng.uniform(0.5, 1.0, (width, 8)).astype(np.float32)
+    return _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [numpy_helper.from_array(w, "w")],
+                  ["N", T, width])  # fmt: skip
+
+
+def test_rewrite_fuses_the_scaling_bit_for_bit(tmp_path, monkeypatch) -> None:
+    width, batch = 4096, 3
+    data = quantized(wide_projection(width), tmp_path)
+    x = np.random.default_rng(3).uniform(0.5, 1.0, (batch, T, width)).astype(np.float32)
+    x *= np.array([0.1, 1.0, 7.0], np.float32).reshape(-1, 1, 1)
+
+    def rewrite() -> bytes:
+        rewritten, skipped = quantization.rewrite_model(
+            data, lambda b: {"x": np.ones((b, T, width), np.float32)}, session
+        )
+        assert skipped == []
+        return rewritten
+
+    fused = rewrite()
+    ops = [n.op_type for n in onnx.load_from_string(fused).graph.node]
+    assert "MatMulIntegerToFloat" in ops and "MatMulInteger" not in ops and "Cast" not in ops
+    monkeypatch.setattr(quantization, "fuse_scaling", lambda nodes, _initializers, _outputs: (list(nodes), []))
+    unfused = rewrite()
+    assert "Cast" in {n.op_type for n in onnx.load_from_string(unfused).graph.node}
+
+    # as the loader runs it: without onnxruntime's own fusion, which multiplies in another order
+    options = ort.SessionOptions()
+    unfused_session = ort.InferenceSession(
+        unfused, options, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulIntegerToFloatFusion"]
+    )
+    (y,) = session(fused).run(["y"], {"x": x})
+    np.testing.assert_array_equal(y, unfused_session.run(["y"], {"x": x})[0])
+    for i in range(batch):
+        (alone,) = session(data).run(["y"], {"x": x[i : i + 1]})
+        np.testing.assert_array_equal(y[i : i + 1], alone)
 
 
 def test_rewrite_reports_a_batch_merged_into_another_axis(tmp_path) -> None:

@@ -25,10 +25,12 @@ activation, per-channel weight zero points) it is subtracted in int32, with
 the mirror term ``rowsum`` when the right-hand side is per-item too.  A
 quantized tensor that is only transposed and dequantized (``quantize_dynamic``
 does that to Transposes) is dequantized per item.  The scales multiply per
-item.  Each item's integers are therefore those of running it alone; what
-differs in a batch is float rounding in the float parts of the model (a GEMM
-over many rows may round differently from one over a single row), which now
-and then moves one quantization step.
+item, in the integer matmul's own kernel
+(:func:`~trio_asr.model.quantized_ops.fuse_scaling`).  Each item's integers
+are therefore those of running it alone; what differs in a batch is float
+rounding in the float parts of the model (a GEMM over many rows may round
+differently from one over a single row), which now and then moves one
+quantization step.
 
 Which axis of each quantized tensor is the batch is not written in the
 graph; :func:`batch_axes` finds it from the tensor's shapes at two batch
@@ -48,7 +50,13 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from trio_asr.model.quantized_ops import Builder, extra_columns_needed, quantize_per_item, rewrite_matmul
+from trio_asr.model.quantized_ops import (
+    Builder,
+    extra_columns_needed,
+    fuse_scaling,
+    quantize_per_item,
+    rewrite_matmul,
+)
 
 __all__ = [
     "batch_axes",
@@ -199,6 +207,7 @@ def per_item_quantization(
             b.nodes = [node]
         nodes.extend(b.nodes)
 
+    nodes, more = fuse_scaling(nodes, b.initializers, graph_outputs)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
@@ -206,7 +215,9 @@ def per_item_quantization(
     used = {name for node in nodes for name in node.input}
     kept = [t for t in out.graph.initializer if t.name in used]  # weights replaced by extended ones go
     del out.graph.initializer[:]
-    out.graph.initializer.extend(kept + b.initializers)
+    out.graph.initializer.extend(kept + [t for t in b.initializers + more if t.name in used])
+    if more and not any(o.domain == "com.microsoft" for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     if opset < 13:  # per-axis QuantizeLinear
         for o in out.opset_import:
             if o.domain in ("", "ai.onnx"):

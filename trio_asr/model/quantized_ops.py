@@ -3,6 +3,8 @@
 - :func:`quantize_per_item` replaces one ``DynamicQuantizeLinear``;
 - :func:`rewrite_matmul` replaces a ``MatMulInteger`` that takes a per-item
   quantized input, by :func:`extended_weight` or an int32 correction;
+- :func:`fuse_scaling` then merges each such matmul with the ``Cast`` and
+  per-item ``Mul`` after it into one ``MatMulIntegerToFloat``;
 - :class:`Builder` makes uniquely named nodes and initializers.
 """
 
@@ -14,7 +16,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["Builder", "extended_weight", "extra_columns_needed", "quantize_per_item", "rewrite_matmul"]
+__all__ = [
+    "Builder",
+    "extended_weight",
+    "extra_columns_needed",
+    "fuse_scaling",
+    "quantize_per_item",
+    "rewrite_matmul",
+]
 
 _PREFIX = "per_item/"
 
@@ -50,6 +59,7 @@ class Builder:
 
 
 _FLT_MIN = np.finfo(np.float32).tiny
+_ZERO_POINT_0 = "zp0"  # the stem of the input zero point of every rewritten MatMulInteger
 
 
 def quantize_per_item(
@@ -146,7 +156,7 @@ def rewrite_matmul(
     by quantized input), else subtracted afterwards (``zp_int32`` maps each
     per-item zero point to its int32 form)."""
     a, w, a_zp, w_zp = (list(node.input) + [""] * 4)[:4]
-    zero_u8 = b.const(np.uint8(0), "zp0")
+    zero_u8 = b.const(np.uint8(0), _ZERO_POINT_0)
     if a in extra_columns:  # the zero-point term comes out of the matmul itself
         zp = weights[w_zp].reshape(()) if w_zp else None
         wq = extended_weight(weights[w], zp)
@@ -181,3 +191,55 @@ def rewrite_matmul(
     total = raw
     for i, term in enumerate(terms):
         total = b.op("Sub", total, term, out=node.output[0] if i == len(terms) - 1 else None)
+
+
+def fuse_scaling(
+    nodes: Sequence[onnx.NodeProto], initializers: Sequence[onnx.TensorProto], graph_outputs: set[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Merge ``MatMulInteger -> Cast(float) -> Mul(m)`` into one
+    ``com.microsoft.MatMulIntegerToFloat`` for the matmuls :func:`rewrite_matmul`
+    made (input zero point 0), where ``m`` is the per-item scale product.
+
+    onnxruntime's own fusion would pass the input's and the weight's scales
+    apart and multiply them in another order than the exported graph does;
+    here the kernel gets ``m`` as its input scale and 1 as the weight's, so it
+    computes ``float(acc) * m`` as the ``Cast`` and ``Mul`` did, bit for bit,
+    with one pass less over the output.  Returns the nodes (in an order that
+    is still topological) and the initializers to add.
+    """
+    zero_points = {t.name for t in initializers if t.name.startswith(f"{_PREFIX}{_ZERO_POINT_0}_")}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+
+    def only_user(name: str, op_type: str) -> onnx.NodeProto | None:
+        found = users.get(name, [])
+        if name in graph_outputs or len(found) != 1 or found[0].op_type != op_type:
+            return None
+        return found[0]
+
+    one = f"{_PREFIX}one"
+    fused: dict[int, onnx.NodeProto] = {}  # id of the Mul -> its replacement
+    dropped: set[int] = set()
+    for node in nodes:
+        if node.op_type != "MatMulInteger" or len(node.input) < 3 or node.input[2] not in zero_points:
+            continue
+        cast = only_user(node.output[0], "Cast")
+        if cast is None or next((a.i for a in cast.attribute if a.name == "to"), None) != TensorProto.FLOAT:
+            continue
+        mul = only_user(cast.output[0], "Mul")
+        if mul is None or mul.input[0] == mul.input[1]:
+            continue
+        scale = mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0]
+        a, w, a_zp = node.input[:3]
+        w_zp = node.input[3] if len(node.input) > 3 else ""
+        fused[id(mul)] = helper.make_node(
+            "MatMulIntegerToFloat", [a, w, scale, one, a_zp] + ([w_zp] if w_zp else []), [mul.output[0]],
+            name=f"{_PREFIX}matmul_to_float_{len(fused)}", domain="com.microsoft",
+        )  # fmt: skip
+        dropped.update((id(node), id(cast)))
+    if not fused:
+        return list(nodes), []
+    out = [fused.get(id(n), n) for n in nodes if id(n) not in dropped]
+    return out, [numpy_helper.from_array(np.ones(1, np.float32), one)]
