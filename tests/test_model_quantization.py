@@ -21,7 +21,8 @@ type quantized.  What each group proves:
   have: time-major activations, quantized activation x activation MatMuls,
   an operand that does not depend on the batch; a batch merged into another
   axis is reported, not silently mis-rewritten; the scaling fused into the
-  matmuls rounds as the unfused graph does.
+  matmuls rounds as the unfused graph does, in every layout, and a tensor a
+  subgraph reads is not fused away.
 """
 
 from __future__ import annotations
@@ -309,45 +310,85 @@ def test_rewrite_time_major_and_activation_matmuls(tmp_path) -> None:
     assert np.abs(original_batched[:, :1] - session(data).run(["y"], {"x": x[:, :1]})[0]).max() > 1e-3
 
 
-def wide_projection(width: int) -> onnx.ModelProto:
-    """x (N, T, width) @ w (width, 8), all positive: the int32 sums exceed
+WIDE = 4096
+LAYOUTS = {"batch first": (["N", T, WIDE], 0), "time major": ([T, "N", WIDE], 1), "2-D": (["N", WIDE], 0)}
+
+
+def wide_projection(shape) -> onnx.ModelProto:
+    """x (..., WIDE) @ w (WIDE, 8), all positive: the int32 sums exceed
     2**24, so converting them to float rounds."""
     rng = np.random.default_rng(2)
-    w = rng.uniform(0.5, 1.0, (width, 8)).astype(np.float32)
-    return _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [numpy_helper.from_array(w, "w")],
-                  ["N", T, width])  # fmt: skip
+    w = rng.uniform(0.5, 1.0, (WIDE, 8)).astype(np.float32)
+    return _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [numpy_helper.from_array(w, "w")], shape)
 
 
-def test_rewrite_fuses_the_scaling_bit_for_bit(tmp_path, monkeypatch) -> None:
-    width, batch = 4096, 3
-    data = quantized(wide_projection(width), tmp_path)
-    x = np.random.default_rng(3).uniform(0.5, 1.0, (batch, T, width)).astype(np.float32)
-    x *= np.array([0.1, 1.0, 7.0], np.float32).reshape(-1, 1, 1)
+def wide_input(shape, axis: int, batch: int) -> np.ndarray:
+    concrete = [batch if d == "N" else d for d in shape]
+    x = np.random.default_rng(3).uniform(0.5, 1.0, concrete).astype(np.float32)
+    gains = np.geomspace(0.1, 7.0, batch).astype(np.float32)
+    return x * gains.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+
+
+def item(x: np.ndarray, axis: int, i: int) -> np.ndarray:
+    return x[(slice(None),) * axis + (slice(i, i + 1),)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rewrite_fuses_the_scaling_bit_for_bit(tmp_path, monkeypatch, layout) -> None:
+    shape, axis = LAYOUTS[layout]
+    batch = 3
+    data = quantized(wide_projection(shape), tmp_path)
+    x = wide_input(shape, axis, batch)
+    weight = next(numpy_helper.to_array(t) for t in onnx.load_from_string(data).graph.initializer if t.dims == [WIDE, 8])
+    first = item(x, axis, 0).reshape(-1, WIDE)
+    lo, hi = min(float(first.min()), 0.0), max(float(first.max()), 0.0)
+    q = np.clip(np.round(first / ((hi - lo) / 255)) + np.round(-lo / ((hi - lo) / 255)), 0, 255)
+    assert np.abs(q.astype(np.int64) @ weight.astype(np.int64)).max() > 2**24  # float(acc) rounds
 
     def rewrite() -> bytes:
-        rewritten, skipped = quantization.rewrite_model(
-            data, lambda b: {"x": np.ones((b, T, width), np.float32)}, session
-        )
+        rewritten, skipped = quantization.rewrite_model(data, lambda b: {"x": wide_input(shape, axis, b)}, session)
         assert skipped == []
         return rewritten
 
-    fused = rewrite()
-    ops = [n.op_type for n in onnx.load_from_string(fused).graph.node]
+    assert quantization.kernel_scales_per_item()
+    fused = onnx.load_from_string(rewrite())
+    ops = [n.op_type for n in fused.graph.node]
     assert "MatMulIntegerToFloat" in ops and "MatMulInteger" not in ops and "Cast" not in ops
-    monkeypatch.setattr(quantization, "fuse_scaling", lambda nodes, _initializers, _outputs: (list(nodes), []))
+    assert any(o.domain == "com.microsoft" for o in fused.opset_import)
+    monkeypatch.setattr(quantization, "kernel_scales_per_item", lambda: False)  # as if onnxruntime could not
     unfused = rewrite()
-    assert "Cast" in {n.op_type for n in onnx.load_from_string(unfused).graph.node}
+    assert {"MatMulInteger", "Cast"} <= {n.op_type for n in onnx.load_from_string(unfused).graph.node}
 
     # as the loader runs it: without onnxruntime's own fusion, which multiplies in another order
-    options = ort.SessionOptions()
     unfused_session = ort.InferenceSession(
-        unfused, options, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulIntegerToFloatFusion"]
+        unfused, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulIntegerToFloatFusion"]
     )
-    (y,) = session(fused).run(["y"], {"x": x})
+    (y,) = session(fused.SerializeToString()).run(["y"], {"x": x})
     np.testing.assert_array_equal(y, unfused_session.run(["y"], {"x": x})[0])
     for i in range(batch):
-        (alone,) = session(data).run(["y"], {"x": x[i : i + 1]})
-        np.testing.assert_array_equal(y[i : i + 1], alone)
+        (alone,) = session(data).run(["y"], {"x": item(x, axis, i)})
+        np.testing.assert_array_equal(item(y, axis, i), alone)
+
+
+def test_rewrite_keeps_the_scaling_a_subgraph_uses(tmp_path) -> None:
+    """A tensor an If branch reads from the outer graph is not fused away."""
+    data = quantized(wide_projection(["N", T, WIDE]), tmp_path)
+    model = onnx.load_from_string(data)
+    cast = next(n for n in model.graph.node if n.op_type == "Cast")
+    branch = helper.make_graph([helper.make_node("Identity", [cast.output[0]], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])  # fmt: skip
+    model.graph.node.append(
+        helper.make_node("If", ["c"], ["peek"], then_branch=branch, else_branch=branch)
+    )
+    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+    model.graph.output.append(helper.make_tensor_value_info("peek", TensorProto.FLOAT, None))
+    feed = lambda b: {"x": wide_input(["N", T, WIDE], 0, b), "c": np.array(True)}  # noqa: E731
+    rewritten, _ = quantization.rewrite_model(model.SerializeToString(), feed, session)
+    ops = [n.op_type for n in onnx.load_from_string(rewritten).graph.node]
+    assert "Cast" in ops and "MatMulIntegerToFloat" not in ops
+    x = feed(2)
+    (peek,) = session(rewritten).run(["peek"], x)
+    assert peek.shape[-1] == 8
 
 
 def test_rewrite_reports_a_batch_merged_into_another_axis(tmp_path) -> None:

@@ -154,8 +154,10 @@ def _load_per_item(data: bytes, model_file: Path, tokens, options: ort.SessionOp
             "%s: %d quantized tensors cannot be quantized per stream (%s); "
             "its results depend on the batch", model_file, len(skipped), ", ".join(skipped[:3]),
         )
-    # Fused, the scales would multiply in another order than in the original's
-    # kernels: last-bit differences, which a later quantizer can turn into a step.
+    # The rewrite fuses what it can itself (quantized_ops.fuse_scaling);
+    # onnxruntime's fusion of what is left would multiply the scales in another
+    # order than the original's kernels: last-bit differences, which a later
+    # quantizer can turn into a step.
     session = _session(rewritten, model_file, options, disabled_optimizers=["MatMulIntegerToFloatFusion"])
     model = _detect(session, model_file, tokens)
     model.set_single_stream_session(original._session)

@@ -25,7 +25,7 @@ activation, per-channel weight zero points) it is subtracted in int32, with
 the mirror term ``rowsum`` when the right-hand side is per-item too.  A
 quantized tensor that is only transposed and dequantized (``quantize_dynamic``
 does that to Transposes) is dequantized per item.  The scales multiply per
-item, in the integer matmul's own kernel
+item, for extended-weight matmuls in the matmul's own kernel
 (:func:`~trio_asr.model.quantized_ops.fuse_scaling`).  Each item's integers
 are therefore those of running it alone; what differs in a batch is float
 rounding in the float parts of the model (a GEMM over many rows may round
@@ -54,6 +54,7 @@ from trio_asr.model.quantized_ops import (
     Builder,
     extra_columns_needed,
     fuse_scaling,
+    kernel_scales_per_item,
     quantize_per_item,
     rewrite_matmul,
 )
@@ -184,6 +185,7 @@ def per_item_quantization(
     zp_int32: dict[str, str] = {}  # per-item zero point -> its int32 form, input-shaped
     scale_vector: dict[str, str] = {}  # per-item scale output -> the scale as a vector
     extra_columns: dict[str, int] = {}  # quantized values -> zero-point columns appended
+    exact_matmuls: set[str] = set()  # outputs of rewritten matmuls that are the exact int32 result
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         b.nodes = []
@@ -198,7 +200,8 @@ def per_item_quantization(
         elif node.op_type == "MatMulInteger" and (
             node.input[0] in extra_columns or zp_int32.keys() & set(node.input[2:4])
         ):
-            rewrite_matmul(b, node, zp_int32, extra_columns, weights)
+            if rewrite_matmul(b, node, zp_int32, extra_columns, weights):
+                exact_matmuls.add(node.output[0])
         elif node.op_type == "DequantizeLinear" and node.output[0] in dequantize_axes:
             q, q_scale, q_zp = node.input
             b.op("DequantizeLinear", q, scale_vector[q_scale], q_zp, axis=dequantize_axes[node.output[0]],
@@ -207,22 +210,38 @@ def per_item_quantization(
             b.nodes = [node]
         nodes.extend(b.nodes)
 
-    nodes, more = fuse_scaling(nodes, b.initializers, graph_outputs)
+    in_subgraphs = _names_used_in_subgraphs(graph)
+    if exact_matmuls and kernel_scales_per_item():
+        nodes = fuse_scaling(b, nodes, exact_matmuls, set(scale_vector), graph_outputs | in_subgraphs)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
+    used = {name for node in nodes for name in node.input} | in_subgraphs
     kept = [t for t in out.graph.initializer if t.name in used]  # weights replaced by extended ones go
     del out.graph.initializer[:]
-    out.graph.initializer.extend(kept + [t for t in b.initializers + more if t.name in used])
-    if more and not any(o.domain == "com.microsoft" for o in out.opset_import):
+    out.graph.initializer.extend(kept + [t for t in b.initializers if t.name in used])
+    if any(n.domain == "com.microsoft" for n in nodes) and not any(
+        o.domain == "com.microsoft" for o in out.opset_import
+    ):
         out.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     if opset < 13:  # per-axis QuantizeLinear
         for o in out.opset_import:
             if o.domain in ("", "ai.onnx"):
                 o.version = 13
     return out, skipped
+
+
+def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    """Every name the nodes of ``graph``'s subgraphs (any depth) take as input,
+    outer-scope names included."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                names.update(name for n in sub.node for name in n.input)
+                names |= _names_used_in_subgraphs(sub)
+    return names
 
 
 def _rewritable(node, axis: int, rank: int, consumers, graph_outputs) -> dict[str, int] | None:

@@ -3,17 +3,20 @@
 - :func:`quantize_per_item` replaces one ``DynamicQuantizeLinear``;
 - :func:`rewrite_matmul` replaces a ``MatMulInteger`` that takes a per-item
   quantized input, by :func:`extended_weight` or an int32 correction;
-- :func:`fuse_scaling` then merges each such matmul with the ``Cast`` and
-  per-item ``Mul`` after it into one ``MatMulIntegerToFloat``;
+- :func:`fuse_scaling` then merges each extended-weight matmul with the
+  ``Cast`` and per-item ``Mul`` after it into one ``MatMulIntegerToFloat``
+  (the int32-correction ones keep theirs);
 - :class:`Builder` makes uniquely named nodes and initializers.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "extended_weight",
     "extra_columns_needed",
     "fuse_scaling",
+    "kernel_scales_per_item",
     "quantize_per_item",
     "rewrite_matmul",
 ]
@@ -59,7 +63,6 @@ class Builder:
 
 
 _FLT_MIN = np.finfo(np.float32).tiny
-_ZERO_POINT_0 = "zp0"  # the stem of the input zero point of every rewritten MatMulInteger
 
 
 def quantize_per_item(
@@ -149,21 +152,22 @@ def rewrite_matmul(
     zp_int32: Mapping[str, str],
     extra_columns: Mapping[str, int],
     weights: Mapping[str, np.ndarray],
-) -> None:
+) -> bool:
     """``MatMulInteger`` with per-item zero points on its rewritten inputs:
     run with zero point 0 there, and take the zero-point terms off in int32:
     by extended weights if the left side has extra columns (``extra_columns``,
     by quantized input), else subtracted afterwards (``zp_int32`` maps each
-    per-item zero point to its int32 form)."""
+    per-item zero point to its int32 form).  Returns whether it was the
+    former: one ``MatMulInteger`` whose output is the exact int32 result."""
     a, w, a_zp, w_zp = (list(node.input) + [""] * 4)[:4]
-    zero_u8 = b.const(np.uint8(0), _ZERO_POINT_0)
+    zero_u8 = b.const(np.uint8(0), "zp0")
     if a in extra_columns:  # the zero-point term comes out of the matmul itself
         zp = weights[w_zp].reshape(()) if w_zp else None
         wq = extended_weight(weights[w], zp)
         rows = len(weights[w]) + extra_columns[a]
         wq = np.concatenate([wq, np.full((rows - len(wq), wq.shape[1]), 0 if zp is None else zp, wq.dtype)])
         b.op("MatMulInteger", a, b.const(wq, "w_ext"), zero_u8, w_zp, out=node.output[0])
-        return
+        return True
     a_item, w_item = a_zp in zp_int32, w_zp in zp_int32
     inputs = [a, w, zero_u8 if a_item else a_zp, zero_u8 if w_item else w_zp]
     raw = b.op("MatMulInteger", *inputs)
@@ -191,55 +195,98 @@ def rewrite_matmul(
     total = raw
     for i, term in enumerate(terms):
         total = b.op("Sub", total, term, out=node.output[0] if i == len(terms) - 1 else None)
+    return False
 
 
 def fuse_scaling(
-    nodes: Sequence[onnx.NodeProto], initializers: Sequence[onnx.TensorProto], graph_outputs: set[str]
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    b: Builder,
+    nodes: Sequence[onnx.NodeProto],
+    matmuls: set[str],
+    per_item_scales: set[str],
+    kept: set[str],
+) -> list[onnx.NodeProto]:
     """Merge ``MatMulInteger -> Cast(float) -> Mul(m)`` into one
-    ``com.microsoft.MatMulIntegerToFloat`` for the matmuls :func:`rewrite_matmul`
-    made (input zero point 0), where ``m`` is the per-item scale product.
+    ``com.microsoft.MatMulIntegerToFloat`` where the matmul's output is in
+    ``matmuls`` (exact int32 results, see :func:`rewrite_matmul`) and ``m`` is
+    made by a ``Mul`` of one of ``per_item_scales`` (the rewritten
+    quantizers' scales): the scale product per item.  Names in ``kept`` (graph
+    outputs, names used inside subgraphs) are never removed.
 
-    onnxruntime's own fusion would pass the input's and the weight's scales
-    apart and multiply them in another order than the exported graph does;
-    here the kernel gets ``m`` as its input scale and 1 as the weight's, so it
-    computes ``float(acc) * m`` as the ``Cast`` and ``Mul`` did, bit for bit,
-    with one pass less over the output.  Returns the nodes (in an order that
-    is still topological) and the initializers to add.
+    The kernel gets ``m`` as its input scale and 1 as the weight's, so it
+    computes ``float(acc) * m`` as the ``Cast`` and ``Mul`` did, bit for bit
+    (onnxruntime's own fusion passes the two scales apart, and multiplies in
+    another order).  onnxruntime documents that scale as a scalar or a
+    vector; its CPU kernel takes any shape that broadcasts over the output
+    and multiplies the output by it in a pass of its own, which
+    :func:`kernel_scales_per_item` checks before anything is fused.
+    Returns the nodes, in an order that is still topological.
     """
-    zero_points = {t.name for t in initializers if t.name.startswith(f"{_PREFIX}{_ZERO_POINT_0}_")}
     users: dict[str, list[onnx.NodeProto]] = {}
+    producer: dict[str, onnx.NodeProto] = {}
     for node in nodes:
         for name in node.input:
             users.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
 
     def only_user(name: str, op_type: str) -> onnx.NodeProto | None:
         found = users.get(name, [])
-        if name in graph_outputs or len(found) != 1 or found[0].op_type != op_type:
+        if name in kept or len(found) != 1:
             return None
-        return found[0]
+        user = found[0]
+        return user if user.op_type == op_type and user.domain in ("", "ai.onnx") else None
 
-    one = f"{_PREFIX}one"
+    def scale_product(name: str) -> bool:
+        made_by = producer.get(name)
+        return made_by is not None and made_by.op_type == "Mul" and bool(per_item_scales & set(made_by.input))
+
+    one = ""
     fused: dict[int, onnx.NodeProto] = {}  # id of the Mul -> its replacement
     dropped: set[int] = set()
     for node in nodes:
-        if node.op_type != "MatMulInteger" or len(node.input) < 3 or node.input[2] not in zero_points:
+        if node.op_type != "MatMulInteger" or node.output[0] not in matmuls:
             continue
         cast = only_user(node.output[0], "Cast")
         if cast is None or next((a.i for a in cast.attribute if a.name == "to"), None) != TensorProto.FLOAT:
             continue
         mul = only_user(cast.output[0], "Mul")
-        if mul is None or mul.input[0] == mul.input[1]:
+        if mul is None:
             continue
         scale = mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0]
-        a, w, a_zp = node.input[:3]
-        w_zp = node.input[3] if len(node.input) > 3 else ""
-        fused[id(mul)] = helper.make_node(
-            "MatMulIntegerToFloat", [a, w, scale, one, a_zp] + ([w_zp] if w_zp else []), [mul.output[0]],
-            name=f"{_PREFIX}matmul_to_float_{len(fused)}", domain="com.microsoft",
-        )  # fmt: skip
+        if not scale_product(scale):
+            continue
+        one = one or b.const(np.ones(1, np.float32), "one")
+        a, w, a_zp, w_zp = (list(node.input) + [""])[:4]
+        inputs = [a, w, scale, one, a_zp] + ([w_zp] if w_zp else [])
+        fused[id(mul)] = helper.make_node("MatMulIntegerToFloat", inputs, [mul.output[0]], domain="com.microsoft")
         dropped.update((id(node), id(cast)))
-    if not fused:
-        return list(nodes), []
-    out = [fused.get(id(n), n) for n in nodes if id(n) not in dropped]
-    return out, [numpy_helper.from_array(np.ones(1, np.float32), one)]
+    return [fused.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+@functools.cache
+def kernel_scales_per_item() -> bool:
+    """Whether this onnxruntime's ``MatMulIntegerToFloat`` takes a per-item
+    input scale (shape (N, 1, 1)) and computes ``float(acc) * scale`` with it
+    exactly, int32 sums past 2**24 included (checked once, on a small graph)."""
+    rng = np.random.default_rng(0)
+    batch, rows, depth, cols = 2, 3, 1024, 4
+    weight = rng.integers(64, 128, (depth, cols)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulIntegerToFloat", ["a", "w", "scale", "one", "zp"], ["y"], domain="com.microsoft")],
+        "probe", [helper.make_tensor_value_info("a", TensorProto.UINT8, [batch, rows, depth]),
+                  helper.make_tensor_value_info("scale", TensorProto.FLOAT, [batch, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones(1, np.float32), "one"),
+         numpy_helper.from_array(np.zeros((), np.uint8), "zp")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8  # what every supported onnxruntime reads
+    a = rng.integers(128, 256, (batch, rows, depth)).astype(np.uint8)
+    scale = rng.uniform(1e-4, 1e-2, (batch, 1, 1)).astype(np.float32)
+    expected = (a.astype(np.int32) @ weight.astype(np.int32)).astype(np.float32) * scale
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (got,) = session.run(["y"], {"a": a, "scale": scale})
+    except Exception:  # onnxruntime raises its own, undocumented classes
+        return False
+    return bool(np.array_equal(got, expected))
