@@ -339,7 +339,8 @@ def test_rewrite_fuses_the_scaling_bit_for_bit(tmp_path, monkeypatch, layout) ->
     batch = 3
     data = quantized(wide_projection(shape), tmp_path)
     x = wide_input(shape, axis, batch)
-    weight = next(numpy_helper.to_array(t) for t in onnx.load_from_string(data).graph.initializer if t.dims == [WIDE, 8])
+    initializers = onnx.load_from_string(data).graph.initializer
+    weight = next(numpy_helper.to_array(t) for t in initializers if t.dims == [WIDE, 8])
     first = item(x, axis, 0).reshape(-1, WIDE)
     lo, hi = min(float(first.min()), 0.0), max(float(first.max()), 0.0)
     q = np.clip(np.round(first / ((hi - lo) / 255)) + np.round(-lo / ((hi - lo) / 255)), 0, 255)

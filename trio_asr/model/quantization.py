@@ -43,7 +43,7 @@ not batch-invariant.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -79,14 +79,18 @@ def _quantizers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == _DQL and n.domain in ("", "ai.onnx")]
 
 
-def _nested_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The quantizers inside the subgraphs of ``graph``'s nodes (any depth)."""
-    found = []
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The subgraphs of ``graph``'s nodes (If branches, Loop and Scan bodies), at any depth."""
     for node in graph.node:
         for attribute in node.attribute:
             for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                found += [n for n in sub.node if n.op_type == _DQL] + _nested_quantizers(sub)
-    return found
+                yield sub
+                yield from _subgraphs(sub)
+
+
+def _nested_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The quantizers inside the subgraphs of ``graph``'s nodes (any depth)."""
+    return [n for sub in _subgraphs(graph) for n in sub.node if n.op_type == _DQL]
 
 
 def with_probe_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -210,7 +214,7 @@ def per_item_quantization(
             b.nodes = [node]
         nodes.extend(b.nodes)
 
-    in_subgraphs = _names_used_in_subgraphs(graph)
+    in_subgraphs = {name for sub in _subgraphs(graph) for n in sub.node for name in n.input}  # outer names too
     if exact_matmuls and kernel_scales_per_item():
         nodes = fuse_scaling(b, nodes, exact_matmuls, set(scale_vector), graph_outputs | in_subgraphs)
     out = onnx.ModelProto()
@@ -230,18 +234,6 @@ def per_item_quantization(
             if o.domain in ("", "ai.onnx"):
                 o.version = 13
     return out, skipped
-
-
-def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    """Every name the nodes of ``graph``'s subgraphs (any depth) take as input,
-    outer-scope names included."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                names.update(name for n in sub.node for name in n.input)
-                names |= _names_used_in_subgraphs(sub)
-    return names
 
 
 def _rewritable(node, axis: int, rank: int, consumers, graph_outputs) -> dict[str, int] | None:

@@ -279,7 +279,8 @@ def kernel_scales_per_item() -> bool:
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones(1, np.float32), "one"),
          numpy_helper.from_array(np.zeros((), np.uint8), "zp")],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8  # what every supported onnxruntime reads
     a = rng.integers(128, 256, (batch, rows, depth)).astype(np.uint8)
     scale = rng.uniform(1e-4, 1e-2, (batch, 1, 1)).astype(np.float32)
