@@ -19,8 +19,8 @@ from pathlib import Path
 import kaldi_native_fbank as knf
 import numpy as np
 
-from trio_asr.features import FbankOptions, StreamingFbank
-from trio_asr.progress import Progress
+from trio_asr.recognition.features import FbankOptions, StreamingFbank
+from trio_asr.cli.progress import Progress
 
 try:
     from benchmarks.common import shared_dir

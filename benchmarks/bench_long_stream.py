@@ -39,11 +39,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, SAMPLE_RATE, Progress, fixture_model, speech, write_results  # noqa: E402
 
-from trio_asr.endpoint import EndpointRules  # noqa: E402
-from trio_asr.messages import StartStream, encode_reply  # noqa: E402
-from trio_asr.model import load_model  # noqa: E402
-from trio_asr.recognizer import Recognizer  # noqa: E402
-from trio_asr.segment_replies import StreamReplies  # noqa: E402
+from trio_asr.recognition.endpoint import EndpointRules  # noqa: E402
+from trio_asr.protocol.messages import StartStream, encode_reply  # noqa: E402
+from trio_asr.recognition.model import load_model  # noqa: E402
+from trio_asr.recognition.recognizer import Recognizer  # noqa: E402
+from trio_asr.protocol.replies import StreamReplies  # noqa: E402
 
 FRAME = 1360  # 85 ms at 16 kHz
 # The default reply (the whole transcript, ~1 MB late in an hour with n-best)
@@ -78,7 +78,7 @@ def half_silent_audio(minutes: float) -> np.ndarray:
 def run_skipping(model, minutes: float, skip_after: float) -> dict:
     """CPU per audio second of a 50 %-silence stream: CTC endpoints, VAD
     endpoints, VAD endpoints with the model skipped on long non-speech."""
-    from trio_asr.vad import SileroVad
+    from trio_asr.recognition.vad import SileroVad
 
     vad = SileroVad()
     audio = half_silent_audio(minutes)
@@ -238,8 +238,8 @@ async def _server_session(port: int, audio: np.ndarray, compact: bool) -> dict:
 def run_server(recognizer: Recognizer, audio: np.ndarray, audio_dir: Path) -> dict:
     import trio
 
-    from trio_asr.config import ServerConfig
-    from trio_asr.server import serve
+    from trio_asr.serving.config import ServerConfig
+    from trio_asr.serving.server import serve
 
     config = ServerConfig(host="127.0.0.1", port=0, audio_dir=audio_dir, save_audio=False, workers=2)
     out = {}
@@ -277,7 +277,7 @@ def main() -> None:
     model = load_model(model_dir(args.model))
     vad = None
     if args.vad:
-        from trio_asr.vad import SileroVad
+        from trio_asr.recognition.vad import SileroVad
 
         vad = SileroVad()
     audio = tiled_audio(args.minutes)

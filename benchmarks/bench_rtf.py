@@ -6,7 +6,7 @@ For each model (the real-size synthetic Zipformer2-CTC fixture in float32 and
 int8, plus ``--model`` or ``$TRIO_ASR_TEST_MODEL_DIR`` when given), every speech
 clip (tests/data/audio) is streamed in ``--chunk-ms`` pieces through
 
-- ours: :func:`trio_asr.transcribe.transcribe_samples` (the server's decoding
+- ours: :func:`trio_asr.cli.transcribe.transcribe_samples` (the server's decoding
   path: resampler, fbank, model chunker, CTC search, text), beam 10 and greedy;
 - sherpa-onnx: ``OnlineRecognizer.from_zipformer2_ctc`` (greedy_search),
   ``accept_waveform`` / ``decode_stream`` while ready, 0.3 s tail padding as
@@ -36,10 +36,10 @@ try:
 except ImportError:
     from common import Progress, fixture_model, speech, write_results
 
-from trio_asr.features import StreamingFbank
-from trio_asr.model import find_model_file, load_model, make_session_options
-from trio_asr.recognizer import Recognizer
-from trio_asr.transcribe import transcribe_samples
+from trio_asr.recognition.features import StreamingFbank
+from trio_asr.recognition.model import find_model_file, load_model, make_session_options
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.cli.transcribe import transcribe_samples
 
 SHERPA_TAIL_SECONDS = 0.3
 GOAL_VS_SHERPA = 1.2
@@ -90,7 +90,7 @@ def run_sherpa(recognizer, clips, chunk: int) -> tuple[list[str], int]:
 
 def model_chunks(model, clips) -> list[np.ndarray]:
     """Every chunk ours runs for ``clips``: (chunk_frames, F) features, tail padded
-    as :class:`trio_asr.model.ModelStream` pads it."""
+    as :class:`trio_asr.recognition.model.ModelStream` pads it."""
     scale = np.float32(model.sample_scale / 32768.0)
     chunks = []
     for _, x in clips:

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from trio_asr.hotwords import Hotword, compile_hotwords
-from trio_asr.search import GreedySearch, PrefixBeamSearch
-from trio_asr.tokens import TokenTable
+from trio_asr.recognition.hotwords import Hotword, compile_hotwords
+from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch
+from trio_asr.recognition.tokens import TokenTable
 
 
 def peaky_log_probs(frames: int, vocab: int, *, seed: int = 0) -> np.ndarray:

@@ -60,7 +60,7 @@ except ImportError:
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from trio_asr.model import find_model_file, load_model
+from trio_asr.recognition.model import find_model_file, load_model
 
 CHUNK_S = CHUNK_SAMPLES / 16000
 P95_GOAL_MS = 185.0

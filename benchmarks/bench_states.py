@@ -33,7 +33,7 @@ except ImportError:
     from common import Progress, fixture_model, write_results
 
 from trio_asr._states import concatenate_states
-from trio_asr.model import load_model
+from trio_asr.recognition.model import load_model
 
 
 def per_tensor(per_stream, axes) -> list[np.ndarray]:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from trio_asr.audio import down_mix, read_wav
-from trio_asr.progress import Progress
-from trio_asr.resample import resample
+from trio_asr.cli.progress import Progress
+from trio_asr.recognition.resample import resample
 
 __all__ = [
     "CACHE_DIR",

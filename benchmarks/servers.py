@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trio_asr.model import find_model_file
+from trio_asr.recognition.model import find_model_file
 
 CHUNK_SAMPLES = 1360  # 85 ms at 16 kHz: 2720 bytes of PCM16, what PaddleSpeech's client sends
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

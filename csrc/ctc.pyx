@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Compiled core of the CTC prefix beam search (see ``trio_asr.search``).
+"""Compiled core of the CTC prefix beam search (see ``trio_asr.recognition.search``).
 
 The beam is a handful of rows, each a prefix with two log probabilities:
 ``pb`` (all alignments so far that spell the prefix and end in blank) and
@@ -26,7 +26,7 @@ can win: a row's growths rank like the tokens' log probabilities, at most
 ``beam + 1 + most children`` best tokens are enough, and a row's scan stops
 at the first growth that cannot enter the candidate heap.  Exactness is unaffected.
 
-With hotwords (a ``HotwordGraph``, compiled by ``trio_asr.hotwords``) every
+With hotwords (a ``HotwordGraph``, compiled by ``trio_asr.recognition.hotwords``) every
 node also holds its automaton state and the bonus it has *kept* (completed
 phrases); a row ranks by its CTC log probability plus its bonus, which is the
 kept part plus the *at-risk* part of its state (a phrase under way).  Both are
@@ -236,7 +236,7 @@ cdef inline int _grow(void** array, size_t size) noexcept nogil:
 
 cdef class PrefixBeamCore:
     """Streaming CTC prefix beam search state; the user-facing checks live
-    in ``trio_asr.search.PrefixBeamSearch``, what memory safety needs is
+    in ``trio_asr.recognition.search.PrefixBeamSearch``, what memory safety needs is
     checked here too (beam width, vocabulary width, row index).  ``top_k`` 0
     and ``use_threshold`` False switch those prunings off; ``hotwords`` biases
     the search (see the module docstring) and fixes the vocabulary width."""

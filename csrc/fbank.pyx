@@ -8,7 +8,7 @@ on preallocated C buffers; Python objects are only created per *call* (the
 output array), never per frame.
 
 Option validation and the computation of the window and mel weights live in
-``trio_asr.features``; this module trusts its arguments.
+``trio_asr.recognition.features``; this module trusts its arguments.
 
 Memory is bounded by the stream, not by its history: between calls the sample
 buffer holds fewer samples than one frame, and its allocation is given
@@ -64,7 +64,7 @@ cdef inline double _gauss(Rng* rng) noexcept nogil:
 
 
 cdef class FbankCore:
-    """Streaming fbank state machine; see ``trio_asr.features.StreamingFbank``.
+    """Streaming fbank state machine; see ``trio_asr.recognition.features.StreamingFbank``.
 
     Samples are kept in ``buf`` (absolute index ``buf_start`` at ``buf[0]``),
     in int16 scale.  Frame ``f`` starts at ``f * shift + first_offset`` where

@@ -1,5 +1,5 @@
 # The hotword automaton of the CTC prefix beam search: included into ctc.pyx
-# (its core reads the arrays without the GIL), built by trio_asr.hotwords.
+# (its core reads the arrays without the GIL), built by trio_asr.recognition.hotwords.
 
 ctypedef struct Automaton:
     Py_ssize_t num_states
@@ -36,7 +36,7 @@ cdef inline int32_t _goto(const Automaton* a, int32_t s, int32_t c) noexcept nog
 cdef class HotwordGraph:
     """A compiled hotword automaton over a token table of ``vocab_size``
     tokens, read-only once built, so any number of searches (in any threads)
-    can share it.  Build it with ``trio_asr.hotwords.compile_hotwords``; the
+    can share it.  Build it with ``trio_asr.recognition.hotwords.compile_hotwords``; the
     arrays are checked here so that no input can make a search read out of
     bounds or loop: states are numbered so that ``fail[s] < s`` (breadth
     first), state 0 is the root.

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Batching of per-stream model states (see ``trio_asr.model.ModelState``).
+"""Batching of per-stream model states (see ``trio_asr.recognition.model.ModelState``).
 
 :func:`concatenate_states` is ``np.concatenate`` for every state tensor at
 once, with the interpreter lock released **once** for all the copying.

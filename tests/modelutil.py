@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trio_asr.model import AcousticModel, ModelStream
+from trio_asr.recognition.model import AcousticModel, ModelStream
 
 
 def finalize(stream: ModelStream) -> np.ndarray:

@@ -18,13 +18,13 @@ import numpy as np
 import trio
 import trio_websocket
 
-from trio_asr.config import ServerConfig
-from trio_asr.features import FbankOptions
-from trio_asr.hotwords import Hotword
-from trio_asr.model import AcousticModel, ModelState, ModelStream
-from trio_asr.recognizer import RecognitionResult, TokenTime
-from trio_asr.resample import StreamingResampler
-from trio_asr.server import WS_PATH, Server, serve
+from trio_asr.serving.config import ServerConfig
+from trio_asr.recognition.features import FbankOptions
+from trio_asr.recognition.hotwords import Hotword
+from trio_asr.recognition.model import AcousticModel, ModelState, ModelStream
+from trio_asr.recognition.recognizer import RecognitionResult, TokenTime
+from trio_asr.recognition.resample import StreamingResampler
+from trio_asr.serving.server import WS_PATH, Server, serve
 
 
 class CountingModel(AcousticModel):

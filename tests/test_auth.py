@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_asr.auth import TokenError, TokenGate, load_tokens, presented_token, redact_target
+from trio_asr.serving.auth import TokenError, TokenGate, load_tokens, presented_token, redact_target
 
 SECRET = "s3cret-Token_1"
 

@@ -12,10 +12,10 @@ import pytest
 from paths import SPEECH_FILES
 
 from trio_asr import __version__
-from trio_asr.cli import main
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.transcribe import transcribe_file
+from trio_asr.cli.commands import main
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.cli.transcribe import transcribe_file
 
 
 def closed_port_url() -> str:
@@ -183,8 +183,8 @@ def test_config_file_errors_name_the_key(tmp_path, capsys, toml, expected):
 def test_every_setting_has_a_flag_and_a_help_text():
     import attrs
 
-    from trio_asr.cli import build_parser
-    from trio_asr.config import ServerConfig
+    from trio_asr.cli.commands import build_parser
+    from trio_asr.serving.config import ServerConfig
 
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
     flags = {opt for action in serve._actions for opt in action.option_strings}
@@ -223,7 +223,7 @@ def test_serve_settles_the_garbage_collector_before_serving(zipformer2_model_dir
 
     import trio
 
-    from trio_asr import cli
+    from trio_asr.cli import commands as cli
 
     calls: list = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
@@ -237,7 +237,7 @@ def test_serve_settles_the_garbage_collector_before_serving(zipformer2_model_dir
 
 def test_settle_garbage_collector_freezes_startup_and_raises_the_thresholds():
     code = (
-        "import gc; from trio_asr.cli import settle_garbage_collector, SERVING_GC_THRESHOLDS;"
+        "import gc; from trio_asr.cli.commands import settle_garbage_collector, SERVING_GC_THRESHOLDS;"
         "settle_garbage_collector();"
         "print(gc.get_freeze_count() > 1000, gc.get_threshold() == SERVING_GC_THRESHOLDS)"
     )

@@ -21,14 +21,14 @@ from paths import SPEECH_FILES
 from serverutil import ws_url
 
 from trio_asr.audio import WavWriter, read_wav
-from trio_asr.cli import main
-from trio_asr.client import stream_file, stream_pcm
-from trio_asr.config import ServerConfig
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.resample import resample
-from trio_asr.server import Server, serve
-from trio_asr.transcribe import transcribe_file
+from trio_asr.cli.commands import main
+from trio_asr.cli.client import stream_file, stream_pcm
+from trio_asr.serving.config import ServerConfig
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.recognition.resample import resample
+from trio_asr.serving.server import Server, serve
+from trio_asr.cli.transcribe import transcribe_file
 
 RNG = np.random.default_rng(99)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trio_asr.endpoint import MAX_SEGMENT_SECONDS, EndpointDetector, EndpointRules
+from trio_asr.recognition.endpoint import MAX_SEGMENT_SECONDS, EndpointDetector, EndpointRules
 
 SHIFT = 0.04  # seconds per frame: 25 frames per second
 

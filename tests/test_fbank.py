@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from paths import SPEECH_FILES
 from trio_asr._fbank import FbankCore
-from trio_asr.features import (
+from trio_asr.recognition.features import (
     FbankOptions,
     GlobalCmvn,
     StreamingFbank,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trio_asr._fbank import FbankCore
-from trio_asr.features import FbankOptions, _mel_filters, _window
+from trio_asr.recognition.features import FbankOptions, _mel_filters, _window
 
 # Between calls FbankCore keeps at most this many samples allocated (or twice
 # what it still holds, less than one frame, if that is more).

@@ -32,7 +32,7 @@ from serverutil import (
 )
 
 from trio_asr.audio import read_wav
-from trio_asr.server import WS_PATH, Server, serve
+from trio_asr.serving.server import WS_PATH, Server, serve
 
 RNG = np.random.default_rng(99)
 
@@ -306,7 +306,7 @@ async def test_a_dead_peer_is_found_by_pings(nursery: trio.Nursery, tmp_path: Pa
 @pytest.fixture
 def accepted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """PCM bytes the protocol core accepted as audio, per stream name."""
-    from trio_asr.protocol import ConnectionProtocol
+    from trio_asr.protocol.connection import ConnectionProtocol
 
     counts: dict[str, int] = {}
     receive = ConnectionProtocol.receive_bytes

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_asr.hotwords import (
+from trio_asr.recognition.hotwords import (
     MAX_PHRASE_CHARS,
     MAX_PHRASES,
     Hotword,
@@ -23,7 +23,7 @@ from trio_asr.hotwords import (
     parse_hotwords,
     read_hotwords_file,
 )
-from trio_asr.tokens import TokenTable
+from trio_asr.recognition.tokens import TokenTable
 
 WORDS = ["<blk>", "\u2581I", "\u2581LIKE", "\u2581NEW", "\u2581YORK", "\u2581YOLK", "\u2581CITY", "\u2581GNU", "\u2581K"]
 TABLE = TokenTable(WORDS)
@@ -120,7 +120,7 @@ def test_a_stream_list_adds_to_the_servers_and_overrides_its_scores():
 
 
 def test_merges_are_cached_for_streams_sending_the_same_list():
-    from trio_asr.hotwords import MERGES_CACHED
+    from trio_asr.recognition.hotwords import MERGES_CACHED
 
     compiled = compile_hotwords([Hotword("new york")], TABLE)
     lists = [[Hotword(w, 1.0 + k / 10)] for k, w in enumerate(["city", "gnu", "yolk", "i", "like", "k"] * 3)]
@@ -143,7 +143,7 @@ def test_a_phrase_the_model_cannot_spell_is_named():
 
 def naive_bonus(phrases: dict[tuple[int, ...], float], seq: tuple[int, ...]) -> tuple[float, float]:
     """``(kept, at_risk)`` of ``seq`` straight from the definition in
-    trio_asr.hotwords' docstring, by brute force over suffixes."""
+    trio_asr.recognition.hotwords' docstring, by brute force over suffixes."""
     starts = {p[:k] for p in phrases for k in range(1, len(p) + 1)}
 
     def window(x):

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from test_hotwords import TABLE, WORDS, naive_bonus, word_ids
 from test_search import fed_in_pieces, log_softmax, peaky_cases, reference_beam_search
 
-from trio_asr.hotwords import Hotword, _build_graph, compile_hotwords
-from trio_asr.search import PrefixBeamSearch
-from trio_asr.tokens import TokenTable
+from trio_asr.recognition.hotwords import Hotword, _build_graph, compile_hotwords
+from trio_asr.recognition.search import PrefixBeamSearch
+from trio_asr.recognition.tokens import TokenTable
 
 
 def spoken(words: list[dict[str, float]]) -> np.ndarray:

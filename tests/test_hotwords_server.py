@@ -13,13 +13,13 @@ import trio
 import trio_websocket
 from serverutil import end_msg, expect_close, recv_json, start_server, start_msg, ws_url
 
-from trio_asr.cli import main
-from trio_asr.hotwords import Hotword, HotwordError, compile_hotwords
-from trio_asr.messages import ErrorReply, StartStream
-from trio_asr.model import load_model
-from trio_asr.protocol import ConnectionProtocol, ProtocolLimits
-from trio_asr.recognizer import Recognizer
-from trio_asr.transcribe import transcribe_samples
+from trio_asr.cli.commands import main
+from trio_asr.recognition.hotwords import Hotword, HotwordError, compile_hotwords
+from trio_asr.protocol.messages import ErrorReply, StartStream
+from trio_asr.recognition.model import load_model
+from trio_asr.protocol.connection import ConnectionProtocol, ProtocolLimits
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.cli.transcribe import transcribe_samples
 
 SECONDS = 3
 
@@ -190,7 +190,7 @@ def test_serve_with_a_bad_hotwords_file_is_one_line_before_loading_a_model(tmp_p
 
 
 def test_config_settings_are_checked(tmp_path):
-    from trio_asr.config import ConfigError, load_config
+    from trio_asr.serving.config import ConfigError, load_config
 
     toml = tmp_path / "server.toml"
     toml.write_text('hotwords_file = "hot.txt"\nhotwords_score = 2.5\nmax_stream_hotwords = 7\n')

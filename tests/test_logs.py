@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from trio_asr.logs import configure_logging, log_event
+from trio_asr.serving.logs import configure_logging, log_event
 
 
 @pytest.fixture

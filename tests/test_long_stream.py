@@ -20,10 +20,10 @@ import pytest
 from paths import SPEECH_FILES
 
 from trio_asr.audio import read_wav
-from trio_asr.endpoint import EndpointRules
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.segments import join_texts
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.recognition.segments import join_texts
 
 RULES = EndpointRules(silence_without_text=2.4, silence_after_text=1.2, max_segment=5.0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_asr.metrics import METRIC_NAMES, REFUSAL_REASONS, STREAM_OUTCOMES, ServerMetrics
+from trio_asr.serving.metrics import METRIC_NAMES, REFUSAL_REASONS, STREAM_OUTCOMES, ServerMetrics
 
 
 def scrape(metrics: ServerMetrics) -> dict[tuple[str, tuple], float]:

@@ -26,12 +26,12 @@ from fixtures.nemo_ctc import NemoCtcSpec, write_nemo_ctc_model
 from modelutil import decode_streams
 from paths import SPEECH_FILES as SPEECH
 
-from trio_asr.features import StreamingFbank
-from trio_asr.model import ModelError, ModelState, find_model_file
-from trio_asr.model.nemo_ctc import NemoCtcModel, matches
-from trio_asr.recognizer import Recognizer
-from trio_asr.search import GreedySearch
-from trio_asr.tokens import TokenTable
+from trio_asr.recognition.features import StreamingFbank
+from trio_asr.recognition.model import ModelError, ModelState, find_model_file
+from trio_asr.recognition.model.nemo_ctc import NemoCtcModel, matches
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.recognition.search import GreedySearch
+from trio_asr.recognition.tokens import TokenTable
 
 TAIL_PADDING_S = 0.5  # silence after the audio, as sherpa-onnx's examples append
 

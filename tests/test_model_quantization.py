@@ -44,12 +44,12 @@ from fixtures.nemo_ctc import write_nemo_ctc_model
 from paths import AUDIO_DIR
 from serverutil import ControlledModel
 from trio_asr.audio import down_mix, read_wav
-from trio_asr.features import StreamingFbank
-from trio_asr.model import is_batch_invariant, load_model, quantization
-from trio_asr.model_service import ModelService
-from trio_asr.recognizer import Recognizer
-from trio_asr.search import GreedySearch
-from trio_asr.transcribe import transcribe_samples
+from trio_asr.recognition.features import StreamingFbank
+from trio_asr.recognition.model import is_batch_invariant, load_model, quantization
+from trio_asr.recognition.model_service import ModelService
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.recognition.search import GreedySearch
+from trio_asr.cli.transcribe import transcribe_samples
 
 SPEECH = ["numbers.wav", "something.wav", "paddlespeech-test.wav", "english.wav"]
 
@@ -421,9 +421,9 @@ def test_rewrite_reports_quantizers_inside_subgraphs() -> None:
 def test_serve_settings_choose_the_rewrite(int8_dir) -> None:
     """--exact-batching (the default) loads the per-item rewrite; without it
     the int8 file is served as exported (batched anyway)."""
-    from trio_asr.cli import _build_recognizer
-    from trio_asr.config import ServerConfig
-    from trio_asr.model_service import ModelService
+    from trio_asr.cli.commands import _build_recognizer
+    from trio_asr.serving.config import ServerConfig
+    from trio_asr.recognition.model_service import ModelService
 
     _, exact = _build_recognizer(ServerConfig(model=int8_dir))
     _, as_exported = _build_recognizer(ServerConfig(model=int8_dir, exact_batching=False))

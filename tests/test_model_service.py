@@ -20,10 +20,10 @@ from paths import SPEECH_FILES
 from serverutil import ControlledModel
 
 from trio_asr.audio import down_mix, read_wav
-from trio_asr.model import is_batch_invariant, load_model
-from trio_asr.model_service import ModelService, ModelServiceError
-from trio_asr.recognizer import Recognizer, RecognizerStream
-from trio_asr.transcribe import transcribe_samples
+from trio_asr.recognition.model import is_batch_invariant, load_model
+from trio_asr.recognition.model_service import ModelService, ModelServiceError
+from trio_asr.recognition.recognizer import Recognizer, RecognizerStream
+from trio_asr.cli.transcribe import transcribe_samples
 
 RNG = np.random.default_rng(7)
 

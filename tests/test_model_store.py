@@ -1,4 +1,4 @@
-"""Tests for trio_asr.model_store against a local HTTP server.
+"""Tests for trio_asr.cli.model_store against a local HTTP server.
 
 The archives are built here from the default model's tokens.txt (kept in
 tests/data) plus a stand-in model file, and the registry entries are
@@ -22,7 +22,7 @@ import attrs
 import pytest
 from paths import MODELS_DIR
 
-from trio_asr.model_store import (
+from trio_asr.cli.model_store import (
     DEFAULT_MODEL,
     DEFAULT_URL_BASE,
     ENV_MODEL_DIR,

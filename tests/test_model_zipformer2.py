@@ -37,10 +37,10 @@ from fixtures import zipformer2_ctc as fixture
 from modelutil import decode_streams, finalize
 from paths import AUDIO_DIR
 
-from trio_asr.features import StreamingFbank
-from trio_asr.model import ModelError, find_model_file, is_batch_invariant, load_model
-from trio_asr.model.zipformer2_ctc import Zipformer2CtcModel
-from trio_asr.search import GreedySearch
+from trio_asr.recognition.features import StreamingFbank
+from trio_asr.recognition.model import ModelError, find_model_file, is_batch_invariant, load_model
+from trio_asr.recognition.model.zipformer2_ctc import Zipformer2CtcModel
+from trio_asr.recognition.search import GreedySearch
 
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 
@@ -158,7 +158,7 @@ def test_greedy_matches_sherpa(request, streaming_ctc_model_dir, name, feed):
 
 
 def reference_log_probs(model_file: Path, frames: np.ndarray) -> np.ndarray:
-    """Straight onnxruntime loop, independent of trio_asr.model: zero states of
+    """Straight onnxruntime loop, independent of trio_asr.recognition.model: zero states of
     the declared input shapes (batch 1), window of T frames advanced by
     decode_chunk_len, states carried by output name, tail padded with
     log(FLT_EPSILON) until every frame lay in the advanced part of a window."""

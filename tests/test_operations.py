@@ -26,15 +26,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from serverutil import end_msg, expect_close, recv_json, start_msg, ws_url
 
 from trio_asr.audio import read_wav
-from trio_asr.cli import main
-from trio_asr.client import ClientError, stream_file
-from trio_asr.config import ServerConfig
-from trio_asr.logs import configure_logging
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.server import Server, ServerStartError, exposure_warning, serve
-from trio_asr.tls import client_context
-from trio_asr.transcribe import transcribe_file
+from trio_asr.cli.commands import main
+from trio_asr.cli.client import ClientError, stream_file
+from trio_asr.serving.config import ServerConfig
+from trio_asr.serving.logs import configure_logging
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.serving.server import Server, ServerStartError, exposure_warning, serve
+from trio_asr.serving.tls import client_context
+from trio_asr.cli.transcribe import transcribe_file
 
 SPEECH = AUDIO_DIR / "english.wav"
 TOKEN_A, TOKEN_B = "tok-A-0123456789", "tok-B-abcdefghij"
@@ -407,7 +407,7 @@ async def test_json_logs_of_a_real_session(nursery, tmp_path, recognizer, expect
 
 
 def test_operations_settings_from_toml_and_flags(tmp_path):
-    from trio_asr.config import ConfigError, load_config
+    from trio_asr.serving.config import ConfigError, load_config
 
     toml = tmp_path / "server.toml"
     toml.write_text(

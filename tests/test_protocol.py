@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_asr.messages import (
+from trio_asr.protocol.messages import (
     Audio,
     EndStream,
     ErrorReply,
@@ -21,7 +21,7 @@ from trio_asr.messages import (
     StartStream,
     encode_reply,
 )
-from trio_asr.protocol import ConnectionProtocol, LocalProtocolError, ProtocolLimits, State
+from trio_asr.protocol.connection import ConnectionProtocol, LocalProtocolError, ProtocolLimits, State
 
 
 def start_msg(**fields: object) -> str:

@@ -22,12 +22,12 @@ from paths import SPEECH_FILES
 from scipy.signal import resample_poly
 
 from trio_asr.audio import read_wav
-from trio_asr.endpoint import EndpointRules
-from trio_asr.model import find_model_file, load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.resample import resample
-from trio_asr.segments import join_texts
-from trio_asr.transcribe import transcribe_samples
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.model import find_model_file, load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.recognition.resample import resample
+from trio_asr.recognition.segments import join_texts
+from trio_asr.cli.transcribe import transcribe_samples
 
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 

@@ -1,4 +1,4 @@
-"""Tests for trio_asr.resample: exactness of streaming, filter quality, alignment."""
+"""Tests for trio_asr.recognition.resample: exactness of streaming, filter quality, alignment."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_asr.audio import read_wav
-from trio_asr.resample import StreamingResampler, design_lowpass, resample
+from trio_asr.recognition.resample import StreamingResampler, design_lowpass, resample
 
 SPEECH = SPEECH_FILES
 PAIRS = [

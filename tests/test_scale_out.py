@@ -28,11 +28,11 @@ import trio_websocket
 import websockets.sync.client
 from serverutil import http_get
 
-from trio_asr.config import ServerConfig
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.server import WS_PATH, Server, serve
-from trio_asr.transcribe import transcribe_samples
+from trio_asr.serving.config import ServerConfig
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.serving.server import WS_PATH, Server, serve
+from trio_asr.cli.transcribe import transcribe_samples
 
 NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
 FRAME_BYTES = 2720  # 85 ms of 16 kHz PCM16, as PaddleSpeech's client

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
+from trio_asr.recognition.search import GreedySearch, Hypothesis, PrefixBeamSearch
 
 EXACT_BEAM = 5000  # more than the distinct label sequences of any small case below
 
@@ -391,7 +391,7 @@ def test_beam_width_is_bounded():
     """A beam past MAX_BEAM is refused before anything is allocated; the
     compiled core refuses it too (its ``2 * beam`` once overflowed a C int)."""
     from trio_asr._ctc import PrefixBeamCore
-    from trio_asr.search import MAX_BEAM
+    from trio_asr.recognition.search import MAX_BEAM
 
     assert 5000 <= MAX_BEAM <= 100_000
     PrefixBeamSearch(MAX_BEAM)

@@ -26,9 +26,9 @@ from serverutil import end_msg, recv_json, start_msg, ws_url
 from test_segments import decoder, frames
 
 from trio_asr.audio import read_wav
-from trio_asr.config import ConfigError, ServerConfig, load_config
-from trio_asr.endpoint import EndpointRules
-from trio_asr.messages import (
+from trio_asr.serving.config import ConfigError, ServerConfig, load_config
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.protocol.messages import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
     ErrorReply,
@@ -37,12 +37,12 @@ from trio_asr.messages import (
     StartStream,
     encode_reply,
 )
-from trio_asr.model import load_model
-from trio_asr.protocol import ConnectionProtocol, ProtocolLimits
-from trio_asr.recognizer import Recognizer
-from trio_asr.segment_replies import StreamReplies
-from trio_asr.segments import join_texts
-from trio_asr.server import serve
+from trio_asr.recognition.model import load_model
+from trio_asr.protocol.connection import ConnectionProtocol, ProtocolLimits
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.protocol.replies import StreamReplies
+from trio_asr.recognition.segments import join_texts
+from trio_asr.serving.server import serve
 
 SERVER_RULES = EndpointRules(silence_without_text=3.0, silence_after_text=1.0, max_segment=30)
 

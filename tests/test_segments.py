@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trio_asr.endpoint import EndpointRules
-from trio_asr.search import GreedySearch, PrefixBeamSearch
-from trio_asr.segments import SegmentDecoder, join_texts
-from trio_asr.tokens import TokenTable
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch
+from trio_asr.recognition.segments import SegmentDecoder, join_texts
+from trio_asr.recognition.tokens import TokenTable
 
 SHIFT = 0.04
 PIECES = ["<blk>", "\u2581he", "llo", "\u2581wor", "ld", "你", "好", "\u2581a"]
@@ -179,9 +179,9 @@ def test_join_texts():
 def test_a_streams_hotwords_bias_every_segment(zipformer2_model_dir):
     """The hotword graph of a stream is given to the search of each of its
     segments, not only the first."""
-    from trio_asr.hotwords import Hotword, compile_hotwords
-    from trio_asr.model import load_model
-    from trio_asr.recognizer import Recognizer
+    from trio_asr.recognition.hotwords import Hotword, compile_hotwords
+    from trio_asr.recognition.model import load_model
+    from trio_asr.recognition.recognizer import Recognizer
 
     model = load_model(zipformer2_model_dir)
     a, b, c = 11, 12, 13  # fixture pieces: one CJK character each

@@ -33,10 +33,10 @@ from serverutil import (
 )
 
 from trio_asr.audio import read_wav
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.resample import resample
-from trio_asr.server import Server, serve
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.recognition.resample import resample
+from trio_asr.serving.server import Server, serve
 
 RNG = np.random.default_rng(1234)
 
@@ -571,7 +571,7 @@ async def test_shutdown_after_grace_cuts_stream_and_saves(tmp_path: Path) -> Non
 
 
 def test_config_from_toml_with_cli_overrides(tmp_path: Path) -> None:
-    from trio_asr.config import ConfigError, load_config
+    from trio_asr.serving.config import ConfigError, load_config
 
     path = tmp_path / "server.toml"
     path.write_text('port = 9000\nidle_timeout = 5\n[server]\nmax_connections = 3\naudio_dir = "/tmp/x"\n')

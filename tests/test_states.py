@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_asr._states import concatenate_states
-from trio_asr.model import ModelState
+from trio_asr.recognition.model import ModelState
 
 
 @st.composite

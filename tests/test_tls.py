@@ -9,7 +9,7 @@ import trio
 import trio.testing
 import trustme
 
-from trio_asr.tls import TlsError, client_context, server_context
+from trio_asr.serving.tls import TlsError, client_context, server_context
 
 
 @pytest.fixture(scope="module")

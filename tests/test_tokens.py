@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from fixtures import zipformer2_ctc
 from paths import MODELS_DIR
-from trio_asr.model_store import DEFAULT_MODEL
-from trio_asr.tokens import BYTE_TO_CHAR, TokenTable
+from trio_asr.cli.model_store import DEFAULT_MODEL
+from trio_asr.recognition.tokens import BYTE_TO_CHAR, TokenTable
 
 # icefall/byte_utils.py: the code point standing in for byte b is PUBLISHED[b].
 PUBLISHED = [
@@ -337,7 +337,7 @@ def bytewise_pieces(table: TokenTable, ids: list[int]) -> list[str]:
     spaces."""
     import codecs
 
-    from trio_asr.tokens import _is_unspaced
+    from trio_asr.recognition.tokens import _is_unspaced
 
     decoder = codecs.getincrementaldecoder("utf-8")("ignore")
     out, owner, space, previous = [""] * len(ids), None, False, ""

@@ -10,13 +10,13 @@ import pytest
 from paths import SPEECH_FILES
 from test_segments import decoder, frames
 
-from trio_asr.cli import main
-from trio_asr.config import ConfigError, load_config
-from trio_asr.endpoint import EndpointRules
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.segments import join_texts
-from trio_asr.transcribe import format_result, run_batch
+from trio_asr.cli.commands import main
+from trio_asr.serving.config import ConfigError, load_config
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.recognition.segments import join_texts
+from trio_asr.cli.transcribe import format_result, run_batch
 
 
 def known_result():

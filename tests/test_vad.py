@@ -14,11 +14,11 @@ import pytest
 from paths import SPEECH_FILES
 
 from trio_asr.audio import read_wav
-from trio_asr.endpoint import EndpointRules
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.transcribe import transcribe_samples
-from trio_asr.vad import FrameSpeech, SileroVad, VadUnavailable, silero_model_path
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.cli.transcribe import transcribe_samples
+from trio_asr.recognition.vad import FrameSpeech, SileroVad, VadUnavailable, silero_model_path
 
 try:
     silero_model_path()

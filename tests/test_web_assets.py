@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from trio_asr.web import ASSET_PATHS, find_asset
+from trio_asr.serving.web import ASSET_PATHS, find_asset
 
 
 @pytest.mark.parametrize("path", sorted(ASSET_PATHS))

@@ -1,4 +1,4 @@
-"""The microphone page (trio_asr/web) in a real headless Chromium.
+"""The microphone page (trio_asr/serving/web) in a real headless Chromium.
 
 The server runs the fixture model and serves the page at ``GET /``; the page
 talks to it exactly as a user's browser would (also over https/wss with an

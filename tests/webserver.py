@@ -1,7 +1,7 @@
 """A real server on the fixture model in a background thread, for tests whose
 client is synchronous (a browser, a subprocess).
 
-:func:`serve_in_thread` runs :class:`trio_asr.server.Server` in its own
+:func:`serve_in_thread` runs :class:`trio_asr.serving.server.Server` in its own
 ``trio.run`` and stops it (drained) when the ``with`` block ends.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import attrs
 import trio
 
-from trio_asr.config import ServerConfig
-from trio_asr.model import load_model
-from trio_asr.recognizer import Recognizer
-from trio_asr.server import Server
+from trio_asr.serving.config import ServerConfig
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.serving.server import Server
 
 
 @attrs.define

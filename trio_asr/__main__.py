@@ -1,5 +1,5 @@
 import sys
 
-from trio_asr.cli import main
+from trio_asr.cli.commands import main
 
 sys.exit(main())

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from trio_asr.model.base import AcousticModel, ModelError, ModelState
+from trio_asr.recognition.model.base import AcousticModel, ModelError, ModelState
 
 __all__ = ["Zipformer2CtcModel"]
 
@@ -106,7 +106,7 @@ class Zipformer2CtcModel(AcousticModel):
 
     @property
     def feature_options(self):
-        from trio_asr.features import FbankOptions
+        from trio_asr.recognition.features import FbankOptions
 
         return FbankOptions(
             sample_rate=self.sample_rate, num_bins=self.feature_dim, dither=0.0,

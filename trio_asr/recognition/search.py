@@ -88,7 +88,7 @@ class PrefixBeamSearch:
     tokens of a frame, ``token_threshold`` only by tokens whose log
     probability is at least that value.
 
-    ``hotwords`` (the ``graph`` of :func:`trio_asr.hotwords.compile_hotwords`,
+    ``hotwords`` (the ``graph`` of :func:`trio_asr.recognition.hotwords.compile_hotwords`,
     shareable by any number of searches) biases the search towards phrases:
     a prefix gains the phrase's bonus per token as it spells one, loses what
     it gained if the phrase breaks off, and keeps it once the phrase is

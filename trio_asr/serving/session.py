@@ -1,9 +1,9 @@
 """One WebSocket connection: reader, decoder and writer tasks in a nursery.
 
 *reader* feeds frames to the sans-I/O
-:class:`~trio_asr.protocol.ConnectionProtocol` and passes its events on;
+:class:`~trio_asr.protocol.connection.ConnectionProtocol` and passes its events on;
 *decoder* opens streams, records their audio and decodes it through the
-server's :class:`~trio_asr.decoding.Decoder`, turning events into replies;
+server's :class:`~trio_asr.recognition.batched.Decoder`, turning events into replies;
 *writer* sends each reply through the protocol core (which checks that it is
 the one due) and closes the socket after an error.  Bounded memory channels
 join them, so a slow client or a slow model applies backpressure.  A fourth
@@ -26,13 +26,13 @@ import attrs
 import trio
 import trio_websocket
 
-from trio_asr.config import ServerConfig
-from trio_asr.decoding import Decoder
-from trio_asr.hotwords import HotwordError
-from trio_asr.lifecycle import Lifecycle
-from trio_asr.logs import log_event
-from trio_asr.metrics import ServerMetrics
-from trio_asr.messages import (
+from trio_asr.serving.config import ServerConfig
+from trio_asr.recognition.batched import Decoder
+from trio_asr.recognition.hotwords import HotwordError
+from trio_asr.serving.lifecycle import Lifecycle
+from trio_asr.serving.logs import log_event
+from trio_asr.serving.metrics import ServerMetrics
+from trio_asr.protocol.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
@@ -47,14 +47,14 @@ from trio_asr.messages import (
     ServerReady,
     StartStream,
 )
-from trio_asr.protocol import ConnectionProtocol, LocalProtocolError, State
-from trio_asr.open_stream import ConnectionTotals, OpenStream
-from trio_asr.recording import AudioSaveError, AudioStore
-from trio_asr.segment_replies import StreamReplies
+from trio_asr.protocol.connection import ConnectionProtocol, LocalProtocolError, State
+from trio_asr.serving.open_stream import ConnectionTotals, OpenStream
+from trio_asr.serving.recording import AudioSaveError, AudioStore
+from trio_asr.protocol.replies import StreamReplies
 
 __all__ = ["Session", "SessionContext"]
 
-log = logging.getLogger("trio_asr.server")
+log = logging.getLogger("trio_asr.serving.server")
 
 T = TypeVar("T")
 

@@ -7,13 +7,13 @@ thread, one thread per stream at a time.
 
 A stream can decode by itself (:meth:`RecognizerStream.decode` runs its model
 chunks one by one) or be driven in steps so that the model runs elsewhere,
-batched with other streams (see :mod:`trio_asr.model_service`):
+batched with other streams (see :mod:`trio_asr.recognition.model_service`):
 :meth:`~RecognizerStream.accept_waveform` and :meth:`~RecognizerStream.flush_input`
 only compute features, the caller runs the chunks of
 :attr:`~RecognizerStream.model_stream` and hands their log-probs to
 :meth:`~RecognizerStream.accept_log_probs`.  Both ways give the same results.
 
-A stream is decoded in segments cut at endpoints (:mod:`trio_asr.segments`):
+A stream is decoded in segments cut at endpoints (:mod:`trio_asr.recognition.segments`):
 the acoustic model's state and the features carry on across segments, the
 search and everything else that grows restart, so a stream of any length
 costs the same per partial result.
@@ -27,14 +27,14 @@ from typing import Literal
 import attrs
 import numpy as np
 
-from trio_asr.endpoint import EndpointRules
-from trio_asr.features import StreamingFbank
-from trio_asr.hotwords import CompiledHotwords, Hotword, HotwordGraph, stream_graph
-from trio_asr.model import AcousticModel, ModelStream
-from trio_asr.resample import StreamingResampler
-from trio_asr.search import GreedySearch, PrefixBeamSearch
-from trio_asr.segments import RecognitionResult, Segment, SegmentDecoder, TokenTime
-from trio_asr.vad import FrameSpeech, SileroVad
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.features import StreamingFbank
+from trio_asr.recognition.hotwords import CompiledHotwords, Hotword, HotwordGraph, stream_graph
+from trio_asr.recognition.model import AcousticModel, ModelStream
+from trio_asr.recognition.resample import StreamingResampler
+from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch
+from trio_asr.recognition.segments import RecognitionResult, Segment, SegmentDecoder, TokenTime
+from trio_asr.recognition.vad import FrameSpeech, SileroVad
 
 __all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "Segment", "TokenTime"]
 
@@ -63,7 +63,7 @@ class Recognizer:
 
     ``decoding`` is ``"beam"`` (CTC prefix beam search of width ``beam``) or
     ``"greedy"`` (best path; n-best then has one entry).  ``hotwords``
-    (compiled for this model's tokens, see :mod:`trio_asr.hotwords`) bias
+    (compiled for this model's tokens, see :mod:`trio_asr.recognition.hotwords`) bias
     every stream's beam search; a stream may add its own.  ``endpoint`` gives
     the rules that cut streams into segments (None: one segment per stream,
     whose cost then grows with its length).  With a ``vad`` the rules apply
@@ -121,13 +121,13 @@ class Recognizer:
     ) -> RecognizerStream:
         """A new stream taking audio at ``sample_rate`` (default: the model's),
         biased by the recognizer's hotwords plus ``hotwords`` (compiled here:
-        :class:`~trio_asr.hotwords.HotwordError` if the model cannot spell one),
+        :class:`~trio_asr.recognition.hotwords.HotwordError` if the model cannot spell one),
         cut into segments by ``endpoint`` (default: the recognizer's rules)."""
         return RecognizerStream(self, nbest, sample_rate, hotwords, endpoint=endpoint)
 
     def new_search(self, nbest: int = 1, hotwords: HotwordGraph | None = None) -> GreedySearch | PrefixBeamSearch:
         """The search of one segment of a stream keeping ``nbest`` alternatives,
-        biased by ``hotwords`` (a stream's graph, see :func:`~trio_asr.hotwords.stream_graph`)."""
+        biased by ``hotwords`` (a stream's graph, see :func:`~trio_asr.recognition.hotwords.stream_graph`)."""
         blank = self.model.tokens.blank_id
         if self.decoding == "greedy":
             if hotwords is not None:
@@ -140,7 +140,7 @@ class RecognizerStream:
     """One stream: accepts mono audio, decodes it chunk by chunk, in segments.
 
     Audio at another rate than the model's is resampled on the way in
-    (streaming polyphase resampler; see :mod:`trio_asr.resample`).
+    (streaming polyphase resampler; see :mod:`trio_asr.recognition.resample`).
 
     Call :meth:`accept_waveform` as audio arrives, :meth:`decode` to run every
     model chunk that is complete, :meth:`input_finished` once at the end (it

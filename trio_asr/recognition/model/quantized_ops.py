@@ -1,4 +1,4 @@
-"""The graph pieces of per-item quantization (see :mod:`trio_asr.model.quantization`).
+"""The graph pieces of per-item quantization (see :mod:`trio_asr.recognition.model.quantization`).
 
 - :func:`quantize_per_item` replaces one ``DynamicQuantizeLinear``;
 - :func:`rewrite_matmul` replaces a ``MatMulInteger`` that takes a per-item

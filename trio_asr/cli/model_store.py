@@ -37,7 +37,7 @@ from typing import BinaryIO, TextIO
 
 import attrs
 
-from trio_asr.progress import Progress, megabytes
+from trio_asr.cli.progress import Progress, megabytes
 
 __all__ = [
     "DEFAULT_MODEL",

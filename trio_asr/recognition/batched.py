@@ -5,11 +5,11 @@ A connection's decoder task asks :class:`Decoder` (one per server) for a
 every frame and :meth:`StreamDecoder.finish` at the end.  Every stream runs
 the same way: features in a worker thread (or on the event loop when the
 stream says that is cheaper than a thread hop), the model's chunks through
-the :class:`~trio_asr.model_service.ModelService` (batched with other
+the :class:`~trio_asr.recognition.model_service.ModelService` (batched with other
 streams' chunks, or one per call when batching is off), then the search.
 
 :class:`Recognizer` and :class:`RecognizerStream` state what this needs of a
-recognizer; :class:`trio_asr.recognizer.Recognizer` is the real one, and a
+recognizer; :class:`trio_asr.recognition.recognizer.Recognizer` is the real one, and a
 test double must provide the same (including a model the service can run).
 """
 
@@ -23,11 +23,11 @@ from typing import Protocol, TypeVar
 import numpy as np
 import trio
 
-from trio_asr.endpoint import EndpointRules
-from trio_asr.hotwords import Hotword
-from trio_asr.model import AcousticModel, ModelStream
-from trio_asr.model_service import ModelService
-from trio_asr.recognizer import RecognitionResult
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.hotwords import Hotword
+from trio_asr.recognition.model import AcousticModel, ModelStream
+from trio_asr.recognition.model_service import ModelService
+from trio_asr.recognition.recognizer import RecognitionResult
 
 __all__ = ["Decoder", "Recognizer", "RecognizerStream", "StreamDecoder"]
 
@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 class RecognizerStream(Protocol):
     """One stream of a recognizer, driven in steps (see
-    :class:`trio_asr.recognizer.RecognizerStream`); one caller at a time."""
+    :class:`trio_asr.recognition.recognizer.RecognizerStream`); one caller at a time."""
 
     @property
     def model_stream(self) -> ModelStream: ...

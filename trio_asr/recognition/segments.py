@@ -1,7 +1,7 @@
 """Segmented CTC decoding: a stream's log-probs cut into segments at endpoints.
 
 A :class:`SegmentDecoder` runs one CTC search per *segment*.  At an endpoint
-(see :mod:`trio_asr.endpoint`) the open segment is finalised — its text,
+(see :mod:`trio_asr.recognition.endpoint`) the open segment is finalised — its text,
 n-best and token and word time spans are computed once and kept — and a fresh
 search starts for the next one, so the work per partial result and the
 memory of the search depend on the open segment only, not on the stream's
@@ -19,10 +19,10 @@ from itertools import chain
 import attrs
 import numpy as np
 
-from trio_asr.endpoint import EndpointDetector, EndpointRules
-from trio_asr.search import GreedySearch, Hypothesis, PrefixBeamSearch
-from trio_asr.timestamps import token_spans, word_spans
-from trio_asr.tokens import TokenTable, _is_unspaced
+from trio_asr.recognition.endpoint import EndpointDetector, EndpointRules
+from trio_asr.recognition.search import GreedySearch, Hypothesis, PrefixBeamSearch
+from trio_asr.recognition.timestamps import token_spans, word_spans
+from trio_asr.recognition.tokens import TokenTable, _is_unspaced
 
 __all__ = ["RecognitionResult", "Segment", "SegmentDecoder", "TokenTime", "join_texts"]
 

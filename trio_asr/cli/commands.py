@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from trio_asr._version import __version__
 
 if TYPE_CHECKING:
-    from trio_asr.config import ServerConfig
-    from trio_asr.hotwords import CompiledHotwords, Hotword
-    from trio_asr.model import AcousticModel
-    from trio_asr.recognizer import Recognizer
+    from trio_asr.serving.config import ServerConfig
+    from trio_asr.recognition.hotwords import CompiledHotwords, Hotword
+    from trio_asr.recognition.model import AcousticModel
+    from trio_asr.recognition.recognizer import Recognizer
 
 __all__ = ["CommandFailed", "build_parser", "main"]
 
@@ -67,8 +67,8 @@ class CommandFailed(Exception):
 
 
 def _load_model(model: str | Path | None, threads: int, exact: bool) -> tuple[Path, AcousticModel]:
-    from trio_asr.model import ModelError, load_model
-    from trio_asr.model_store import ModelNotAvailable, resolve_model_dir
+    from trio_asr.recognition.model import ModelError, load_model
+    from trio_asr.cli.model_store import ModelNotAvailable, resolve_model_dir
 
     try:
         directory = resolve_model_dir(model)
@@ -81,7 +81,7 @@ def _load_vad(config: Any) -> Any:
     """The Silero VAD when ``config.vad`` asks for it, else None."""
     if not config.vad:
         return None
-    from trio_asr.vad import SileroVad, VadUnavailable
+    from trio_asr.recognition.vad import SileroVad, VadUnavailable
 
     try:
         return SileroVad(threshold=config.vad_threshold)
@@ -91,8 +91,8 @@ def _load_vad(config: Any) -> Any:
 
 def _build_recognizer(config: ServerConfig, *, nbest: int = 1, greedy: bool = False) -> tuple[Path, Recognizer]:
     """The model directory and a recognizer made as ``config``'s recognizer
-    settings (see :data:`trio_asr.config.RECOGNIZER_SETTINGS`) say."""
-    from trio_asr.recognizer import Recognizer
+    settings (see :data:`trio_asr.serving.config.RECOGNIZER_SETTINGS`) say."""
+    from trio_asr.recognition.recognizer import Recognizer
 
     if config.hotwords_file is not None and greedy:
         raise CommandFailed("--hotwords-file needs beam search (leave out --greedy)", 2)
@@ -113,7 +113,7 @@ def _build_recognizer(config: ServerConfig, *, nbest: int = 1, greedy: bool = Fa
 
 def _read_hotwords(path: Path | None) -> tuple[Hotword, ...]:
     """The phrases of ``--hotwords-file`` (checked before the model loads)."""
-    from trio_asr.hotwords import HotwordError, read_hotwords_file
+    from trio_asr.recognition.hotwords import HotwordError, read_hotwords_file
 
     if path is None:
         return ()
@@ -126,7 +126,7 @@ def _read_hotwords(path: Path | None) -> tuple[Hotword, ...]:
 def _compile_hotwords(
     hotwords: tuple[Hotword, ...], score: float, model: AcousticModel
 ) -> CompiledHotwords | None:
-    from trio_asr.hotwords import HotwordError, compile_hotwords
+    from trio_asr.recognition.hotwords import HotwordError, compile_hotwords
 
     try:
         compiled = compile_hotwords(hotwords, model.tokens, default_score=score)
@@ -139,7 +139,7 @@ def _compile_hotwords(
 
 
 def _add_serve(commands: Any) -> None:
-    from trio_asr.config import add_config_flags
+    from trio_asr.serving.config import add_config_flags
 
     parser = commands.add_parser(
         "serve",
@@ -156,9 +156,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     import attrs
     import trio
 
-    from trio_asr.config import ConfigError, config_overrides, load_config
-    from trio_asr.logs import configure_logging
-    from trio_asr.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
+    from trio_asr.serving.config import ConfigError, config_overrides, load_config
+    from trio_asr.serving.logs import configure_logging
+    from trio_asr.serving.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
 
     try:
         config = load_config(args.config, config_overrides(args))
@@ -218,7 +218,7 @@ def settle_garbage_collector() -> None:
 
 
 def _add_client(commands: Any) -> None:
-    from trio_asr.client import DEFAULT_URL
+    from trio_asr.cli.client import DEFAULT_URL
 
     parser = commands.add_parser(
         "client",
@@ -243,8 +243,8 @@ def _add_client(commands: Any) -> None:
 def _run_client(args: argparse.Namespace) -> int:
     import trio
 
-    from trio_asr.client import ClientError, stream_file
-    from trio_asr.tls import TlsError, client_context
+    from trio_asr.cli.client import ClientError, stream_file
+    from trio_asr.serving.tls import TlsError, client_context
 
     if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
         raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", 2)
@@ -296,7 +296,7 @@ def _add_transcribe(commands: Any) -> None:
         description="Transcribe WAV files offline, streamed through the same recognizer the server uses.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="WAV files (PCM, any rate, mono or stereo)")
-    from trio_asr.config import RECOGNIZER_SETTINGS, add_config_flags
+    from trio_asr.serving.config import RECOGNIZER_SETTINGS, add_config_flags
 
     parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default: 1)")
     parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
@@ -310,8 +310,8 @@ def _add_transcribe(commands: Any) -> None:
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
-    from trio_asr.config import RECOGNIZER_SETTINGS, ConfigError, config_overrides, load_config
-    from trio_asr.transcribe import run_batch
+    from trio_asr.serving.config import RECOGNIZER_SETTINGS, ConfigError, config_overrides, load_config
+    from trio_asr.cli.transcribe import run_batch
 
     try:
         config = load_config(None, config_overrides(args, RECOGNIZER_SETTINGS))
@@ -343,8 +343,8 @@ def _add_models(commands: Any) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from trio_asr.model_store import REGISTRY, ModelNotAvailable, cache_root, is_complete, resolve_model_dir
-    from trio_asr.progress import megabytes
+    from trio_asr.cli.model_store import REGISTRY, ModelNotAvailable, cache_root, is_complete, resolve_model_dir
+    from trio_asr.cli.progress import megabytes
 
     if args.download is not None:
         if args.download not in REGISTRY:

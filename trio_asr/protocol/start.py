@@ -1,23 +1,23 @@
 """The ``start`` message: what a client may ask for, and how it is checked.
 
 :func:`parse_start` turns the JSON object of a ``start`` into a
-:class:`~trio_asr.messages.StartStream` or raises :class:`BadStart` with the
+:class:`~trio_asr.protocol.messages.StartStream` or raises :class:`BadStart` with the
 close code the protocol prescribes (1007 for a missing or ill-typed field,
 1008 for a value beyond the server's :class:`ProtocolLimits`, 1003 for an
 audio format the server cannot take).
 
 Additions to ``start`` (optional; a client that sends none gets exactly the
-spec's replies plus additive fields, see :mod:`trio_asr.messages`):
+spec's replies plus additive fields, see :mod:`trio_asr.protocol.messages`):
 
 * ``hotwords``: a list of phrases, each a
-  string or a ``[phrase, score]`` pair (:func:`trio_asr.hotwords.hotwords_from_json`),
+  string or a ``[phrase, score]`` pair (:func:`trio_asr.recognition.hotwords.hotwords_from_json`),
   at most ``max_stream_hotwords`` of them (1008 beyond); anything malformed
   is 1007.
 * ``endpoint``: an object with any of ``silenceWithoutText``,
   ``silenceAfterText`` (seconds, or ``null`` to switch that rule off) and
   ``maxSegment`` (seconds); missing keys take the server's rules.  Not an
   object, an unknown key or a non-number is 1007; a value out of bounds
-  (:class:`trio_asr.endpoint.EndpointRules`) is 1008.
+  (:class:`trio_asr.recognition.endpoint.EndpointRules`) is 1008.
 * ``compact``: ``true`` for replies whose ``result`` is the open segment only.
 """
 
@@ -29,9 +29,9 @@ from typing import Any
 import attrs
 
 from trio_asr.audio import WAV_MAX_DATA_BYTES
-from trio_asr.endpoint import EndpointRules
-from trio_asr.hotwords import HotwordError, hotwords_from_json
-from trio_asr.messages import (
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.hotwords import HotwordError, hotwords_from_json
+from trio_asr.protocol.messages import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,

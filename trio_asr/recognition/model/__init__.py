@@ -1,6 +1,6 @@
 """Acoustic models: one module per ONNX format, chosen by :func:`load_model`.
 
-Adding a format: write ``trio_asr/model/<format>.py`` with a ``matches(session)``
+Adding a format: write ``trio_asr/recognition/model/<format>.py`` with a ``matches(session)``
 predicate and an :class:`AcousticModel` subclass taking ``(session, tokens)``,
 then add one entry to ``_FORMATS``.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from trio_asr.model import nemo_ctc, quantization, zipformer2_ctc
-from trio_asr.model.base import (
+from trio_asr.recognition.model import nemo_ctc, quantization, zipformer2_ctc
+from trio_asr.recognition.model.base import (
     AcousticModel,
     ModelError,
     ModelState,
@@ -35,7 +35,7 @@ __all__ = [
     "make_session_options",
 ]
 
-log = logging.getLogger("trio_asr.model")
+log = logging.getLogger("trio_asr.recognition.model")
 
 # (name, module) in detection order; each module has matches() and a model class.
 _FORMATS = (
@@ -69,7 +69,7 @@ def find_model_file(model_dir: Path) -> Path:
 
 
 def _read_tokens(path: Path):
-    from trio_asr.tokens import TokenTable
+    from trio_asr.recognition.tokens import TokenTable
 
     return TokenTable.from_file(path)
 
@@ -90,7 +90,7 @@ def load_model(
 
     A dynamically quantized model (the usual int8 export) is rewritten so that
     each batch item is quantized on its own (see
-    :mod:`trio_asr.model.quantization`): a stream's result is then the same
+    :mod:`trio_asr.recognition.model.quantization`): a stream's result is then the same
     in any batch as alone, as with a float model.  ``per_item_quantization=False``
     loads the file as it is.
     """

@@ -24,9 +24,9 @@ from typing import Any
 
 import attrs
 
-from trio_asr.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, EndpointRules
-from trio_asr.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
-from trio_asr.start_message import ProtocolLimits
+from trio_asr.recognition.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, EndpointRules
+from trio_asr.recognition.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
+from trio_asr.protocol.start import ProtocolLimits
 
 __all__ = ["RECOGNIZER_SETTINGS", "ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
 

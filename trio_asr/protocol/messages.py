@@ -7,7 +7,7 @@ breaks the protocol); *replies* are what the server answers
 :class:`ErrorReply`).  :func:`encode_reply` writes a reply exactly as the
 protocol specification (``spec/protocol.md``) describes.  The state machine
 that turns frames into events and orders the replies is
-:class:`trio_asr.protocol.ConnectionProtocol`.
+:class:`trio_asr.protocol.connection.ConnectionProtocol`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Union
 import attrs
 import numpy as np
 
-from trio_asr.endpoint import EndpointRules
-from trio_asr.hotwords import Hotword
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.hotwords import Hotword
 
 __all__ = [
     "CLOSE_GOING_AWAY",

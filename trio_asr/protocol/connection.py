@@ -3,7 +3,7 @@
 :class:`ConnectionProtocol` owns both directions of one connection, like
 h11's ``Connection``: it is fed what arrives (text frames, binary frames,
 the connection closing) and returns the *events* they mean
-(:mod:`trio_asr.messages`), and every reply goes out through
+(:mod:`trio_asr.protocol.messages`), and every reply goes out through
 :meth:`ConnectionProtocol.send`, which enforces the order the spec demands
 (§5): ``server_ready`` answers ``start``, exactly one partial result answers
 each binary frame, in order, the final result comes after the partials of its
@@ -35,7 +35,7 @@ Decisions on points the spec leaves open:
   held when a stream ends is not a sample and is dropped.
 * A stream may not grow beyond what one WAV file can hold (4 GiB of PCM).
 * ``start`` may carry our additive fields ``hotwords``, ``endpoint`` and
-  ``compact``: see :mod:`trio_asr.start_message`.
+  ``compact``: see :mod:`trio_asr.protocol.start`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 
 
 from trio_asr.audio import down_mix, pcm16_to_float
-from trio_asr.messages import (
+from trio_asr.protocol.messages import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
@@ -64,7 +64,7 @@ from trio_asr.messages import (
     StartStream,
     encode_reply,
 )
-from trio_asr.start_message import BadStart, ProtocolLimits, excerpt, parse_start
+from trio_asr.protocol.start import BadStart, ProtocolLimits, excerpt, parse_start
 
 __all__ = ["ConnectionProtocol", "LocalProtocolError", "ProtocolLimits", "State"]
 
@@ -114,7 +114,7 @@ class ConnectionProtocol:
 
     Input: every ``receive_*``/``connection_closed``/``fail`` call returns the
     events it caused, in order, and never raises.  After an
-    :class:`~trio_asr.messages.ErrorReply` event or :meth:`connection_closed`
+    :class:`~trio_asr.protocol.messages.ErrorReply` event or :meth:`connection_closed`
     the state is :attr:`State.CLOSED` and all further input is ignored.
     Whenever a stream is open when the connection ends for any reason, an
     ``EndStream(reply=False)`` comes first so that its audio can still be

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from trio_asr.model.base import AcousticModel, ModelError, ModelState
+from trio_asr.recognition.model.base import AcousticModel, ModelError, ModelState
 
 __all__ = ["NemoCtcModel", "matches"]
 
@@ -143,7 +143,7 @@ class NemoCtcModel(AcousticModel):
 
     @property
     def feature_options(self):
-        from trio_asr.features import FbankOptions
+        from trio_asr.recognition.features import FbankOptions
 
         return FbankOptions(
             sample_rate=self.sample_rate, num_bins=self.feature_dim, window_type="hann",

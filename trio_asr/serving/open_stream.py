@@ -16,16 +16,16 @@ import logging
 import attrs
 import trio
 
-from trio_asr.decoding import StreamDecoder
-from trio_asr.logs import log_event
-from trio_asr.messages import StartStream
-from trio_asr.metrics import ServerMetrics
-from trio_asr.recording import AudioSaveError, AudioStore, Recording
-from trio_asr.segment_replies import StreamReplies
+from trio_asr.recognition.batched import StreamDecoder
+from trio_asr.serving.logs import log_event
+from trio_asr.protocol.messages import StartStream
+from trio_asr.serving.metrics import ServerMetrics
+from trio_asr.serving.recording import AudioSaveError, AudioStore, Recording
+from trio_asr.protocol.replies import StreamReplies
 
 __all__ = ["ConnectionTotals", "OpenStream"]
 
-log = logging.getLogger("trio_asr.server")
+log = logging.getLogger("trio_asr.serving.server")
 
 #: how a stream ended (as logged) -> its outcome in the metrics
 _OUTCOMES = {
@@ -71,7 +71,7 @@ class OpenStream:
 
     async def record(self, pcm: bytes) -> None:
         """Keep received bytes, opening the file at the first of them;
-        raises :class:`~trio_asr.recording.AudioSaveError`."""
+        raises :class:`~trio_asr.serving.recording.AudioSaveError`."""
         if not pcm or self.save_failed or not self.audio.saving:
             return
         if self.recording is None:
@@ -100,7 +100,7 @@ class OpenStream:
 
     def close(self, how: str, text: str | None = None) -> None:
         """Finish the recording (blocking I/O), count and log the stream;
-        raises :class:`~trio_asr.recording.AudioSaveError` after all that."""
+        raises :class:`~trio_asr.serving.recording.AudioSaveError` after all that."""
         self.closed = True
         try:
             if self.recording is not None:

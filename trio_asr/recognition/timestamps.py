@@ -5,7 +5,7 @@ runs from that frame through the *active* frames that follow it (frames whose
 best-path token is not blank), up to the frame before the next token is
 emitted: the span ends where a blank run or the next token begins.
 
-Words are made of tokens' display pieces (:meth:`trio_asr.tokens.TokenTable.pieces`):
+Words are made of tokens' display pieces (:meth:`trio_asr.recognition.tokens.TokenTable.pieces`):
 a space starts a new word, and each character of writing without spaces
 between words (CJK) is a word by itself, as PaddleSpeech's own subtitle client
 assumes.  A word starts at its first token's first frame and ends at its last
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trio_asr.tokens import _is_unspaced
+from trio_asr.recognition.tokens import _is_unspaced
 
 __all__ = ["token_spans", "word_spans"]
 

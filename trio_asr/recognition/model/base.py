@@ -26,8 +26,8 @@ import onnxruntime as ort
 from trio_asr._states import concatenate_states
 
 if TYPE_CHECKING:
-    from trio_asr.features import FbankOptions
-    from trio_asr.tokens import TokenTable
+    from trio_asr.recognition.features import FbankOptions
+    from trio_asr.recognition.tokens import TokenTable
 
 __all__ = [
     "AcousticModel",

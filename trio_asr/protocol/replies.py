@@ -1,8 +1,8 @@
 """Replies of one stream built from the recognizer's segmented results.
 
 Sans-I/O: :class:`StreamReplies` remembers which of the stream's segments
-were announced and turns each :class:`~trio_asr.recognizer.RecognitionResult`
-into the reply due (see :mod:`trio_asr.messages`):
+were announced and turns each :class:`~trio_asr.recognition.recognizer.RecognitionResult`
+into the reply due (see :mod:`trio_asr.protocol.messages`):
 
 * ``result`` is the whole transcript (finalised segments, then the open one)
   by default, as PaddleSpeech's clients expect; with ``compact`` it is the
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trio_asr.messages import FinalResult, PartialResult, SegmentFinal, StartStream
-from trio_asr.recognizer import RecognitionResult, Segment, TokenTime
+from trio_asr.protocol.messages import FinalResult, PartialResult, SegmentFinal, StartStream
+from trio_asr.recognition.recognizer import RecognitionResult, Segment, TokenTime
 
 __all__ = ["StreamReplies"]
 

@@ -1,7 +1,7 @@
 """The acoustic model run for every stream, in batched calls.
 
 Connections do not call the model themselves: their decoder tasks hand the
-:class:`~trio_asr.model.ModelStream` whose chunks they want run to
+:class:`~trio_asr.recognition.model.ModelStream` whose chunks they want run to
 :meth:`ModelService.decode`, which queues their chunks one at a time.
 The service (:meth:`ModelService.run`, started in the server's nursery) has
 ``concurrent_batches`` worker tasks.  Each takes the oldest requests queued
@@ -61,11 +61,11 @@ import numpy as np
 import outcome
 import trio
 
-from trio_asr.model import AcousticModel, ModelState, ModelStream, is_batch_invariant
+from trio_asr.recognition.model import AcousticModel, ModelState, ModelStream, is_batch_invariant
 
 __all__ = ["ModelService", "ModelServiceError", "ServiceStats"]
 
-log = logging.getLogger("trio_asr.server")
+log = logging.getLogger("trio_asr.serving.server")
 
 #: chunks of one decode that queue with the time the decode began
 _CHUNKS_KEEPING_PLACE = 2
@@ -159,7 +159,7 @@ class ModelService:
     ``max_batch`` bounds the chunks per model call, and ``max_call_seconds``
     (CPU s) bounds them by the measured cost per chunk; with ``exact`` it is 1
     for a model that is not batch-invariant (see
-    :func:`~trio_asr.model.is_batch_invariant`), so a stream's
+    :func:`~trio_asr.recognition.model.is_batch_invariant`), so a stream's
     results never depend on which streams share its batch; ``concurrent_batches``
     how many calls run at once (each in its own worker thread, one per core:
     a call uses one core);

@@ -6,7 +6,7 @@ Three steps, each checking what it takes:
   reads a file, size-bounded), :func:`hotwords_from_json` a stream's list;
 * :func:`merge_hotwords` adds a stream's list to the server's;
 * :func:`compile_hotwords` spells every phrase with the model's own tokens
-  (:meth:`trio_asr.tokens.TokenTable.encode`) and builds the Aho-Corasick
+  (:meth:`trio_asr.recognition.tokens.TokenTable.encode`) and builds the Aho-Corasick
   automaton over token ids that the compiled search walks, a
   :class:`CompiledHotwords` shared by every stream that uses the same list.
 
@@ -45,7 +45,7 @@ import attrs
 import numpy as np
 
 from trio_asr._ctc import HotwordGraph
-from trio_asr.tokens import TokenTable
+from trio_asr.recognition.tokens import TokenTable
 
 __all__ = [
     "DEFAULT_SCORE",
@@ -211,7 +211,7 @@ MERGES_CACHED = 16
 @attrs.frozen
 class CompiledHotwords:
     """A hotword list compiled for one token table; ``graph`` goes to
-    :class:`trio_asr.search.PrefixBeamSearch`. Shareable across threads."""
+    :class:`trio_asr.recognition.search.PrefixBeamSearch`. Shareable across threads."""
 
     hotwords: tuple[Hotword, ...]
     default_score: float

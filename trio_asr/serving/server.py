@@ -2,19 +2,19 @@
 
 :class:`Server` owns the TCP listeners, the model service and one nursery
 of connections.  Each accepted TCP stream first goes through a tiny HTTP
-router built on h11 (:mod:`trio_asr.http_router`): ``GET /health`` /
+router built on h11 (:mod:`trio_asr.serving.http_router`): ``GET /health`` /
 ``/healthz`` are answered with JSON (200 while the server takes work, 503
 when full, overloaded, shutting down or unable to save audio); a WebSocket
 upgrade for :data:`WS_PATH` is handed, bytes and all, to trio-websocket and
-then to a :class:`~trio_asr.session.Session`; ``GET /metrics`` answers
-Prometheus metrics (:mod:`trio_asr.metrics`), ``GET /`` and its assets the
-microphone page (:mod:`trio_asr.web`); every other path gets 404, a plain
+then to a :class:`~trio_asr.serving.session.Session`; ``GET /metrics`` answers
+Prometheus metrics (:mod:`trio_asr.serving.metrics`), ``GET /`` and its assets the
+microphone page (:mod:`trio_asr.serving.web`); every other path gets 404, a plain
 GET of the WebSocket path 426.
 
-With access tokens configured (:mod:`trio_asr.auth`) an upgrade without a
+With access tokens configured (:mod:`trio_asr.serving.auth`) an upgrade without a
 valid one gets 401 before anything else is looked at (so is ``/metrics``
 unless ``metrics_auth`` is off); ``/health`` and the page stay open.  With
-``certfile`` every listener speaks TLS (:mod:`trio_asr.tls`): ``wss://``
+``certfile`` every listener speaks TLS (:mod:`trio_asr.serving.tls`): ``wss://``
 and ``https://`` on the same port.
 
 Shutdown (:meth:`Server.shutdown`, on SIGINT/SIGTERM with
@@ -41,22 +41,22 @@ import h11
 import trio
 import trio_websocket
 
-from trio_asr.auth import TokenError, TokenGate, challenge_headers, load_tokens
-from trio_asr.config import ServerConfig
-from trio_asr.decoding import Decoder, Recognizer
-from trio_asr.http_router import ReplayStream, is_upgrade, read_request, respond, respond_bytes
-from trio_asr.lifecycle import Lifecycle
-from trio_asr.logs import log_event
-from trio_asr.metrics import ServerMetrics
-from trio_asr.model_service import ModelService
-from trio_asr.recording import AudioSaveError, AudioStore
-from trio_asr.session import Session, SessionContext
-from trio_asr.tls import TlsError, server_context
-from trio_asr.web import find_asset
+from trio_asr.serving.auth import TokenError, TokenGate, challenge_headers, load_tokens
+from trio_asr.serving.config import ServerConfig
+from trio_asr.recognition.batched import Decoder, Recognizer
+from trio_asr.serving.http_router import ReplayStream, is_upgrade, read_request, respond, respond_bytes
+from trio_asr.serving.lifecycle import Lifecycle
+from trio_asr.serving.logs import log_event
+from trio_asr.serving.metrics import ServerMetrics
+from trio_asr.recognition.model_service import ModelService
+from trio_asr.serving.recording import AudioSaveError, AudioStore
+from trio_asr.serving.session import Session, SessionContext
+from trio_asr.serving.tls import TlsError, server_context
+from trio_asr.serving.web import find_asset
 
 __all__ = ["WS_PATH", "Server", "ServerStartError", "exposure_warning", "serve", "shutdown_on_signals"]
 
-log = logging.getLogger("trio_asr.server")
+log = logging.getLogger("trio_asr.serving.server")
 
 WS_PATH = "/paddlespeech/asr/streaming"
 HEALTH_PATHS = frozenset({"/health", "/healthz"})

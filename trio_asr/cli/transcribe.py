@@ -1,7 +1,7 @@
 """Batch transcription of WAV files through the streaming recognizer.
 
 Files are streamed in fixed-size pieces through exactly the path the server
-uses (:class:`~trio_asr.recognizer.RecognizerStream`, resampling included), so
+uses (:class:`~trio_asr.recognition.recognizer.RecognizerStream`, resampling included), so
 ``trio-asr transcribe`` and a client streaming the same file get the same text.
 """
 
@@ -16,8 +16,8 @@ from typing import TextIO
 import numpy as np
 
 from trio_asr.audio import down_mix, read_wav
-from trio_asr.progress import Progress
-from trio_asr.recognizer import RecognitionResult, Recognizer
+from trio_asr.cli.progress import Progress
+from trio_asr.recognition.recognizer import RecognitionResult, Recognizer
 
 __all__ = ["format_result", "transcribe_file", "transcribe_samples"]
 

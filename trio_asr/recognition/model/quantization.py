@@ -20,13 +20,13 @@ input enters it with zero point 0, and the item's zero point term
 
 comes out of the matmul itself when Wq is a weight: the input gets a few
 extra columns holding zp[b] and the weight as many extra int8 rows summing to
-``-colsum(Wq - w_zp)`` (:func:`~trio_asr.model.quantized_ops.extended_weight`); otherwise (activation x
+``-colsum(Wq - w_zp)`` (:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`); otherwise (activation x
 activation, per-channel weight zero points) it is subtracted in int32, with
 the mirror term ``rowsum`` when the right-hand side is per-item too.  A
 quantized tensor that is only transposed and dequantized (``quantize_dynamic``
 does that to Transposes) is dequantized per item.  The scales multiply per
 item, for extended-weight matmuls in the matmul's own kernel
-(:func:`~trio_asr.model.quantized_ops.fuse_scaling`).  Each item's integers
+(:func:`~trio_asr.recognition.model.quantized_ops.fuse_scaling`).  Each item's integers
 are therefore those of running it alone; what differs in a batch is float
 rounding in the float parts of the model (a GEMM over many rows may round
 differently from one over a single row), which now and then moves one
@@ -50,7 +50,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from trio_asr.model.quantized_ops import (
+from trio_asr.recognition.model.quantized_ops import (
     Builder,
     extra_columns_needed,
     fuse_scaling,

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from trio_asr.audio import WavWriter, create_unique_wav
-from trio_asr.messages import StartStream
+from trio_asr.protocol.messages import StartStream
 
 __all__ = ["SAVE_EVERY_BYTES", "AudioSaveError", "AudioStore", "Recording"]
 
