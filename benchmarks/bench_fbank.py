@@ -22,10 +22,7 @@ import numpy as np
 from trio_asr.recognition.features import FbankOptions, StreamingFbank
 from trio_asr.cli.progress import Progress
 
-try:
-    from benchmarks.common import shared_dir
-except ImportError:
-    from common import shared_dir
+from common import shared_dir
 
 OPTIONS = FbankOptions(num_bins=80)
 

@@ -36,14 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, SAMPLE_RATE, Progress, fixture_model, speech, write_results  # noqa: E402
+from common import REPO_ROOT, SAMPLE_RATE, Progress, fixture_model, speech, write_results
 
-from trio_asr.recognition.endpoint import EndpointRules  # noqa: E402
-from trio_asr.protocol.messages import StartStream, encode_reply  # noqa: E402
-from trio_asr.recognition.model import load_model  # noqa: E402
-from trio_asr.recognition.recognizer import Recognizer  # noqa: E402
-from trio_asr.protocol.replies import StreamReplies  # noqa: E402
+from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.protocol.messages import StartStream, encode_reply
+from trio_asr.recognition.model import load_model
+from trio_asr.recognition.recognizer import Recognizer
+from trio_asr.protocol.replies import StreamReplies
 
 FRAME = 1360  # 85 ms at 16 kHz
 # The default reply (the whole transcript, ~1 MB late in an hour with n-best)
@@ -119,8 +118,7 @@ def rss_mb() -> float:
 def model_dir(kind: str) -> Path:
     if kind == "real-size":
         return fixture_model("int8")
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from fixtures.zipformer2_ctc import write_model
+    from trio_asr.testing.zipformer2_ctc import write_model
 
     return write_model(REPO_ROOT / "benchmarks" / ".cache" / "zipformer2-ctc-tiny")
 

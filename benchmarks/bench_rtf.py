@@ -31,10 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-try:
-    from benchmarks.common import Progress, fixture_model, speech, write_results
-except ImportError:
-    from common import Progress, fixture_model, speech, write_results
+from common import Progress, fixture_model, speech, write_results
 
 from trio_asr.recognition.features import StreamingFbank
 from trio_asr.recognition.model import find_model_file, load_model, make_session_options

@@ -46,16 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from benchmarks.common import (
-        Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot,
-    )
-    from benchmarks.servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
-                                    start_sherpa_cpp, start_sherpa_py)
-except ImportError:
-    from common import Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot
-    from servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
-                         start_sherpa_cpp, start_sherpa_py)
+from common import Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot
+from servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
+                     start_sherpa_cpp, start_sherpa_py)
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed

@@ -27,10 +27,7 @@ import time
 
 import numpy as np
 
-try:
-    from benchmarks.common import Progress, fixture_model, write_results
-except ImportError:
-    from common import Progress, fixture_model, write_results
+from common import Progress, fixture_model, write_results
 
 from trio_asr._states import concatenate_states
 from trio_asr.recognition.model import load_model

@@ -1,7 +1,9 @@
 """Shared pieces of the benchmarks: where things are, test audio, fixture models.
 
-Benchmarks import this as ``benchmarks.common`` (run from the repository root)
-or as ``common`` (run as ``python benchmarks/<name>.py``).
+Benchmarks run as scripts (``python benchmarks/<name>.py``: their own
+directory comes first on the import path) and import this as ``common``; the
+tests that import benchmark modules get ``benchmarks/`` from the ``pythonpath``
+of pytest's settings in ``pyproject.toml``.
 
 - :func:`speech` loads every WAV of the speech directory (the clips kept in
   ``tests/data/audio``, or ``$TRIO_ASR_SHARED_DIR/audio``) as 16 kHz mono float32;
@@ -88,22 +90,16 @@ def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path
         raise ValueError(f"kind must be float32 or int8, not {kind!r}")
     float_dir = cache_dir / "zipformer2-ctc-real-size"
     if not (float_dir / "model.onnx").is_file():
-        sys.path.insert(0, str(REPO_ROOT / "tests"))
-        try:
-            from fixtures.zipformer2_ctc import REAL_SIZE, write_model
-        finally:
-            sys.path.remove(str(REPO_ROOT / "tests"))
+        from trio_asr.testing.zipformer2_ctc import REAL_SIZE, write_model
+
         print(f"writing the real-size fixture model into {float_dir}", file=sys.stderr)
         write_model(float_dir, REAL_SIZE)
     if kind == "float32":
         return float_dir
     int8_dir = cache_dir / "zipformer2-ctc-real-size-int8-matmul"
     if not (int8_dir / "model.int8.onnx").is_file():
-        sys.path.insert(0, str(REPO_ROOT / "tests"))
-        try:
-            from fixtures.int8 import quantize_model_dir
-        finally:
-            sys.path.remove(str(REPO_ROOT / "tests"))
+        from trio_asr.testing.int8 import quantize_model_dir
+
         print(f"quantizing the fixture model into {int8_dir}", file=sys.stderr)
         quantize_model_dir(float_dir, int8_dir)
     return int8_dir

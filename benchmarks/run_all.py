@@ -17,10 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-try:
-    from benchmarks.common import Progress, plotting_unavailable
-except ImportError:
-    from common import Progress, plotting_unavailable
+from common import Progress, plotting_unavailable
 
 HERE = Path(__file__).resolve().parent
 

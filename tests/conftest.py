@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import zipformer2_ctc
+from trio_asr.testing import zipformer2_ctc
 from paths import missing_speech_message
 
 REAL_MODEL_ENV = "TRIO_ASR_TEST_MODEL_DIR"

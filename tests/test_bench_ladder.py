@@ -1,7 +1,6 @@
 """bench_server's search for a server's limit: with its default flags, the
 level it reports lies within 5 % below the true limit, wherever that falls."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,9 +8,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if not (REPO_ROOT / "benchmarks" / "bench_server.py").is_file():
     pytest.skip(f"no benchmarks/ beside {Path(__file__).parent}", allow_module_level=True)
-sys.path.append(str(REPO_ROOT))
 
-from benchmarks.bench_server import next_levels, parse_args  # noqa: E402
+# benchmarks/ is on the import path by pytest's `pythonpath` (pyproject.toml)
+from bench_server import next_levels, parse_args  # noqa: E402
 
 
 def found_limit(limit: int, start: int, refine: int, cap: int) -> int:

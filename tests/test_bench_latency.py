@@ -1,7 +1,6 @@
 """bench_server's latency bookkeeping: each reply is timed from the message
 it answers, and never from a message sent after it arrived."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,10 +8,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if not (REPO_ROOT / "benchmarks" / "bench_server.py").is_file():
     pytest.skip(f"no benchmarks/ beside {Path(__file__).parent}", allow_module_level=True)
-sys.path.append(str(REPO_ROOT))
 
-from benchmarks.bench_server import reply_latencies  # noqa: E402
-from benchmarks.servers import OursAdapter, SherpaAdapter  # noqa: E402
+# benchmarks/ is on the import path by pytest's `pythonpath` (pyproject.toml)
+from bench_server import reply_latencies  # noqa: E402
+from servers import OursAdapter, SherpaAdapter  # noqa: E402
 
 
 def test_a_reply_per_frame_is_timed_from_its_frame():

@@ -11,10 +11,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if not (REPO_ROOT / "benchmarks" / "common.py").is_file():
     pytest.skip(f"no benchmarks/ beside {Path(__file__).parent}", allow_module_level=True)
-# appended, not prepended: an installed trio_asr must win over the source tree
-sys.path.append(str(REPO_ROOT))
 
-from benchmarks.common import plotting_unavailable, write_results_and_plot  # noqa: E402
+# benchmarks/ is on the import path by pytest's `pythonpath` (pyproject.toml)
+from common import plotting_unavailable, write_results_and_plot  # noqa: E402
 
 RECORD = {"servers": {"trio-asr": {"max_n": 4}}}
 

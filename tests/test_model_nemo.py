@@ -22,7 +22,6 @@ import onnxruntime as ort
 import pytest
 import sherpa_onnx
 
-from fixtures.nemo_ctc import NemoCtcSpec, write_nemo_ctc_model
 from modelutil import decode_streams
 from paths import SPEECH_FILES as SPEECH
 
@@ -32,6 +31,7 @@ from trio_asr.recognition.model.nemo_ctc import NemoCtcModel, matches
 from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.recognition.search import GreedySearch
 from trio_asr.recognition.tokens import TokenTable
+from trio_asr.testing.nemo_ctc import NemoCtcSpec, write_nemo_ctc_model
 
 TAIL_PADDING_S = 0.5  # silence after the audio, as sherpa-onnx's examples append
 

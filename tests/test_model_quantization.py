@@ -38,9 +38,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from fixtures import zipformer2_ctc
-from fixtures.int8 import quantize_model_dir
-from fixtures.nemo_ctc import write_nemo_ctc_model
+from trio_asr.testing import zipformer2_ctc
+from trio_asr.testing.int8 import quantize_model_dir
+from trio_asr.testing.nemo_ctc import write_nemo_ctc_model
 from paths import AUDIO_DIR
 from serverutil import ControlledModel
 from trio_asr.audio import down_mix, read_wav

@@ -33,7 +33,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from fixtures import zipformer2_ctc as fixture
 from modelutil import decode_streams, finalize
 from paths import AUDIO_DIR
 
@@ -41,6 +40,7 @@ from trio_asr.recognition.features import StreamingFbank
 from trio_asr.recognition.model import ModelError, find_model_file, is_batch_invariant, load_model
 from trio_asr.recognition.model.zipformer2_ctc import Zipformer2CtcModel
 from trio_asr.recognition.search import GreedySearch
+from trio_asr.testing import zipformer2_ctc as fixture
 
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures import zipformer2_ctc
+from trio_asr.testing import zipformer2_ctc
 from paths import MODELS_DIR
 from trio_asr.cli.model_store import DEFAULT_MODEL
 from trio_asr.recognition.tokens import BYTE_TO_CHAR, TokenTable

@@ -6,7 +6,9 @@ layers below it, never from one above:
 1. core: :mod:`trio_asr.audio` (PCM and WAV), ``_version`` and the
    compiled ``_fbank``, ``_ctc`` and ``_states``;
 2. :mod:`trio_asr.recognition`: samples to text (features, models, search,
-   segments, hotwords, the model service);
+   segments, hotwords, the model service), and beside it
+   :mod:`trio_asr.testing`: helpers for tests and benchmarks (synthetic
+   models with the real exports' interface);
 3. :mod:`trio_asr.protocol`: the WebSocket protocol, sans-I/O;
 4. :mod:`trio_asr.serving`: the server and everything it does I/O for;
 5. :mod:`trio_asr.cli`: the command line.

@@ -1,0 +1,15 @@
+"""Helpers for tests and benchmarks (like :mod:`trio.testing`): synthetic
+models with exactly the interface of sherpa-onnx's real exports and random
+weights, so that the recognizer, sherpa-onnx and the benchmarks can load them.
+
+- :mod:`trio_asr.testing.zipformer2_ctc`: streaming Zipformer2 CTC
+  (``write_model``, ``REAL_SIZE`` for benchmark-sized ones);
+- :mod:`trio_asr.testing.nemo_ctc`: NeMo streaming fast-conformer CTC
+  (``write_nemo_ctc_model``);
+- :mod:`trio_asr.testing.int8`: int8 versions made as the real ones are
+  (``quantize_model_dir``).
+
+The modules build their models with :mod:`onnx`; nothing imports them (or
+onnx) at ``import trio_asr`` time.  This package sits at the recognition
+layer: it may import :mod:`trio_asr.audio` and :mod:`trio_asr.recognition`.
+"""
