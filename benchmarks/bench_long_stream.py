@@ -39,10 +39,11 @@ import numpy as np
 from common import REPO_ROOT, SAMPLE_RATE, Progress, fixture_model, speech, write_results
 
 from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.protocol.messages import StartStream, encode_reply
 from trio_asr.recognition.model import load_model
 from trio_asr.recognition.recognizer import Recognizer
-from trio_asr.protocol.replies import StreamReplies
+from trio_asr.protocol.replies import ReplyBuilder
 
 FRAME = 1360  # 85 ms at 16 kHz
 # The default reply (the whole transcript, ~1 MB late in an hour with n-best)
@@ -144,10 +145,10 @@ def summarise(times: list[float], cpu: list[float], after_model: list[float], du
 
 def run_recognizer(recognizer: Recognizer, audio: np.ndarray, nbest: int, label: str) -> dict:
     """Stepped, as the batched server does; CPU of this thread per partial."""
-    stream = recognizer.create_stream(nbest)
-    start = StartStream("long.wav", nbest, SAMPLE_RATE, 16, 1)
-    default = StreamReplies(start)
-    compact = StreamReplies(StartStream("long.wav", nbest, SAMPLE_RATE, 16, 1, compact=True))
+    stream = recognizer.create_stream(StreamOptions(nbest=nbest))
+    start = StartStream("long.wav", 1, 16, StreamOptions(nbest=nbest, sample_rate=SAMPLE_RATE))
+    default = ReplyBuilder(start)
+    compact = ReplyBuilder(StartStream("long.wav", 1, 16, StreamOptions(nbest=nbest, sample_rate=SAMPLE_RATE), compact=True))
     times, cpu, after_model, sizes, compact_sizes, rss = [], [], [], [], [], []
     encode_default, encode_compact = [], []
     duration = len(audio) / SAMPLE_RATE

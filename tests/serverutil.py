@@ -25,6 +25,7 @@ from trio_asr.recognition.model import AcousticModel, ModelState, ModelStream
 from trio_asr.recognition.recognizer import RecognitionResult, TokenTime
 from trio_asr.recognition.resample import StreamingResampler
 from trio_asr.serving.server import WS_PATH, Server, serve
+from trio_asr.recognition.stream_options import StreamOptions
 
 
 class CountingModel(AcousticModel):
@@ -130,14 +131,13 @@ class CountingRecognizer:
         self.cheap_accept = False
         self.cheap_search = True
 
-    def create_stream(
-        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = (), *, endpoint: object = None
-    ) -> CountingStream:
-        if hotwords:
+    def create_stream(self, options: StreamOptions) -> CountingStream:
+        if options.hotwords:
             raise ValueError("CountingRecognizer takes no hotwords")
+        sample_rate = options.sample_rate or self.sample_rate
         if sample_rate in self.refused_rates:
             raise ValueError(f"cannot take audio at {sample_rate} Hz")
-        stream = CountingStream(self, nbest, sample_rate)
+        stream = CountingStream(self, options.nbest, sample_rate)
         self.streams.append(stream)
         return stream
 

@@ -29,6 +29,7 @@ from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.recognition.resample import resample
 from trio_asr.serving.server import Server, serve
 from trio_asr.cli.transcribe import transcribe_file
+from trio_asr.recognition.stream_options import StreamOptions
 
 RNG = np.random.default_rng(99)
 
@@ -70,7 +71,7 @@ def reference(recognizer: Recognizer, pcm: np.ndarray, rate: int, nbest: int = 1
         x = x.mean(axis=1, dtype=np.float64).astype(np.float32)
     if rate != recognizer.sample_rate:
         x = resample(x, rate, recognizer.sample_rate)
-    stream = recognizer.create_stream(nbest)
+    stream = recognizer.create_stream(StreamOptions(nbest=nbest))
     stream.accept_waveform(x)
     stream.decode()
     stream.input_finished()

@@ -17,9 +17,11 @@ from trio_asr.cli.commands import main
 from trio_asr.recognition.hotwords import Hotword, HotwordError, compile_hotwords
 from trio_asr.protocol.messages import ErrorReply, StartStream
 from trio_asr.recognition.model import load_model
-from trio_asr.protocol.connection import ConnectionProtocol, ProtocolLimits
+from trio_asr.protocol.connection import ConnectionProtocol
+from trio_asr.protocol.limits import ProtocolLimits
 from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.cli.transcribe import transcribe_samples
+from trio_asr.recognition.stream_options import StreamOptions
 
 SECONDS = 3
 
@@ -54,13 +56,13 @@ def test_recognizer_hotwords_flip_the_result_and_stream_lists_add_to_them(model,
     assert phrase in biased
     # The same phrase given per stream only, and the server's list with nothing in it.
     recognizer = Recognizer(model, beam=8, hotwords=compile_hotwords([], model.tokens))
-    stream = recognizer.create_stream(1, 16000, [Hotword(phrase, 5.0)])
+    stream = recognizer.create_stream(StreamOptions(nbest=1, sample_rate=16000, hotwords=[Hotword(phrase, 5.0)]))
     stream.accept_waveform(audio)
     stream.input_finished()
     assert stream.result().text == biased
     assert transcribe_samples(recognizer, audio, 16000).text == plain
     with pytest.raises(HotwordError, match="cannot spell"):
-        recognizer.create_stream(1, 16000, [Hotword("hello")])
+        recognizer.create_stream(StreamOptions(nbest=1, sample_rate=16000, hotwords=[Hotword("hello")]))
     with pytest.raises(ValueError, match="beam"):
         Recognizer(model, decoding="greedy", hotwords=compiled).create_stream()
 
@@ -69,9 +71,9 @@ def test_protocol_parses_and_bounds_the_start_field():
     protocol = ConnectionProtocol(ProtocolLimits(max_stream_hotwords=2))
     [event] = protocol.receive_text(start_msg(hotwords=["new york", ["gnu", 2]]))
     assert isinstance(event, StartStream)
-    assert event.hotwords == (Hotword("new york"), Hotword("gnu", 2.0))
+    assert event.options.hotwords == (Hotword("new york"), Hotword("gnu", 2.0))
     [event] = ConnectionProtocol().receive_text(start_msg())
-    assert isinstance(event, StartStream) and event.hotwords == ()
+    assert isinstance(event, StartStream) and event.options.hotwords == ()
     for hotwords, code in [
         (["a", "b", "c"], 1008),
         ("a", 1007),

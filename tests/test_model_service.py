@@ -24,6 +24,7 @@ from trio_asr.recognition.model import is_batch_invariant, load_model
 from trio_asr.recognition.model_service import ModelService, ModelServiceError
 from trio_asr.recognition.recognizer import Recognizer, RecognizerStream
 from trio_asr.cli.transcribe import transcribe_samples
+from trio_asr.recognition.stream_options import StreamOptions
 
 RNG = np.random.default_rng(7)
 
@@ -96,7 +97,7 @@ async def test_concurrent_streams_batched_equal_unbatched(nursery: trio.Nursery,
     assert len(utterances) >= 4, "needs at least 4 speech clips"
     # more streams than files, of unequal lengths: cut copies of the files
     utterances += [(x[: len(x) * (k + 1) // 5], rate) for k, (x, rate) in enumerate(utterances[:3])]
-    streams = [recognizer.create_stream(3, rate) for _, rate in utterances]
+    streams = [recognizer.create_stream(StreamOptions(nbest=3, sample_rate=rate)) for _, rate in utterances]
     async with trio.open_nursery() as nursery:
         for rs, (x, rate) in zip(streams, utterances):
             nursery.start_soon(decode_batched, service, rs, x, round(0.1 * rate))

@@ -21,7 +21,9 @@ from trio_asr.protocol.messages import (
     StartStream,
     encode_reply,
 )
-from trio_asr.protocol.connection import ConnectionProtocol, LocalProtocolError, ProtocolLimits, State
+from trio_asr.protocol.connection import ConnectionProtocol, LocalProtocolError, State
+from trio_asr.protocol.limits import ProtocolLimits
+from trio_asr.recognition.stream_options import StreamOptions
 
 
 def start_msg(**fields: object) -> str:
@@ -47,7 +49,7 @@ def pcm(values: list[int]) -> bytes:
 def test_start_defaults_and_fields() -> None:
     proto = ConnectionProtocol()
     [ev] = proto.receive_text(json.dumps({"name": "x.wav", "signal": "start", "nbest": 3}))
-    assert ev == StartStream(name="x.wav", nbest=3, sample_rate=16000, bits_per_sample=16, channels=1)
+    assert ev == StartStream(name="x.wav", channels=1, bits_per_sample=16, options=StreamOptions(nbest=3, sample_rate=16000))
     assert proto.state is State.STREAMING
     proto2 = ConnectionProtocol()
     [ev2] = proto2.receive_text(start_msg(sampleRate=48000, channels=2, bitsPerSample=16))
@@ -115,7 +117,7 @@ def test_second_start_finishes_open_stream_first() -> None:
     events = proto.receive_text(start_msg(name="second.wav", nbest=2))
     assert events == [
         EndStream(name="first.wav", reply=True),
-        StartStream(name="second.wav", nbest=2, sample_rate=16000, bits_per_sample=16, channels=1),
+        StartStream(name="second.wav", channels=1, bits_per_sample=16, options=StreamOptions(nbest=2, sample_rate=16000)),
     ]
     [ev] = proto.receive_bytes(pcm([5]))
     assert ev.frame_index == 0
@@ -145,7 +147,7 @@ def test_disconnect_when_idle_has_no_events() -> None:
 def test_fail_cuts_open_stream_then_errors() -> None:
     proto = started(name="t.wav")
     events = proto.fail(1008, "idle for too long")
-    assert events == [EndStream(name="t.wav", reply=False), ErrorReply(1008, None, "idle for too long")]
+    assert events == [EndStream(name="t.wav", reply=False, how="error"), ErrorReply(1008, "idle for too long")]
     assert proto.fail(1001, "again") == []
 
 
@@ -222,7 +224,7 @@ def test_nbest_limit_is_configurable() -> None:
 
 def test_audio_before_start() -> None:
     proto = ConnectionProtocol()
-    assert proto.receive_bytes(b"\x00\x00") == [ErrorReply(1008, None, 'audio before "start"')]
+    assert proto.receive_bytes(b"\x00\x00") == [ErrorReply(1008, 'audio before "start"')]
 
 
 def test_audio_after_end_is_audio_before_start() -> None:
@@ -235,7 +237,7 @@ def test_error_mid_stream_cuts_the_stream_first() -> None:
     proto = started(name="s.wav")
     proto.receive_bytes(pcm([1, 2, 3]))
     events = proto.receive_text("garbage")
-    assert events[0] == EndStream(name="s.wav", reply=False)
+    assert events[0] == EndStream(name="s.wav", reply=False, how="error")
     assert error_of(events).code == 1007
 
 
@@ -244,7 +246,7 @@ def test_oversize_frames() -> None:
     proto = started(limits)
     assert isinstance(proto.receive_bytes(b"\x00" * 100)[0], Audio)
     events = proto.receive_bytes(b"\x00" * 101)
-    assert events[0] == EndStream(name="a.wav", reply=False)
+    assert events[0] == EndStream(name="a.wav", reply=False, how="error")
     assert error_of(events).code == 1009
     long_text = json.dumps({"signal": "start", "name": "é" * 60})  # 120 bytes of UTF-8, 60 chars
     assert error_of(ConnectionProtocol(limits).receive_text(long_text)).code == 1009
@@ -292,19 +294,19 @@ def test_encode_final() -> None:
 
 
 def test_encode_error() -> None:
-    assert json.loads(encode_reply(ErrorReply(1007, None, "bad"))) == {
+    assert json.loads(encode_reply(ErrorReply(1007, "bad"))) == {
         "status": "error",
         "signal": None,
         "message": "bad",
     }
-    assert json.loads(encode_reply(ErrorReply(1008, "end", "no")))["signal"] == "end"
+    assert json.loads(encode_reply(ErrorReply(1008, "no", "end")))["signal"] == "end"
 
 
 def test_lone_surrogates_stay_encodable() -> None:
     """JSON allows "\\ud800"; UTF-8 does not: such a reply falls back to ASCII escapes."""
     for reply in (
         FinalResult(name="\ud800x", text="hi"),
-        ErrorReply(1008, "\udfff", "unknown signal"),
+        ErrorReply(1008, "unknown signal", "\udfff"),
     ):
         text = encode_reply(reply)
         text.encode("utf-8")
@@ -430,10 +432,16 @@ def test_no_input_sequence_raises_and_replies_stay_orderly(sequence: list) -> No
             reply = reply_to(event)
             if reply is not None:
                 json.loads(proto.send(reply))
-    assert proto.replies_due == 0
+    assert_nothing_due(proto)
 
 
 # ------------------------------------------------------------ outgoing order (§5)
+
+
+def assert_nothing_due(proto: ConnectionProtocol) -> None:
+    """Every reply due was sent: the core refuses any other."""
+    with pytest.raises(LocalProtocolError, match="where nothing is due|after the error reply"):
+        proto.send(ServerReady())
 
 
 def reply_to(event: object) -> object:
@@ -463,7 +471,7 @@ def test_replies_go_out_in_the_order_the_frames_came() -> None:
     with pytest.raises(LocalProtocolError):
         proto.send(PartialResult("3"))  # one per frame
     assert json.loads(proto.send(FinalResult("a.wav", "done")))["signal"] == "end"
-    assert proto.replies_due == 0
+    assert_nothing_due(proto)
     with pytest.raises(LocalProtocolError):
         proto.send(ServerReady())  # nothing was asked
 
@@ -486,12 +494,12 @@ def test_an_error_may_overtake_replies_due_and_nothing_follows_it() -> None:
     proto.receive_text(start_msg())
     proto.receive_bytes(pcm([1]))
     with pytest.raises(LocalProtocolError):
-        proto.send(ErrorReply(1011, None, "no error was issued"))
+        proto.send(ErrorReply(1011, "no error was issued"))
     [cut, error] = proto.fail(1011, "internal error: boom")
-    assert cut == EndStream(name="a.wav", reply=False)
+    assert cut == EndStream(name="a.wav", reply=False, how="error")
     proto.send(ServerReady())
     assert json.loads(proto.send(error))["status"] == "error"
-    assert proto.error_sent and proto.replies_due == 0
+    assert_nothing_due(proto)
     for late in (PartialResult("late"), error):
         with pytest.raises(LocalProtocolError):
             proto.send(late)
@@ -524,4 +532,4 @@ def test_an_idle_stream_ends_with_its_final_reply_due() -> None:
     proto.send(ServerReady())
     proto.send(PartialResult("1"))
     proto.send(FinalResult("quiet.wav", "1"))
-    assert proto.replies_due == 0
+    assert_nothing_due(proto)

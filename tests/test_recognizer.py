@@ -28,6 +28,7 @@ from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.recognition.resample import resample
 from trio_asr.recognition.segments import join_texts
 from trio_asr.cli.transcribe import transcribe_samples
+from trio_asr.recognition.stream_options import StreamOptions
 
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 
@@ -111,7 +112,7 @@ def test_chunking_invariance(model, speech, name):
     }
     results = {}
     for label, sizes in feeds.items():
-        stream = Recognizer(model, beam=8).create_stream(nbest=4)
+        stream = Recognizer(model, beam=8).create_stream(StreamOptions(nbest=4))
         feed(stream, samples, sizes)
         results[label] = stream.result()
     reference = results.pop("85ms")
@@ -126,7 +127,7 @@ def test_chunking_invariance(model, speech, name):
 
 def test_nbest_is_sorted_distinct_and_led_by_the_best(model, speech):
     samples = speech[SPEECH_FILES[0].name]
-    stream = Recognizer(model, beam=10).create_stream(nbest=5)
+    stream = Recognizer(model, beam=10).create_stream(StreamOptions(nbest=5))
     partials = feed(stream, samples, [4800])
     final = stream.result()
     for result in [*partials[len(partials) // 2 :], final]:
@@ -190,14 +191,14 @@ def test_stream_rejects_misuse(model):
     with pytest.raises(RuntimeError):
         stream.accept_waveform(np.zeros(10, np.float32))
     with pytest.raises(ValueError):
-        Recognizer(model).create_stream(nbest=0)
+        Recognizer(model).create_stream(StreamOptions(nbest=0))
 
 
 @pytest.mark.parametrize("decoding", ["beam", "greedy"])
 def test_no_surviving_path_gives_an_empty_result(model, decoding):
     """Frames where every token has probability 0 leave no path: the result
     is empty, not an IndexError (stepped mode, as the batched server drives it)."""
-    stream = Recognizer(model, decoding=decoding).create_stream(nbest=3)
+    stream = Recognizer(model, decoding=decoding).create_stream(StreamOptions(nbest=3))
     stream.accept_log_probs(np.full((6, model.vocab_size), -np.inf, np.float32))
     partial = stream.result()
     assert partial.text == ""
@@ -216,8 +217,8 @@ def test_segments_are_the_same_decoded_alone_or_stepped(model, speech):
     samples = np.concatenate([speech[p.name] for p in SPEECH_FILES])
     rules = EndpointRules(silence_without_text=0.2, silence_after_text=0.1, max_segment=1.0)
     recognizer = Recognizer(model, beam=4)
-    alone = recognizer.create_stream(nbest=2, endpoint=rules)
-    stepped = recognizer.create_stream(nbest=2, endpoint=rules)
+    alone = recognizer.create_stream(StreamOptions(nbest=2, endpoint=rules))
+    stepped = recognizer.create_stream(StreamOptions(nbest=2, endpoint=rules))
     for start in range(0, len(samples), 1360):
         piece = samples[start : start + 1360]
         alone.accept_waveform(piece)
@@ -245,7 +246,7 @@ def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
     open segment's text is short, the tail's search included (flushing
     resets the cached result, not what the text cost)."""
     recognizer = Recognizer(model, endpoint=None)
-    stream = recognizer.create_stream(nbest=2)
+    stream = recognizer.create_stream(StreamOptions(nbest=2))
     assert stream.cheap_to_search(16) and stream.cheap_to_flush()
     assert not stream.cheap_to_search(10_000)
     vocab = model.vocab_size
@@ -257,18 +258,18 @@ def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
     assert stream.cheap_to_search(0)  # a frame that ran no chunk: the result is cached
     stream.flush_input()
     assert not stream.cheap_to_search(16) and not stream.cheap_to_search(0)
-    short = recognizer.create_stream(nbest=1)
+    short = recognizer.create_stream(StreamOptions(nbest=1))
     short.accept_log_probs(spoken[:8])
     short.result()
     short.flush_input()
     assert short.cheap_to_search(32)
     # the final result times every word: a shorter text than a partial's is cheap
-    medium = recognizer.create_stream(nbest=1)
+    medium = recognizer.create_stream(StreamOptions(nbest=1))
     medium.accept_log_probs(spoken[:400])
     assert 256 < len(medium.result().text) <= 1024 and medium.cheap_to_search(32)
     medium.flush_input()
     assert not medium.cheap_to_search(32)
-    wide = Recognizer(model, beam=256, endpoint=None).create_stream(nbest=1)
+    wide = Recognizer(model, beam=256, endpoint=None).create_stream(StreamOptions(nbest=1))
     assert wide.cheap_to_search(1) and not wide.cheap_to_search(32)
-    resampling = recognizer.create_stream(nbest=1, sample_rate=8000)
+    resampling = recognizer.create_stream(StreamOptions(nbest=1, sample_rate=8000))
     assert not resampling.cheap_to_flush() and not resampling.cheap_to_accept(100)

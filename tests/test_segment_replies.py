@@ -28,6 +28,7 @@ from test_segments import decoder, frames
 from trio_asr.audio import read_wav
 from trio_asr.serving.config import ConfigError, ServerConfig, load_config
 from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.protocol.messages import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
@@ -38,9 +39,10 @@ from trio_asr.protocol.messages import (
     encode_reply,
 )
 from trio_asr.recognition.model import load_model
-from trio_asr.protocol.connection import ConnectionProtocol, ProtocolLimits
+from trio_asr.protocol.connection import ConnectionProtocol
+from trio_asr.protocol.limits import ProtocolLimits
 from trio_asr.recognition.recognizer import Recognizer
-from trio_asr.protocol.replies import StreamReplies
+from trio_asr.protocol.replies import ReplyBuilder
 from trio_asr.recognition.segments import join_texts
 from trio_asr.serving.server import serve
 
@@ -58,16 +60,16 @@ def start(**fields: object) -> StartStream | ErrorReply:
 
 def test_start_without_additions_uses_the_server_rules() -> None:
     event = start()
-    assert isinstance(event, StartStream) and event.endpoint is None and not event.compact
+    assert isinstance(event, StartStream) and event.options.endpoint is None and not event.compact
 
 
 def test_start_endpoint_fields_override_the_server_rules() -> None:
     event = start(endpoint={"silenceAfterText": 0.5, "silenceWithoutText": None, "maxSegment": 10}, compact=True)
     assert isinstance(event, StartStream) and event.compact
-    assert event.endpoint == EndpointRules(silence_without_text=None, silence_after_text=0.5, max_segment=10.0)
+    assert event.options.endpoint == EndpointRules(silence_without_text=None, silence_after_text=0.5, max_segment=10.0)
     partial = start(endpoint={"maxSegment": 5})
     assert isinstance(partial, StartStream)
-    assert partial.endpoint == attrs.evolve(SERVER_RULES, max_segment=5.0)
+    assert partial.options.endpoint == attrs.evolve(SERVER_RULES, max_segment=5.0)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +122,7 @@ def results():
 
 def test_default_replies_are_the_spec_until_a_segment_closes() -> None:
     partials, final = results()
-    replies = StreamReplies(StartStream("a.wav", 1, 16000, 16, 1))
+    replies = ReplyBuilder(StartStream("a.wav", 1, 16, StreamOptions(nbest=1, sample_rate=16000)))
     sent = [replies.partial(r) for r in partials]
     assert [json.loads(encode_reply(r)) for r in sent[:1]] == [{"result": "hello"}]
     assert [r.text for r in sent] == ["hello", "hello wor", "hello world你", "hello world你好", "hello world你好"]
@@ -133,7 +135,7 @@ def test_default_replies_are_the_spec_until_a_segment_closes() -> None:
 
 def test_compact_replies_carry_the_open_segment_and_each_final_once() -> None:
     partials, final = results()
-    replies = StreamReplies(StartStream("a.wav", 2, 16000, 16, 1, compact=True))
+    replies = ReplyBuilder(StartStream("a.wav", 1, 16, StreamOptions(nbest=2, sample_rate=16000), compact=True))
     sent = [replies.partial(r) for r in partials] + [replies.final(final)]
     assert [r.text for r in sent] == ["hello", "wor", "你", "你好", "你好", ""]
     assert [r.segment for r in sent] == [0, 1, 2, 2, 2, 3]
@@ -147,7 +149,7 @@ def test_compact_replies_carry_the_open_segment_and_each_final_once() -> None:
 @pytest.mark.parametrize("compact", [False, True])
 def test_frames_that_move_no_search_repeat_the_reply_but_never_an_announcement(compact: bool) -> None:
     partials, _ = results()
-    replies = StreamReplies(StartStream("a.wav", 1, 16000, 16, 1, compact=compact))
+    replies = ReplyBuilder(StartStream("a.wav", 1, 16, StreamOptions(nbest=1, sample_rate=16000), compact=compact))
     closing = partials[1]  # closes segment 0
     first, again, third = (replies.partial(closing) for _ in range(3))
     assert [s.index for s in first.segments] == [0]
@@ -215,7 +217,7 @@ async def test_compact_finals_spell_the_default_full_text(server, zipformer2_mod
 
     # the default mode: the full text, as an offline decode with the same rules gives it
     rules = EndpointRules(silence_without_text=0.2, silence_after_text=0.1, max_segment=1.0)
-    offline = Recognizer(load_model(zipformer2_model_dir), beam=4).create_stream(endpoint=rules)
+    offline = Recognizer(load_model(zipformer2_model_dir), beam=4).create_stream(StreamOptions(endpoint=rules))
     offline.accept_waveform(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768)
     offline.input_finished()
     expected = offline.result()

@@ -11,7 +11,7 @@ import pytest
 
 from trio_asr.recognition.endpoint import EndpointRules
 from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch
-from trio_asr.recognition.segments import SegmentDecoder, join_texts
+from trio_asr.recognition.segments import SegmentedSearch, join_texts
 from trio_asr.recognition.tokens import TokenTable
 
 SHIFT = 0.04
@@ -34,12 +34,12 @@ def frames(spec: str) -> np.ndarray:
     return np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def decoder(kind: str = "beam", rules: EndpointRules | None = RULES, nbest: int = 3) -> SegmentDecoder:
+def decoder(kind: str = "beam", rules: EndpointRules | None = RULES, nbest: int = 3) -> SegmentedSearch:
     if kind == "beam":
         new_search = lambda: PrefixBeamSearch(beam=8)  # noqa: E731
     else:
         new_search = GreedySearch
-    return SegmentDecoder(TABLE, new_search, nbest, SHIFT, rules)
+    return SegmentedSearch(TABLE, new_search, nbest, SHIFT, rules)
 
 
 @pytest.mark.parametrize("kind", ["beam", "greedy"])

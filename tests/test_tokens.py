@@ -337,7 +337,7 @@ def bytewise_pieces(table: TokenTable, ids: list[int]) -> list[str]:
     spaces."""
     import codecs
 
-    from trio_asr.recognition.tokens import _is_unspaced
+    from trio_asr.recognition.tokens import is_unspaced
 
     decoder = codecs.getincrementaldecoder("utf-8")("ignore")
     out, owner, space, previous = [""] * len(ids), None, False, ""
@@ -349,7 +349,7 @@ def bytewise_pieces(table: TokenTable, ids: list[int]) -> list[str]:
             if owner is None:
                 owner = k
             for ch in decoder.decode(bytes([unit])):
-                if space and previous and not (_is_unspaced(previous) or _is_unspaced(ch)):
+                if space and previous and not (is_unspaced(previous) or is_unspaced(ch)):
                     out[owner] += " "
                 out[owner] += ch
                 previous, space = ch, False

@@ -3,7 +3,8 @@
 The package is layered; a module may import from its own layer and the
 layers below it, never from one above:
 
-1. core: :mod:`trio_asr.audio` (PCM and WAV), ``_version`` and the
+1. core: :mod:`trio_asr.audio` (PCM and WAV), :mod:`trio_asr.bounds`
+   (validators of bounded numbers), ``_version`` and the
    compiled ``_fbank``, ``_ctc`` and ``_states``;
 2. :mod:`trio_asr.recognition`: samples to text (features, models, search,
    segments, hotwords, the model service), and beside it

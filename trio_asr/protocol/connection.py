@@ -12,13 +12,15 @@ tasks or models; the server does the I/O.
 
 Decisions on points the spec leaves open:
 
-* Close codes: 1007 (invalid payload) for a text frame that is not JSON, not
-  a JSON object, or has a missing or ill-typed field; 1008 (policy
-  violation) for protocol-order errors (unknown signal, audio before start,
-  end without start), for limits (nbest, name length, stream length, idle
-  client); 1003 (unsupported data) for audio formats we cannot take; 1009
-  for frames over ``max_message_bytes``.  JSON ``true``/``false`` is never an
-  integer.
+* Close codes (chosen here only; the server names the failure, the core
+  picks the code): 1007 (invalid payload) for a text frame that is not
+  JSON, not a JSON object, or has a missing or ill-typed field, or a
+  hotword the model cannot spell; 1008 (policy violation) for
+  protocol-order errors (unknown signal, audio before start, end without
+  start), for limits (nbest, name length, stream length, idle client);
+  1003 (unsupported data) for audio formats we cannot take; 1009 for frames
+  over ``max_message_bytes``; 1001 when the server shuts down; 1011 for
+  the server's own failures.  JSON ``true``/``false`` is never an integer.
 * ``start`` needs ``name`` (string) and ``signal``; ``nbest`` defaults to 1
   when absent (the original table calls it required *and* gives a default,
   and we take the lenient reading so that no existing client breaks).
@@ -48,11 +50,15 @@ from typing import Any
 
 
 from trio_asr.audio import down_mix, pcm16_to_float
+from trio_asr.protocol.limits import ProtocolLimits
 from trio_asr.protocol.messages import (
+    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_UNSUPPORTED_DATA,
     Audio,
     EndStream,
     ErrorReply,
@@ -64,11 +70,14 @@ from trio_asr.protocol.messages import (
     StartStream,
     encode_reply,
 )
-from trio_asr.protocol.start import BadStart, ProtocolLimits, excerpt, parse_start
+from trio_asr.protocol.start import BadStart, excerpt, parse_start
+from trio_asr.recognition.hotwords import HotwordError
 
-__all__ = ["ConnectionProtocol", "LocalProtocolError", "ProtocolLimits", "State"]
+__all__ = ["PEER_REFUSALS", "ConnectionProtocol", "LocalProtocolError", "State"]
 
-
+#: close codes with which a peer (or the WebSocket library on our side)
+#: refuses what it was sent: worth noting in the connection's log line
+PEER_REFUSALS = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_PAYLOAD})
 
 class State(enum.Enum):
     IDLE = "idle"  # no stream open; waiting for start
@@ -78,7 +87,10 @@ class State(enum.Enum):
 
 class LocalProtocolError(Exception):
     """The server tried to send a reply the protocol does not allow now
-    (a bug in the server, never the client's doing)."""
+    (a bug in the server, never the client's doing); the connection is then
+    closed with :attr:`close_code`, without a reply."""
+
+    close_code = CLOSE_INTERNAL_ERROR
 
 
 def _reply_due(event: Event) -> type | None:
@@ -100,7 +112,7 @@ def _never_raises(method: Callable[..., list[Event]]) -> Callable[..., list[Even
         try:
             return method(self, *args)
         except Exception as exc:
-            events = self._error(CLOSE_INTERNAL_ERROR, None, f"internal error: {type(exc).__name__}")
+            events = self._error(CLOSE_INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
             self._owe(events)
             return events
 
@@ -146,15 +158,6 @@ class ConnectionProtocol:
         """The open stream, if any."""
         return self._stream
 
-    @property
-    def replies_due(self) -> int:
-        """Replies the events so far have made due and that were not sent."""
-        return len(self._due)
-
-    @property
-    def error_sent(self) -> bool:
-        return self._error_sent
-
     # ------------------------------------------------------------ input
 
     @_never_raises
@@ -179,12 +182,31 @@ class ConnectionProtocol:
         return events
 
     def fail(self, code: int, message: str, signal: str | None = None) -> list[Event]:
-        """The server ends the connection (timeout, shutdown, a format it
-        cannot decode, an internal error): cut the open stream and issue an
-        error reply; nothing when the connection is already closed."""
+        """The server ends the connection: cut the open stream and issue an
+        error reply with ``code``; nothing when the connection is already
+        closed.  The server uses the named failures below."""
         if self.state is State.CLOSED:
             return []
-        return self._owe(self._error(code, signal, message))
+        return self._owe(self._error(code, message, signal))
+
+    def shut_down(self) -> list[Event]:
+        """The server is shutting down."""
+        return self.fail(CLOSE_GOING_AWAY, "server is shutting down")
+
+    def connection_idle(self, seconds: float) -> list[Event]:
+        """No stream was started for ``seconds``."""
+        return self.fail(CLOSE_POLICY_VIOLATION, f"no stream started for {seconds:g} s")
+
+    def internal_error(self, message: str) -> list[Event]:
+        """The server failed this connection (a bug, or its disk)."""
+        return self.fail(CLOSE_INTERNAL_ERROR, message)
+
+    def refuse_stream(self, error: ValueError) -> list[Event]:
+        """The recognizer cannot take the stream the last ``start`` asked
+        for: a hotword it cannot spell (1007) or an audio format (1003)."""
+        if isinstance(error, HotwordError):
+            return self.fail(CLOSE_INVALID_PAYLOAD, f'field "hotwords": {error}', "start")
+        return self.fail(CLOSE_UNSUPPORTED_DATA, str(error), "start")
 
     # ------------------------------------------------------------ output
 
@@ -224,37 +246,37 @@ class ConnectionProtocol:
         if self.state is State.CLOSED:
             return []
         if len(text.encode("utf-8", "surrogatepass")) > self.limits.max_message_bytes:
-            return self._error(CLOSE_MESSAGE_TOO_BIG, None, self._too_big())
+            return self._error(CLOSE_MESSAGE_TOO_BIG, self._too_big())
         try:
             message = json.loads(text)
         except (ValueError, RecursionError):
-            return self._error(CLOSE_INVALID_PAYLOAD, None, "text frame is not valid JSON")
+            return self._error(CLOSE_INVALID_PAYLOAD, "text frame is not valid JSON")
         if not isinstance(message, dict):
-            return self._error(CLOSE_INVALID_PAYLOAD, None, "JSON message is not an object")
+            return self._error(CLOSE_INVALID_PAYLOAD, "JSON message is not an object")
         signal = message.get("signal")
         if not isinstance(signal, str):
             reason = "missing" if "signal" not in message else "not a string"
-            return self._error(CLOSE_INVALID_PAYLOAD, None, f'field "signal" is {reason}')
+            return self._error(CLOSE_INVALID_PAYLOAD, f'field "signal" is {reason}')
         if signal == "start":
             return self._start(message)
         if signal == "end":
             if self._stream is None:
-                return self._error(CLOSE_POLICY_VIOLATION, signal, '"end" without a started stream')
+                return self._error(CLOSE_POLICY_VIOLATION, '"end" without a started stream', signal)
             return [self._end(reply=True)]
-        return self._error(CLOSE_POLICY_VIOLATION, signal, f"unknown signal {excerpt(signal)}")
+        return self._error(CLOSE_POLICY_VIOLATION, f"unknown signal {excerpt(signal)}", signal)
 
     def _bytes_frame(self, data: bytes) -> list[Event]:
         if self.state is State.CLOSED:
             return []
         if len(data) > self.limits.max_message_bytes:
-            return self._error(CLOSE_MESSAGE_TOO_BIG, None, self._too_big())
+            return self._error(CLOSE_MESSAGE_TOO_BIG, self._too_big())
         stream = self._stream
         if stream is None:
-            return self._error(CLOSE_POLICY_VIOLATION, None, 'audio before "start"')
+            return self._error(CLOSE_POLICY_VIOLATION, 'audio before "start"')
         self._bytes += len(data)
         if self._bytes > self.limits.max_stream_bytes:
             return self._error(
-                CLOSE_POLICY_VIOLATION, None, "stream larger than one WAV file can hold (4 GiB); start a new one"
+                CLOSE_POLICY_VIOLATION, "stream larger than one WAV file can hold (4 GiB); start a new one"
             )
         group = 2 * stream.channels
         buf = self._carry + data
@@ -266,9 +288,7 @@ class ConnectionProtocol:
         self._samples += len(samples)
         if self._samples > self.limits.max_stream_seconds * stream.sample_rate:
             return self._error(
-                CLOSE_POLICY_VIOLATION,
-                None,
-                f"stream longer than the limit of {self.limits.max_stream_seconds:g} s",
+                CLOSE_POLICY_VIOLATION, f"stream longer than the limit of {self.limits.max_stream_seconds:g} s"
             )
         event = Audio(samples=samples, pcm=bytes(data), frame_index=self._frames)
         self._frames += 1
@@ -277,14 +297,16 @@ class ConnectionProtocol:
     def _too_big(self) -> str:
         return f"frame larger than the limit of {self.limits.max_message_bytes} bytes"
 
-    def _error(self, code: int, signal: str | None, message: str) -> list[Event]:
-        events = self.connection_closed()
-        events.append(ErrorReply(code=code, signal=signal, message=message))
+    def _error(self, code: int, message: str, signal: str | None = None) -> list[Event]:
+        how = "shut down" if code == CLOSE_GOING_AWAY else "error"
+        events: list[Event] = [self._end(reply=False, how=how)] if self._stream is not None else []
+        self.state = State.CLOSED
+        events.append(ErrorReply(code, message, signal))
         return events
 
-    def _end(self, *, reply: bool) -> EndStream:
+    def _end(self, *, reply: bool, how: str | None = None) -> EndStream:
         assert self._stream is not None
-        event = EndStream(name=self._stream.name, reply=reply)
+        event = EndStream(self._stream.name, reply) if how is None else EndStream(self._stream.name, reply, how)
         self._stream = None
         self.state = State.IDLE
         return event
@@ -294,7 +316,7 @@ class ConnectionProtocol:
         try:
             start = parse_start(message, self.limits)
         except BadStart as exc:
-            return events + self._error(exc.code, "start", str(exc))
+            return events + self._error(exc.code, str(exc), "start")
         self._stream = start
         self.state = State.STREAMING
         self._carry = b""

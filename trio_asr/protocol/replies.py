@@ -1,6 +1,6 @@
-"""Replies of one stream built from the recognizer's segmented results.
+"""The replies of one stream, built from the recognizer's segmented results.
 
-Sans-I/O: :class:`StreamReplies` remembers which of the stream's segments
+Sans-I/O: :class:`ReplyBuilder` remembers which of the stream's segments
 were announced and turns each :class:`~trio_asr.recognition.recognizer.RecognitionResult`
 into the reply due (see :mod:`trio_asr.protocol.messages`):
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from trio_asr.protocol.messages import FinalResult, PartialResult, SegmentFinal, StartStream
 from trio_asr.recognition.recognizer import RecognitionResult, Segment, TokenTime
 
-__all__ = ["StreamReplies"]
+__all__ = ["ReplyBuilder"]
 
 NBest = tuple[tuple[str, float], ...]
 
@@ -45,7 +45,7 @@ def _announce(segment: Segment) -> SegmentFinal:
     return SegmentFinal(segment.index, segment.text, segment.start, segment.end, _times(segment.words))
 
 
-class StreamReplies:
+class ReplyBuilder:
     """The replies of one stream, opened by ``start``."""
 
     def __init__(self, start: StartStream) -> None:

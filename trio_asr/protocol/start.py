@@ -18,6 +18,10 @@ spec's replies plus additive fields, see :mod:`trio_asr.protocol.messages`):
   ``maxSegment`` (seconds); missing keys take the server's rules.  Not an
   object, an unknown key or a non-number is 1007; a value out of bounds
   (:class:`trio_asr.recognition.endpoint.EndpointRules`) is 1008.
+
+A new field is read here into :class:`~trio_asr.protocol.messages.StartStream`
+(into its ``options`` when recognition uses it) and used where it matters;
+nothing in between passes it on by hand.
 * ``compact``: ``true`` for replies whose ``result`` is the open segment only.
 """
 
@@ -28,8 +32,9 @@ from typing import Any
 
 import attrs
 
-from trio_asr.audio import WAV_MAX_DATA_BYTES
+from trio_asr.protocol.limits import DEFAULT_SAMPLE_RATE, SUPPORTED_BITS_PER_SAMPLE, ProtocolLimits
 from trio_asr.recognition.endpoint import EndpointRules
+from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.recognition.hotwords import HotwordError, hotwords_from_json
 from trio_asr.protocol.messages import (
     CLOSE_INVALID_PAYLOAD,
@@ -38,37 +43,7 @@ from trio_asr.protocol.messages import (
     StartStream,
 )
 
-__all__ = ["STANDARD_SAMPLE_RATES", "BadStart", "ProtocolLimits", "excerpt", "parse_start"]
-
-DEFAULT_SAMPLE_RATE = 16000
-SUPPORTED_BITS_PER_SAMPLE = 16
-#: rates the server resamples from; arbitrary integers are refused because
-#: a rate like 8001 Hz has no practical polyphase ratio to the model's rate
-STANDARD_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000})
-
-
-def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
-@attrs.frozen
-class ProtocolLimits:
-    """What one connection may ask for; enforced before any audio is accepted."""
-
-    nbest_max: int = attrs.field(default=10, validator=_positive)
-    max_message_bytes: int = attrs.field(default=1 << 20, validator=_positive)
-    max_stream_seconds: float = attrs.field(default=3600.0, validator=_positive)
-    max_name_length: int = attrs.field(default=256, validator=_positive)
-    max_channels: int = attrs.field(default=8, validator=_positive)
-    sample_rates: frozenset[int] = attrs.field(default=STANDARD_SAMPLE_RATES, converter=frozenset)
-    #: PCM bytes per stream; the default is what a WAV file can hold
-    max_stream_bytes: int = attrs.field(default=WAV_MAX_DATA_BYTES, validator=_positive)
-    #: the endpoint rules a ``start`` without (some of) them gets
-    endpoint: EndpointRules = attrs.field(factory=EndpointRules)
-    #: phrases a stream's ``hotwords`` field may hold (0: the field is refused)
-    max_stream_hotwords: int = attrs.field(default=100, validator=attrs.validators.ge(0))
-
+__all__ = ["BadStart", "excerpt", "parse_start"]
 
 #: ``start``'s ``endpoint`` keys -> EndpointRules fields
 _ENDPOINT_KEYS = {
@@ -135,16 +110,9 @@ def parse_start(message: dict[str, Any], limits: ProtocolLimits) -> StartStream:
     compact = message.get("compact", False)
     if not isinstance(compact, bool):
         raise BadStart(CLOSE_INVALID_PAYLOAD, f'field "compact" must be true or false, got {excerpt(compact)}')
-    return StartStream(
-        name=name,
-        nbest=nbest,
-        sample_rate=rate,
-        bits_per_sample=bits,
-        channels=channels,
-        hotwords=phrases,
-        endpoint=_endpoint_field(message, limits),
-        compact=compact,
-    )
+    options = StreamOptions(nbest=nbest, sample_rate=rate, hotwords=phrases, endpoint=_endpoint_field(message, limits))
+    return StartStream(name=name, channels=channels, bits_per_sample=bits, options=options, compact=compact)
+
 
 def _endpoint_field(message: dict[str, Any], limits: ProtocolLimits) -> EndpointRules | None:
     if "endpoint" not in message:
@@ -172,6 +140,7 @@ def _endpoint_field(message: dict[str, Any], limits: ProtocolLimits) -> Endpoint
         for key, field in _ENDPOINT_KEYS.items():
             reason = reason.replace(field, key)
         raise BadStart(CLOSE_POLICY_VIOLATION, f'"endpoint" {reason}') from None
+
 
 def _int_field(message: dict[str, Any], key: str, default: int) -> int:
     value = message.get(key, default)

@@ -1,40 +1,39 @@
 """The one decode path from received samples to results, shared by all connections.
 
-A connection's decoder task asks :class:`Decoder` (one per server) for a
-:class:`StreamDecoder` per stream and awaits :meth:`StreamDecoder.feed` for
-every frame and :meth:`StreamDecoder.finish` at the end.  Every stream runs
+A server has one :class:`BatchedRecognizer`; each open stream gets a
+:class:`BatchedStream` from it and awaits :meth:`BatchedStream.feed` for
+every frame and :meth:`BatchedStream.finish` at the end.  Every stream runs
 the same way: features in a worker thread (or on the event loop when the
 stream says that is cheaper than a thread hop), the model's chunks through
 the :class:`~trio_asr.recognition.model_service.ModelService` (batched with other
 streams' chunks, or one per call when batching is off), then the search.
 
-:class:`Recognizer` and :class:`RecognizerStream` state what this needs of a
-recognizer; :class:`trio_asr.recognition.recognizer.Recognizer` is the real one, and a
-test double must provide the same (including a model the service can run).
+:class:`SteppedRecognizer` and :class:`SteppedStream` state what this needs
+of a recognizer driven in steps; :class:`trio_asr.recognition.recognizer.Recognizer`
+is the real one, and a test double must provide the same (including a model
+the service can run).
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import numpy as np
 import trio
 
-from trio_asr.recognition.endpoint import EndpointRules
-from trio_asr.recognition.hotwords import Hotword
 from trio_asr.recognition.model import AcousticModel, ModelStream
 from trio_asr.recognition.model_service import ModelService
 from trio_asr.recognition.recognizer import RecognitionResult
+from trio_asr.recognition.stream_options import StreamOptions
 
-__all__ = ["Decoder", "Recognizer", "RecognizerStream", "StreamDecoder"]
+__all__ = ["BatchedRecognizer", "BatchedStream", "SteppedRecognizer", "SteppedStream"]
 
 T = TypeVar("T")
 
 
-class RecognizerStream(Protocol):
+class SteppedStream(Protocol):
     """One stream of a recognizer, driven in steps (see
     :class:`trio_asr.recognition.recognizer.RecognizerStream`); one caller at a time."""
 
@@ -63,57 +62,50 @@ class RecognizerStream(Protocol):
         ...
 
 
-class Recognizer(Protocol):
+class SteppedRecognizer(Protocol):
     @property
     def model(self) -> AcousticModel: ...
 
-    def create_stream(
-        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword] = (), *, endpoint: EndpointRules | None = None
-    ) -> RecognizerStream:
-        """A stream taking float32 mono samples at ``sample_rate``, biased by
-        the recognizer's hotwords plus ``hotwords``, cut into segments by
-        ``endpoint`` (None: the recognizer's rules); raises ValueError for a
-        rate it cannot take, HotwordError for a phrase it cannot spell."""
+    def create_stream(self, options: StreamOptions) -> SteppedStream:
+        """A stream taking float32 mono samples as ``options`` say; raises
+        ValueError for a rate it cannot take, HotwordError (a ValueError)
+        for a phrase it cannot spell."""
         ...
 
 
-class Decoder:
+class BatchedRecognizer:
     """Decodes the streams of every connection of a server.
 
     ``service`` runs ``recognizer.model``; ``limiter`` bounds the worker
     threads doing feature and search work at once.
     """
 
-    def __init__(self, recognizer: Recognizer, service: ModelService, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, recognizer: SteppedRecognizer, service: ModelService, limiter: trio.CapacityLimiter) -> None:
         self.recognizer = recognizer
         self.service = service
         self.limiter = limiter
         self._compiling = trio.CapacityLimiter(1)
 
-    def open_stream(self, nbest: int, sample_rate: int, endpoint: EndpointRules | None = None) -> StreamDecoder:
-        """Raises ValueError when the recognizer cannot take ``sample_rate``."""
-        return StreamDecoder(self, self.recognizer.create_stream(nbest, sample_rate, endpoint=endpoint))
-
-    async def open_stream_with_hotwords(
-        self, nbest: int, sample_rate: int, hotwords: Sequence[Hotword], endpoint: EndpointRules | None = None
-    ) -> StreamDecoder:
-        """:meth:`open_stream` for a stream with its own hotwords, compiled
-        with the server's in a worker thread, one stream at a time (so that
-        starts with new lists never take the threads decoding needs). Also
-        raises HotwordError (a ValueError) for a phrase the model cannot spell."""
-        create = functools.partial(self.recognizer.create_stream, endpoint=endpoint)
-        stream = await trio.to_thread.run_sync(create, nbest, sample_rate, hotwords, limiter=self._compiling)
-        return StreamDecoder(self, stream)
+    async def open_stream(self, options: StreamOptions) -> BatchedStream:
+        """A stream as ``options`` ask.  Its own hotwords are compiled with
+        the server's in a worker thread, one stream at a time (so that starts
+        with new lists never take the threads decoding needs).  Raises
+        ValueError for a rate the recognizer cannot take, HotwordError (a
+        ValueError) for a phrase the model cannot spell."""
+        if not options.hotwords:
+            return BatchedStream(self, self.recognizer.create_stream(options))
+        stream = await trio.to_thread.run_sync(self.recognizer.create_stream, options, limiter=self._compiling)
+        return BatchedStream(self, stream)
 
 
-class StreamDecoder:
+class BatchedStream:
     """One stream on its way through the decode path; one call at a time.
 
     A call cancelled half-way leaves the stream unusable: discard it.
     """
 
-    def __init__(self, decoder: Decoder, stream: RecognizerStream) -> None:
-        self._decoder = decoder
+    def __init__(self, recognizer: BatchedRecognizer, stream: SteppedStream) -> None:
+        self._recognizer = recognizer
         self._stream = stream
         #: wall time spent in :meth:`feed` and :meth:`finish`, s
         self.decode_seconds = 0.0
@@ -146,7 +138,7 @@ class StreamDecoder:
 
     async def _run_model_and_search(self) -> RecognitionResult:
         stream = self._stream
-        log_probs = await self._decoder.service.decode(stream.model_stream)
+        log_probs = await self._recognizer.service.decode(stream.model_stream)
         if stream.cheap_to_search(len(log_probs)):
             return self._timed(self._search, log_probs)
         return await self._in_thread(self._timed, self._search, log_probs)
@@ -163,4 +155,4 @@ class StreamDecoder:
             self.cpu_seconds += time.thread_time() - started
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._decoder.limiter)
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._recognizer.limiter)

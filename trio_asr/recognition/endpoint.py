@@ -19,32 +19,27 @@ cannot (it is what bounds the work per partial result of an endless stream).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 import numpy as np
 
-__all__ = ["MAX_SEGMENT_SECONDS", "MAX_SILENCE_SECONDS", "EndpointDetector", "EndpointRules"]
+from trio_asr.bounds import between
 
-#: upper bounds of the rules, so that a client cannot make segments unbounded
+__all__ = [
+    "MAX_SEGMENT_SECONDS",
+    "MAX_SILENCE_SECONDS",
+    "MIN_SEGMENT_SECONDS",
+    "MIN_SILENCE_SECONDS",
+    "EndpointDetector",
+    "EndpointRules",
+]
+
+#: bounds of the rules, so that a client cannot make segments unbounded
+MIN_SILENCE_SECONDS = 0.1
 MAX_SILENCE_SECONDS = 60.0
+MIN_SEGMENT_SECONDS = 1.0
 MAX_SEGMENT_SECONDS = 120.0
-_MIN_SECONDS = 0.1
-
-
-def _seconds(low: float, high: float, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
-    """A validator of seconds in [low, high] (or None, when ``optional``)."""
-
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        if value is None and optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{attribute.name} must be a number of seconds, not {type(value).__name__}")
-        if not (math.isfinite(value) and low <= value <= high):
-            raise ValueError(f"{attribute.name} must be between {low:g} and {high:g} seconds, got {value!r}")
-
-    return check
 
 
 def _optional_float(value: Any) -> Any:
@@ -58,15 +53,15 @@ class EndpointRules:
     silence_without_text: float | None = attrs.field(
         default=2.4,
         converter=_optional_float,
-        validator=_seconds(_MIN_SECONDS, MAX_SILENCE_SECONDS, optional=True),
+        validator=between(MIN_SILENCE_SECONDS, MAX_SILENCE_SECONDS, optional=True),
     )
     silence_after_text: float | None = attrs.field(
         default=1.2,
         converter=_optional_float,
-        validator=_seconds(_MIN_SECONDS, MAX_SILENCE_SECONDS, optional=True),
+        validator=between(MIN_SILENCE_SECONDS, MAX_SILENCE_SECONDS, optional=True),
     )
     max_segment: float = attrs.field(
-        default=20.0, converter=_optional_float, validator=_seconds(1.0, MAX_SEGMENT_SECONDS)
+        default=20.0, converter=_optional_float, validator=between(MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS)
     )
 
 

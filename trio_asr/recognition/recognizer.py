@@ -21,7 +21,6 @@ costs the same per partial result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import attrs
@@ -32,11 +31,28 @@ from trio_asr.recognition.features import StreamingFbank
 from trio_asr.recognition.hotwords import CompiledHotwords, Hotword, HotwordGraph, stream_graph
 from trio_asr.recognition.model import AcousticModel, ModelStream
 from trio_asr.recognition.resample import StreamingResampler
-from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch
-from trio_asr.recognition.segments import RecognitionResult, Segment, SegmentDecoder, TokenTime
+from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch, Search
+from trio_asr.recognition.segments import RecognitionResult, Segment, SegmentedSearch, TokenTime
+from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.recognition.vad import FrameSpeech, SileroVad
 
-__all__ = ["RecognitionResult", "Recognizer", "RecognizerStream", "Segment", "TokenTime"]
+__all__ = [
+    "MAX_BEAM_WIDTH",
+    "SKIP_NON_SPEECH_SECONDS",
+    "RecognitionResult",
+    "Recognizer",
+    "RecognizerStream",
+    "Segment",
+    "StreamOptions",
+    "TokenTime",
+]
+
+#: the widest beam a recognizer searches with (the compiled search takes up
+#: to :data:`~trio_asr.recognition.search.MAX_BEAM`; past a few hundred a
+#: wider beam costs a lot and changes almost nothing)
+MAX_BEAM_WIDTH = 256
+#: bounds of ``skip_non_speech``, s
+SKIP_NON_SPEECH_SECONDS = (0.1, 60.0)
 
 # Log-probability of every non-blank token in a chunk skipped as non-speech.
 _NOT_SPOKEN = -1e4
@@ -80,7 +96,7 @@ class Recognizer:
     """
 
     model: AcousticModel
-    beam: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    beam: int = attrs.field(default=10, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_BEAM_WIDTH)])
     decoding: Literal["beam", "greedy"] = attrs.field(
         default="beam", validator=attrs.validators.in_(("beam", "greedy"))
     )
@@ -102,8 +118,9 @@ class Recognizer:
             return
         if self.vad is None:
             raise ValueError("skip_non_speech needs a vad")
-        if not 0 < seconds <= 60:
-            raise ValueError(f"skip_non_speech must be between 0 and 60 seconds, got {seconds}")
+        low, high = SKIP_NON_SPEECH_SECONDS
+        if not low <= seconds <= high:
+            raise ValueError(f"skip_non_speech must be between {low:g} and {high:g} seconds, got {seconds}")
         if self.model.chunk_shift % self.model.subsampling:
             raise ValueError("skip_non_speech needs a model whose chunk is a whole number of output frames")
 
@@ -111,21 +128,13 @@ class Recognizer:
     def sample_rate(self) -> int:
         return self.model.sample_rate
 
-    def create_stream(
-        self,
-        nbest: int = 1,
-        sample_rate: int | None = None,
-        hotwords: Sequence[Hotword] = (),
-        *,
-        endpoint: EndpointRules | None = None,
-    ) -> RecognizerStream:
-        """A new stream taking audio at ``sample_rate`` (default: the model's),
-        biased by the recognizer's hotwords plus ``hotwords`` (compiled here:
-        :class:`~trio_asr.recognition.hotwords.HotwordError` if the model cannot spell one),
-        cut into segments by ``endpoint`` (default: the recognizer's rules)."""
-        return RecognizerStream(self, nbest, sample_rate, hotwords, endpoint=endpoint)
+    def create_stream(self, options: StreamOptions = StreamOptions()) -> RecognizerStream:
+        """A new stream as ``options`` ask; the stream's own hotwords are
+        compiled here (:class:`~trio_asr.recognition.hotwords.HotwordError`
+        if the model cannot spell one)."""
+        return RecognizerStream(self, options)
 
-    def new_search(self, nbest: int = 1, hotwords: HotwordGraph | None = None) -> GreedySearch | PrefixBeamSearch:
+    def new_search(self, nbest: int = 1, hotwords: HotwordGraph | None = None) -> Search:
         """The search of one segment of a stream keeping ``nbest`` alternatives,
         biased by ``hotwords`` (a stream's graph, see :func:`~trio_asr.recognition.hotwords.stream_graph`)."""
         blank = self.model.tokens.blank_id
@@ -154,20 +163,10 @@ class RecognizerStream:
     :meth:`flush_input` followed by the same.
     """
 
-    def __init__(
-        self,
-        recognizer: Recognizer,
-        nbest: int = 1,
-        sample_rate: int | None = None,
-        hotwords: Sequence[Hotword] = (),
-        *,
-        endpoint: EndpointRules | None = None,
-    ) -> None:
-        if nbest < 1:
-            raise ValueError(f"nbest must be >= 1, not {nbest}")
+    def __init__(self, recognizer: Recognizer, options: StreamOptions = StreamOptions()) -> None:
         model = recognizer.model
-        self.nbest = nbest
-        self.sample_rate = model.sample_rate if sample_rate is None else sample_rate
+        nbest = self.nbest = options.nbest
+        self.sample_rate = model.sample_rate if options.sample_rate is None else options.sample_rate
         self._resampler = (
             None
             if self.sample_rate == model.sample_rate
@@ -177,14 +176,14 @@ class RecognizerStream:
         self._fbank = StreamingFbank(model.feature_options)
         self._input_scale = model.sample_scale / _FBANK_FLOAT_SCALE
         self._chunks = model.create_stream()
-        graph = stream_graph(recognizer.hotwords, hotwords, model.tokens)
+        graph = stream_graph(recognizer.hotwords, options.hotwords, model.tokens)
         self._search_width = max(recognizer.beam, nbest) if recognizer.decoding == "beam" else 1
-        self._decoder = SegmentDecoder(
+        self._search = SegmentedSearch(
             model.tokens,
             lambda: recognizer.new_search(nbest, graph),
             nbest,
             model.frame_shift_s,
-            recognizer.endpoint if endpoint is None else endpoint,
+            recognizer.endpoint if options.endpoint is None else options.endpoint,
         )
         self._vad = None if recognizer.vad is None else recognizer.vad.create_stream()
         self._speech = FrameSpeech(SileroVad.window_seconds, model.frame_shift_s)
@@ -192,18 +191,9 @@ class RecognizerStream:
         self._skipped_frames = 0  # output frames of skipped chunks not yet searched
         #: model chunks not run because they held no speech
         self.chunks_skipped = 0
-        self.samples_accepted = 0
         self._finished = False
         self._result: RecognitionResult | None = None  # valid until the search moves
         self._open_chars = 0  # length of the open segment's text at the last result
-
-    @property
-    def seconds_accepted(self) -> float:
-        return self.samples_accepted / self.sample_rate
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
 
     @property
     def model_stream(self) -> ModelStream:
@@ -220,7 +210,6 @@ class RecognizerStream:
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected 1-D samples, got shape {samples.shape}")
-        self.samples_accepted += len(samples)
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         self._accept_model_rate(samples)
@@ -264,7 +253,7 @@ class RecognizerStream:
             self._skipped_frames = 0
         if len(log_probs):
             speech = None if self._vad is None else self._speech.take(len(log_probs))
-            self._decoder.accept(log_probs, speech)
+            self._search.accept(log_probs, speech)
             self._result = None
 
     def flush_input(self) -> None:
@@ -316,6 +305,6 @@ class RecognizerStream:
         is given as finalised."""
         if self._result is None:
             final = self._finished and not self._chunks.has_chunk()
-            result = self._result = self._decoder.result(final)
+            result = self._result = self._search.result(final)
             self._open_chars = len(result.text if result.open is None else result.open.text)
         return self._result

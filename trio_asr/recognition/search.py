@@ -8,12 +8,14 @@ the stream, across all ``accept`` calls.
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import attrs
 import numpy as np
 
 from trio_asr._ctc import MAX_BEAM, HotwordGraph, PrefixBeamCore
 
-__all__ = ["MAX_BEAM", "GreedySearch", "Hypothesis", "PrefixBeamSearch"]
+__all__ = ["MAX_BEAM", "GreedySearch", "Hypothesis", "PrefixBeamSearch", "Search"]
 
 def _frame_matrix(log_probs: np.ndarray, blank_id: int) -> np.ndarray:
     log_probs = np.asarray(log_probs)
@@ -35,6 +37,24 @@ class Hypothesis:
     tokens: tuple[int, ...]
     score: float
     frames: tuple[int, ...]
+
+
+class Search(Protocol):
+    """What a segment's search offers (both searches below): frames in,
+    the best hypotheses out."""
+
+    def accept(self, log_probs: np.ndarray) -> None:
+        """Advance by the log-probs (T, V) of the next frames."""
+
+    def nbest(self, n: int) -> list[Hypothesis]:
+        """Up to ``n`` best hypotheses, best first (none when every path has
+        probability 0)."""
+        ...
+
+    @property
+    def num_frames(self) -> int:
+        """Frames accepted so far."""
+        ...
 
 
 @attrs.define
@@ -65,6 +85,12 @@ class GreedySearch:
     @property
     def best(self) -> Hypothesis:
         return Hypothesis(tuple(self._tokens), self._score, tuple(self._frames))
+
+    def nbest(self, n: int) -> list[Hypothesis]:
+        """The best path alone: greedy search keeps no alternatives."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        return [self.best]
 
     @property
     def num_frames(self) -> int:
@@ -155,4 +181,4 @@ class PrefixBeamSearch:
     @property
     def num_frames(self) -> int:
         """Frames accepted so far."""
-        return self._core.num_frames
+        return cast(int, self._core.num_frames)  # the compiled core has no stubs

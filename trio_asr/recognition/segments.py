@@ -1,6 +1,6 @@
 """Segmented CTC decoding: a stream's log-probs cut into segments at endpoints.
 
-A :class:`SegmentDecoder` runs one CTC search per *segment*.  At an endpoint
+A :class:`SegmentedSearch` runs one CTC search per *segment*.  At an endpoint
 (see :mod:`trio_asr.recognition.endpoint`) the open segment is finalised — its text,
 n-best and token and word time spans are computed once and kept — and a fresh
 search starts for the next one, so the work per partial result and the
@@ -20,13 +20,12 @@ import attrs
 import numpy as np
 
 from trio_asr.recognition.endpoint import EndpointDetector, EndpointRules
-from trio_asr.recognition.search import GreedySearch, Hypothesis, PrefixBeamSearch
+from trio_asr.recognition.search import Hypothesis, Search
 from trio_asr.recognition.timestamps import token_spans, word_spans
-from trio_asr.recognition.tokens import TokenTable, _is_unspaced
+from trio_asr.recognition.tokens import TokenTable, is_unspaced
 
-__all__ = ["RecognitionResult", "Segment", "SegmentDecoder", "TokenTime", "join_texts"]
+__all__ = ["RecognitionResult", "Segment", "SegmentedSearch", "TokenTime", "join_texts"]
 
-Search = GreedySearch | PrefixBeamSearch
 NBest = tuple[tuple[str, float], ...]
 
 
@@ -90,12 +89,12 @@ def join_texts(left: str, right: str) -> str:
     writing without spaces (the rule of :meth:`TokenTable.text`)."""
     if not left or not right:
         return left or right
-    if _is_unspaced(left[-1]) or _is_unspaced(right[0]):
+    if is_unspaced(left[-1]) or is_unspaced(right[0]):
         return left + right
     return left + " " + right
 
 
-class SegmentDecoder:
+class SegmentedSearch:
     """Searches a stream's log-probs segment by segment.
 
     ``new_search()`` makes the search of each segment (frames count from the
@@ -188,13 +187,8 @@ class SegmentDecoder:
             open=Segment(len(segments), "", (), segment.end, segment.end, False),
         )
 
-    def _hypotheses(self) -> list[Hypothesis]:
-        if isinstance(self._search, GreedySearch):
-            return [self._search.best]
-        return self._search.nbest(self._nbest)
-
     def _segment(self, final: bool) -> Segment:
-        hypotheses = self._hypotheses()
+        hypotheses = self._search.nbest(self._nbest)
         nbest = tuple((self._tokens.text(h.tokens), h.score) for h in hypotheses)
         start = self._start_frame * self._shift
         end = self.num_frames * self._shift

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trio_asr.recognition.tokens import _is_unspaced
+from trio_asr.recognition.tokens import is_unspaced
 
 __all__ = ["token_spans", "word_spans"]
 
@@ -43,19 +43,19 @@ def word_spans(pieces: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[
     ``pieces[i]`` is token ``i``'s display text and ``spans[i]`` its frames;
     tokens with empty pieces are skipped.
     """
-    words: list[list] = []
+    words: list[tuple[str, int, int]] = []
     open_word = False  # whether the next letter continues words[-1]
     for piece, (first, last) in zip(pieces, spans):
         for ch in piece:
             if ch.isspace():
                 open_word = False
-            elif _is_unspaced(ch):
-                words.append([ch, first, last])
+            elif is_unspaced(ch):
+                words.append((ch, first, last))
                 open_word = False
             elif open_word:
-                words[-1][0] += ch
-                words[-1][2] = last
+                word, start, _ = words[-1]
+                words[-1] = (word + ch, start, last)
             else:
-                words.append([ch, first, last])
+                words.append((ch, first, last))
                 open_word = True
-    return [(word, first, last) for word, first, last in words]
+    return words

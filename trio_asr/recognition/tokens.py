@@ -24,11 +24,12 @@ import codecs
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import cast
 
 import attrs
 
-__all__ = ["BYTE_TO_CHAR", "CHAR_TO_BYTE", "TokenTable"]
+__all__ = ["BYTE_TO_CHAR", "CHAR_TO_BYTE", "TokenTable", "is_unspaced"]
 
 WORD_BOUNDARY = "\u2581"
 BLANK_PIECES = ("<blk>", "<blank>")
@@ -62,9 +63,14 @@ _Units = tuple[int | None, ...]
 # phrase's first, marked only when joined to its first token: a phrase must
 # match at the start of an utterance, where no standalone boundary comes).
 _NEEDED, _OPTIONAL, _LEADING = "needed", "optional", "leading"
+_Target = list[int | str]
+
+# The tokens' spellings as a trie: a node maps a unit (byte value, None for a
+# word boundary) to the next node, and "ids" to the tokens spelled up to it.
+_Trie = dict[int | str | None, "_Trie | list[int]"]
 
 
-def _is_unspaced(ch: str) -> bool:
+def is_unspaced(ch: str) -> bool:
     """Whether ``ch`` belongs to writing that puts no spaces between words."""
     if "\uac00" <= ch <= "\ud7af" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f":
         return False  # Hangul is wide but Korean is written with spaces
@@ -138,7 +144,8 @@ class TokenTable:
     bbpe: bool
     _units: tuple[_Units, ...]
     _whole: tuple[_Whole | None, ...] = attrs.field(eq=False, repr=False)
-    _spelling: list = attrs.field(eq=False, repr=False)  # [trie, case], built on first encode
+    # [(trie, case)], built on first encode
+    _spelling: list[tuple[_Trie, str | None]] = attrs.field(eq=False, repr=False)
 
     def __init__(self, pieces: Sequence[str], *, blank_id: int | None = None, bbpe: bool | None = None):
         pieces = tuple(pieces)
@@ -223,7 +230,7 @@ class TokenTable:
                 boundary, text = whole
                 pending_space = pending_space or boundary
                 if text:
-                    if pending_space and previous and not (_is_unspaced(previous) or _is_unspaced(text[0])):
+                    if pending_space and previous and not (is_unspaced(previous) or is_unspaced(text[0])):
                         text = " " + text
                     out[k], previous, pending_space = text, text[-1], False
                 continue
@@ -234,7 +241,7 @@ class TokenTable:
                 if owner is None:
                     owner = k
                 for ch in decoder.decode(bytes((unit,))):
-                    if pending_space and previous and not (_is_unspaced(previous) or _is_unspaced(ch)):
+                    if pending_space and previous and not (is_unspaced(previous) or is_unspaced(ch)):
                         out[owner] += " "
                     out[owner] += ch
                     previous, pending_space = ch, False
@@ -267,28 +274,28 @@ class TokenTable:
         target, chars = _spelling_target(text)
         return _fewest_tokens(trie, target, chars, text)
 
-    def _spelling_trie(self) -> tuple[dict, str | None]:
+    def _spelling_trie(self) -> tuple[_Trie, str | None]:
         if not self._spelling:
-            trie: dict = {}
+            trie: _Trie = {}
             upper = lower = False
             for token_id, units in enumerate(self._units):
                 if not units or all(u is None for u in units) and len(units) > 1:
                     continue  # blank and control tokens; a run of boundaries spells nothing new
                 node = trie
                 for unit in units:
-                    node = node.setdefault(unit, {})
-                node.setdefault("ids", []).append(token_id)
+                    node = cast(_Trie, node.setdefault(unit, {}))
+                cast("list[int]", node.setdefault("ids", [])).append(token_id)
                 upper = upper or any(u is not None and 65 <= u <= 90 for u in units)
                 lower = lower or any(u is not None and 97 <= u <= 122 for u in units)
             case = "upper" if upper and not lower else "lower" if lower and not upper else None
-            self._spelling.extend((trie, case))
-        return self._spelling[0], self._spelling[1]
+            self._spelling.append((trie, case))
+        return self._spelling[0]
 
 
-def _spelling_target(text: str) -> tuple[list, list[int]]:
+def _spelling_target(text: str) -> tuple[_Target, list[int]]:
     """``text`` (words joined by single spaces) as units and boundary marks,
     with the index in ``text`` of the character each entry belongs to."""
-    target: list = []
+    target: _Target = []
     chars: list[int] = []
     previous = ""
     for index, ch in enumerate(text):
@@ -297,7 +304,7 @@ def _spelling_target(text: str) -> tuple[list, list[int]]:
         if not previous:
             target.append(_LEADING)
             chars.append(index)
-        elif _is_unspaced(ch) or _is_unspaced(previous):
+        elif is_unspaced(ch) or is_unspaced(previous):
             target.append(_OPTIONAL)
             chars.append(index)
         elif text[index - 1] == " ":
@@ -310,16 +317,22 @@ def _spelling_target(text: str) -> tuple[list, list[int]]:
     return target, chars
 
 
-def _fewest_tokens(trie: dict, target: list, chars: list[int], text: str) -> tuple[int, ...]:
+# A step of a spelling: (cost..., token id or None to leave a boundary
+# unmarked, next position).
+_Step = tuple[int, int, int, int | None, int]
+
+
+def _fewest_tokens(trie: _Trie, target: _Target, chars: list[int], text: str) -> tuple[int, ...]:
     """Dynamic programming over ``target`` from its end: the cost of spelling
     ``target[p:]`` is (tokens + unmarked optional boundaries, unmarked
     boundaries, minus the first token's length), smallest first."""
     size = len(target)
-    # per position: (cost..., token id or None to leave a boundary unmarked, next position)
-    best: list[tuple[int, int, int, int | None, int] | None] = [None] * (size + 1)
+    # per position: the best step from there
+    best: list[_Step | None] = [None] * (size + 1)
     best[size] = (0, 0, 0, None, size)
+    token_id: int | None
     for p in range(size - 1, -1, -1):
-        found = None
+        found: _Step | None = None
         rest = best[p + 1]
         if target[p] in (_OPTIONAL, _LEADING) and rest is not None:  # leave it unmarked
             found = (rest[0] + (target[p] == _OPTIONAL), rest[1] + 1, 0, None, p + 1)
@@ -340,7 +353,7 @@ def _fewest_tokens(trie: dict, target: list, chars: list[int], text: str) -> tup
                     reach.add(p + 1)
         stuck = chars[max(reach)]
         raise ValueError(f"the model's tokens cannot spell {text[stuck]!r} (in {text!r})")
-    ids = []
+    ids: list[int] = []
     p = 0
     while p < size:
         step = best[p]
@@ -352,22 +365,22 @@ def _fewest_tokens(trie: dict, target: list, chars: list[int], text: str) -> tup
     return tuple(ids)
 
 
-def _token_matches(trie: dict, target: list, p: int):
+def _token_matches(trie: _Trie, target: _Target, p: int) -> Iterator[tuple[int, int, int]]:
     """``(end, optional boundaries skipped, token id)`` of every token whose
     units spell ``target[p:end]``, skipping optional boundaries inside it."""
     stack = [(trie, p, 0)]
     while stack:
         node, q, skipped = stack.pop()
         if q > p and "ids" in node and not (q == p + 1 and target[p] == _LEADING):
-            yield q, skipped, min(node["ids"])
+            yield q, skipped, min(cast("list[int]", node["ids"]))
         if q == len(target):
             continue
         entry = target[q]
         if isinstance(entry, int):
             if entry in node:
-                stack.append((node[entry], q + 1, skipped))
+                stack.append((cast(_Trie, node[entry]), q + 1, skipped))
         else:
             if None in node:
-                stack.append((node[None], q + 1, skipped))
+                stack.append((cast(_Trie, node[None]), q + 1, skipped))
             if entry == _OPTIONAL and q > p:
                 stack.append((node, q + 1, skipped + 1))

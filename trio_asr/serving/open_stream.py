@@ -1,11 +1,14 @@
-"""One open audio stream of a connection: its decoding, recording and accounting.
+"""One open audio stream of a connection: its decoding, replies, recording and accounting.
 
-A session's decoder task keeps one :class:`OpenStream` between ``start``
-and the end of the stream.  It records every byte received (the WAV is
-opened at the first of them, so a stream without audio leaves no file),
-and :meth:`OpenStream.close` finishes the file, counts the stream in the
-metrics and the connection's totals, and logs it, whichever way the
-stream ended.
+A session's decoder task opens an :class:`OpenStream` for each ``start``
+(:meth:`OpenStream.open`, built from the whole parsed ``start``) and hands
+it the stream's events: :meth:`~OpenStream.feed` answers an audio frame with
+its partial reply, :meth:`~OpenStream.finish` answers ``end`` with the final
+reply, and :meth:`~OpenStream.end` / :meth:`~OpenStream.cut` close a stream
+that was cut off.  Every byte received is recorded (the WAV is opened at
+the first of them, so a stream without audio leaves no file), and however
+the stream ends its file is finished, it is counted in the metrics and the
+connection's totals, and it is logged once.
 """
 
 from __future__ import annotations
@@ -16,16 +19,16 @@ import logging
 import attrs
 import trio
 
-from trio_asr.recognition.batched import StreamDecoder
+from trio_asr.protocol.messages import Audio, FinalResult, PartialResult, StartStream
+from trio_asr.protocol.replies import ReplyBuilder
+from trio_asr.recognition.batched import BatchedRecognizer, BatchedStream
 from trio_asr.serving.logs import log_event
-from trio_asr.protocol.messages import StartStream
 from trio_asr.serving.metrics import ServerMetrics
 from trio_asr.serving.recording import AudioSaveError, AudioStore, Recording
-from trio_asr.protocol.replies import StreamReplies
 
-__all__ = ["ConnectionTotals", "OpenStream"]
+__all__ = ["ConnectionTotals", "OpenStream", "StreamContext"]
 
-log = logging.getLogger("trio_asr.serving.server")
+log = logging.getLogger("trio_asr.server")
 
 #: how a stream ended (as logged) -> its outcome in the metrics
 _OUTCOMES = {
@@ -42,95 +45,93 @@ class ConnectionTotals:
     decode_seconds: float = 0.0
 
 
-@attrs.define(eq=False)
-class OpenStream:
-    """See the module docstring.  ``limiter`` bounds the worker threads its
-    file I/O runs in; ``conn_id`` names the connection in logs."""
+@attrs.frozen
+class StreamContext:
+    """What the streams of one connection share: the server's recognizer,
+    audio store and metrics, the connection's totals and its id (for logs)."""
 
-    start: StartStream
-    decoding: StreamDecoder
-    replies: StreamReplies
+    recognizer: BatchedRecognizer
     audio: AudioStore
     metrics: ServerMetrics
     totals: ConnectionTotals
-    limiter: trio.CapacityLimiter
     conn_id: int
-    recording: Recording | None = None
-    samples: int = 0
-    closed: bool = False
-    save_failed: bool = False
+
+
+class OpenStream:
+    """See the module docstring; one caller at a time."""
+
+    def __init__(self, start: StartStream, decoding: BatchedStream, context: StreamContext) -> None:
+        self.start = start
+        self._decoding = decoding
+        self._replies = ReplyBuilder(start)
+        self._context = context
+        self._limiter = context.recognizer.limiter  # bounds the worker threads of its file I/O
+        self._recording: Recording | None = None
+        self._samples = 0
+        self._save_failed = False
+        self.closed = False
+
+    @classmethod
+    async def open(cls, start: StartStream, context: StreamContext) -> OpenStream:
+        """The stream ``start`` asks for; raises ValueError (a
+        :class:`~trio_asr.recognition.hotwords.HotwordError` among them)
+        when the recognizer cannot take it."""
+        decoding = await context.recognizer.open_stream(start.options)
+        context.totals.streams += 1
+        return cls(start, decoding, context)
 
     @property
     def audio_seconds(self) -> float:
-        return self.samples / self.start.sample_rate
+        return self._samples / self.start.sample_rate
 
-    def received(self, samples: int) -> None:
-        """Count samples of audio received (decoded or not)."""
-        self.samples += samples
-        self.metrics.audio_received(samples / self.start.sample_rate)
+    # ------------------------------------------------------------ events
 
-    async def record(self, pcm: bytes) -> None:
-        """Keep received bytes, opening the file at the first of them;
-        raises :class:`~trio_asr.serving.recording.AudioSaveError`."""
-        if not pcm or self.save_failed or not self.audio.saving:
-            return
-        if self.recording is None:
-            self.recording = await trio.to_thread.run_sync(self.audio.open, self.start, limiter=self.limiter)
-        if self.recording is not None and self.recording.append(pcm):
-            await trio.to_thread.run_sync(self.recording.write_pending, limiter=self.limiter)
+    async def feed(self, audio: Audio) -> PartialResult:
+        """Record and decode a frame; the partial reply it is due.  Raises
+        :class:`~trio_asr.serving.recording.AudioSaveError` when its audio
+        cannot be saved."""
+        self._received(audio)
+        await self._record(audio.pcm)
+        return self._replies.partial(await self._decoding.feed(audio.samples))
 
-    async def keep(self, pcm: bytes) -> None:
-        """:meth:`record`, for a stream that is ending: a save error is logged."""
+    async def finish(self) -> FinalResult:
+        """The client ended the stream: decode the rest, close it; the final reply."""
+        result = await self._decoding.finish()
+        await self.end("finished", result.text)
+        return self._replies.final(result)
+
+    async def keep(self, audio: Audio) -> None:
+        """Record a frame no reply will answer (the stream is ending); a
+        save error is logged."""
+        self._received(audio)
         try:
-            await self.record(pcm)
+            await self._record(audio.pcm)
         except AudioSaveError as exc:
-            log.warning("connection id=%d: %s", self.conn_id, exc)
+            log.warning("connection id=%d: %s", self._context.conn_id, exc)
             self.note_save_failed()
 
     def keep_now(self, pcm: bytes) -> None:
-        """Keep bytes without waiting (under cancellation); :meth:`close` writes them."""
-        if self.recording is not None and not self.save_failed:
-            self.recording.append(pcm)
+        """Keep bytes without waiting (under cancellation); closing writes them."""
+        if self._recording is not None and not self._save_failed:
+            self._recording.append(pcm)
 
     def note_save_failed(self) -> None:
         """Count this stream's save failure (once)."""
-        if not self.save_failed:
-            self.metrics.save_failed()
-        self.save_failed = True
+        if not self._save_failed:
+            self._context.metrics.save_failed()
+        self._save_failed = True
 
-    def close(self, how: str, text: str | None = None) -> None:
-        """Finish the recording (blocking I/O), count and log the stream;
-        raises :class:`~trio_asr.serving.recording.AudioSaveError` after all that."""
-        self.closed = True
-        try:
-            if self.recording is not None:
-                self.recording.close()
-                with contextlib.suppress(OSError):
-                    self.metrics.audio_saved(self.recording.path.stat().st_size)
-        except AudioSaveError:
-            self.note_save_failed()
-            how, text = "error", None
-            raise
-        finally:
-            decode_seconds = self.decoding.decode_seconds
-            self.totals.audio_seconds += self.audio_seconds
-            self.totals.decode_seconds += decode_seconds
-            self.metrics.stream_ended(_OUTCOMES[how])
-            self.metrics.decode_cpu(self.decoding.cpu_seconds)
-            rtf = decode_seconds / self.audio_seconds if self.samples else 0.0
-            log_event(
-                log, "stream", conn=self.conn_id, name=self.start.name,
-                saved=str(self.recording.path) if self.recording else None,
-                audio_s=round(self.audio_seconds, 2), rtf=round(rtf, 3), outcome=how, text=text,
-            )  # fmt: skip
+    # ------------------------------------------------------------ closing
 
-    async def aclose(self, how: str, text: str | None = None) -> None:
-        """:meth:`close`, in a worker thread when a file is to be finished
-        (without one it is only counting, cheaper than a thread hop)."""
-        if self.recording is None:
-            self.close(how, text)
+    async def end(self, how: str, text: str | None = None) -> None:
+        """Close the stream (``how`` it ended, as logged), in a worker thread
+        when a file is to be finished (without one it is only counting,
+        cheaper than a thread hop); raises
+        :class:`~trio_asr.serving.recording.AudioSaveError` after all that."""
+        if self._recording is None:
+            self._close(how, text)
         else:
-            await trio.to_thread.run_sync(self.close, how, text, limiter=self.limiter)
+            await trio.to_thread.run_sync(self._close, how, text, limiter=self._limiter)
 
     def cut(self, how: str) -> None:
         """Close a stream that is being torn down, here and now (also under
@@ -138,6 +139,48 @@ class OpenStream:
         if self.closed:
             return
         try:
-            self.close(how)
+            self._close(how)
         except AudioSaveError as exc:
-            log.warning("connection id=%d: %s", self.conn_id, exc)
+            log.warning("connection id=%d: %s", self._context.conn_id, exc)
+
+    # ------------------------------------------------------------ internals
+
+    def _received(self, audio: Audio) -> None:
+        self._samples += audio.samples.size
+        self._context.metrics.audio_received(audio.samples.size / self.start.sample_rate)
+
+    async def _record(self, pcm: bytes) -> None:
+        """Keep received bytes, opening the file at the first of them."""
+        audio = self._context.audio
+        if not pcm or self._save_failed or not audio.saving:
+            return
+        if self._recording is None:
+            self._recording = await trio.to_thread.run_sync(audio.open, self.start, limiter=self._limiter)
+        if self._recording is not None and self._recording.append(pcm):
+            await trio.to_thread.run_sync(self._recording.write_pending, limiter=self._limiter)
+
+    def _close(self, how: str, text: str | None = None) -> None:
+        """Finish the recording (blocking I/O), count and log the stream."""
+        self.closed = True
+        context, recording = self._context, self._recording
+        try:
+            if recording is not None:
+                recording.close()
+                with contextlib.suppress(OSError):
+                    context.metrics.audio_saved(recording.path.stat().st_size)
+        except AudioSaveError:
+            self.note_save_failed()
+            how, text = "error", None
+            raise
+        finally:
+            decode_seconds = self._decoding.decode_seconds
+            context.totals.audio_seconds += self.audio_seconds
+            context.totals.decode_seconds += decode_seconds
+            context.metrics.stream_ended(_OUTCOMES[how])
+            context.metrics.decode_cpu(self._decoding.cpu_seconds)
+            rtf = decode_seconds / self.audio_seconds if self._samples else 0.0
+            log_event(
+                log, "stream", conn=context.conn_id, name=self.start.name,
+                saved=str(recording.path) if recording else None,
+                audio_s=round(self.audio_seconds, 2), rtf=round(rtf, 3), outcome=how, text=text,
+            )  # fmt: skip

@@ -43,7 +43,7 @@ import trio_websocket
 
 from trio_asr.serving.auth import TokenError, TokenGate, challenge_headers, load_tokens
 from trio_asr.serving.config import ServerConfig
-from trio_asr.recognition.batched import Decoder, Recognizer
+from trio_asr.recognition.batched import BatchedRecognizer, SteppedRecognizer
 from trio_asr.serving.http_router import ReplayStream, is_upgrade, read_request, respond, respond_bytes
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
@@ -56,7 +56,7 @@ from trio_asr.serving.web import find_asset
 
 __all__ = ["WS_PATH", "Server", "ServerStartError", "exposure_warning", "serve", "shutdown_on_signals"]
 
-log = logging.getLogger("trio_asr.serving.server")
+log = logging.getLogger("trio_asr.server")
 
 WS_PATH = "/paddlespeech/asr/streaming"
 HEALTH_PATHS = frozenset({"/health", "/healthz"})
@@ -70,7 +70,7 @@ class ServerStartError(Exception):
 class Server:
     """A streaming-ASR server; :meth:`open` then :meth:`run`, or :func:`serve`."""
 
-    def __init__(self, config: ServerConfig, recognizer: Recognizer) -> None:
+    def __init__(self, config: ServerConfig, recognizer: SteppedRecognizer) -> None:
         self.config = config
         #: this server's Prometheus metrics (its own registry)
         self.metrics = ServerMetrics()
@@ -90,9 +90,9 @@ class Server:
         )
         self.audio = AudioStore(config.audio_dir if config.save_audio else None)
         self.lifecycle = Lifecycle()
-        decoder = Decoder(recognizer, self.service, trio.CapacityLimiter(config.workers))
+        batched = BatchedRecognizer(recognizer, self.service, trio.CapacityLimiter(config.workers))
         self._context = SessionContext(
-            config=config, decoder=decoder, audio=self.audio, lifecycle=self.lifecycle, metrics=self.metrics
+            config=config, recognizer=batched, audio=self.audio, lifecycle=self.lifecycle, metrics=self.metrics
         )
         self._gate = TokenGate.from_tokens(())  # the configured tokens, loaded by open()
         self._ssl_context: ssl.SSLContext | None = None  # with certfile, made by open()
@@ -351,7 +351,7 @@ async def _first_of(*waiters: Any) -> None:
 
 async def serve(
     config: ServerConfig,
-    recognizer: Recognizer,
+    recognizer: SteppedRecognizer,
     *,
     handle_signals: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,

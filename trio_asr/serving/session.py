@@ -1,11 +1,12 @@
 """One WebSocket connection: reader, decoder and writer tasks in a nursery.
 
 *reader* feeds frames to the sans-I/O
-:class:`~trio_asr.protocol.connection.ConnectionProtocol` and passes its events on;
-*decoder* opens streams, records their audio and decodes it through the
-server's :class:`~trio_asr.recognition.batched.Decoder`, turning events into replies;
-*writer* sends each reply through the protocol core (which checks that it is
-the one due) and closes the socket after an error.  Bounded memory channels
+:class:`~trio_asr.protocol.connection.ConnectionProtocol` and passes its
+events on; *decoder* routes each event to the open stream
+(:class:`~trio_asr.serving.open_stream.OpenStream`, which records, decodes
+and builds the reply), and turns failures into the protocol core's error
+events; *writer* sends each reply through the protocol core (which checks
+that it is the one due) and closes the socket after an error.  Bounded memory channels
 join them, so a slow client or a slow model applies backpressure.  A fourth
 task, the *watcher*, wakes the reader when the server starts draining or
 stopping, and pings connections that have no stream open.
@@ -19,44 +20,29 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import attrs
 import trio
 import trio_websocket
 
+from trio_asr.protocol.connection import PEER_REFUSALS, ConnectionProtocol, LocalProtocolError, State
+from trio_asr.protocol.messages import Audio, EndStream, ErrorReply, Event, Reply, ServerReady, StartStream
+from trio_asr.recognition.batched import BatchedRecognizer
 from trio_asr.serving.config import ServerConfig
-from trio_asr.recognition.batched import Decoder
-from trio_asr.recognition.hotwords import HotwordError
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
 from trio_asr.serving.metrics import ServerMetrics
-from trio_asr.protocol.messages import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_INVALID_PAYLOAD,
-    CLOSE_POLICY_VIOLATION,
-    CLOSE_UNSUPPORTED_DATA,
-    Audio,
-    EndStream,
-    ErrorReply,
-    Event,
-    PartialResult,
-    Reply,
-    ServerReady,
-    StartStream,
-)
-from trio_asr.protocol.connection import ConnectionProtocol, LocalProtocolError, State
-from trio_asr.serving.open_stream import ConnectionTotals, OpenStream
+from trio_asr.serving.open_stream import ConnectionTotals, OpenStream, StreamContext
 from trio_asr.serving.recording import AudioSaveError, AudioStore
-from trio_asr.protocol.replies import StreamReplies
 
 __all__ = ["Session", "SessionContext"]
 
-log = logging.getLogger("trio_asr.serving.server")
+log = logging.getLogger("trio_asr.server")
 
-T = TypeVar("T")
+#: an event and when the reader received it (perf_counter); a reply and when
+#: the frame it answers was received (None: it answers no frame)
+Received = tuple[Event, float]
+Outgoing = tuple[Reply, "float | None"]
 
 
 @attrs.frozen
@@ -64,7 +50,7 @@ class SessionContext:
     """What a session needs of its server."""
 
     config: ServerConfig
-    decoder: Decoder
+    recognizer: BatchedRecognizer
     audio: AudioStore
     lifecycle: Lifecycle
     metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
@@ -116,19 +102,16 @@ class Session:
         self._reader_scope = trio.CancelScope()
         self._client_gone = False  # no reply can reach the client any more
         # events the protocol produced that the reader has not handed over yet
-        self._undelivered: collections.deque[Event] = collections.deque()
+        self._undelivered: collections.deque[Received] = collections.deque()
         self._budget = _ByteBudget(2 * self.config.max_message_bytes)
         self._totals = ConnectionTotals()
         self._metrics = context.metrics
-        # perf_counter() of each audio frame whose partial reply is not sent yet
-        self._frame_times: collections.deque[float] = collections.deque()
-        # how a stream cut off by the protocol ended (see _note_cut)
-        self._cut_how = "cut off"
+        self._streams = StreamContext(context.recognizer, context.audio, context.metrics, self._totals, conn_id)
 
     async def run(self) -> None:
         size = self.config.channel_size
-        events_tx, events_rx = trio.open_memory_channel[Event](size)
-        replies_tx, replies_rx = trio.open_memory_channel[Reply](size)
+        events_tx, events_rx = trio.open_memory_channel[Received](size)
+        replies_tx, replies_rx = trio.open_memory_channel[Outgoing](size)
         started = time.perf_counter()
         try:
             async with trio.open_nursery() as outer:
@@ -185,7 +168,7 @@ class Session:
 
     # ------------------------------------------------------------ reader
 
-    async def _reader(self, events: trio.MemorySendChannel[Event]) -> None:
+    async def _reader(self, events: trio.MemorySendChannel[Received]) -> None:
         """Hand every event to the decoder, in order, none lost: when the
         writer gives up on the client (see :meth:`_writer`) the reader stops
         reading, and what was received still goes to the decoder."""
@@ -193,37 +176,27 @@ class Session:
         async with events:
             with self._reader_scope:
                 while self.protocol.state is not State.CLOSED:
-                    pending.extend(self._produced(await self._next_events()))
+                    received = await self._next_events()
+                    now = time.perf_counter()
+                    pending.extend((event, now) for event in received)
                     while pending:
-                        if isinstance(pending[0], Audio):
-                            await self._budget.take(len(pending[0].pcm))
+                        event = pending[0][0]
+                        if isinstance(event, Audio):
+                            await self._budget.take(len(event.pcm))
                         await events.send(pending[0])
                         pending.popleft()
             if self._reader_scope.cancelled_caught:
                 self._client_gone = True
-            pending.extend(self._produced(self.protocol.connection_closed()))
+            now = time.perf_counter()
+            pending.extend((event, now) for event in self.protocol.connection_closed())
             while pending:
                 await events.send(pending.popleft())
-
-    def _produced(self, events: list[Event]) -> list[Event]:
-        self._note_cut(events)
-        for event in events:
-            if isinstance(event, Audio):
-                self._frame_times.append(time.perf_counter())
-        return events
-
-    def _note_cut(self, events: list[Event]) -> None:
-        """A stream cut off together with an error reply ended by that error
-        (or by the shutdown), not by the client leaving."""
-        error = next((e for e in events if isinstance(e, ErrorReply)), None)
-        if error is not None and any(isinstance(e, EndStream) and not e.reply for e in events):
-            self._cut_how = "shut down" if error.code == CLOSE_GOING_AWAY else "error"
 
     async def _next_events(self) -> list[Event]:
         protocol = self.protocol
         lifecycle = self.context.lifecycle
         if lifecycle.stopping or (lifecycle.draining and protocol.state is State.IDLE):
-            return protocol.fail(CLOSE_GOING_AWAY, "server is shutting down")
+            return protocol.shut_down()
         if self._peer_dead:
             self.outcome = "peer did not answer pings"
             self._client_gone = True
@@ -239,7 +212,7 @@ class Session:
             except trio_websocket.ConnectionClosed as exc:
                 self._client_gone = True
                 reason = exc.reason
-                if reason is not None and reason.code in (1002, 1007):  # wsproto refused a frame (or the client said so)
+                if reason is not None and reason.code in PEER_REFUSALS:  # wsproto refused a frame, or the client did
                     self.outcome = f"closed {reason.code}: {reason.reason}"
                 return protocol.connection_closed()
             finally:
@@ -251,7 +224,7 @@ class Session:
             if streaming:  # e.g. PaddleSpeech's web demo after Stop: it never sends "end"
                 log.info("connection id=%d: stream silent for %g s; ending it", self.id, timeout)
                 return protocol.stream_idle()
-            return protocol.fail(CLOSE_POLICY_VIOLATION, f"no stream started for {timeout:g} s")
+            return protocol.connection_idle(timeout)
         if isinstance(message, str):
             return protocol.receive_text(message)
         assert isinstance(message, bytes)
@@ -259,22 +232,17 @@ class Session:
 
     # ------------------------------------------------------------ decoder
 
-    async def _decoder(self, events: trio.MemoryReceiveChannel[Event], replies: trio.MemorySendChannel[Reply]) -> None:
-        """Turn events into replies; every byte of audio received is saved,
-        however the connection ends (see :meth:`_ending`)."""
+    async def _decoder(
+        self, events: trio.MemoryReceiveChannel[Received], replies: trio.MemorySendChannel[Outgoing]
+    ) -> None:
+        """Route events to the open stream; every byte of audio received is
+        saved, however the connection ends (see :meth:`_ending`)."""
         stream: OpenStream | None = None
         async with events, replies:
             try:
-                async for event in events:
+                async for event, received in events:
                     try:
-                        if isinstance(event, Audio):
-                            self._budget.give(len(event.pcm))
-                            if self._ending():
-                                if stream is not None and not stream.closed:
-                                    stream.received(event.samples.size)
-                                    await stream.keep(event.pcm)
-                                continue
-                        stream = await self._handle(event, stream, replies)
+                        stream = await self._route(event, received, stream, replies)
                     except Exception as exc:
                         if isinstance(exc, AudioSaveError):
                             log.warning("connection id=%d: %s", self.id, exc)
@@ -282,21 +250,21 @@ class Session:
                                 stream.note_save_failed()
                             else:
                                 self._metrics.save_failed()
-                            message = str(exc)
+                            failure = self.protocol.internal_error(str(exc))
                         else:
                             log.exception("connection id=%d: internal error", self.id)
-                            message = f"internal error: {type(exc).__name__}"
-                        await self._fail(replies, CLOSE_INTERNAL_ERROR, message)
-                if stream is not None:
-                    await self._in_thread(stream.cut, "error" if self._failed else self._cut_how)
+                            failure = self.protocol.internal_error(f"internal error: {type(exc).__name__}")
+                        await self._fail(replies, failure)
+                if stream is not None:  # the protocol's cut of it went with a failure of ours
+                    await trio.to_thread.run_sync(stream.cut, "error", limiter=self.context.recognizer.limiter)
                     stream = None
             finally:
                 if stream is not None:  # cancelled: keep what is queued, here and now
-                    queued: list[Event] = []
+                    queued: list[Received] = []
                     with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
                         while True:
                             queued.append(events.receive_nowait())
-                    for event in [*queued, *self._undelivered]:
+                    for event, _ in [*queued, *self._undelivered]:
                         if isinstance(event, Audio):
                             stream.keep_now(event.pcm)
                     stream.cut("cancelled")
@@ -306,78 +274,70 @@ class Session:
         the client is gone, the server is stopping): save it, don't decode it."""
         return self._failed or self._client_gone or self.context.lifecycle.stopping
 
-    async def _handle(
-        self, event: Event, stream: OpenStream | None, replies: trio.MemorySendChannel[Reply]
+    async def _route(
+        self, event: Event, received: float, stream: OpenStream | None, replies: trio.MemorySendChannel[Outgoing]
     ) -> OpenStream | None:
+        """Hand one event to the open stream (or open one); the stream open after it."""
         if isinstance(event, Audio):
-            assert stream is not None
-            stream.received(event.samples.size)
-            await stream.record(event.pcm)
-            result = await stream.decoding.feed(event.samples)
-            await replies.send(stream.replies.partial(result))
+            self._budget.give(len(event.pcm))
+            if stream is None or stream.closed:
+                return stream  # its start was refused: the connection is failing
+            if self._ending():
+                await stream.keep(event)
+            else:
+                await replies.send((await stream.feed(event), received))
             return stream
         if isinstance(event, StartStream):
             try:
-                if event.hotwords:
-                    decoding = await self.context.decoder.open_stream_with_hotwords(
-                        event.nbest, event.sample_rate, event.hotwords, event.endpoint
-                    )
-                else:
-                    decoding = self.context.decoder.open_stream(event.nbest, event.sample_rate, event.endpoint)
-            except HotwordError as exc:
-                await self._fail(replies, CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}', "start")
+                stream = await OpenStream.open(event, self._streams)
+            except ValueError as exc:  # HotwordError is one
+                await self._fail(replies, self.protocol.refuse_stream(exc))
                 return None
-            except ValueError as exc:
-                await self._fail(replies, CLOSE_UNSUPPORTED_DATA, str(exc), "start")
-                return None
-            self._totals.streams += 1
-            await replies.send(ServerReady())
-            return OpenStream(
-                event, decoding, StreamReplies(event), self.context.audio, self._metrics, self._totals,
-                self.context.decoder.limiter, self.id,
-            )  # fmt: skip
+            await replies.send((ServerReady(), None))
+            return stream
         if isinstance(event, EndStream):
-            assert stream is not None
-            if not event.reply or self._ending():
-                await stream.aclose(self._cut_how)
-                if self.outcome == "ok":
-                    self.outcome = "disconnected mid-stream"
+            if stream is None:
+                return None  # its start was refused: nothing to end
+            if event.reply and not self._ending():
+                await replies.send((await stream.finish(), None))
                 return None
-            result = await stream.decoding.finish()
-            await stream.aclose("finished", result.text)
-            await replies.send(stream.replies.final(result))
+            await stream.end(event.how if not event.reply else self._cut_how())
+            if self.outcome == "ok":
+                self.outcome = "disconnected mid-stream"
             return None
         self.outcome = f"closed {event.code}: {event.message}"
-        await replies.send(event)
+        await replies.send((event, None))
         return stream
 
-    async def _fail(
-        self, replies: trio.MemorySendChannel[Reply], code: int, message: str, signal: str | None = None
-    ) -> None:
-        """End the connection from the server's side, through the protocol core;
-        events the reader queued before it need no answer any more."""
-        self._failed = True
-        for event in self.protocol.fail(code, message, signal):
-            if isinstance(event, ErrorReply):
-                self.outcome = f"closed {code}: {message}"
-                await replies.send(event)
+    def _cut_how(self) -> str:
+        """How a stream whose final reply cannot be sent ends."""
+        if self._failed:
+            return "error"
+        return "shut down" if self.context.lifecycle.stopping else "cut off"
 
-    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.context.decoder.limiter)
+    async def _fail(self, replies: trio.MemorySendChannel[Outgoing], events: list[Event]) -> None:
+        """End the connection from the server's side with the protocol core's
+        failure ``events``; events the reader queued before it need no
+        answer any more."""
+        self._failed = True
+        for event in events:
+            if isinstance(event, ErrorReply):
+                self.outcome = f"closed {event.code}: {event.message}"
+                await replies.send((event, None))
 
     # ------------------------------------------------------------ writer
 
-    async def _writer(self, replies: trio.MemoryReceiveChannel[Reply]) -> None:
+    async def _writer(self, replies: trio.MemoryReceiveChannel[Outgoing]) -> None:
         async with replies:
-            async for reply in replies:
+            async for reply, received in replies:
                 if not self._socket_open:
                     continue  # keep draining so the decoder never blocks
                 try:
                     text = self.protocol.send(reply)
-                except LocalProtocolError:
+                except LocalProtocolError as exc:
                     log.exception("connection id=%d: reply out of order", self.id)
                     self.outcome = "internal error: reply out of order"
-                    await self._close_socket(CLOSE_INTERNAL_ERROR, "internal error")
+                    await self._close_socket(exc.close_code, "internal error")
                     continue
                 try:
                     with trio.move_on_after(self.config.send_timeout) as scope:
@@ -391,8 +351,8 @@ class Session:
                     self._socket_open = False
                     self._reader_scope.cancel()  # what it received is still saved
                     continue
-                if isinstance(reply, PartialResult) and self._frame_times:
-                    self._metrics.partial_reply_sent(time.perf_counter() - self._frame_times.popleft())
+                if received is not None:
+                    self._metrics.partial_reply_sent(time.perf_counter() - received)
                 if isinstance(reply, ErrorReply):
                     await self._close_socket(reply.code, reply.message)
 
