@@ -180,7 +180,7 @@ async def test_frame_errors_end_the_connection_without_hurting_the_server(
 ) -> None:
     """Invalid UTF-8 and framing violations end only that connection, and the
     server goes on.  (It does not check the close frame RFC 6455 asks for:
-    trio-websocket closes TCP without one; see README, "Known limit".)"""
+    trio-websocket closes TCP without one; see docs/protocol.md, "Known limit".)"""
     server = await start_server(nursery, tmp_path)
     for frame in (b"\x81\x82\x00\x00\x00\x00\xff\xfe", b"\x81\x02{}", b"\xa1\x80\x00\x00\x00\x00"):
         stream = await raw_websocket(server.port)

@@ -221,7 +221,7 @@ class ConnectionProtocol:
             self._due.clear()
         else:
             due = self._due[0] if self._due else None
-            if type(reply) is not due or due is ErrorReply:
+            if due is ErrorReply or type(reply) is not due:
                 expected = "nothing" if due is None else due.__name__
                 raise LocalProtocolError(f"{type(reply).__name__} sent where {expected} is due")
             self._due.popleft()

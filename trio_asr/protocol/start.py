@@ -70,10 +70,6 @@ def excerpt(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def parse_start(message: dict[str, Any], limits: ProtocolLimits) -> StartStream:
     """The stream a ``start`` message asks for; raises :class:`BadStart`."""
     name = message.get("name")
@@ -144,6 +140,6 @@ def _endpoint_field(message: dict[str, Any], limits: ProtocolLimits) -> Endpoint
 
 def _int_field(message: dict[str, Any], key: str, default: int) -> int:
     value = message.get(key, default)
-    if not _is_int(value):
+    if isinstance(value, bool) or not isinstance(value, int):  # JSON true/false is never an integer
         raise BadStart(CLOSE_INVALID_PAYLOAD, f'field "{key}" must be an integer, got {excerpt(value)}')
     return value

@@ -28,7 +28,9 @@ import numpy as np
 
 from trio_asr.recognition.endpoint import EndpointRules
 from trio_asr.recognition.features import StreamingFbank
-from trio_asr.recognition.hotwords import CompiledHotwords, Hotword, HotwordGraph, stream_graph
+from trio_asr._ctc import HotwordGraph
+from trio_asr.bounds import between
+from trio_asr.recognition.hotwords import CompiledHotwords, stream_graph
 from trio_asr.recognition.model import AcousticModel, ModelStream
 from trio_asr.recognition.resample import StreamingResampler
 from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch, Search
@@ -96,7 +98,7 @@ class Recognizer:
     """
 
     model: AcousticModel
-    beam: int = attrs.field(default=10, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_BEAM_WIDTH)])
+    beam: int = attrs.field(default=10, validator=between(1, MAX_BEAM_WIDTH))
     decoding: Literal["beam", "greedy"] = attrs.field(
         default="beam", validator=attrs.validators.in_(("beam", "greedy"))
     )
@@ -108,12 +110,12 @@ class Recognizer:
     skip_non_speech: float | None = attrs.field(default=None, kw_only=True)
 
     @vad.validator
-    def _check_vad(self, _attribute, vad: SileroVad | None) -> None:
+    def _check_vad(self, _attribute: object, vad: SileroVad | None) -> None:
         if vad is not None and vad.sample_rate != self.model.sample_rate:
             raise ValueError(f"the VAD takes {vad.sample_rate} Hz audio, the model {self.model.sample_rate} Hz")
 
     @skip_non_speech.validator
-    def _check_skip(self, _attribute, seconds: float | None) -> None:
+    def _check_skip(self, _attribute: object, seconds: float | None) -> None:
         if seconds is None:
             return
         if self.vad is None:

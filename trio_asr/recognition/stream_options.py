@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
 from trio_asr.recognition.endpoint import EndpointRules
 from trio_asr.recognition.hotwords import Hotword
 
 __all__ = ["StreamOptions"]
+
+
+def _as_tuple(hotwords: Iterable[Hotword]) -> tuple[Hotword, ...]:
+    return tuple(hotwords)
 
 
 @attrs.frozen
@@ -21,5 +27,5 @@ class StreamOptions:
 
     nbest: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     sample_rate: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
-    hotwords: tuple[Hotword, ...] = attrs.field(default=(), converter=tuple)
+    hotwords: tuple[Hotword, ...] = attrs.field(default=(), converter=_as_tuple)
     endpoint: EndpointRules | None = None

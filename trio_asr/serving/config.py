@@ -24,9 +24,11 @@ from typing import Any
 
 import attrs
 
-from trio_asr.recognition.endpoint import MAX_SEGMENT_SECONDS, MAX_SILENCE_SECONDS, EndpointRules
+from trio_asr.bounds import at_least, between, off_or_between, positive
+from trio_asr.protocol.limits import ProtocolLimits
+from trio_asr.recognition.endpoint import MAX_SILENCE_SECONDS, MIN_SILENCE_SECONDS, EndpointRules
 from trio_asr.recognition.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
-from trio_asr.protocol.start import ProtocolLimits
+from trio_asr.recognition.recognizer import SKIP_NON_SPEECH_SECONDS, Recognizer
 
 __all__ = ["RECOGNIZER_SETTINGS", "ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
 
@@ -39,28 +41,15 @@ def _cpu_count() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _at_least(low: float, high: float | None = None) -> Callable[[object, attrs.Attribute, Any], None]:
-    def check(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None:
-            return
-        if value < low or (high is not None and value > high):
-            bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-            raise ConfigError(f"{attribute.name} must be {bound}, got {value!r}")
-
-    return check
+def _default(cls: type, name: str) -> Any:
+    """The default of ``cls``'s field ``name``: a setting that configures a
+    part takes that part's default."""
+    return attrs.fields_dict(cls)[name].default
 
 
-def _off_or_between(low: float, high: float) -> Callable[[object, attrs.Attribute, Any], None]:
-    def check(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
-        if value != 0 and not low <= value <= high:
-            raise ConfigError(f"{attribute.name} must be 0 (off) or between {low:g} and {high:g}, got {value!r}")
-
-    return check
-
-
-def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
+def _bound(cls: type, name: str) -> Any:
+    """The validator of ``cls``'s field ``name``: and its bounds."""
+    return attrs.fields_dict(cls)[name].validator
 
 
 _TYPE_NAMES = {
@@ -107,59 +96,70 @@ class ServerConfig:
     """Everything ``trio-asr serve`` can be told; all limits are enforced."""
 
     host: str = _setting("0.0.0.0", type=str, help="interface to bind")
-    port: int = _setting(8090, type=int, help="TCP port (0 picks a free one)", validator=_at_least(0, 65535))
+    port: int = _setting(8090, type=int, help="TCP port (0 picks a free one)", validator=between(0, 65535))
     model: Path | None = _setting(
         None, type=Path, optional=True, default_help="$TRIO_ASR_MODEL_DIR or the cached default model",
         help="model directory or registry name",
     )  # fmt: skip
     audio_dir: Path = _setting(Path("audio"), type=Path, help="where each stream is saved as WAV")
     save_audio: bool = _setting(True, type=bool, help="save each stream's audio")
-    beam: int = _setting(10, type=int, help="CTC prefix beam width", validator=_at_least(1, 256))
-    nbest_max: int = _setting(10, type=int, help="largest nbest a client may ask for", validator=_at_least(1, 100))
+    beam: int = _setting(
+        _default(Recognizer, "beam"), type=int, help="CTC prefix beam width", validator=_bound(Recognizer, "beam")
+    )
+    nbest_max: int = _setting(
+        _default(ProtocolLimits, "nbest_max"), type=int, help="largest nbest a client may ask for",
+        validator=_bound(ProtocolLimits, "nbest_max"),
+    )  # fmt: skip
     hotwords_file: Path | None = _setting(
         None, type=Path, optional=True, default_help="none",
-        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see README: Hotwords)",
+        help="phrases to bias recognition towards, one per line, optionally 'PHRASE :SCORE' (see docs/hotwords.md)",
     )  # fmt: skip
     hotwords_score: float = _setting(
         DEFAULT_SCORE, type=float, validator=lambda _i, a, v: check_score(v, a.name),
         help=f"bonus per token of a hotword without its own score (0 < score <= {MAX_SCORE:g})",
     )  # fmt: skip
     max_stream_hotwords: int = _setting(
-        100, type=int, validator=_at_least(0, 1000),
+        _default(ProtocolLimits, "max_stream_hotwords"), type=int, validator=_bound(ProtocolLimits, "max_stream_hotwords"),
         help="phrases a client may add in its start message's 'hotwords' (0: none)",
     )  # fmt: skip
     max_connections: int = _setting(
-        100, type=int, help="WebSocket connections at once; more get HTTP 503", validator=_positive
+        100, type=int, help="WebSocket connections at once; more get HTTP 503", validator=positive
     )
-    max_message_bytes: int = _setting(1 << 20, type=int, help="largest frame accepted, bytes", validator=_positive)
-    max_stream_seconds: float = _setting(3600.0, type=float, help="longest stream accepted, s", validator=_positive)
+    max_message_bytes: int = _setting(
+        _default(ProtocolLimits, "max_message_bytes"), type=int, help="largest frame accepted, bytes",
+        validator=_bound(ProtocolLimits, "max_message_bytes"),
+    )  # fmt: skip
+    max_stream_seconds: float = _setting(
+        _default(ProtocolLimits, "max_stream_seconds"), type=float, help="longest stream accepted, s",
+        validator=_bound(ProtocolLimits, "max_stream_seconds"),
+    )  # fmt: skip
     idle_timeout: float = _setting(
-        60.0, type=float, validator=_positive,
+        60.0, type=float, validator=positive,
         help="an open stream silent this long ends as if the client had sent 'end' (final reply, audio saved); "
         "the connection stays open, s",
     )  # fmt: skip
     connection_idle_timeout: float = _setting(
-        600.0, type=float, help="close a connection with no stream open after this long, s", validator=_positive
+        600.0, type=float, help="close a connection with no stream open after this long, s", validator=positive
     )
     ping_interval: float = _setting(
-        30.0, type=float, validator=_at_least(0),
+        30.0, type=float, validator=at_least(0),
         help="WebSocket ping to a connection with no stream open every this many s; "
         "no pong within the next interval closes it (0: no pings)",
     )  # fmt: skip
     send_timeout: float = _setting(
-        60.0, type=float, help="drop a client that reads no reply for this long, s", validator=_positive
+        60.0, type=float, help="drop a client that reads no reply for this long, s", validator=positive
     )
-    threads: int = _setting(1, type=int, help="ONNX Runtime threads per model call", validator=_positive)
+    threads: int = _setting(1, type=int, help="ONNX Runtime threads per model call", validator=positive)
     workers: int = _setting(
-        factory=_cpu_count, type=int, default_help="the CPU count", validator=_positive,
+        factory=_cpu_count, type=int, default_help="the CPU count", validator=positive,
         help="feature, search and disk work running at once in worker threads",
     )  # fmt: skip
     batching: bool = _setting(
         True, type=bool, help="run the model chunks of all connections in batched calls (off: one chunk per call)"
     )
-    max_batch: int = _setting(64, type=int, help="most chunks per batched model call", validator=_positive)
+    max_batch: int = _setting(64, type=int, help="most chunks per batched model call", validator=positive)
     max_call_seconds: float = _setting(
-        0.075, type=float, validator=_positive,
+        0.075, type=float, validator=positive,
         help="CPU seconds a batched model call should stay under, s: every chunk of a call waits for all of it, "
         "so a call takes as many chunks as fit at the model's measured cost per chunk (at most --max-batch)",
     )  # fmt: skip
@@ -169,28 +169,28 @@ class ServerConfig:
         "model that still depends on the batch runs one stream per call (off: batch it anyway)",
     )  # fmt: skip
     concurrent_batches: int = _setting(
-        factory=_cpu_count, type=int, default_help="the CPU count", validator=_positive,
+        factory=_cpu_count, type=int, default_help="the CPU count", validator=positive,
         help="batched model calls in flight at once",
     )  # fmt: skip
     max_queue_delay: float = _setting(
-        0.5, type=float, validator=_positive,
+        0.5, type=float, validator=positive,
         help="model queue delay, s, above which new connections get HTTP 503",
     )  # fmt: skip
     channel_size: int = _setting(
         16, type=int, help="capacity of a connection's reader->decoder and decoder->writer channels",
-        validator=_positive,
+        validator=positive,
     )  # fmt: skip
     grace_period: float = _setting(
-        10.0, type=float, help="time open streams get to finish after SIGINT/SIGTERM, s", validator=_at_least(0)
+        10.0, type=float, help="time open streams get to finish after SIGINT/SIGTERM, s", validator=at_least(0)
     )
     handshake_timeout: float = _setting(
-        10.0, type=float, help="time for a request head and the WebSocket opening handshake, s", validator=_positive
+        10.0, type=float, help="time for a request head and the WebSocket opening handshake, s", validator=positive
     )
     close_timeout: float = _setting(
-        5.0, type=float, help="time for a WebSocket closing handshake, s", validator=_positive
+        5.0, type=float, help="time for a WebSocket closing handshake, s", validator=positive
     )
     drain_timeout: float = _setting(
-        5.0, type=float, validator=_positive,
+        5.0, type=float, validator=positive,
         help="after the grace period, time cut-off connections get to save their audio and close, s",
     )  # fmt: skip
     log_level: str = _setting("warning", type=str, help="log level", choices=("debug", "info", "warning", "error"))
@@ -222,15 +222,17 @@ class ServerConfig:
     )
     page: bool = _setting(True, type=bool, help="serve the microphone page at / (it asks for the token itself)")
     endpoint_silence_without_text: float = _setting(
-        2.4, type=float, validator=_off_or_between(0.1, MAX_SILENCE_SECONDS),
+        _default(EndpointRules, "silence_without_text"), type=float,
+        validator=off_or_between(MIN_SILENCE_SECONDS, MAX_SILENCE_SECONDS),
         help="endpoint rule 1: a segment with no text ends after this much silence, s (0: off)",
     )  # fmt: skip
     endpoint_silence_after_text: float = _setting(
-        1.2, type=float, validator=_off_or_between(0.1, MAX_SILENCE_SECONDS),
+        _default(EndpointRules, "silence_after_text"), type=float,
+        validator=off_or_between(MIN_SILENCE_SECONDS, MAX_SILENCE_SECONDS),
         help="endpoint rule 2: a segment with text ends after this much silence, s (0: off)",
     )  # fmt: skip
     endpoint_max_segment: float = _setting(
-        20.0, type=float, validator=_at_least(1.0, MAX_SEGMENT_SECONDS),
+        _default(EndpointRules, "max_segment"), type=float, validator=_bound(EndpointRules, "max_segment"),
         help="endpoint rule 3: a segment ends when it is this long, s",
     )  # fmt: skip
     vad: bool = _setting(
@@ -239,10 +241,10 @@ class ServerConfig:
         "tokens / blanks (needs trio-asr[vad])",
     )  # fmt: skip
     vad_threshold: float = _setting(
-        0.5, type=float, help="speech probability at which the VAD hears speech", validator=_at_least(0.2, 0.95)
+        0.5, type=float, help="speech probability at which the VAD hears speech", validator=between(0.2, 0.95)
     )
     skip_non_speech: float = _setting(
-        0.0, type=float, validator=_off_or_between(0.1, 60.0),
+        0.0, type=float, validator=off_or_between(*SKIP_NON_SPEECH_SECONDS),
         help="with --vad: do not run the model on audio after this much non-speech, s (0: off; "
         "saves CPU on silence-heavy audio, but the text can change)",
     )  # fmt: skip
@@ -321,7 +323,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomli as tomllib
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data: dict[str, Any] = tomllib.load(f)
+            return data
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
