@@ -4,6 +4,7 @@ the synthetic zipformer2-CTC fixture model (a Chinese character table)."""
 from __future__ import annotations
 
 import json
+import logging
 import wave
 from pathlib import Path
 
@@ -140,6 +141,24 @@ async def test_a_phrase_the_model_cannot_spell_is_refused_at_start(
         assert error["status"] == "error" and error["signal"] == "start"
         assert "hotwords" in error["message"] and "cannot spell 'h'" in error["message"]
         assert await expect_close(ws) == 1007
+
+
+async def test_a_refused_start_followed_at_once_by_end_logs_no_traceback(
+    nursery: trio.Nursery, tmp_path: Path, model, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ``end`` queued behind a refused ``start`` needs no answer: the
+    client gets its 1007, the log no traceback (bad input logs at most a line)."""
+    server = await start_server(nursery, tmp_path, Recognizer(model, beam=4))
+    with caplog.at_level(logging.INFO, logger="trio_asr"):
+        async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+            await ws.send_message(start_msg(hotwords=["hello"]))
+            await ws.send_message(end_msg())
+            assert (await recv_json(ws))["signal"] == "start"
+            assert await expect_close(ws) == 1007
+        with trio.fail_after(5):
+            while server.connections:
+                await trio.sleep(0.01)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def write_wav(path: Path, audio: np.ndarray) -> Path:
