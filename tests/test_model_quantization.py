@@ -23,6 +23,10 @@ type quantized.  What each group proves:
   axis is reported, not silently mis-rewritten; the scaling fused into the
   matmuls rounds as the unfused graph does, in every layout, and a tensor a
   subgraph reads is not fused away.
+- ``test_extended_weight_*``, ``test_rewrite_gives_each_item_the_original_kernel_s_integers``:
+  onnxruntime's int8 sums depend on the CPU (see ``pair_saturating_matmul``);
+  the rewrite reproduces the original's, on a kernel that saturates (emulated
+  in numpy, so checked on every machine) and on this machine's.
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ from paths import AUDIO_DIR
 from serverutil import ControlledModel
 from trio_asr.audio import down_mix, read_wav
 from trio_asr.recognition.features import StreamingFbank
-from trio_asr.recognition.model import is_batch_invariant, load_model, quantization
+from trio_asr.recognition.model import is_batch_invariant, load_model, quantization, quantized_ops
 from trio_asr.recognition.model_service import ModelService
 from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.recognition.search import GreedySearch
 from trio_asr.cli.transcribe import transcribe_samples
+from trio_asr.recognition.stream_options import StreamOptions
 
 SPEECH = ["numbers.wav", "something.wav", "paddlespeech-test.wav", "english.wav"]
 
@@ -203,7 +208,7 @@ async def test_service_batches_int8_streams_as_if_each_ran_alone(models) -> None
         utterances.append((down_mix(samples), rate))
     utterances += [(x[: len(x) * (k + 2) // 5], rate) for k, (x, rate) in enumerate(utterances)]
     recognizer = Recognizer(counting, decoding="greedy")
-    streams = [recognizer.create_stream(1, rate) for _, rate in utterances]
+    streams = [recognizer.create_stream(StreamOptions(nbest=1, sample_rate=rate)) for _, rate in utterances]
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         async with trio.open_nursery() as clients:
@@ -344,31 +349,133 @@ def test_rewrite_fuses_the_scaling_bit_for_bit(tmp_path, monkeypatch, layout) ->
     first = item(x, axis, 0).reshape(-1, WIDE)
     lo, hi = min(float(first.min()), 0.0), max(float(first.max()), 0.0)
     q = np.clip(np.round(first / ((hi - lo) / 255)) + np.round(-lo / ((hi - lo) / 255)), 0, 255)
-    assert np.abs(q.astype(np.int64) @ weight.astype(np.int64)).max() > 2**24  # float(acc) rounds
+    for matmul in (exact_matmul, pair_saturating_matmul):  # float(acc) rounds, whichever the kernel is
+        assert np.abs(matmul(q.astype(np.uint8), weight)).max() > 2**24
 
     def rewrite() -> bytes:
         rewritten, skipped = quantization.rewrite_model(data, lambda b: {"x": wide_input(shape, axis, b)}, session)
         assert skipped == []
         return rewritten
 
-    assert quantization.kernel_scales_per_item()
     fused = onnx.load_from_string(rewrite())
     ops = [n.op_type for n in fused.graph.node]
-    assert "MatMulIntegerToFloat" in ops and "MatMulInteger" not in ops and "Cast" not in ops
-    assert any(o.domain == "com.microsoft" for o in fused.opset_import)
+    if quantization.kernel_scales_per_item():  # see test_kernel_takes_a_per_item_scale
+        assert "MatMulIntegerToFloat" in ops and "MatMulInteger" not in ops and "Cast" not in ops
+        assert any(o.domain == "com.microsoft" for o in fused.opset_import)
+    else:
+        assert "MatMulIntegerToFloat" not in ops and {"MatMulInteger", "Cast"} <= set(ops)
     monkeypatch.setattr(quantization, "kernel_scales_per_item", lambda: False)  # as if onnxruntime could not
     unfused = rewrite()
     assert {"MatMulInteger", "Cast"} <= {n.op_type for n in onnx.load_from_string(unfused).graph.node}
 
-    # as the loader runs it: without onnxruntime's own fusion, which multiplies in another order
-    unfused_session = ort.InferenceSession(
-        unfused, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulIntegerToFloatFusion"]
+    # as the loader runs them: without onnxruntime's own fusion, which multiplies in another order
+    fused_session, unfused_session = (
+        ort.InferenceSession(g, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulIntegerToFloatFusion"])
+        for g in (fused.SerializeToString(), unfused)
     )
-    (y,) = session(fused.SerializeToString()).run(["y"], {"x": x})
+    (y,) = fused_session.run(["y"], {"x": x})
     np.testing.assert_array_equal(y, unfused_session.run(["y"], {"x": x})[0])
     for i in range(batch):
         (alone,) = session(data).run(["y"], {"x": item(x, axis, i)})
         np.testing.assert_array_equal(item(y, axis, i), alone)
+
+
+def test_kernel_takes_a_per_item_scale() -> None:
+    """The probe's answer for this onnxruntime: its sums do not saturate on
+    any kernel, so it is the same on every x86 machine (it said no on AVX2
+    without VNNI while it summed pairs that saturate there)."""
+    assert quantization.kernel_scales_per_item()
+
+
+# MLAS's u8s8 kernels without VNNI (AVX2, AVX-512BW) add the products of
+# columns 2j and 2j+1 in int16 with saturation (vpmaddubsw); VNNI and AMX ones
+# sum exactly.  The original file's integers are therefore machine-dependent,
+# but on each machine a function of the item alone, which the rewrite keeps.
+def exact_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return a.astype(np.int64) @ w.astype(np.int64)
+
+
+def pair_saturating_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    a, w = a.astype(np.int64), w.astype(np.int64)
+    if a.shape[-1] % 2:  # the kernels pad the depth with zeros
+        a, w = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, 1)]), np.pad(w, [(0, 1), (0, 0)])
+    pairs = a[..., 0::2, None] * w[0::2] + a[..., 1::2, None] * w[1::2]
+    return np.clip(pairs, -(2**15), 2**15 - 1).sum(axis=-2)
+
+
+@pytest.mark.parametrize("depth", [15, 16])
+@pytest.mark.parametrize("w_zp", [0, 37])
+def test_extended_weight_sums_as_the_original_on_every_kernel(depth, w_zp) -> None:
+    rng = np.random.default_rng(depth + w_zp)
+    wq = rng.integers(-127, 64, (depth, 8)).astype(np.int8)
+    wq[-1] = 127  # and positive rows appended: with an odd depth, a pair that saturates unless padded
+    extended = quantized_ops.extended_weight(wq, np.int8(w_zp))
+    assert extended is not None and np.array_equal(extended[:depth], wq)
+    # rows holding the weight zero point, as rewrite_matmul adds where another
+    # matmul of the same input needs more columns
+    extended = np.concatenate([extended, np.full((3, 8), w_zp, np.int8)])
+    xq = rng.integers(0, 256, (64, depth)).astype(np.uint8)
+    assert (pair_saturating_matmul(xq, wq) != exact_matmul(xq, wq)).any()  # the data saturates
+    for zp in (0, 1, 128, 255):
+        ours = np.concatenate([xq, np.full((64, len(extended) - depth), zp, np.uint8)], axis=1)
+        for matmul in (exact_matmul, pair_saturating_matmul):
+            # as MLAS computes it: the kernel's sum of the stored values, then
+            # the zero-point terms in int32
+            colsum, rowsum = wq.sum(axis=0, dtype=np.int64), xq.sum(axis=1, keepdims=True, dtype=np.int64)
+            original = matmul(xq, wq) - zp * colsum - w_zp * rowsum + depth * zp * w_zp
+            rewritten = matmul(ours, extended) - w_zp * ours.sum(axis=1, keepdims=True, dtype=np.int64)
+            np.testing.assert_array_equal(rewritten, original)
+    assert quantized_ops.extended_weight(wq, np.int8(100)) is None  # no room: corrected in int32 instead
+
+
+ODD = 33
+
+
+def saturating_projection() -> onnx.ModelProto:
+    """x (N, T, ODD) @ w (ODD, 8), w large: pairs of large inputs times large
+    weights pass int16; an odd depth pairs the last column with padding, and
+    with the first row appended unless the rewrite pads it too."""
+    w = np.random.default_rng(4).uniform(0.6, 1.0, (ODD, 8)).astype(np.float32)
+    w[-1] = -1.0  # the rows appended are negative: x[-1] * w[-1] and one of them can pass -2**15
+    return _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [numpy_helper.from_array(w, "w")],
+                  ["N", T, ODD])  # fmt: skip
+
+
+def skewed_input(batch: int) -> np.ndarray:
+    """Each item from its own -low up to 1: zero points from ~5 to ~190."""
+    rng = np.random.default_rng(5)
+    low = np.geomspace(0.02, 3.0, batch).astype(np.float32)[:, None, None]
+    return (rng.uniform(0.0, 1.0, (batch, T, ODD)) * (1 + low) - low).astype(np.float32)
+
+
+def test_rewrite_gives_each_item_the_original_kernel_s_integers(tmp_path) -> None:
+    """Whether this machine's kernel sums exactly or saturates pairs, each
+    item of a batch gets exactly what the original file gives it alone."""
+    batch = 5
+    data = quantized(saturating_projection(), tmp_path)
+    x = skewed_input(batch)
+    rewritten, skipped = quantization.rewrite_model(data, lambda b: {"x": skewed_input(b)}, session)
+    assert skipped == []
+    (y,) = session(rewritten).run(["y"], {"x": x})
+    model = onnx.load_from_string(data)
+    weight = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.dims == [ODD, 8])
+    w_scale = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_scale"))
+    probe, _ = quantization.with_probe_outputs(model)
+    quantizer = next(n for n in model.graph.node if n.op_type == "DynamicQuantizeLinear")
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in quantizer.output)
+    kernels, apart = set(), False
+    for i in range(batch):
+        (alone,) = session(data).run(["y"], {"x": x[i : i + 1]})
+        np.testing.assert_array_equal(y[i : i + 1], alone)
+        q, scale, zp = session(probe.SerializeToString()).run(list(quantizer.output), {"x": x[i : i + 1]})
+        sums = {m.__name__: m(q[0], weight) - int(zp) * weight.sum(axis=0, dtype=np.int64)
+                for m in (exact_matmul, pair_saturating_matmul)}  # fmt: skip
+        apart |= not np.array_equal(*sums.values())
+        found = {k for k, acc in sums.items() if np.array_equal(alone[0], acc.astype(np.float32) * (scale * w_scale))}
+        assert found, "the original's integers are neither the exact nor the pair-saturated sums"
+        kernels |= found
+    assert apart  # the data tells the two kernels apart
+    assert len(kernels) == 1, kernels  # one kernel on one machine
 
 
 def test_rewrite_keeps_the_scaling_a_subgraph_uses(tmp_path) -> None:

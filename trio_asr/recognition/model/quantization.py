@@ -27,10 +27,17 @@ quantized tensor that is only transposed and dequantized (``quantize_dynamic``
 does that to Transposes) is dequantized per item.  The scales multiply per
 item, for extended-weight matmuls in the matmul's own kernel
 (:func:`~trio_asr.recognition.model.quantized_ops.fuse_scaling`).  Each item's integers
-are therefore those of running it alone; what differs in a batch is float
-rounding in the float parts of the model (a GEMM over many rows may round
-differently from one over a single row), which now and then moves one
-quantization step.
+are therefore those of running it alone through the original file on the
+same machine, whatever its kernel computes: onnxruntime's uint8 x int8
+kernels without VNNI (AVX2, AVX-512BW) add pairs of adjacent products in
+int16 with saturation, so there the original's sums are not the exact ones
+(VNNI and AMX kernels sum exactly); either way a sum is a function of the
+item's row and the weight alone, and the rewrite keeps every input column
+where it was and appends only what cannot saturate
+(:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`).  What
+differs in a batch is float rounding in the float parts of the model (a GEMM
+over many rows may round differently from one over a single row), which now
+and then moves one quantization step.
 
 Which axis of each quantized tensor is the batch is not written in the
 graph; :func:`batch_axes` finds it from the tensor's shapes at two batch

@@ -107,23 +107,40 @@ def quantize_per_item(
     return scale, None if extra_columns else b.op("Reshape", _int32(b, zp), keep)
 
 
-def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray:
+# onnxruntime's (MLAS's) uint8 x int8 kernels without VNNI (AVX2, AVX-512BW)
+# multiply with vpmaddubsw: the products of input columns 2j and 2j+1 are
+# added in int16, saturating, before the int32 sum (VNNI and AMX kernels sum
+# exactly; uint8 x uint8 ones widen first).  The original file's matmul
+# saturates so on such a machine, so the rows appended to a weight must change
+# neither which columns pair up nor any pair's sum: they start at an even row,
+# and each is within +-64, so that two of them times any input zero point
+# (<= 255) fit in int16.
+_PAIR_SAFE = 64
+
+
+def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray | None:
     """``wq`` (K, M) with rows appended whose sum, less the weight zero point,
-    is ``-colsum(wq - w_zp)``, each entry within the weight's integer range.
+    is ``-colsum(wq - w_zp)``; None if the weight zero point leaves no room.
 
     Multiplied by an input with as many extra columns, each the item's zero
     point zp, they add ``-zp * colsum(wq - w_zp)``: the integer matmul then
-    comes out as ``(xq - zp) @ (wq - w_zp)`` exactly, with input zero point 0.
+    comes out as ``(xq - zp) @ (wq - w_zp)`` with input zero point 0, as
+    onnxruntime computes it for the original, saturating kernels included:
+    an odd K first gets a row of zeros (the kernel's own padding), and every
+    pair of appended int8 entries times any zero point fits in int16.
     """
     zp = 0 if w_zp is None else int(w_zp)
-    lo, hi = (-128, 127) if wq.dtype == np.int8 else (0, 255)
+    lo, hi = (-_PAIR_SAFE, _PAIR_SAFE) if wq.dtype == np.int8 else (0, 255)
     bound = min(hi - zp, zp - lo)  # |entry - zp| that stays in range
-    need = -(wq.astype(np.int64) - zp).sum(axis=0)
+    if bound <= 0:
+        return None
+    pad = np.zeros((len(wq) % 2, wq.shape[1]), wq.dtype)
+    need = -(np.concatenate([wq, pad]).astype(np.int64) - zp).sum(axis=0)
     rows = max(1, -(-int(np.abs(need).max()) // bound))
     base = np.floor_divide(need, rows)
     extra = base + (np.arange(rows)[:, None] < (need - base * rows)[None, :])
     assert np.array_equal(extra.sum(axis=0), need) and np.abs(extra).max() <= bound
-    return np.concatenate([wq, (extra + zp).astype(wq.dtype)])
+    return np.concatenate([wq, pad, (extra + zp).astype(wq.dtype)])
 
 
 def extra_columns_needed(node: onnx.NodeProto, consumers, weights) -> int:
@@ -137,8 +154,10 @@ def extra_columns_needed(node: onnx.NodeProto, consumers, weights) -> int:
             return 0
         if w_zp and (w_zp not in weights or weights[w_zp].size != 1):
             return 0
-        zp = weights[w_zp].reshape(()) if w_zp else None
-        columns = max(columns, len(extended_weight(weights[w], zp)) - len(weights[w]))
+        extended = extended_weight(weights[w], weights[w_zp].reshape(()) if w_zp else None)
+        if extended is None:
+            return 0
+        columns = max(columns, len(extended) - len(weights[w]))
     return columns
 
 
@@ -164,6 +183,7 @@ def rewrite_matmul(
     if a in extra_columns:  # the zero-point term comes out of the matmul itself
         zp = weights[w_zp].reshape(()) if w_zp else None
         wq = extended_weight(weights[w], zp)
+        assert wq is not None  # extra_columns_needed checked it
         rows = len(weights[w]) + extra_columns[a]
         wq = np.concatenate([wq, np.full((rows - len(wq), wq.shape[1]), 0 if zp is None else zp, wq.dtype)])
         b.op("MatMulInteger", a, b.const(wq, "w_ext"), zero_u8, w_zp, out=node.output[0])
@@ -267,10 +287,16 @@ def fuse_scaling(
 def kernel_scales_per_item() -> bool:
     """Whether this onnxruntime's ``MatMulIntegerToFloat`` takes a per-item
     input scale (shape (N, 1, 1)) and computes ``float(acc) * scale`` with it
-    exactly, int32 sums past 2**24 included (checked once, on a small graph)."""
+    exactly, int32 sums past 2**24 included (checked once, on a small graph).
+
+    Only the scaling is in question: the integer sum is the same kernel's as
+    ``MatMulInteger``'s, saturating or not (see :data:`_PAIR_SAFE`), so the
+    probe's products stay clear of saturation (a pair at most 255 * 64 * 2)
+    and the exact sum is the reference on every machine; sums of 2048 of
+    them pass 2**24, where converting to float rounds."""
     rng = np.random.default_rng(0)
-    batch, rows, depth, cols = 2, 3, 1024, 4
-    weight = rng.integers(64, 128, (depth, cols)).astype(np.int8)
+    batch, rows, depth, cols = 2, 3, 2048, 4
+    weight = rng.integers(32, _PAIR_SAFE + 1, (depth, cols)).astype(np.int8)
     graph = helper.make_graph(
         [helper.make_node("MatMulIntegerToFloat", ["a", "w", "scale", "one", "zp"], ["y"], domain="com.microsoft")],
         "probe", [helper.make_tensor_value_info("a", TensorProto.UINT8, [batch, rows, depth]),
@@ -284,7 +310,9 @@ def kernel_scales_per_item() -> bool:
     model.ir_version = 8  # what every supported onnxruntime reads
     a = rng.integers(128, 256, (batch, rows, depth)).astype(np.uint8)
     scale = rng.uniform(1e-4, 1e-2, (batch, 1, 1)).astype(np.float32)
-    expected = (a.astype(np.int32) @ weight.astype(np.int32)).astype(np.float32) * scale
+    acc = a.astype(np.int64) @ weight.astype(np.int64)
+    assert (acc > 2**24).any() and (acc < 2**31).all()
+    expected = acc.astype(np.float32) * scale
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         (got,) = session.run(["y"], {"a": a, "scale": scale})
