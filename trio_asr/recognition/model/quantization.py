@@ -59,6 +59,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trio_asr.recognition.model.quantized_ops import (
     Builder,
+    Consumers,
     extra_columns_needed,
     fuse_scaling,
     kernel_scales_per_item,
@@ -243,7 +244,9 @@ def per_item_quantization(
     return out, skipped
 
 
-def _rewritable(node, axis: int, rank: int, consumers, graph_outputs) -> dict[str, int] | None:
+def _rewritable(
+    node: onnx.NodeProto, axis: int, rank: int, consumers: Consumers, graph_outputs: set[str]
+) -> dict[str, int] | None:
     """Whether a quantizer's outputs are used only the way the rewrite
     handles: by ``MatMulInteger``, by ``Mul`` (the scale) and by
     ``DequantizeLinear``, directly or after a ``Transpose`` of the quantized
@@ -255,7 +258,7 @@ def _rewritable(node, axis: int, rank: int, consumers, graph_outputs) -> dict[st
         return None
     dequantizers: dict[str, int] = {}
 
-    def dequantizer(user, at_axis: int) -> bool:
+    def dequantizer(user: onnx.NodeProto, at_axis: int) -> bool:
         ok = user.op_type == "DequantizeLinear" and list(user.input[1:]) == [scale_out, zp_out]
         if ok:
             dequantizers[user.output[0]] = at_axis

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import onnx
@@ -30,6 +31,11 @@ __all__ = [
 ]
 
 _PREFIX = "per_item/"
+
+#: The attribute values this module gives ``helper.make_node``.
+AttributeValue: TypeAlias = "int | float | str | Sequence[int]"
+#: Each tensor name's users: (node, index of the input it is).
+Consumers: TypeAlias = "Mapping[str, Sequence[tuple[onnx.NodeProto, int]]]"
 
 
 class Builder:
@@ -50,9 +56,12 @@ class Builder:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attributes: AttributeValue) -> str:
         out = out or self.name(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attributes))
+        node = helper.make_node(op_type, list(inputs), [out])
+        # sorted, as make_node orders its keyword attributes
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in sorted(attributes.items()))
+        self.nodes.append(node)
         return out
 
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
@@ -143,7 +152,9 @@ def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray | Non
     return np.concatenate([wq, pad, (extra + zp).astype(wq.dtype)])
 
 
-def extra_columns_needed(node: onnx.NodeProto, consumers, weights) -> int:
+def extra_columns_needed(
+    node: onnx.NodeProto, consumers: Consumers, weights: Mapping[str, np.ndarray]
+) -> int:
     """Extra columns for a quantizer whose values feed only MatMulIntegers
     as the left side, with 2-D weights and scalar weight zero points (the
     usual case): the most any of them needs; 0 otherwise."""
