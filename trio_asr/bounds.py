@@ -23,10 +23,19 @@ def _number(attribute: Any, value: object) -> float:
     return value
 
 
+def _show(value: object) -> str:
+    """``repr(value)`` cut to one short line (a client's integer may have thousands of digits)."""
+    try:
+        text = repr(value)
+    except ValueError:  # longer than sys.get_int_max_str_digits()
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def positive(_instance: Any, attribute: Any, value: Any) -> None:
     """A number above 0."""
     if not _number(attribute, value) > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+        raise ValueError(f"{attribute.name} must be positive, got {_show(value)}")
 
 
 def at_least(low: float) -> Validator:
@@ -34,7 +43,7 @@ def at_least(low: float) -> Validator:
 
     def check(_instance: Any, attribute: Any, value: Any) -> None:
         if not _number(attribute, value) >= low:
-            raise ValueError(f"{attribute.name} must be >= {low:g}, got {value!r}")
+            raise ValueError(f"{attribute.name} must be >= {low:g}, got {_show(value)}")
 
     return check
 
@@ -46,8 +55,8 @@ def between(low: float, high: float, *, optional: bool = False) -> Validator:
         if value is None and optional:
             return
         number = _number(attribute, value)
-        if not (math.isfinite(number) and low <= number <= high):
-            raise ValueError(f"{attribute.name} must be between {low:g} and {high:g}, got {value!r}")
+        if not (low <= number <= high and math.isfinite(number)):  # compared first: an int may be beyond floats
+            raise ValueError(f"{attribute.name} must be between {low:g} and {high:g}, got {_show(value)}")
 
     return check
 
@@ -57,6 +66,6 @@ def off_or_between(low: float, high: float) -> Validator:
 
     def check(_instance: Any, attribute: Any, value: Any) -> None:
         if _number(attribute, value) != 0 and not low <= value <= high:
-            raise ValueError(f"{attribute.name} must be 0 (off) or between {low:g} and {high:g}, got {value!r}")
+            raise ValueError(f"{attribute.name} must be 0 (off) or between {low:g} and {high:g}, got {_show(value)}")
 
     return check

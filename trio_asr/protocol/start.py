@@ -83,16 +83,16 @@ def parse_start(message: dict[str, Any], limits: ProtocolLimits) -> StartStream:
     bits = _int_field(message, "bitsPerSample", SUPPORTED_BITS_PER_SAMPLE)
     channels = _int_field(message, "channels", 1)
     if not 1 <= nbest <= limits.nbest_max:
-        raise BadStart(CLOSE_POLICY_VIOLATION, f'"nbest" must be between 1 and {limits.nbest_max}, got {nbest}')
+        raise BadStart(CLOSE_POLICY_VIOLATION, f'"nbest" must be between 1 and {limits.nbest_max}, got {excerpt(nbest)}')
     if bits != SUPPORTED_BITS_PER_SAMPLE:
-        raise BadStart(CLOSE_UNSUPPORTED_DATA, f'"bitsPerSample" {bits} is not supported (only 16)')
+        raise BadStart(CLOSE_UNSUPPORTED_DATA, f'"bitsPerSample" {excerpt(bits)} is not supported (only 16)')
     if not 1 <= channels <= limits.max_channels:
         raise BadStart(
-            CLOSE_UNSUPPORTED_DATA, f'"channels" must be between 1 and {limits.max_channels}, got {channels}'
+            CLOSE_UNSUPPORTED_DATA, f'"channels" must be between 1 and {limits.max_channels}, got {excerpt(channels)}'
         )
     if rate not in limits.sample_rates:
         rates = ", ".join(map(str, sorted(limits.sample_rates)))
-        raise BadStart(CLOSE_UNSUPPORTED_DATA, f'"sampleRate" {rate} is not supported (one of {rates})')
+        raise BadStart(CLOSE_UNSUPPORTED_DATA, f'"sampleRate" {excerpt(rate)} is not supported (one of {rates})')
     hotwords = message.get("hotwords", [])
     if isinstance(hotwords, list) and len(hotwords) > limits.max_stream_hotwords:
         raise BadStart(

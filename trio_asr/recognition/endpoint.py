@@ -43,7 +43,12 @@ MAX_SEGMENT_SECONDS = 120.0
 
 
 def _optional_float(value: Any) -> Any:
-    return value if value is None or isinstance(value, bool) or not isinstance(value, int) else float(value)
+    if value is None or isinstance(value, bool) or not isinstance(value, int):
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # beyond any float: the validator refuses it
+        return value
 
 
 @attrs.frozen

@@ -78,7 +78,10 @@ def check_score(score: object, what: str = "score") -> float:
     """``score`` as a float if it is a number with ``0 < score <= MAX_SCORE``."""
     if isinstance(score, bool) or not isinstance(score, (int, float)):
         raise HotwordError(f"{what} must be a number, got {_short(score)}")
-    score = float(score)
+    try:
+        score = float(score)
+    except OverflowError:  # an integer beyond any float (JSON allows 4300 digits)
+        raise HotwordError(f"{what} must be above 0 and at most {MAX_SCORE:g}, got {_short(score)}") from None
     if not (math.isfinite(score) and 0 < score <= MAX_SCORE):
         raise HotwordError(f"{what} must be above 0 and at most {MAX_SCORE:g}, got {score:g}")
     return score
@@ -90,6 +93,8 @@ def _short(value: object) -> str:
         text = repr(value)
     except RecursionError:  # a deeply nested JSON list
         text = f"a nested {type(value).__name__}"
+    except ValueError:  # an integer too long for repr (sys.get_int_max_str_digits)
+        text = f"a {type(value).__name__} too long to show"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -193,7 +198,7 @@ def hotwords_from_json(value: object, *, limit: int) -> tuple[Hotword, ...]:
         if isinstance(item, str):
             hotwords.append(Hotword(item))
         elif isinstance(item, list) and len(item) == 2:
-            hotwords.append(Hotword(item[0], item[1]))
+            hotwords.append(Hotword(item[0], check_score(item[1], f"the score of {_short(item[0])}")))
         else:
             raise HotwordError(f"a hotword must be a phrase or a [phrase, score] pair, got {_short(item)}")
     return _bounded(hotwords, limit)

@@ -327,7 +327,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return data
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer longer than sys.get_int_max_str_digits()
         raise ConfigError(f"{path}: {exc}") from None
 
 
@@ -362,6 +362,9 @@ def _check_type(key: str, value: Any, where: str) -> None:
     if not ok:
         got = "" if not _FIELDS[key].repr else f", got {value!r}"  # never echo a secret
         raise ConfigError(f"{where}{key} must be {_TYPE_NAMES[kind]}{got}")
+    if kind in (int, float) and isinstance(value, int) and not -(2**63) <= value < 2**63:
+        # TOML's integers are 64-bit; a larger one would overflow a float conversion
+        raise ConfigError(f"{where}{key} is out of range, got an integer of {len(str(abs(value)))} digits")
 
 
 def load_config(
