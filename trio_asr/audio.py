@@ -153,11 +153,16 @@ class WavWriter:
     :meth:`write` appends raw little-endian PCM.  Bytes that do not complete
     a frame (``channels * sampwidth`` bytes) are held back and prepended to
     the next write; an incomplete frame still held at :meth:`close` is
-    dropped, since it is not a sample.  Each write flushes the data and the
-    updated RIFF and data sizes to the OS, so a process that dies without
-    closing leaves a complete file.  :meth:`close` is idempotent; use the
-    writer as a context manager.  The RIFF format limits the data to 4 GiB;
-    a write beyond that raises :class:`ValueError`.
+    dropped, since it is not a sample.  Each write hands the data and then
+    the updated RIFF and data sizes to the OS (unbuffered), so a process that
+    dies without closing leaves a complete file.  A write that fails part-way
+    (``OSError``, e.g. a full disk) keeps the whole frames that reached the
+    file, cuts the file to them and writes the header for exactly them before
+    raising; the bytes it could not write are held back like an incomplete
+    frame, so the next write (``write(b"")`` just retries) saves them if there
+    is room by then.  :meth:`close` is idempotent; use the writer as a
+    context manager.  The RIFF format limits the data to 4 GiB; a write
+    beyond that raises :class:`ValueError`.
     """
 
     _DATA_START = 44
@@ -186,13 +191,19 @@ class WavWriter:
         self._data_bytes = 0
         self._closed = False
         block = channels * sampwidth
-        header = b"RIFF" + struct.pack("<I", 36) + b"WAVE"
-        header += b"fmt " + struct.pack(
+        self._fmt = b"WAVE" + b"fmt " + struct.pack(
             "<IHHIIHH", 16, _FORMAT_PCM, channels, sample_rate, sample_rate * block, block, sampwidth * 8
         )
-        header += b"data" + struct.pack("<I", 0)
-        self._file.write(header)
+        self._file.write(self._header(0))
         self._file.flush()
+        # unbuffered from here on: after a failed write, what reached the file is known to the byte
+        self._raw: BinaryIO = getattr(self._file, "raw", self._file)
+
+    def _header(self, data_bytes: int) -> bytes:
+        """The header for ``data_bytes`` of data."""
+        pad = data_bytes & 1  # RIFF chunks are word aligned
+        riff = b"RIFF" + struct.pack("<I", 36 + data_bytes + pad)
+        return riff + self._fmt + b"data" + struct.pack("<I", data_bytes)
 
     @property
     def frames_written(self) -> int:
@@ -208,21 +219,41 @@ class WavWriter:
         whole = len(buf) - len(buf) % block
         if self._data_bytes + whole > WAV_MAX_DATA_BYTES:
             raise ValueError("WAV data would exceed the 4 GiB limit of the format")
-        self._pending = buf[whole:]
+        self._pending = buf  # held back until it is in the file
         if not whole:
             return
-        f = self._file
-        f.seek(self._DATA_START + self._data_bytes)
-        f.write(buf[:whole])
-        self._data_bytes += whole
-        pad = self._data_bytes & 1  # RIFF chunks are word aligned
-        if pad:
-            f.write(b"\x00")
-        f.seek(4)
-        f.write(struct.pack("<I", 36 + self._data_bytes + pad))
-        f.seek(40)
-        f.write(struct.pack("<I", self._data_bytes))
-        f.flush()
+        start, written = self._data_bytes, 0
+        try:
+            self._raw.seek(self._DATA_START + start)
+            while written < whole:
+                written += self._put(memoryview(buf)[written:whole])
+        finally:  # also after a failure: the file ends at the last whole frame written, and says so
+            kept = written - written % block
+            try:
+                self._set_data_bytes(start + kept, cut=kept != whole)
+            except OSError:  # the header in the file still says `start`: cut the file to match
+                self._raw.truncate(self._DATA_START + start + (start & 1))
+                raise
+            self._pending = buf[kept:]
+
+    def _put(self, data: memoryview) -> int:
+        """Write some of ``data`` (a short write is no error); how much."""
+        n = self._raw.write(data)
+        if not n:
+            raise OSError(f"no byte of {len(data)} written")
+        return n
+
+    def _set_data_bytes(self, data_bytes: int, *, cut: bool) -> None:
+        """Make the file hold ``data_bytes`` of data (cut after them, or just
+        the pad byte added) and write the header for exactly that."""
+        if cut or data_bytes & 1:
+            self._raw.truncate(self._DATA_START + data_bytes + (data_bytes & 1))
+        header = memoryview(self._header(data_bytes))
+        self._raw.seek(0)
+        done = 0
+        while done < len(header):
+            done += self._put(header[done:])
+        self._data_bytes = data_bytes
 
     def close(self) -> None:
         """Close the file; safe to call more than once."""

@@ -135,13 +135,16 @@ class OpenStream:
 
     def cut(self, how: str) -> None:
         """Close a stream that is being torn down, here and now (also under
-        cancellation); a save error is logged, the stream is gone either way."""
+        cancellation); a save error is logged (unless the stream's saving had
+        failed already: one line per failure), the stream is gone either way."""
         if self.closed:
             return
+        failed_already = self._save_failed
         try:
             self._close(how)
         except AudioSaveError as exc:
-            log.warning("connection id=%d: %s", self._context.conn_id, exc)
+            if not failed_already:
+                log.warning("connection id=%d: %s", self._context.conn_id, exc)
 
     # ------------------------------------------------------------ internals
 

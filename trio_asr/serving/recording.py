@@ -5,7 +5,15 @@ whether the directory works (checked at startup, and tracked afterwards so
 that ``/health`` can say when it fails).  :class:`Recording` is one stream's
 WAV file with the one save policy: received PCM is collected and written in
 pieces of :data:`SAVE_EVERY_BYTES` (in a worker thread, by the caller), and
-always completely when the stream ends, however it ends.
+always completely when the stream ends, however it ends.  A write that fails
+part-way (a full disk) leaves a valid WAV of the whole frames that reached
+the file (see :class:`~trio_asr.audio.WavWriter`); the rest is tried again
+when the recording closes.
+
+Once a save has failed, :meth:`AudioStore.probe` (run every
+:data:`PROBE_EVERY_SECONDS` by the server, while the failure lasts) writes,
+syncs and deletes a small file in the directory, and clears the failure when
+that works: ``/health`` recovers without waiting for a stream to save.
 
 Every method here does blocking file I/O: call them from worker threads,
 except where a stream is being torn down under cancellation.  Failures are
@@ -14,6 +22,7 @@ raised as :class:`AudioSaveError` with a one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -21,10 +30,16 @@ from pathlib import Path
 from trio_asr.audio import WavWriter, create_unique_wav
 from trio_asr.protocol.messages import StartStream
 
-__all__ = ["SAVE_EVERY_BYTES", "AudioSaveError", "AudioStore", "Recording"]
+__all__ = ["PROBE_EVERY_SECONDS", "SAVE_EVERY_BYTES", "AudioSaveError", "AudioStore", "Recording"]
 
 #: received audio is written once this much is waiting (and when a stream ends)
 SAVE_EVERY_BYTES = 32768
+
+#: while saving fails, the directory is probed this often (seconds)
+PROBE_EVERY_SECONDS = 2.0
+
+#: what a probe writes: one block, so that a disk without room for one fails it
+_PROBE_BYTES = 4096
 
 
 class AudioSaveError(Exception):
@@ -40,13 +55,15 @@ def _describe(exc: BaseException) -> str:
 class AudioStore:
     """Where streams are saved; ``directory=None`` saves nothing.
 
-    :attr:`failure` is the last save error (``None`` once a later save
-    worked): the server reports it on ``/health``.
+    :attr:`failure` is the last save error (``None`` once a later save or
+    :meth:`probe` worked): the server reports it on ``/health``.
     """
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self.failure: str | None = None
+        self.probe_every = PROBE_EVERY_SECONDS
+        self._failures = 0  # save failures so far: a probe clears none that came after it began
 
     @property
     def saving(self) -> bool:
@@ -70,16 +87,51 @@ class AudioStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             path, file = create_unique_wav(self.directory, start.name)
-            writer = WavWriter(file, start.sample_rate, start.channels)
         except (OSError, ValueError) as exc:
+            raise self.record_failure(exc) from None
+        try:
+            writer = WavWriter(file, start.sample_rate, start.channels)
+        except (OSError, ValueError) as exc:  # not even a header: leave no file that is not a WAV
+            with contextlib.suppress(OSError):
+                file.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
             raise self.record_failure(exc) from None
         self.failure = None
         return Recording(self, path, writer)
 
     def record_failure(self, exc: BaseException) -> AudioSaveError:
         """Remember a save failure for /health; the error to raise."""
+        self._failures += 1
         self.failure = _describe(exc)
         return AudioSaveError(f"cannot save audio: {self.failure}")
+
+    def probe(self) -> None:
+        """Create, write, sync and delete a small file in the directory (blocking):
+        clear :attr:`failure` when that works, record the error when not."""
+        if self.directory is None:
+            return
+        failures = self._failures
+        name: str | None = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=self.directory)
+            try:
+                data = memoryview(bytes(_PROBE_BYTES))
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.record_failure(exc)
+        else:
+            if self._failures == failures:
+                self.failure = None
+        finally:
+            if name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
 
 
 class Recording:
@@ -90,6 +142,7 @@ class Recording:
         self.path = path
         self._writer = writer
         self._pending = bytearray()
+        self._unwritten = False  # the writer holds bytes a failed write did not save
         self.closed = False
 
     def append(self, pcm: bytes) -> bool:
@@ -98,17 +151,23 @@ class Recording:
         return len(self._pending) >= SAVE_EVERY_BYTES
 
     def write_pending(self) -> None:
-        if not self._pending:
+        """Hand what is pending to the writer, which keeps what a failed
+        write could not put in the file and tries it again the next time."""
+        if not self._pending and not self._unwritten:
             return
-        try:
-            self._writer.write(self._pending)
-        except (OSError, ValueError) as exc:
-            raise self.store.record_failure(exc) from None
+        pending = bytes(self._pending)
         self._pending.clear()
+        try:
+            self._writer.write(pending)
+        except (OSError, ValueError) as exc:
+            self._unwritten = True
+            raise self.store.record_failure(exc) from None
+        self._unwritten = False
         self.store.failure = None
 
     def close(self) -> None:
-        """Write what is still pending and close the file (idempotent)."""
+        """Write what is still pending (or was not written yet) and close the
+        file (idempotent)."""
         if self.closed:
             return
         self.closed = True

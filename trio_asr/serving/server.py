@@ -166,6 +166,8 @@ class Server:
             await self.open()
         async with trio.open_nursery() as services:
             await services.start(self.service.run)
+            if self.audio.saving:
+                services.start_soon(self._probe_audio)
             await self._serve(task_status)
             services.cancel_scope.cancel()  # after every connection has ended
 
@@ -188,6 +190,19 @@ class Server:
                     await self._all_closed.wait()
                 acceptors.cancel_scope.cancel()  # closes the listeners
             handlers.cancel_scope.cancel()
+
+    async def _probe_audio(self) -> None:
+        """While saving audio fails, probe the directory every few seconds
+        (in a worker thread), so that ``/health`` recovers by itself once it
+        works again; one log line when it does, none per failed probe."""
+        audio = self.audio
+        while True:
+            await trio.sleep(audio.probe_every)
+            if audio.failure is None:
+                continue
+            await trio.to_thread.run_sync(audio.probe, abandon_on_cancel=True)
+            if audio.failure is None:
+                log.warning("saving audio in %s works again", audio.directory)
 
     def _health(self) -> tuple[int, dict[str, Any]]:
         body: dict[str, Any] = {
