@@ -8,11 +8,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 from pathlib import Path
 
 import pytest
 import trio
 import trio_websocket
+from prometheus_client.parser import text_string_to_metric_families
 from serverutil import recv_json, replies_until_close, start_msg, start_server, ws_url
 
 from trio_asr.protocol.connection import ConnectionProtocol
@@ -20,6 +24,7 @@ from trio_asr.protocol.messages import ErrorReply
 from trio_asr.recognition.endpoint import EndpointRules
 from trio_asr.recognition.hotwords import HotwordError, hotwords_from_json
 from trio_asr.serving.config import ConfigError, load_config
+from trio_asr.serving.server import WS_PATH, Server
 
 HUGE = "1" + "0" * 400  # a JSON integer beyond any float
 
@@ -97,3 +102,143 @@ async def test_a_huge_hotword_score_is_refused_by_a_server_with_1007(nursery: tr
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:  # the server goes on
         await ws.send_message(start_msg())
         assert (await recv_json(ws))["signal"] == "server_ready"
+
+
+# ------------------------------------------------------------ 6: close codes counted as sent
+
+
+async def raw_websocket(port: int) -> trio.SocketStream:
+    """A TCP stream past the WebSocket opening handshake, driven frame by frame."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some()
+    assert head.startswith(b"HTTP/1.1 101") and head.endswith(b"\r\n\r\n")
+    return stream
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, masked client frame."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class ServerFrames:
+    """Reads the frames the server sends on a raw stream: (opcode, payload)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.data = b""
+
+    async def next(self) -> tuple[int, bytes]:
+        with trio.fail_after(10):
+            while True:
+                data = self.data
+                if len(data) >= 2:
+                    size, at = data[1] & 0x7F, 2
+                    if size == 126:
+                        size, at = int.from_bytes(data[2:4], "big"), 4
+                    elif size == 127:
+                        size, at = int.from_bytes(data[2:10], "big"), 10
+                    if len(data) >= at + size:
+                        self.data = data[at + size :]
+                        return data[0] & 0x0F, data[at : at + size]
+                chunk = await self.stream.receive_some()
+                assert chunk, "the server closed TCP without a close frame"
+                self.data += chunk
+
+    async def until_close(self) -> list[tuple[int, bytes]]:
+        """Every frame up to and with the close frame."""
+        frames = [await self.next()]
+        while frames[-1][0] != 0x8:
+            frames.append(await self.next())
+        return frames
+
+
+async def server_frames(stream: trio.SocketStream) -> list[tuple[int, bytes]]:
+    return await ServerFrames(stream).until_close()
+
+
+def close_codes(server: Server) -> dict[str, float]:
+    """``trio_asr_close_codes_total`` by code."""
+    body, _ = server.metrics.exposition()
+    return {
+        s.labels["code"]: s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == "trio_asr_close_codes_total"
+    }
+
+
+async def all_closed(server: Server) -> None:
+    with trio.fail_after(10):
+        while server.connections:
+            await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("answer", [b"\x03\xe8", b"", None], ids=["answers-1000", "answers-no-code", "answers-not"])
+async def test_an_idle_connection_closed_with_1008_is_counted_as_1008(
+    nursery: trio.Nursery, tmp_path: Path, answer: bytes | None
+) -> None:
+    """Whatever the client answers to the server's close frame (1000, a close
+    frame without a code, nothing at all), the server sent 1008 and counts it."""
+    server = await start_server(
+        nursery, tmp_path, connection_idle_timeout=0.3, ping_interval=0, close_timeout=0.3
+    )
+    stream = await raw_websocket(server.port)
+    frames = await server_frames(stream)
+    error = json.loads(frames[0][1])
+    assert error["status"] == "error" and "no stream started" in error["message"]
+    assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 1008
+    if answer is not None:
+        await stream.send_all(client_frame(0x8, answer))
+    await all_closed(server)
+    await stream.aclose()
+    assert close_codes(server) == {"1008": 1}
+
+
+async def test_every_close_path_counts_its_code(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start_server(nursery, tmp_path, max_message_bytes=4000, ping_interval=0, grace_period=0.2)
+    url = ws_url(server.port)
+    async with trio_websocket.open_websocket_url(url) as ws:  # bad input: 1007
+        await ws.send_message("{not json")
+        assert (await replies_until_close(ws))[1] == 1007
+    async with trio_websocket.open_websocket_url(url) as ws:  # too big: 1009
+        await ws.send_message(start_msg())
+        await recv_json(ws)
+        await ws.send_message(b"\x00" * 4001)
+        assert (await replies_until_close(ws))[1] == 1009
+    async with trio_websocket.open_websocket_url(url) as ws:  # the client closes: 1000
+        await ws.send_message(start_msg("closing.wav"))
+        await recv_json(ws)
+    stream = await raw_websocket(server.port)  # the client closes with its own code
+    await stream.send_all(client_frame(0x8, (4000).to_bytes(2, "big") + b"bye"))
+    assert int.from_bytes((await server_frames(stream))[-1][1][:2], "big") == 4000
+    await stream.aclose()
+    await all_closed(server)
+    assert close_codes(server) == {"1007": 1, "1009": 1, "1000": 1, "4000": 1}
+
+    idle = await raw_websocket(server.port)  # shutdown: 1001, counted also when the client does not answer
+    streaming = await raw_websocket(server.port)
+    await streaming.send_all(client_frame(0x1, start_msg("open.wav").encode()))
+    readers = {idle: ServerFrames(idle), streaming: ServerFrames(streaming)}
+    assert json.loads((await readers[streaming].next())[1])["signal"] == "server_ready"
+    server.shutdown()
+    for stream in (idle, streaming):
+        frames = await readers[stream].until_close()
+        assert int.from_bytes(frames[-1][1][:2], "big") == 1001
+        await stream.send_all(client_frame(0x8, b"\x03\xe8"))  # answered with 1000
+    await all_closed(server)
+    assert close_codes(server) == {"1007": 1, "1009": 1, "1000": 1, "4000": 1, "1001": 2}

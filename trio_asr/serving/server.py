@@ -327,13 +327,16 @@ class Server:
                 nursery.cancel_scope.cancel()
                 return
             self.metrics.connection_opened()
+            session: Session | None = None
             try:
-                await Session(ws, self._context, next(self._ids), peer).run()
+                session = Session(ws, self._context, next(self._ids), peer)
+                await session.run()
             finally:
                 with trio.move_on_after(config.close_timeout) as cleanup:
                     cleanup.shield = True
                     await ws.aclose()
-                self.metrics.connection_closed(ws.closed.code if ws.closed is not None else None)
+                closed = ws.closed.code if ws.closed is not None else None
+                self.metrics.connection_closed(session.close_code if session is not None else closed)
                 nursery.cancel_scope.cancel()
 
 

@@ -99,6 +99,7 @@ class Session:
         self._peer_dead = False
         self._socket_open = True
         self._failed = False  # the decoder ended the connection (see _fail)
+        self._sent_close_code: int | None = None  # the code of the close this session began
         self._reader_scope = trio.CancelScope()
         self._client_gone = False  # no reply can reach the client any more
         # events the protocol produced that the reader has not handed over yet
@@ -107,6 +108,18 @@ class Session:
         self._totals = ConnectionTotals()
         self._metrics = context.metrics
         self._streams = StreamContext(context.recognizer, context.audio, context.metrics, self._totals, conn_id)
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the connection ended with, as the server sent it:
+        that of the close the session began (whatever the peer answers to
+        it, if anything), else trio-websocket's (the peer's code, which it
+        echoes; 1000 for the server's own close; 1006 when the connection
+        ended without a closing handshake); None while it is open."""
+        if self._sent_close_code is not None:
+            return self._sent_close_code
+        closed = self.ws.closed
+        return None if closed is None else int(closed.code)
 
     async def run(self) -> None:
         size = self.config.channel_size
@@ -358,6 +371,8 @@ class Session:
 
     async def _close_socket(self, code: int, reason: str) -> None:
         self._socket_open = False
+        if self.ws.closed is None:  # not closed by the peer first: our close frame goes out
+            self._sent_close_code = code
         with trio.move_on_after(self.config.close_timeout):
             try:
                 await self.ws.aclose(code, _close_reason(reason))
