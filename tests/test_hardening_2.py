@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 from pathlib import Path
@@ -242,3 +243,60 @@ async def test_every_close_path_counts_its_code(nursery: trio.Nursery, tmp_path:
         await stream.send_all(client_frame(0x8, b"\x03\xe8"))  # answered with 1000
     await all_closed(server)
     assert close_codes(server) == {"1007": 1, "1009": 1, "1000": 1, "4000": 1, "1001": 2}
+
+
+# ------------------------------------------------------------ 7: HEAD
+
+
+async def raw_http(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request on a raw socket, read until the server closes:
+    (status, headers, everything after the head)."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while chunk := await stream.receive_some():
+                data += chunk
+    head, separator, body = data.partition(b"\r\n\r\n")
+    assert separator, f"no response to {method} {path}: {data!r}"
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [("/health", 200), ("/healthz", 200), ("/", 200), ("/metrics", 200), ("/nowhere", 404), (WS_PATH, 426)],
+)
+async def test_head_is_answered_like_get_without_the_body(
+    nursery: trio.Nursery, tmp_path: Path, path: str, status: int
+) -> None:
+    server = await start_server(nursery, tmp_path)
+    got_status, got_headers, body = await raw_http(server.port, "GET", path)
+    head_status, head_headers, nothing = await raw_http(server.port, "HEAD", path)
+    assert (got_status, head_status) == (status, status)
+    assert nothing == b""
+    assert head_headers == got_headers
+    assert int(head_headers["content-length"]) == len(body) > 0
+
+
+async def test_head_with_an_http_client(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The standard library's client, which reads no body after HEAD and so
+    would hang or misread the next response if one came."""
+    server = await start_server(nursery, tmp_path)
+
+    def ask(method: str) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            connection.request(method, "/health")
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    get_status, get_headers, body = await trio.to_thread.run_sync(ask, "GET")
+    head_status, head_headers, nothing = await trio.to_thread.run_sync(ask, "HEAD")
+    assert get_status == head_status == 200 and json.loads(body)["status"] == "ok"
+    assert nothing == b"" and head_headers == get_headers
+    assert int(head_headers["content-length"]) == len(body)

@@ -4,17 +4,25 @@ trio-websocket rejects non-upgrade requests before a handler sees them, so
 the server reads each request head itself (with h11), answers health checks,
 404s and 503s here, and hands WebSocket upgrades on to trio-websocket through
 :class:`ReplayStream`, which replays the bytes already read.
+
+Every answer is the same whatever the method; ``HEAD`` (load balancers,
+uptime checkers) gets the status and headers of ``GET``, Content-Length
+included, without the body.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Any
 
 import h11
 import trio
 
 __all__ = ["ReplayStream", "is_upgrade", "read_request", "respond", "respond_bytes"]
+
+#: connections (of :func:`read_request`) whose request is a HEAD: answered without the body
+_HEAD_REQUESTS: weakref.WeakSet[h11.Connection] = weakref.WeakSet()
 
 
 class ReplayStream(trio.abc.Stream):
@@ -52,6 +60,8 @@ async def read_request(stream: trio.abc.Stream) -> tuple[h11.Connection, h11.Req
         except h11.RemoteProtocolError:
             return conn, None, bytes(raw)
         if isinstance(event, h11.Request):
+            if event.method == b"HEAD":
+                _HEAD_REQUESTS.add(conn)
             return conn, event, bytes(raw)
         if event is not h11.NEED_DATA:
             return conn, None, bytes(raw)
@@ -80,13 +90,16 @@ async def respond_bytes(
     stream: trio.abc.Stream, conn: h11.Connection, status: int, payload: bytes, headers: list[tuple[str, str]]
 ) -> None:
     """Send ``payload`` with ``headers`` (content length and ``connection:
-    close`` are added unless given)."""
+    close`` are added unless given); to a HEAD request, the same without the
+    payload."""
     names = {name.lower() for name, _ in headers}
     headers = [*headers, *([("content-length", str(len(payload)))] if "content-length" not in names else [])]
     headers.append(("connection", "close"))
     try:
         data = conn.send(h11.Response(status_code=status, headers=headers))
-        data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
+        if conn not in _HEAD_REQUESTS:
+            data += conn.send(h11.Data(data=payload))
+        data += conn.send(h11.EndOfMessage())
     except h11.LocalProtocolError:
         return
     await stream.send_all(data)
