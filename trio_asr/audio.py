@@ -15,9 +15,10 @@ import secrets
 import struct
 import unicodedata
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "WAV_MAX_DATA_BYTES",
@@ -40,7 +41,7 @@ _GUID_SUFFIX = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 WAV_MAX_DATA_BYTES = 0xFFFFFFFF - 36 - 1
 
 
-def read_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+def read_wav(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int]:
     """Read a WAV file into float32 samples in [-1, 1].
 
     Returns ``(samples, sample_rate)`` with ``samples`` of shape
@@ -99,7 +100,7 @@ def _parse_fmt(path: object, body: bytes) -> tuple[int, int, int, int]:
     return tag, channels, rate, bits
 
 
-def _decode(payload: bytes, tag: int, channels: int, bits: int) -> np.ndarray:
+def _decode(payload: bytes, tag: int, channels: int, bits: int) -> npt.NDArray[np.float32]:
     width = bits // 8
     frames = len(payload) // (width * channels)
     raw = np.frombuffer(payload, dtype=np.uint8, count=frames * width * channels)
@@ -117,7 +118,7 @@ def _decode(payload: bytes, tag: int, channels: int, bits: int) -> np.ndarray:
     return x.reshape(frames, channels)
 
 
-def pcm16_to_float(pcm: bytes | bytearray | memoryview) -> np.ndarray:
+def pcm16_to_float(pcm: bytes | bytearray | memoryview) -> npt.NDArray[np.float32]:
     """Convert little-endian signed 16-bit PCM bytes to float32 in [-1, 1).
 
     The byte count must be even; callers that receive arbitrary frames carry
@@ -125,10 +126,11 @@ def pcm16_to_float(pcm: bytes | bytearray | memoryview) -> np.ndarray:
     """
     if len(pcm) % 2:
         raise ValueError(f"PCM16 needs an even number of bytes, got {len(pcm)}")
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    return cast("npt.NDArray[np.float32]", samples)
 
 
-def down_mix(x: np.ndarray) -> np.ndarray:
+def down_mix(x: np.ndarray) -> npt.NDArray[np.float32]:
     """Average the channels of ``(frames, channels)`` samples into mono float32.
 
     One-dimensional input is taken to be mono already and returned as float32.
@@ -140,7 +142,7 @@ def down_mix(x: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected samples of shape (frames, channels), got {x.shape}")
     if x.shape[1] == 1:
         return x[:, 0].astype(np.float32)
-    return x.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return cast("npt.NDArray[np.float32]", x.mean(axis=1, dtype=np.float64).astype(np.float32))
 
 
 class WavWriter:

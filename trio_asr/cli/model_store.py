@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, TextIO
 
@@ -87,17 +87,17 @@ def _is_safe_member_name(name: str) -> bool:
     return True
 
 
-def _sha256_hex(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+def _sha256_hex(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if len(value) != 64 or value.strip("0123456789abcdef"):
         raise ValueError(f"{attribute.name} must be 64 lowercase hex digits, got {value!r}")
 
 
-def _relative_path(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+def _relative_path(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not _is_safe_member_name(value):
         raise ValueError(f"{attribute.name} must be a plain relative path, got {value!r}")
 
 
-def _component(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+def _component(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not value or value in (".", "..") or "/" in value or "\\" in value:
         raise ValueError(f"{attribute.name} must be a single path component, got {value!r}")
 
@@ -109,6 +109,10 @@ class ModelFile:
     path: str = attrs.field(validator=_relative_path)
     size: int = attrs.field(validator=attrs.validators.gt(0))
     sha256: str = attrs.field(validator=_sha256_hex)
+
+
+def _file_tuple(files: Iterable[ModelFile]) -> tuple[ModelFile, ...]:
+    return tuple(files)
 
 
 @attrs.frozen
@@ -124,7 +128,7 @@ class ModelSpec:
     archive: str = attrs.field(validator=_component)
     archive_size: int = attrs.field(validator=attrs.validators.gt(0))
     archive_sha256: str = attrs.field(validator=_sha256_hex)
-    files: tuple[ModelFile, ...] = attrs.field(converter=lambda files: tuple(files))
+    files: tuple[ModelFile, ...] = attrs.field(converter=_file_tuple)
     #: what ``trio-asr models`` shows
     language: str = ""
     kind: str = ""

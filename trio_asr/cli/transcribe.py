@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 import numpy as np
 
 from trio_asr.audio import down_mix, read_wav
 from trio_asr.cli.progress import Progress
-from trio_asr.recognition.recognizer import RecognitionResult, Recognizer
+from trio_asr.recognition.recognizer import RecognitionResult, Recognizer, TokenTime
+from trio_asr.recognition.stream_options import StreamOptions
 
 __all__ = ["format_result", "transcribe_file", "transcribe_samples"]
 
@@ -35,7 +36,7 @@ def transcribe_samples(
     if chunk_seconds <= 0:
         raise ValueError("chunk_seconds must be positive")
     mono = down_mix(samples)
-    stream = recognizer.create_stream(nbest, sample_rate)
+    stream = recognizer.create_stream(StreamOptions(nbest=nbest, sample_rate=sample_rate))
     step = max(1, round(chunk_seconds * sample_rate))
     for start in range(0, len(mono), step):
         stream.accept_waveform(mono[start : start + step])
@@ -45,13 +46,13 @@ def transcribe_samples(
 
 
 def transcribe_file(
-    recognizer: Recognizer, path: str | os.PathLike, *, nbest: int = 1, chunk_seconds: float = 0.1
+    recognizer: Recognizer, path: str | os.PathLike[str], *, nbest: int = 1, chunk_seconds: float = 0.1
 ) -> RecognitionResult:
     samples, rate = read_wav(path)
     return transcribe_samples(recognizer, samples, rate, nbest=nbest, chunk_seconds=chunk_seconds)
 
 
-def _times_json(times) -> list[dict]:
+def _times_json(times: Iterable[TokenTime]) -> list[dict[str, str | float]]:
     return [{"w": t.piece, "bg": round(t.start, 3), "ed": round(t.end, 3)} for t in times]
 
 
@@ -72,7 +73,7 @@ def format_result(
     are the stream's pieces between endpoints, each with its time span (and
     its words, with timestamps)."""
     if as_json:
-        record: dict = {"file": path, "text": result.text}
+        record: dict[str, object] = {"file": path, "text": result.text}
         if nbest > 1:
             record["nbest"] = [{"text": t, "score": round(s, 4)} for t, s in result.nbest]
         if segments:

@@ -13,29 +13,33 @@ from __future__ import annotations
 import functools
 import math
 import secrets
+from collections.abc import Iterator
 from os import PathLike
+from typing import TypeVar, cast
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from trio_asr._fbank import FbankCore
 
-__all__ = [
-    "FbankOptions",
-    "GlobalCmvn",
-    "StreamingFbank",
-    "load_global_cmvn",
-]
+__all__ = ["FbankOptions", "GlobalCmvn", "StreamingFbank", "load_global_cmvn"]
 
 WINDOW_TYPES = ("povey", "hamming", "hanning", "hann", "rectangular", "blackman")
 
+_Real = TypeVar("_Real", int, float)  # of the fields that share a validator
+_F32Array = npt.NDArray[np.float32]
+_MelArg = TypeVar("_MelArg", np.float32, _F32Array)
+# A mel filter: (first FFT bin, weights); an empty one's weights are its (no) bins' indices.
+_Triangle = tuple[int, _F32Array | npt.NDArray[np.intp]]
 
-def _positive(instance, attribute, value):
+
+def _positive(instance: object, attribute: attrs.Attribute[_Real], value: _Real) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
-def _non_negative(instance, attribute, value):
+def _non_negative(instance: object, attribute: attrs.Attribute[_Real], value: _Real) -> None:
     if not value >= 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
@@ -83,16 +87,16 @@ class FbankOptions:
     is_librosa: bool = False
 
     @num_bins.validator
-    def _check_num_bins(self, attribute, value):
+    def _check_num_bins(self, attribute: attrs.Attribute[int], value: int) -> None:
         if not value >= 3:
             raise ValueError(f"num_bins must be >= 3, got {value!r}")
 
     @preemph_coeff.validator
-    def _check_preemph(self, attribute, value):
+    def _check_preemph(self, attribute: attrs.Attribute[float], value: float) -> None:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"preemph_coeff must be in [0, 1], got {value!r}")
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if self.window_size < 2:
             raise ValueError(f"frame of {self.frame_length_ms} ms is under 2 samples")
         if self.window_shift < 1:
@@ -140,7 +144,7 @@ class FbankOptions:
 
 
 @functools.lru_cache(maxsize=16)
-def _window(options: FbankOptions) -> np.ndarray:
+def _window(options: FbankOptions) -> npt.NDArray[np.float64]:
     n = options.window_size
     i = np.arange(n, dtype=np.float64)
     kind = options.window_type
@@ -161,7 +165,7 @@ def _window(options: FbankOptions) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)  # streams of one model share their filters
-def _mel_filters(options: FbankOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mel_filters(options: FbankOptions) -> tuple[npt.NDArray[np.intc], npt.NDArray[np.intc], npt.NDArray[np.float64]]:
     """The mel filters as (start bin, length, concatenated weights).
 
     Kaldi's triangles cover FFT bins 0 .. n/2 - 1, librosa's 0 .. n/2 (the
@@ -183,7 +187,7 @@ def _mel_filters(options: FbankOptions) -> tuple[np.ndarray, np.ndarray, np.ndar
     )
 
 
-def _triangle(x, left, center, right):
+def _triangle(x: _F32Array, left: np.float32, center: np.float32, right: np.float32) -> _Triangle:
     """(first index, weights) of the triangle on the points ``x`` strictly inside."""
     (inside,) = np.nonzero((x > left) & (x < right))
     if inside.size == 0:
@@ -193,14 +197,14 @@ def _triangle(x, left, center, right):
     return int(inside[0]), w
 
 
-def _kaldi_triangles(options: FbankOptions):
+def _kaldi_triangles(options: FbankOptions) -> Iterator[_Triangle]:
     f32 = np.float32
 
-    def mel(freq):
-        return f32(1127.0) * np.log(f32(1.0) + np.asarray(freq, f32) / f32(700.0))
+    def mel(freq: _MelArg) -> _MelArg:
+        return cast(_MelArg, f32(1127.0) * np.log(f32(1.0) + np.asarray(freq, f32) / f32(700.0)))
 
     bin_width = f32(options.sample_rate) / f32(options.padded_window_size)
-    fft_mel = mel(bin_width * np.arange(options.padded_window_size // 2, dtype=f32))
+    fft_mel: _F32Array = mel(bin_width * np.arange(options.padded_window_size // 2, dtype=f32))
     mel_low = mel(f32(options.low_freq))
     delta = (mel(f32(options.resolved_high_freq)) - mel_low) / f32(options.num_bins + 1)
     for b in range(options.num_bins):
@@ -211,18 +215,18 @@ def _kaldi_triangles(options: FbankOptions):
 def _slaney_mel(hz: np.float32) -> np.float32:
     f32 = np.float32
     if hz <= 1000:
-        return hz * f32(3) / f32(200)
-    return f32(15) + f32(27 / math.log(6.4)) * np.log(hz / f32(1000))
+        return cast(np.float32, hz * f32(3) / f32(200))
+    return cast(np.float32, f32(15) + f32(27 / math.log(6.4)) * np.log(hz / f32(1000)))
 
 
 def _slaney_hz(mel: np.float32) -> np.float32:
     f32 = np.float32
     if mel <= 15:
-        return f32(200) / f32(3) * mel
-    return f32(1000) * np.exp((mel - f32(15)) * f32(math.log(6.4) / 27))
+        return cast(np.float32, f32(200) / f32(3) * mel)
+    return cast(np.float32, f32(1000) * np.exp((mel - f32(15)) * f32(math.log(6.4) / 27)))
 
 
-def _librosa_triangles(options: FbankOptions):
+def _librosa_triangles(options: FbankOptions) -> Iterator[_Triangle]:
     f32 = np.float32
     bin_width = f32(options.sample_rate) / f32(options.padded_window_size)
     fft_hz = bin_width * np.arange(options.padded_window_size // 2 + 1, dtype=f32)
@@ -235,7 +239,7 @@ def _librosa_triangles(options: FbankOptions):
         yield first, w * (f32(2) / (right - left))
 
 
-def _vector(value) -> np.ndarray:
+def _vector(value: npt.ArrayLike) -> npt.NDArray[np.float64]:
     v = np.array(value, dtype=np.float64)
     if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
         raise ValueError("CMVN vectors must be non-empty, 1-D and finite")
@@ -247,10 +251,10 @@ def _vector(value) -> np.ndarray:
 class GlobalCmvn:
     """Global mean/variance normalisation: ``(x - mean) * inv_std`` per column."""
 
-    mean: np.ndarray = attrs.field(converter=_vector)
-    inv_std: np.ndarray = attrs.field(converter=_vector)
+    mean: npt.NDArray[np.float64] = attrs.field(converter=_vector)
+    inv_std: npt.NDArray[np.float64] = attrs.field(converter=_vector)
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if self.mean.shape != self.inv_std.shape:
             raise ValueError(
                 f"CMVN mean has {self.mean.size} values but inv_std has {self.inv_std.size}"
@@ -297,7 +301,7 @@ def _parse_kaldi_binary_matrix(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=rows * cols, offset=15).reshape(rows, cols)
 
 
-def load_global_cmvn(path: str | PathLike) -> GlobalCmvn:
+def load_global_cmvn(path: str | PathLike[str]) -> GlobalCmvn:
     """Read global CMVN from a file.
 
     Accepted formats:
@@ -346,7 +350,7 @@ class StreamingFbank:
         self.cmvn = cmvn
         starts, lengths, weights = _mel_filters(options)
         seed = options.dither_seed if options.dither_seed is not None else secrets.randbits(64)
-        self._core = FbankCore(
+        self._core = FbankCore(  # compiled, without stubs: the casts below give its types
             options.window_size,
             options.window_shift,
             options.padded_window_size,
@@ -373,22 +377,22 @@ class StreamingFbank:
     @property
     def num_frames_emitted(self) -> int:
         """Frames returned so far by ``accept_waveform`` and ``flush``."""
-        return self._core.num_frames_emitted
+        return cast(int, self._core.num_frames_emitted)
 
     @property
     def finished(self) -> bool:
         """True once ``flush`` was called; no more input is accepted."""
-        return self._core.finished
+        return cast(bool, self._core.finished)
 
-    def accept_waveform(self, samples: np.ndarray) -> np.ndarray:
+    def accept_waveform(self, samples: np.ndarray) -> _F32Array:
         samples = np.asarray(samples)
         if samples.ndim != 1:
             raise ValueError(f"expected 1-D samples, got shape {samples.shape}")
         if samples.dtype == np.int16:
-            return self._core.accept_int16(np.ascontiguousarray(samples))
+            return cast("_F32Array", self._core.accept_int16(np.ascontiguousarray(samples)))
         if samples.dtype.kind == "f":
-            return self._core.accept_float32(np.ascontiguousarray(samples, dtype=np.float32))
+            return cast("_F32Array", self._core.accept_float32(np.ascontiguousarray(samples, dtype=np.float32)))
         raise TypeError(f"expected int16 or float samples, got {samples.dtype}")
 
-    def flush(self) -> np.ndarray:
-        return self._core.flush()
+    def flush(self) -> _F32Array:
+        return cast("_F32Array", self._core.flush())

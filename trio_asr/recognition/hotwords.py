@@ -121,7 +121,7 @@ class Hotword:
 
     phrase: str = attrs.field(converter=_check_phrase)
     score: float | None = attrs.field(
-        default=None, converter=attrs.converters.optional(lambda s: check_score(s))
+        default=None, converter=attrs.converters.optional(check_score)
     )
 
 
@@ -367,7 +367,14 @@ def _span(state: int, lo: int, hi: int, parent: list[int], depth: list[int], tot
     return total[top] - total[node]
 
 
-def _settle(state, phrase, covered, parent, depth, total):
+def _settle(
+    state: int,
+    phrase: int,
+    covered: tuple[tuple[int, int], ...],
+    parent: list[int],
+    depth: list[int],
+    total: list[float],
+) -> tuple[tuple[tuple[int, int], ...], float]:
     """``(covered, gain)`` of ``state``: its parent's settled intervals plus
     the positions of ``phrase`` (the longest phrase ending here, or 0), and
     the scores in ``phrase`` of the positions that adds."""

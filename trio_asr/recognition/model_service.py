@@ -72,6 +72,10 @@ _CHUNKS_KEEPING_PLACE = 2
 #: how much of the measured cost per chunk each earlier call keeps, per call
 _DECAY = 0.9
 
+#: what one model call returns: log-probs (B, T_out, V), the B new states,
+#: and the thread's CPU seconds
+_CallResult = tuple[np.ndarray, list[ModelState], float]
+
 
 class ModelServiceError(Exception):
     """The batch a chunk belonged to failed, or the service is not running.
@@ -113,13 +117,13 @@ class _BatchCall:
         self.since = min(r.queued_at for r in requests)
         self.started = now
         self._done = trio.Event()
-        self._result: outcome.Outcome | None = None
+        self._result: outcome.Outcome[_CallResult] | None = None
 
-    def start(self, fn: Callable[[], object]) -> None:
+    def start(self, fn: Callable[[], _CallResult]) -> None:
         """Run ``fn`` in a thread; a thread that cannot start fails this call."""
         token = trio.lowlevel.current_trio_token()
 
-        def deliver(result: outcome.Outcome) -> None:  # in the worker thread
+        def deliver(result: outcome.Outcome[_CallResult]) -> None:  # in the worker thread
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(self._store, result)
 
@@ -128,11 +132,11 @@ class _BatchCall:
         except Exception as exc:  # e.g. "can't start new thread"
             self._store(outcome.Error(exc))
 
-    def _store(self, result: outcome.Outcome) -> None:
+    def _store(self, result: outcome.Outcome[_CallResult]) -> None:
         self._result = result
         self._done.set()
 
-    async def result(self) -> outcome.Outcome:
+    async def result(self) -> outcome.Outcome[_CallResult]:
         with trio.CancelScope(shield=True):
             await self._done.wait()
         assert self._result is not None
@@ -339,7 +343,7 @@ class ModelService:
         call.start(functools.partial(self._call_model, chunks, states))
         return call
 
-    def _deliver(self, call: _BatchCall, result: outcome.Outcome) -> None:
+    def _deliver(self, call: _BatchCall, result: outcome.Outcome[_CallResult]) -> None:
         self._running_since.remove(call.since)
         try:
             log_probs, new_states, cpu = result.unwrap()
@@ -375,7 +379,7 @@ class ModelService:
 
     def _call_model(
         self, chunks: list[np.ndarray], states: Sequence[ModelState]
-    ) -> tuple[np.ndarray, list[ModelState], float]:
+    ) -> _CallResult:
         started = time.thread_time()
         log_probs, new_states = self.model.run(np.stack(chunks), states)
         if len(log_probs) != len(chunks) or len(new_states) != len(chunks):

@@ -20,8 +20,10 @@ lower of the two Nyquist frequencies; stopband attenuation is designed for
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["MAX_RATE", "MIN_RATE", "StreamingResampler", "design_lowpass", "resample"]
 
@@ -43,7 +45,7 @@ def _check_rate(name: str, rate: object) -> int:
     return int(rate)
 
 
-def design_lowpass(up: int, down: int) -> np.ndarray:
+def design_lowpass(up: int, down: int) -> npt.NDArray[np.float64]:
     """The prototype filter ``h`` for a reduced ratio ``up/down``.
 
     Odd length, linear phase, DC gain ``up`` (to make up for zero stuffing),
@@ -58,10 +60,10 @@ def design_lowpass(up: int, down: int) -> np.ndarray:
     beta = 0.1102 * (_ATTENUATION_DB - 8.7)
     n = np.arange(length) - (length - 1) // 2
     h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(length, beta)
-    return h * (up / h.sum())
+    return cast("npt.NDArray[np.float64]", h * (up / h.sum()))
 
 
-def _split_phases(h: np.ndarray, up: int) -> np.ndarray:
+def _split_phases(h: npt.NDArray[np.float64], up: int) -> npt.NDArray[np.float64]:
     """Split ``h`` into ``up`` phases, shape ``(up, taps)``.
 
     Row ``p`` holds ``h[p], h[p + up], h[p + 2*up], ...`` in reverse order,
@@ -112,7 +114,7 @@ class StreamingResampler:
         self._buf_start = -(taps - 1)
         self._buf = np.zeros(taps - 1)
 
-    def process(self, x: np.ndarray) -> np.ndarray:
+    def process(self, x: np.ndarray) -> npt.NDArray[np.float32]:
         """Consume a chunk of mono samples; return the output now complete."""
         if self._finished:
             raise RuntimeError("StreamingResampler.process() after flush()")
@@ -121,14 +123,14 @@ class StreamingResampler:
             raise ValueError(f"expected mono samples (1-D), got shape {x.shape}")
         self._samples_in += x.size
         if self._up == self._down:
-            return x.copy()
+            return cast("npt.NDArray[np.float32]", x.copy())
         self._buf = np.concatenate([self._buf, x.astype(np.float64)])
         # Output k needs inputs up to (k*M + D) // L, so it is ready while
         # k*M + D < samples_in * L.
         ready = -(-(self._samples_in * self._up - self._delay) // self._down)
         return self._emit(ready)
 
-    def flush(self) -> np.ndarray:
+    def flush(self) -> npt.NDArray[np.float32]:
         """End the stream and return the remaining output (zero-padded tail)."""
         if self._finished:
             raise RuntimeError("StreamingResampler.flush() called twice")
@@ -143,7 +145,7 @@ class StreamingResampler:
                 self._buf = np.concatenate([self._buf, np.zeros(pad)])
         return self._emit(total)
 
-    def _emit(self, end: int) -> np.ndarray:
+    def _emit(self, end: int) -> npt.NDArray[np.float32]:
         start = self._next_out
         if end <= start:
             return np.zeros(0, np.float32)
@@ -167,7 +169,7 @@ class StreamingResampler:
         return out
 
 
-def resample(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
+def resample(x: np.ndarray, in_rate: int, out_rate: int) -> npt.NDArray[np.float32]:
     """Resample a whole mono signal; same as one :class:`StreamingResampler` pass."""
     resampler = StreamingResampler(in_rate, out_rate)
     head = resampler.process(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,9 @@ from trio_asr.recognition.model.base import (
     is_batch_invariant,
     make_session_options,
 )
+
+if TYPE_CHECKING:
+    from trio_asr.recognition.tokens import TokenTable
 
 __all__ = [
     "AcousticModel",
@@ -68,14 +72,14 @@ def find_model_file(model_dir: Path) -> Path:
     raise ModelError(f"no model file (model.int8.onnx, model.onnx or *.onnx) in {model_dir}")
 
 
-def _read_tokens(path: Path):
+def _read_tokens(path: Path) -> TokenTable:
     from trio_asr.recognition.tokens import TokenTable
 
     return TokenTable.from_file(path)
 
 
 def load_model(
-    model_dir: str | os.PathLike,
+    model_dir: str | os.PathLike[str],
     *,
     threads: int = 1,
     session_options: ort.SessionOptions | None = None,
@@ -122,7 +126,7 @@ def _session(
         raise ModelError(f"onnxruntime cannot load {model_file}: {exc}") from exc
 
 
-def _detect(session: ort.InferenceSession, model_file: Path, tokens) -> AcousticModel:
+def _detect(session: ort.InferenceSession, model_file: Path, tokens: TokenTable) -> AcousticModel:
     for _name, module, cls in _FORMATS:
         if module.matches(session):
             return cls(session, tokens)
@@ -135,7 +139,9 @@ def _detect(session: ort.InferenceSession, model_file: Path, tokens) -> Acoustic
     )
 
 
-def _load_per_item(data: bytes, model_file: Path, tokens, options: ort.SessionOptions) -> AcousticModel:
+def _load_per_item(
+    data: bytes, model_file: Path, tokens: TokenTable, options: ort.SessionOptions
+) -> AcousticModel:
     """Load a dynamically quantized model rewritten for per-item quantization;
     batches of one run on the file as it is (identical for one stream, faster)."""
     quick = make_session_options(optimization="basic")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import numpy as np
@@ -75,6 +75,14 @@ def make_session_options(
     return options
 
 
+def _tensor_tuple(tensors: Iterable[np.ndarray]) -> tuple[np.ndarray, ...]:
+    return tuple(tensors)
+
+
+def _axis_tuple(axes: Iterable[int]) -> tuple[int, ...]:
+    return tuple(axes)
+
+
 @attrs.frozen(eq=False)
 class ModelState:
     """The recurrent state of one stream: a tuple of arrays, each of which has
@@ -83,11 +91,11 @@ class ModelState:
     States are immutable values: :meth:`AcousticModel.run` returns new ones.
     """
 
-    tensors: tuple[np.ndarray, ...] = attrs.field(converter=lambda ts: tuple(ts))
-    batch_axes: tuple[int, ...] = attrs.field(converter=lambda axes: tuple(axes))
+    tensors: tuple[np.ndarray, ...] = attrs.field(converter=_tensor_tuple)
+    batch_axes: tuple[int, ...] = attrs.field(converter=_axis_tuple)
 
     @batch_axes.validator
-    def _check(self, _attribute, axes):
+    def _check(self, _attribute: attrs.Attribute[tuple[int, ...]], axes: tuple[int, ...]) -> None:
         if len(axes) != len(self.tensors):
             raise ValueError("one batch axis per tensor is needed")
         for tensor, axis in zip(self.tensors, axes):
@@ -105,7 +113,7 @@ class ModelState:
             raise ValueError("no states to stack")
         if len(states) == 1:
             return list(states[0].tensors)  # a batch of one needs no copy
-        return concatenate_states([s.tensors for s in states], states[0].batch_axes)
+        return cast("list[np.ndarray]", concatenate_states([s.tensors for s in states], states[0].batch_axes))
 
     @classmethod
     def unstack(cls, tensors: Sequence[np.ndarray], batch_axes: Sequence[int]) -> list[ModelState]:
@@ -194,7 +202,9 @@ class AcousticModel(abc.ABC):
         batches need)."""
         self._single_stream_session = session
 
-    def _run_session(self, batch: int, output_names: list[str], feed: dict[str, np.ndarray]) -> list:
+    def _run_session(
+        self, batch: int, output_names: list[str], feed: dict[str, np.ndarray]
+    ) -> list[np.ndarray]:
         """``session.run`` for a batch of ``batch`` streams.  Skips the Python
         wrapper's check of the feed's names (quadratic in the ~75 inputs, and
         the feed is ours); onnxruntime's own checks still apply."""
@@ -203,8 +213,8 @@ class AcousticModel(abc.ABC):
             session = self._single_stream_session
         inner = getattr(session, "_sess", None)
         if inner is None:
-            return session.run(output_names, feed)
-        return inner.run(output_names, feed, None)
+            return cast("list[np.ndarray]", session.run(output_names, feed))
+        return cast("list[np.ndarray]", inner.run(output_names, feed, None))
 
     def create_stream(self) -> ModelStream:
         """A fresh per-stream chunker bound to this model."""
@@ -313,7 +323,7 @@ def is_batch_invariant(model: AcousticModel, tolerance: float = 1e-3) -> bool:
     to float rounding, which can move one quantization step now and then, more
     than this probe's tolerance).
     """
-    known = getattr(model, "batch_invariant", None)
+    known: bool | None = getattr(model, "batch_invariant", None)
     if known is not None:
         return known
     rng = np.random.default_rng(0)

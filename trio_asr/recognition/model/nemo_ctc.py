@@ -32,11 +32,16 @@ int16 range), no normalisation, and librosa ("Slaney") mel filters
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from trio_asr.recognition.model.base import AcousticModel, ModelError, ModelState
+
+if TYPE_CHECKING:
+    from trio_asr.recognition.features import FbankOptions
+    from trio_asr.recognition.tokens import TokenTable
 
 __all__ = ["NemoCtcModel", "matches"]
 
@@ -83,7 +88,7 @@ def _metadata(session: ort.InferenceSession) -> dict[str, int]:
 class NemoCtcModel(AcousticModel):
     """A loaded NeMo streaming CTC model; see the module docstring."""
 
-    def __init__(self, session: ort.InferenceSession, tokens) -> None:
+    def __init__(self, session: ort.InferenceSession, tokens: TokenTable) -> None:
         self._session = session
         self.tokens = tokens
         meta = _metadata(session)
@@ -142,7 +147,7 @@ class NemoCtcModel(AcousticModel):
         )
 
     @property
-    def feature_options(self):
+    def feature_options(self) -> FbankOptions:
         from trio_asr.recognition.features import FbankOptions
 
         return FbankOptions(

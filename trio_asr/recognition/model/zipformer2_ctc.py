@@ -23,11 +23,16 @@ dither 0, ``snip_edges=False``, ``high_freq=-400``, samples in [-1, 1]
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from trio_asr.recognition.model.base import AcousticModel, ModelError, ModelState
+
+if TYPE_CHECKING:
+    from trio_asr.recognition.features import FbankOptions
+    from trio_asr.recognition.tokens import TokenTable
 
 __all__ = ["Zipformer2CtcModel"]
 
@@ -61,7 +66,7 @@ def _int_list(meta: dict[str, str], key: str) -> list[int]:
 class Zipformer2CtcModel(AcousticModel):
     """A loaded streaming Zipformer2 CTC model; see the module docstring."""
 
-    def __init__(self, session: ort.InferenceSession, tokens) -> None:
+    def __init__(self, session: ort.InferenceSession, tokens: TokenTable) -> None:
         self._session = session
         self.tokens = tokens
         meta = session.get_modelmeta().custom_metadata_map
@@ -105,7 +110,7 @@ class Zipformer2CtcModel(AcousticModel):
             )
 
     @property
-    def feature_options(self):
+    def feature_options(self) -> FbankOptions:
         from trio_asr.recognition.features import FbankOptions
 
         return FbankOptions(
@@ -133,7 +138,7 @@ class Zipformer2CtcModel(AcousticModel):
             ] * layers
         return shapes
 
-    def _make_initial_state(self, inputs) -> ModelState:
+    def _make_initial_state(self, inputs: Sequence[ort.NodeArg]) -> ModelState:
         shapes = self._layer_shapes()
         embed = inputs[-2]
         embed_shape = tuple(1 if i == 0 else _static(d, embed.name, i)
@@ -171,7 +176,7 @@ def _batch_axis(state_name: str) -> int:
     return _BATCH_AXIS[state_name.rstrip("0123456789").rstrip("_")]
 
 
-def _static(dim, name: str, axis: int) -> int:
+def _static(dim: int | str | None, name: str, axis: int) -> int:
     if not isinstance(dim, int):
         raise ModelError(f"axis {axis} of {name} must be static, got {dim!r}")
     return dim
