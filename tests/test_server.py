@@ -270,11 +270,12 @@ async def test_oversize_frame_is_1009(nursery: trio.Nursery, tmp_path: Path) -> 
         error = await recv_json(ws)
         assert error["status"] == "error"
         assert await expect_close(ws) == 1009
-    # far over the limit: the WebSocket layer cuts it off before buffering it
+    # far over the limit: not buffered beyond the limit, and the same error reply
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
         await ws.send_message(start_msg("big.wav"))
         await recv_json(ws)
         await ws.send_message(b"\x00" * 100_000)
+        assert (await recv_json(ws))["status"] == "error"
         assert await expect_close(ws) == 1009
     assert [p.name for p in wavs(server)] == ["t.wav"], "a stream that got no audio leaves no file"
 

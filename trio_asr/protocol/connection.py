@@ -170,6 +170,15 @@ class ConnectionProtocol:
         """A binary frame arrived."""
         return self._owe(self._bytes_frame(data))
 
+    @_never_raises
+    def receive_oversized(self) -> list[Event]:
+        """A frame larger than ``max_message_bytes`` arrived, which the
+        WebSocket layer did not keep (see :mod:`trio_asr.serving.websocket`):
+        the same 1009 as a kept frame over the limit."""
+        if self.state is State.CLOSED:
+            return []
+        return self._owe(self._error(CLOSE_MESSAGE_TOO_BIG, self._too_big()))
+
     def stream_idle(self) -> list[Event]:
         """The open stream has been silent too long: it ends as if the client
         had sent ``end`` (its final reply is due), the connection stays open."""

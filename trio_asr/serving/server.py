@@ -53,6 +53,7 @@ from trio_asr.serving.recording import AudioSaveError, AudioStore
 from trio_asr.serving.session import Session, SessionContext
 from trio_asr.serving.tls import TlsError, server_context
 from trio_asr.serving.web import find_asset
+from trio_asr.serving.websocket import wrap_server_stream
 
 __all__ = ["WS_PATH", "Server", "ServerStartError", "exposure_warning", "serve", "shutdown_on_signals"]
 
@@ -319,9 +320,8 @@ class Server:
         async with trio.open_nursery() as nursery:
             ws: trio_websocket.WebSocketConnection | None = None
             with trio.move_on_after(config.handshake_timeout):
-                request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, max_message_size=2 * config.max_message_bytes
-                )
+                # a message over the limit is dropped and answered by the protocol core
+                request = await wrap_server_stream(nursery, stream, max_message_size=config.max_message_bytes)
                 ws = await request.accept()
             if ws is None:
                 nursery.cancel_scope.cancel()

@@ -34,6 +34,7 @@ from trio_asr.serving.logs import log_event
 from trio_asr.serving.metrics import ServerMetrics
 from trio_asr.serving.open_stream import ConnectionTotals, OpenStream, StreamContext
 from trio_asr.serving.recording import AudioSaveError, AudioStore
+from trio_asr.serving.websocket import Oversized
 
 __all__ = ["Session", "SessionContext"]
 
@@ -240,6 +241,8 @@ class Session:
             return protocol.connection_idle(timeout)
         if isinstance(message, str):
             return protocol.receive_text(message)
+        if isinstance(message, Oversized):  # over max_message_bytes, not kept (see serving/websocket.py)
+            return protocol.receive_oversized()
         assert isinstance(message, bytes)
         return protocol.receive_bytes(message)
 
