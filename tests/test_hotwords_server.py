@@ -211,7 +211,8 @@ def test_serve_with_a_bad_hotwords_file_is_one_line_before_loading_a_model(tmp_p
 
 
 def test_config_settings_are_checked(tmp_path):
-    from trio_asr.serving.config import ConfigError, load_config
+    from trio_asr.serving.config import ConfigError
+    from trio_asr.serving.config_file import load_config
 
     toml = tmp_path / "server.toml"
     toml.write_text('hotwords_file = "hot.txt"\nhotwords_score = 2.5\nmax_stream_hotwords = 7\n')

@@ -50,7 +50,7 @@ from serverutil import ControlledModel
 from trio_asr.audio import down_mix, read_wav
 from trio_asr.recognition.features import StreamingFbank
 from trio_asr.recognition.model import is_batch_invariant, load_model, quantization, quantized_ops
-from trio_asr.recognition.model_service import ModelService
+from trio_asr.recognition.model_service import BatchingPolicy, ModelService
 from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.recognition.search import GreedySearch
 from trio_asr.cli.transcribe import transcribe_samples
@@ -85,8 +85,8 @@ def test_original_int8_depends_on_the_batch(models) -> None:
     rewritten, original = models
     assert not is_batch_invariant(original)
     assert is_batch_invariant(rewritten)
-    assert ModelService(original, max_batch=8, exact=True).max_batch == 1
-    assert ModelService(rewritten, max_batch=8, exact=True).max_batch == 8
+    assert ModelService(original, BatchingPolicy(max_batch=8, exact=True)).max_batch == 1
+    assert ModelService(rewritten, BatchingPolicy(max_batch=8, exact=True)).max_batch == 8
 
 
 def random_features(model, rng, loudness: float) -> np.ndarray:
@@ -199,7 +199,7 @@ async def _decode_via(service: ModelService, rs, x: np.ndarray, step: int) -> No
 async def test_service_batches_int8_streams_as_if_each_ran_alone(models) -> None:
     rewritten, original = models
     counting = ControlledModel(rewritten)
-    service = ModelService(counting, max_batch=16)  # exact, as the server runs it
+    service = ModelService(counting, BatchingPolicy(max_batch=16))  # exact, as the server runs it
     utterances = []
     for name in SPEECH:
         if not (AUDIO_DIR / name).exists():
@@ -535,5 +535,5 @@ def test_serve_settings_choose_the_rewrite(int8_dir) -> None:
     _, exact = _build_recognizer(ServerConfig(model=int8_dir))
     _, as_exported = _build_recognizer(ServerConfig(model=int8_dir, exact_batching=False))
     assert is_batch_invariant(exact.model) and not is_batch_invariant(as_exported.model)
-    assert ModelService(exact.model, exact=True).max_batch > 1
-    assert ModelService(as_exported.model, exact=False).max_batch > 1
+    assert ModelService(exact.model, BatchingPolicy(exact=True)).max_batch > 1
+    assert ModelService(as_exported.model, BatchingPolicy(exact=False)).max_batch > 1

@@ -21,7 +21,7 @@ from serverutil import ControlledModel
 
 from trio_asr.audio import down_mix, read_wav
 from trio_asr.recognition.model import is_batch_invariant, load_model
-from trio_asr.recognition.model_service import ModelService, ModelServiceError
+from trio_asr.recognition.model_service import BatchingPolicy, ModelService, ModelServiceError
 from trio_asr.recognition.recognizer import Recognizer, RecognizerStream
 from trio_asr.cli.transcribe import transcribe_samples
 from trio_asr.recognition.stream_options import StreamOptions
@@ -38,7 +38,7 @@ def model(streaming_ctc_model_dir: Path) -> ControlledModel:
 async def service(nursery: trio.Nursery, model: ControlledModel) -> ModelService:
     # exact=False: these tests are about batching itself, also for a model
     # that is not batch-invariant (the exact mode is tested on its own)
-    service = ModelService(model, max_batch=16, exact=False)
+    service = ModelService(model, BatchingPolicy(max_batch=16, exact=False))
     forget_probe(model)
     await nursery.start(service.run)
     return service
@@ -86,7 +86,7 @@ async def decode_batched(service: ModelService, rs: RecognizerStream, x: np.ndar
 
 
 async def test_concurrent_streams_batched_equal_unbatched(nursery: trio.Nursery, model: ControlledModel) -> None:
-    service = ModelService(model, max_batch=16)  # exact, as the server runs it
+    service = ModelService(model, BatchingPolicy(max_batch=16))  # exact, as the server runs it
     forget_probe(model)
     await nursery.start(service.run)
     recognizer = Recognizer(model, beam=4)
@@ -178,7 +178,7 @@ async def test_a_call_takes_the_chunks_that_fit_in_its_cpu_budget(
     costly = CostlyModel(model.inner)
     costly.chunk_seconds = 0.005
     later = [stream_with_chunks(costly, 1) for _ in range(9)]
-    service = ModelService(costly, max_batch=16, max_call_seconds=0.0175, exact=False)
+    service = ModelService(costly, BatchingPolicy(max_batch=16, max_call_seconds=0.0175, exact=False))
     assert service.batch_limit == 16
     await nursery.start(service.run)
     await queue_while_first_runs(service, costly, stream_with_chunks(costly, 1), later)
@@ -201,7 +201,7 @@ async def run_order(
     """Decode ``first``, then, while its first chunk runs, ``later`` streams
     one after another; the first chunk of each model call in the order the
     calls ran (as :func:`chunk_marks` names them)."""
-    service = ModelService(model, max_batch=max_batch, exact=False)
+    service = ModelService(model, BatchingPolicy(max_batch=max_batch, exact=False))
     forget_probe(model)
     await nursery.start(service.run)
     await queue_while_first_runs(service, model, first, later)
@@ -256,7 +256,7 @@ async def test_every_worker_keeps_serving_after_calls_that_empty_the_queue(
     second one from starting, however often the queue ran empty before (a
     worker that finds it empty must not leave the other one waiting on an
     event nobody sets)."""
-    service = ModelService(model, max_batch=1, concurrent_batches=2, exact=False)
+    service = ModelService(model, BatchingPolicy(max_batch=1, concurrent_batches=2, exact=False))
     forget_probe(model)
     await nursery.start(service.run)
     for _ in range(4):
@@ -283,7 +283,7 @@ async def test_the_next_batch_starts_before_the_finished_callers_run(
     """When a call returns, its worker starts the next batch at once: the
     callers it wakes (whose search and reply take the event loop a while)
     must not leave the model idle meanwhile."""
-    service = ModelService(model, max_batch=1, concurrent_batches=1, exact=False)
+    service = ModelService(model, BatchingPolicy(max_batch=1, concurrent_batches=1, exact=False))
     forget_probe(model)
     await nursery.start(service.run)
     seen: list[int] = []
@@ -453,11 +453,11 @@ async def test_stopped_service_fails_requests_instead_of_hanging(model: Controll
 
 def test_invalid_settings(model: ControlledModel) -> None:
     with pytest.raises(ValueError):
-        ModelService(model, max_batch=0)
+        ModelService(model, BatchingPolicy(max_batch=0))
     with pytest.raises(ValueError):
-        ModelService(model, max_queue_delay=0)
+        ModelService(model, BatchingPolicy(max_queue_delay=0))
     with pytest.raises(ValueError):
-        ModelService(model, max_call_seconds=0)
+        ModelService(model, BatchingPolicy(max_call_seconds=0))
 
 
 class BatchDependentModel(ControlledModel):
@@ -494,7 +494,7 @@ async def test_exact_service_never_batches_a_batch_dependent_model(
     nursery: trio.Nursery, model: ControlledModel, exact: bool
 ) -> None:
     dependent = BatchDependentModel(model.inner)
-    service = ModelService(dependent, max_batch=8, exact=exact)
+    service = ModelService(dependent, BatchingPolicy(max_batch=8, exact=exact))
     forget_probe(dependent)
     await nursery.start(service.run)
     streams = [stream_with_chunks(dependent, 2) for _ in range(4)]

@@ -407,7 +407,8 @@ async def test_json_logs_of_a_real_session(nursery, tmp_path, recognizer, expect
 
 
 def test_operations_settings_from_toml_and_flags(tmp_path):
-    from trio_asr.serving.config import ConfigError, load_config
+    from trio_asr.serving.config import ConfigError
+    from trio_asr.serving.config_file import load_config
 
     toml = tmp_path / "server.toml"
     toml.write_text(

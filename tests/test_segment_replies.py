@@ -26,7 +26,8 @@ from serverutil import end_msg, recv_json, start_msg, ws_url
 from test_segments import decoder, frames
 
 from trio_asr.audio import read_wav
-from trio_asr.serving.config import ConfigError, ServerConfig, load_config
+from trio_asr.serving.config import ConfigError, ServerConfig
+from trio_asr.serving.config_file import load_config
 from trio_asr.recognition.endpoint import EndpointRules
 from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.protocol.messages import (

@@ -11,7 +11,8 @@ from paths import SPEECH_FILES
 from test_segments import decoder, frames
 
 from trio_asr.cli.commands import main
-from trio_asr.serving.config import ConfigError, load_config
+from trio_asr.serving.config import ConfigError
+from trio_asr.serving.config_file import load_config
 from trio_asr.recognition.endpoint import EndpointRules
 from trio_asr.recognition.model import load_model
 from trio_asr.recognition.recognizer import Recognizer

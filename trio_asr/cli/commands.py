@@ -156,7 +156,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     import attrs
     import trio
 
-    from trio_asr.serving.config import ConfigError, config_overrides, load_config
+    from trio_asr.serving.config import ConfigError, config_overrides
+    from trio_asr.serving.config_file import load_config
     from trio_asr.serving.logs import configure_logging
     from trio_asr.serving.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
 
@@ -310,7 +311,8 @@ def _add_transcribe(commands: Any) -> None:
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
-    from trio_asr.serving.config import RECOGNIZER_SETTINGS, ConfigError, config_overrides, load_config
+    from trio_asr.serving.config import RECOGNIZER_SETTINGS, ConfigError, config_overrides
+    from trio_asr.serving.config_file import load_config
     from trio_asr.cli.transcribe import run_batch
 
     try:

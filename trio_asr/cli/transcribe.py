@@ -1,7 +1,10 @@
 """Batch transcription of WAV files through the streaming recognizer.
 
-Files are streamed in fixed-size pieces through exactly the path the server
-uses (:class:`~trio_asr.recognition.recognizer.RecognizerStream`, resampling included), so
+Files are streamed in fixed-size pieces through the same recognizer stream
+as the server's (:class:`~trio_asr.recognition.recognizer.RecognizerStream`,
+resampling included), which here runs its model chunks itself
+(:meth:`~trio_asr.recognition.recognizer.RecognizerStream.decode`) instead of
+through the server's batching model service; both give the same results, so
 ``trio-asr transcribe`` and a client streaming the same file get the same text.
 """
 

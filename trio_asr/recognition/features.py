@@ -22,26 +22,16 @@ import numpy as np
 import numpy.typing as npt
 
 from trio_asr._fbank import FbankCore
+from trio_asr.bounds import at_least, positive
 
 __all__ = ["FbankOptions", "GlobalCmvn", "StreamingFbank", "load_global_cmvn"]
 
 WINDOW_TYPES = ("povey", "hamming", "hanning", "hann", "rectangular", "blackman")
 
-_Real = TypeVar("_Real", int, float)  # of the fields that share a validator
 _F32Array = npt.NDArray[np.float32]
 _MelArg = TypeVar("_MelArg", np.float32, _F32Array)
 # A mel filter: (first FFT bin, weights); an empty one's weights are its (no) bins' indices.
 _Triangle = tuple[int, _F32Array | npt.NDArray[np.intp]]
-
-
-def _positive(instance: object, attribute: attrs.Attribute[_Real], value: _Real) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute[_Real], value: _Real) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 def _kaldi_samples(sample_rate: float, ms: float) -> int:
@@ -67,19 +57,19 @@ class FbankOptions:
     construction.
     """
 
-    sample_rate: int = attrs.field(default=16000, validator=_positive)
-    frame_length_ms: float = attrs.field(default=25.0, validator=_positive)
-    frame_shift_ms: float = attrs.field(default=10.0, validator=_positive)
+    sample_rate: int = attrs.field(default=16000, validator=positive)
+    frame_length_ms: float = attrs.field(default=25.0, validator=positive)
+    frame_shift_ms: float = attrs.field(default=10.0, validator=positive)
     num_bins: int = attrs.field(default=80)
     window_type: str = attrs.field(default="povey", validator=attrs.validators.in_(WINDOW_TYPES))
     preemph_coeff: float = attrs.field(default=0.97)
     remove_dc_offset: bool = True
-    dither: float = attrs.field(default=0.0, validator=_non_negative)
+    dither: float = attrs.field(default=0.0, validator=at_least(0))
     dither_seed: int | None = None
     snip_edges: bool = True
-    low_freq: float = attrs.field(default=20.0, validator=_non_negative)
+    low_freq: float = attrs.field(default=20.0, validator=at_least(0))
     high_freq: float = -400.0
-    energy_floor: float = attrs.field(default=0.0, validator=_non_negative)
+    energy_floor: float = attrs.field(default=0.0, validator=at_least(0))
     use_energy: bool = False
     use_power: bool = True
     round_to_power_of_two: bool = True

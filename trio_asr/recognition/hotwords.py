@@ -125,17 +125,14 @@ class Hotword:
     )
 
 
-def _bounded(hotwords: Iterable[Hotword], limit: int) -> tuple[Hotword, ...]:
+def _distinct(hotwords: Iterable[Hotword]) -> tuple[Hotword, ...]:
+    out = tuple(hotwords)
     seen: set[str] = set()
-    out = []
-    for hotword in hotwords:
+    for hotword in out:
         if hotword.phrase in seen:
             raise HotwordError(f"phrase {hotword.phrase!r} appears twice")
         seen.add(hotword.phrase)
-        out.append(hotword)
-        if len(out) > limit:
-            raise HotwordError(f"more than {limit} phrases")
-    return tuple(out)
+    return out
 
 
 def parse_hotwords(text: str, *, source: str = "hotwords") -> tuple[Hotword, ...]:
@@ -201,7 +198,7 @@ def hotwords_from_json(value: object, *, limit: int) -> tuple[Hotword, ...]:
             hotwords.append(Hotword(item[0], check_score(item[1], f"the score of {_short(item[0])}")))
         else:
             raise HotwordError(f"a hotword must be a phrase or a [phrase, score] pair, got {_short(item)}")
-    return _bounded(hotwords, limit)
+    return _distinct(hotwords)
 
 
 def merge_hotwords(base: Sequence[Hotword], extra: Sequence[Hotword]) -> tuple[Hotword, ...]:

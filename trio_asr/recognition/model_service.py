@@ -61,11 +61,12 @@ import numpy as np
 import outcome
 import trio
 
+from trio_asr.bounds import positive
 from trio_asr.recognition.model import AcousticModel, ModelState, ModelStream, is_batch_invariant
 
-__all__ = ["ModelService", "ModelServiceError", "ServiceStats"]
+__all__ = ["BatchingPolicy", "ModelService", "ModelServiceError", "ServiceStats"]
 
-log = logging.getLogger("trio_asr.serving.server")
+log = logging.getLogger("trio_asr.server")
 
 #: chunks of one decode that queue with the time the decode began
 _CHUNKS_KEEPING_PLACE = 2
@@ -157,8 +158,20 @@ class ServiceStats:
         return self.chunks / self.batches if self.batches else 0.0
 
 
+@attrs.frozen(kw_only=True)
+class BatchingPolicy:
+    """How the service batches: see :class:`ModelService` for each field;
+    ``max_queue_delay`` is where the server starts refusing connections."""
+
+    max_batch: int = attrs.field(default=64, validator=positive)
+    max_call_seconds: float = attrs.field(default=0.075, validator=positive)
+    max_queue_delay: float = attrs.field(default=0.5, validator=positive)
+    concurrent_batches: int = attrs.field(default=1, validator=positive)
+    exact: bool = True
+
+
 class ModelService:
-    """Runs ``model`` for many streams in batched calls.
+    """Runs ``model`` for many streams in batched calls, as ``policy`` says.
 
     ``max_batch`` bounds the chunks per model call, and ``max_call_seconds``
     (CPU s) bounds them by the measured cost per chunk; with ``exact`` it is 1
@@ -188,34 +201,23 @@ class ModelService:
     def __init__(
         self,
         model: AcousticModel,
+        policy: BatchingPolicy = BatchingPolicy(),
         *,
-        max_batch: int = 64,
-        max_call_seconds: float = 0.075,
-        max_queue_delay: float = 0.5,
-        concurrent_batches: int = 1,
-        exact: bool = True,
         on_batch: Callable[[int, float, float], None] | None = None,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, not {max_batch}")
-        if concurrent_batches < 1:
-            raise ValueError(f"concurrent_batches must be >= 1, not {concurrent_batches}")
-        if max_queue_delay <= 0:
-            raise ValueError(f"max_queue_delay must be positive, not {max_queue_delay}")
-        if max_call_seconds <= 0:
-            raise ValueError(f"max_call_seconds must be positive, not {max_call_seconds}")
+        max_batch = policy.max_batch
         self.model = model
-        if exact and max_batch > 1 and not is_batch_invariant(model):
+        if policy.exact and max_batch > 1 and not is_batch_invariant(model):
             log.warning(
                 "the model's outputs depend on the batch (dynamically quantized activations): "
                 "one stream per model call, so results never depend on other streams"
             )
             max_batch = 1
         self.max_batch = max_batch
-        self.max_call_seconds = max_call_seconds
+        self.max_call_seconds = policy.max_call_seconds
         # CPU seconds and chunks of recent calls, each call's share decaying by _DECAY per call
         self._cpu_seconds = self._cpu_chunks = 0.0
-        self.max_queue_delay = max_queue_delay
+        self.max_queue_delay = policy.max_queue_delay
         #: called after each successful model call with (chunks, seconds the
         #: oldest waited, CPU seconds of the call's thread)
         self.on_batch = on_batch
@@ -226,7 +228,7 @@ class ModelService:
         self._stopped = False
         # queued_at of the oldest request of each running batch
         self._running_since: list[float] = []
-        self._concurrent = concurrent_batches  # worker tasks, each with one call in flight
+        self._concurrent = policy.concurrent_batches  # worker tasks, each with one call in flight
         self._batches = self._chunks = self._largest = self._failed = 0
 
     @property

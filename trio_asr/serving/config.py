@@ -3,22 +3,17 @@
 Each field of :class:`ServerConfig` carries its type, help text and
 validation; the ``serve`` command's flags are generated from them
 (:func:`add_config_flags`) and TOML files are checked against them
-(:func:`load_config`), so a setting is written exactly once.
-
-Precedence is defaults < TOML file < command-line flags: :func:`load_config`
-reads the file (keys are the field names; an optional ``[server]`` table is
-also accepted) and then applies the non-``None`` overrides.  Unknown keys
-and values of the wrong type are errors with a one-line message naming the
-key, so a typo in a config file is never silently ignored.
+(:func:`trio_asr.serving.config_file.load_config`), so a setting is written
+exactly once.  A setting that configures a part (the protocol's limits, the
+endpoint rules, the recognizer, the model service's batching) takes its
+default and bounds from that part.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +22,18 @@ import attrs
 from trio_asr.bounds import at_least, between, off_or_between, positive
 from trio_asr.protocol.limits import ProtocolLimits
 from trio_asr.recognition.endpoint import MAX_SILENCE_SECONDS, MIN_SILENCE_SECONDS, EndpointRules
+from trio_asr.recognition.model_service import BatchingPolicy
 from trio_asr.recognition.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
 from trio_asr.recognition.recognizer import SKIP_NON_SPEECH_SECONDS, Recognizer
 
-__all__ = ["RECOGNIZER_SETTINGS", "ConfigError", "ServerConfig", "add_config_flags", "config_overrides", "load_config"]
+__all__ = [
+    "FIELDS",
+    "RECOGNIZER_SETTINGS",
+    "ConfigError",
+    "ServerConfig",
+    "add_config_flags",
+    "config_overrides",
+]
 
 
 class ConfigError(ValueError):
@@ -50,12 +53,6 @@ def _default(cls: type, name: str) -> Any:
 def _bound(cls: type, name: str) -> Any:
     """The validator of ``cls``'s field ``name``: and its bounds."""
     return attrs.fields_dict(cls)[name].validator
-
-
-_TYPE_NAMES = {
-    bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)",
-    tuple: "a list of strings",
-}  # fmt: skip
 
 
 def _setting(
@@ -119,7 +116,8 @@ class ServerConfig:
         help=f"bonus per token of a hotword without its own score (0 < score <= {MAX_SCORE:g})",
     )  # fmt: skip
     max_stream_hotwords: int = _setting(
-        _default(ProtocolLimits, "max_stream_hotwords"), type=int, validator=_bound(ProtocolLimits, "max_stream_hotwords"),
+        _default(ProtocolLimits, "max_stream_hotwords"), type=int,
+        validator=_bound(ProtocolLimits, "max_stream_hotwords"),
         help="phrases a client may add in its start message's 'hotwords' (0: none)",
     )  # fmt: skip
     max_connections: int = _setting(
@@ -157,23 +155,27 @@ class ServerConfig:
     batching: bool = _setting(
         True, type=bool, help="run the model chunks of all connections in batched calls (off: one chunk per call)"
     )
-    max_batch: int = _setting(64, type=int, help="most chunks per batched model call", validator=positive)
+    max_batch: int = _setting(
+        _default(BatchingPolicy, "max_batch"), type=int, help="most chunks per batched model call",
+        validator=_bound(BatchingPolicy, "max_batch"),
+    )  # fmt: skip
     max_call_seconds: float = _setting(
-        0.075, type=float, validator=positive,
+        _default(BatchingPolicy, "max_call_seconds"), type=float, validator=_bound(BatchingPolicy, "max_call_seconds"),
         help="CPU seconds a batched model call should stay under, s: every chunk of a call waits for all of it, "
         "so a call takes as many chunks as fit at the model's measured cost per chunk (at most --max-batch)",
     )  # fmt: skip
     exact_batching: bool = _setting(
-        True, type=bool,
+        _default(BatchingPolicy, "exact"), type=bool,
         help="a stream's result never depends on other streams: int8 models are quantized per stream, and a "
         "model that still depends on the batch runs one stream per call (off: batch it anyway)",
     )  # fmt: skip
     concurrent_batches: int = _setting(
-        factory=_cpu_count, type=int, default_help="the CPU count", validator=positive,
+        factory=_cpu_count, type=int, default_help="the CPU count",
+        validator=_bound(BatchingPolicy, "concurrent_batches"),
         help="batched model calls in flight at once",
     )  # fmt: skip
     max_queue_delay: float = _setting(
-        0.5, type=float, validator=positive,
+        _default(BatchingPolicy, "max_queue_delay"), type=float, validator=_bound(BatchingPolicy, "max_queue_delay"),
         help="model queue delay, s, above which new connections get HTTP 503",
     )  # fmt: skip
     channel_size: int = _setting(
@@ -263,6 +265,16 @@ class ServerConfig:
             max_segment=self.endpoint_max_segment,
         )
 
+    def batching_policy(self) -> BatchingPolicy:
+        """How the model service batches (one chunk per call without ``batching``)."""
+        return BatchingPolicy(
+            max_batch=self.max_batch if self.batching else 1,
+            max_call_seconds=self.max_call_seconds,
+            max_queue_delay=self.max_queue_delay,
+            concurrent_batches=self.concurrent_batches,
+            exact=self.exact_batching,
+        )
+
     def protocol_limits(self) -> ProtocolLimits:
         return ProtocolLimits(
             nbest_max=self.nbest_max,
@@ -273,7 +285,7 @@ class ServerConfig:
         )
 
 
-_FIELDS = {f.name: f for f in attrs.fields(ServerConfig)}
+FIELDS = {f.name: f for f in attrs.fields(ServerConfig)}
 
 
 # ---------------------------------------------------------------- flags
@@ -289,7 +301,7 @@ RECOGNIZER_SETTINGS = (
 def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     """One ``--flag`` per setting (or per setting in ``names``); a flag left
     out is ``None`` (not given)."""
-    for field in _FIELDS.values() if names is None else [_FIELDS[name] for name in names]:
+    for field in FIELDS.values() if names is None else [FIELDS[name] for name in names]:
         meta = field.metadata
         kind = meta["type"]
         flag = "--" + field.name.replace("_", "-")
@@ -310,90 +322,4 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
 
 def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = None) -> dict[str, Any]:
     """The settings given as flags (see :func:`add_config_flags`)."""
-    return {name: getattr(args, name) for name in (_FIELDS if names is None else names)}
-
-
-# ---------------------------------------------------------------- files
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # a dependency on Python 3.10
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as f:
-            data: dict[str, Any] = tomllib.load(f)
-            return data
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except ValueError as exc:  # TOMLDecodeError, or an integer longer than sys.get_int_max_str_digits()
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def _check_key(key: str, where: str) -> None:
-    if key in _FIELDS:
-        return
-    hint = ""
-    if key.replace("-", "_") in _FIELDS:
-        hint = f" (keys use underscores: {key.replace('-', '_')})"
-    elif close := difflib.get_close_matches(key, _FIELDS, n=1):
-        hint = f" (did you mean {close[0]}?)"
-    raise ConfigError(f"{where}unknown setting {key!r}{hint}")
-
-
-def _check_type(key: str, value: Any, where: str) -> None:
-    meta = _FIELDS[key].metadata
-    kind = meta["type"]
-    if value is None and meta["optional"]:
-        return
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif kind is Path:
-        ok = isinstance(value, (str, os.PathLike))
-    elif kind is tuple:
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        got = "" if not _FIELDS[key].repr else f", got {value!r}"  # never echo a secret
-        raise ConfigError(f"{where}{key} must be {_TYPE_NAMES[kind]}{got}")
-    if kind in (int, float) and isinstance(value, int) and not -(2**63) <= value < 2**63:
-        # TOML's integers are 64-bit; a larger one would overflow a float conversion
-        raise ConfigError(f"{where}{key} is out of range, got an integer of {len(str(abs(value)))} digits")
-
-
-def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
-) -> ServerConfig:
-    """Build a :class:`ServerConfig` from an optional TOML file and overrides.
-
-    ``overrides`` (typically the command-line flags) win over the file;
-    entries whose value is ``None`` mean "not given" and are skipped.
-    Raises :class:`ConfigError` for unreadable files, unknown keys and
-    invalid values, with a one-line message.
-    """
-    values: dict[str, Any] = {}
-    if path is not None:
-        where = f"{path}: "
-        data = _read_toml(Path(path))
-        table = data.pop("server", {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}[server] must be a table")
-        for key, value in [*data.items(), *table.items()]:
-            _check_key(key, where)
-            _check_type(key, value, where)
-            values[key] = value
-    for key, value in (overrides or {}).items():
-        _check_key(key, "")
-        if value is not None:
-            _check_type(key, value, "")
-            values[key] = value
-    try:
-        return ServerConfig(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
+    return {name: getattr(args, name) for name in (FIELDS if names is None else names)}

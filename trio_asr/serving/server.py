@@ -75,15 +75,7 @@ class Server:
         self.config = config
         #: this server's Prometheus metrics (its own registry)
         self.metrics = ServerMetrics()
-        self.service = ModelService(
-            recognizer.model,
-            max_batch=config.max_batch if config.batching else 1,
-            max_call_seconds=config.max_call_seconds,
-            exact=config.exact_batching,
-            max_queue_delay=config.max_queue_delay,
-            concurrent_batches=config.concurrent_batches,
-            on_batch=self.metrics.model_batch,
-        )
+        self.service = ModelService(recognizer.model, config.batching_policy(), on_batch=self.metrics.model_batch)
         self.metrics.track_queue_delay(lambda: self.service.queue_delay)
         model = recognizer.model
         self.metrics.model_info(

@@ -39,7 +39,7 @@ __all__ = [
     "make_session_options",
 ]
 
-log = logging.getLogger("trio_asr.recognition.model")
+log = logging.getLogger("trio_asr.model")
 
 # (name, module) in detection order; each module has matches() and a model class.
 _FORMATS = (

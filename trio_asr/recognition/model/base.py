@@ -242,11 +242,6 @@ class ModelStream:
         self.chunks_run = 0
 
     @property
-    def frames_pending(self) -> int:
-        """Frames accepted whose output frames have not been produced yet."""
-        return len(self._buffer)
-
-    @property
     def finalized(self) -> bool:
         return self._finalized
 
