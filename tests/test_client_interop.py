@@ -102,7 +102,9 @@ async def test_paddlespeech_style_client_gets_the_offline_result(server: Server,
     assert final["result"] == expected.text
     assert final["name"] == "test.wav" and final["signal"] == "end" and final["status"] == "ok"
     assert [t["w"] for t in final["times"]] == [t.piece for t in expected.times]
-    assert all(0 <= t["bg"] < t["ed"] for t in final["times"])
+    end = round(len(pcm) / 16000, 3)  # a word heard only in the padded tail is cut to nothing there
+    assert all(0 <= t["bg"] < t["ed"] or t["bg"] == t["ed"] == end for t in final["times"])
+    assert final["times"][-1]["ed"] <= end
     assert expected.text, "the fixture model must emit text for the comparison to mean something"
 
 

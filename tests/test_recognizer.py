@@ -238,7 +238,8 @@ def test_segments_are_the_same_decoded_alone_or_stepped(model, speech):
     assert ends == sorted(ends) and all(s.end - s.start <= 1.0 + 1e-9 for s in final.segments)
     words = final.times
     assert [w.start for w in words] == sorted(w.start for w in words)
-    assert all(w.start < w.end for w in words)
+    end = len(samples) / 16000  # a word heard only in the padded tail is cut to nothing there
+    assert all(w.start < w.end or w.start == w.end == end for w in words)
 
 
 def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
@@ -273,3 +274,36 @@ def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
     assert wide.cheap_to_search(1) and not wide.cheap_to_search(32)
     resampling = recognizer.create_stream(StreamOptions(nbest=1, sample_rate=8000))
     assert not resampling.cheap_to_flush() and not resampling.cheap_to_accept(100)
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+@pytest.mark.parametrize("stepped", [False, True], ids=["alone", "stepped"])
+def test_no_time_runs_past_the_audio(model, speech, rate, stepped):
+    """The model's last chunk is padded past the end of the audio; no word,
+    token or segment time (segments closed in the padded tail included) is
+    later than the end of the samples received, at any rate, decoded alone or
+    stepped as the batched server drives it."""
+    rules = EndpointRules(silence_without_text=0.2, silence_after_text=0.1, max_segment=1.0)
+    recognizer = Recognizer(model, beam=4)
+    for name, samples in speech.items():
+        samples = samples if rate == 16000 else resample_poly(samples, 1, 2).astype(np.float32)
+        duration = len(samples) / rate
+        stream = recognizer.create_stream(StreamOptions(sample_rate=rate, endpoint=rules))
+        for start in range(0, len(samples), 1360):
+            stream.accept_waveform(samples[start : start + 1360])
+            if stepped:
+                stream.accept_log_probs(stream.model_stream.decode_ready_chunks())
+            else:
+                stream.decode()
+        if stepped:
+            stream.flush_input()
+            stream.accept_log_probs(stream.model_stream.decode_ready_chunks())
+        else:
+            stream.input_finished()
+        final = stream.result()
+        assert final.text and final.segments, name
+        times = [*final.times, *final.tokens, *(w for s in final.segments for w in (*s.words, *s.tokens))]
+        ends = [t.end for t in times] + [s.end for s in final.segments] + [final.open.start, final.open.end]
+        assert max(ends) <= duration, (name, max(ends), duration)
+        assert max(ends) > duration - 0.2, name  # the tail is still timed, not dropped
+        assert all(t.start <= t.end for t in times)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import wave
 
 import pytest
 from paths import SPEECH_FILES
@@ -96,3 +97,21 @@ def test_serve_settings_refuse_skipping_without_vad():
     with pytest.raises(ConfigError, match="needs vad"):
         load_config(None, {"skip_non_speech": 1.0})
     assert load_config(None, {"skip_non_speech": 1.0, "vad": True}).skip_non_speech == 1.0
+
+
+def test_no_time_runs_past_the_end_of_the_file(zipformer2_model_dir, capsys):
+    """numbers.wav lasts 4.023 s; the model's padded last chunk used to time
+    its last word and segment to 4.16 s."""
+    [path] = [p for p in SPEECH_FILES if p.name == "numbers.wav"]
+    with wave.open(str(path)) as w:
+        duration = w.getnframes() / w.getframerate()
+    argv = ["transcribe", "--model", str(zipformer2_model_dir), "--json", "--timestamps", "--segments",
+            "--endpoint-max-segment", "1", str(path)]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    segments = record["segments"]
+    times = [*record["times"], *record["tokens"], *(w for s in segments for w in s["times"])]
+    ends = [t["ed"] for t in times] + [s["ed"] for s in segments]
+    assert len(segments) > 1 and times
+    assert round(duration, 3) - 0.1 < max(ends) <= round(duration, 3)
+    assert all(t["bg"] <= t["ed"] for t in times)

@@ -194,6 +194,7 @@ class RecognizerStream:
         #: model chunks not run because they held no speech
         self.chunks_skipped = 0
         self._finished = False
+        self._samples_received = 0  # at the stream's rate
         self._result: RecognitionResult | None = None  # valid until the search moves
         self._open_chars = 0  # length of the open segment's text at the last result
 
@@ -212,6 +213,7 @@ class RecognizerStream:
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected 1-D samples, got shape {samples.shape}")
+        self._samples_received += samples.size
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         self._accept_model_rate(samples)
@@ -260,11 +262,14 @@ class RecognizerStream:
 
     def flush_input(self) -> None:
         """End of audio, without running the model: flush the resampler and
-        the features and let :attr:`model_stream` pad its last chunk."""
+        the features and let :attr:`model_stream` pad its last chunk.  No
+        time in the results is later than the audio received (the padding's
+        frames are cut off)."""
         if self._finished:
             return
         self._finished = True
         self._result = None
+        self._search.end_of_audio(self._samples_received / self.sample_rate)
         if self._resampler is not None:
             self._accept_model_rate(self._resampler.flush())
         tail = self._fbank.flush()

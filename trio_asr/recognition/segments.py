@@ -8,7 +8,9 @@ memory of the search depend on the open segment only, not on the stream's
 length.  The text of the whole stream is built from the kept segment texts.
 
 Times are seconds from the stream's start: output frame ``t`` spans
-``[t, t + 1) * frame_shift_s``.
+``[t, t + 1) * frame_shift_s``, and none is later than the end of the audio
+once it is known (:meth:`SegmentedSearch.end_of_audio`): the frames of the
+padded tail after it are cut off.
 """
 
 from __future__ import annotations
@@ -121,11 +123,18 @@ class SegmentedSearch:
         self._finalised_text = ""
         self._finalised_score = 0.0
         self._start_frame = 0  # of the open segment, from the stream's start
+        self._end_s = float("inf")  # the end of the audio, s, once known
         self._begin_segment()
 
     def _begin_segment(self) -> None:
         self._search = self._new_search()
         self._active = bytearray()  # per frame of the open segment
+
+    def end_of_audio(self, seconds: float) -> None:
+        """The audio ends ``seconds`` from the stream's start: no time given
+        from now on (segment ends, word and token times) is later, although
+        frames of the model's padded tail may follow."""
+        self._end_s = seconds
 
     @property
     def num_frames(self) -> int:
@@ -190,8 +199,8 @@ class SegmentedSearch:
     def _segment(self, final: bool) -> Segment:
         hypotheses = self._search.nbest(self._nbest)
         nbest = tuple((self._tokens.text(h.tokens), h.score) for h in hypotheses)
-        start = self._start_frame * self._shift
-        end = self.num_frames * self._shift
+        start = min(self._start_frame * self._shift, self._end_s)
+        end = min(self.num_frames * self._shift, self._end_s)
         index = len(self._segments)
         if not nbest:  # every path has probability 0
             return Segment(index, "", (), start, end, final)
@@ -205,10 +214,10 @@ class SegmentedSearch:
         pieces = self._tokens.pieces(best.tokens)
         visible = [(piece, frame) for piece, frame in zip(pieces, best.frames) if piece.strip()]
         spans = token_spans([frame for _, frame in visible], self._active, len(self._active))
-        offset, shift = self._start_frame, self._shift
+        offset, shift, limit = self._start_frame, self._shift, self._end_s
 
         def timed(text: str, first: int, last: int) -> TokenTime:
-            return TokenTime(text, (offset + first) * shift, (offset + last + 1) * shift)
+            return TokenTime(text, min((offset + first) * shift, limit), min((offset + last + 1) * shift, limit))
 
         tokens = tuple(timed(piece.strip(), *span) for (piece, _), span in zip(visible, spans))
         # A word that is one token (every CJK character) shares its object: kept segments cost half.
