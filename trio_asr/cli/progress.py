@@ -2,7 +2,9 @@
 
 On a terminal the line is redrawn in place at most ten times a second; on
 anything else (logs, pipes, CI) it stays silent until the end and then prints
-one summary line, so captured output is not flooded with redraws.
+one summary line, so captured output is not flooded with redraws.  Whoever
+prints to the same terminal while a bar is shown calls :meth:`Progress.clear`
+first (the next update draws the bar again, below what was printed).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Progress:
         self._width = width
         self._start = time.monotonic()
         self._last_draw = -1.0
+        self._shown = 0  # characters of the bar on the terminal's line (0: none)
         self._interactive = stream is not None and getattr(stream, "isatty", lambda: False)()
 
     def __enter__(self) -> Progress:
@@ -60,23 +63,35 @@ class Progress:
     def update(self, done: float) -> None:
         self.done = done
         now = time.monotonic()
-        if self._interactive and now - self._last_draw >= 0.1:
+        if self._interactive and (not self._shown or now - self._last_draw >= 0.1):
             self._last_draw = now
-            self._draw("\r", "")
+            self._shown = self._draw("\r", "")
+
+    def clear(self) -> None:
+        """Erase the bar from the terminal's line (the cursor stays at its
+        start), so that what is printed next starts a clean line."""
+        if self._stream is not None and self._shown:
+            self._stream.write("\r" + " " * self._shown + "\r")
+            self._stream.flush()
+            self._shown = 0
 
     def close(self) -> None:
         if self._stream is not None:
             self._draw("\r" if self._interactive else "", "\n")
+            self._shown = 0
 
-    def _draw(self, prefix: str, suffix: str) -> None:
+    def _draw(self, prefix: str, suffix: str) -> int:
+        """Write the bar; the number of its characters on the line."""
         if self._stream is None:
-            return
+            return 0
         fraction = min(self.done / self.total, 1.0) if self.total else 1.0
         filled = int(self._width * fraction)
         bar = "#" * filled + "-" * (self._width - filled)
         elapsed = time.monotonic() - self._start
-        self._stream.write(
-            f"{prefix}{self.label} [{bar}] {self._fmt(self.done)}/{self._fmt(self.total)}"
-            f" {100 * fraction:3.0f}% {elapsed:5.1f}s{suffix}"
+        text = (
+            f"{self.label} [{bar}] {self._fmt(self.done)}/{self._fmt(self.total)}"
+            f" {100 * fraction:3.0f}% {elapsed:5.1f}s"
         )
+        self._stream.write(prefix + text + suffix)
         self._stream.flush()
+        return len(text)

@@ -126,8 +126,10 @@ def run_batch(
                 result = transcribe_file(recognizer, path, nbest=nbest)
             except (OSError, ValueError) as exc:
                 failures += 1
+                bar.clear()  # a clean line for the message (stderr may be the bar's terminal)
                 print(f"trio-asr transcribe: {exc}", file=sys.stderr)  # names the file
             else:
+                bar.clear()
                 print(
                     format_result(
                         path, result, as_json=as_json, nbest=nbest, timestamps=timestamps, segments=segments
