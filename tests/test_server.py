@@ -572,7 +572,8 @@ async def test_shutdown_after_grace_cuts_stream_and_saves(tmp_path: Path) -> Non
 
 
 def test_config_from_toml_with_cli_overrides(tmp_path: Path) -> None:
-    from trio_asr.serving.config import ConfigError, load_config
+    from trio_asr.serving.config import ConfigError
+    from trio_asr.serving.config_file import load_config
 
     path = tmp_path / "server.toml"
     path.write_text('port = 9000\nidle_timeout = 5\n[server]\nmax_connections = 3\naudio_dir = "/tmp/x"\n')
