@@ -65,6 +65,19 @@ def test_no_module_imports_from_a_higher_layer():
     assert violations() == []
 
 
+def test_only_tests_and_benchmarks_import_the_testing_helpers():
+    """trio_asr.testing builds fixture models (it needs onnx); nothing that
+    serves or recognises may depend on it."""
+    users = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "testing" not in path.relative_to(PACKAGE).parts
+        for line, name in imports(path)
+        if name.startswith("trio_asr.testing")
+    ]
+    assert users == []
+
+
 def test_the_rule_catches_an_upward_import(tmp_path):
     bad = tmp_path / "trio_asr" / "recognition"
     bad.mkdir(parents=True)

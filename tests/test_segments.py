@@ -34,7 +34,7 @@ def frames(spec: str) -> np.ndarray:
     return np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def decoder(kind: str = "beam", rules: EndpointRules | None = RULES, nbest: int = 3) -> SegmentedSearch:
+def segmented(kind: str = "beam", rules: EndpointRules | None = RULES, nbest: int = 3) -> SegmentedSearch:
     if kind == "beam":
         new_search = lambda: PrefixBeamSearch(beam=8)  # noqa: E731
     else:
@@ -44,7 +44,7 @@ def decoder(kind: str = "beam", rules: EndpointRules | None = RULES, nbest: int 
 
 @pytest.mark.parametrize("kind", ["beam", "greedy"])
 def test_segments_end_where_the_rules_fire(kind):
-    d = decoder(kind)
+    d = segmented(kind)
     # "hello", a 10-frame pause (rule 2 at 0.4 s), "world" and the pause
     # again, then 25 blank frames (rule 1 at 1.0 s: an empty segment, dropped)
     # and "a" left open.
@@ -63,7 +63,7 @@ def test_segments_end_where_the_rules_fire(kind):
 
 
 def test_word_and_token_times():
-    d = decoder("greedy")
+    d = segmented("greedy")
     d.accept(frames("_ he*2 llo*2 _*2 wor _ ld*2 _*10"))
     (segment,) = d.result().segments
     assert [(t.piece, round(t.start / SHIFT), round(t.end / SHIFT)) for t in segment.tokens] == [
@@ -77,7 +77,7 @@ def test_word_and_token_times():
 
 
 def test_cjk_characters_are_words_and_times_count_from_the_stream_start():
-    d = decoder("greedy")
+    d = segmented("greedy")
     d.accept(frames("a _*10 你*3 好 _ a he llo _*12"))
     first, second = d.result().segments
     assert first.text == "a"
@@ -88,7 +88,7 @@ def test_cjk_characters_are_words_and_times_count_from_the_stream_start():
 
 
 def test_rule3_cuts_a_segment_that_never_pauses():
-    d = decoder("greedy")
+    d = segmented("greedy")
     d.accept(frames(" ".join(["he llo wor ld"] * 30)))  # 120 frames = 4.8 s
     result = d.result()
     assert [round(s.end / SHIFT) for s in result.segments] == [100]
@@ -96,7 +96,7 @@ def test_rule3_cuts_a_segment_that_never_pauses():
 
 
 def test_a_long_silence_restarts_the_search_without_a_segment():
-    d = decoder()
+    d = segmented()
     d.accept(frames("_*200"))
     result = d.result()
     assert result.segments == () and result.text == ""
@@ -106,9 +106,9 @@ def test_a_long_silence_restarts_the_search_without_a_segment():
 @pytest.mark.parametrize("kind", ["beam", "greedy"])
 def test_results_do_not_depend_on_how_frames_arrive(kind):
     spec = "he*2 llo _*11 " * 7 + "wor ld " * 40 + "_*30 你 好 _*3"
-    whole = decoder(kind)
+    whole = segmented(kind)
     whole.accept(frames(spec))
-    pieces = decoder(kind)
+    pieces = segmented(kind)
     log_probs = frames(spec)
     for piece in np.array_split(log_probs, 37):
         pieces.accept(piece)
@@ -118,7 +118,7 @@ def test_results_do_not_depend_on_how_frames_arrive(kind):
 
 
 def test_final_result_closes_the_open_segment_without_closing_it():
-    d = decoder()
+    d = segmented()
     d.accept(frames("he llo _*12 wor ld _*3"))
     partial, final = d.result(), d.result(final=True)
     assert [s.text for s in partial.segments] == ["hello"]
@@ -133,7 +133,7 @@ def test_final_result_closes_the_open_segment_without_closing_it():
 
 
 def test_full_nbest_is_the_finalised_text_then_the_open_alternatives():
-    d = decoder(nbest=3)
+    d = segmented(nbest=3)
     d.accept(frames("he llo _*12"))
     log_probs = np.log(np.array([[0.3, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0, 0.3]]) + 1e-9).astype(np.float32)
     d.accept(log_probs)
@@ -147,7 +147,7 @@ def test_full_nbest_is_the_finalised_text_then_the_open_alternatives():
 
 
 def test_one_segment_without_rules():
-    d = decoder(rules=None)
+    d = segmented(rules=None)
     d.accept(frames("he _*100 llo _*100"))
     assert d.result().segments == () and d.result().open.text == "hello"
 
@@ -155,7 +155,7 @@ def test_one_segment_without_rules():
 def test_an_hour_keeps_the_open_segment_bounded():
     """90,000 frames (an hour at 40 ms): the search only ever holds the open
     segment, whose span rule 3 bounds."""
-    d = decoder(rules=EndpointRules(silence_without_text=1.0, silence_after_text=0.4, max_segment=10.0))
+    d = segmented(rules=EndpointRules(silence_without_text=1.0, silence_after_text=0.4, max_segment=10.0))
     block = frames("he llo _*3 wor ld " * 10 + "_*50")  # 130 frames: speech, then a pause
     longest = 0.0
     for _ in range(90_000 // len(block)):

@@ -18,11 +18,11 @@ spec's replies plus additive fields, see :mod:`trio_asr.protocol.messages`):
   ``maxSegment`` (seconds); missing keys take the server's rules.  Not an
   object, an unknown key or a non-number is 1007; a value out of bounds
   (:class:`trio_asr.recognition.endpoint.EndpointRules`) is 1008.
+* ``compact``: ``true`` for replies whose ``result`` is the open segment only.
 
 A new field is read here into :class:`~trio_asr.protocol.messages.StartStream`
 (into its ``options`` when recognition uses it) and used where it matters;
 nothing in between passes it on by hand.
-* ``compact``: ``true`` for replies whose ``result`` is the open segment only.
 """
 
 from __future__ import annotations

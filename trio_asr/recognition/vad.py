@@ -26,13 +26,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FrameSpeech", "SileroVad", "VadStream", "VadUnavailable", "silero_model_path"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "THRESHOLD_RANGE",
+    "FrameSpeech",
+    "SileroVad",
+    "VadStream",
+    "VadUnavailable",
+    "silero_model_path",
+]
 
 SAMPLE_RATE = 16000
 WINDOW = 512
 CONTEXT = 64
 STATE_SHAPE = (2, 1, 128)
 HYSTERESIS = 0.15
+DEFAULT_THRESHOLD = 0.5
+#: thresholds a VAD takes: above the hysteresis, below certainty
+THRESHOLD_RANGE = (0.2, 0.95)
 
 
 class VadUnavailable(RuntimeError):
@@ -57,18 +68,20 @@ def silero_model_path() -> Path:
 class SileroVad:
     """The Silero VAD model, shared by streams.
 
-    ``threshold`` (0 < threshold < 1) is the speech probability at which a
-    window becomes speech.  ``path`` defaults to :func:`silero_model_path`.
+    ``threshold`` (within :data:`THRESHOLD_RANGE`) is the speech
+    probability at which a window becomes speech.  ``path`` defaults to
+    :func:`silero_model_path`.
     """
 
     sample_rate = SAMPLE_RATE
     window_seconds = WINDOW / SAMPLE_RATE
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, threshold: float = 0.5, threads: int = 1
+        self, path: str | os.PathLike[str] | None = None, *, threshold: float = DEFAULT_THRESHOLD, threads: int = 1
     ) -> None:
-        if not (isinstance(threshold, (int, float)) and HYSTERESIS < threshold < 1):
-            raise ValueError(f"VAD threshold must be between {HYSTERESIS} and 1, got {threshold!r}")
+        low, high = THRESHOLD_RANGE
+        if not (isinstance(threshold, (int, float)) and low <= threshold <= high):
+            raise ValueError(f"VAD threshold must be between {low:g} and {high:g}, got {threshold!r}")
         import onnxruntime as ort
 
         options = ort.SessionOptions()

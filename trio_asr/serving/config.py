@@ -25,6 +25,7 @@ from trio_asr.recognition.endpoint import MAX_SILENCE_SECONDS, MIN_SILENCE_SECON
 from trio_asr.recognition.model_service import BatchingPolicy
 from trio_asr.recognition.hotwords import DEFAULT_SCORE, MAX_SCORE, check_score
 from trio_asr.recognition.recognizer import SKIP_NON_SPEECH_SECONDS, Recognizer
+from trio_asr.recognition.vad import DEFAULT_THRESHOLD, THRESHOLD_RANGE
 
 __all__ = [
     "FIELDS",
@@ -243,7 +244,8 @@ class ServerConfig:
         "tokens / blanks (needs trio-asr[vad])",
     )  # fmt: skip
     vad_threshold: float = _setting(
-        0.5, type=float, help="speech probability at which the VAD hears speech", validator=between(0.2, 0.95)
+        DEFAULT_THRESHOLD, type=float, help="speech probability at which the VAD hears speech",
+        validator=between(*THRESHOLD_RANGE),
     )
     skip_non_speech: float = _setting(
         0.0, type=float, validator=off_or_between(*SKIP_NON_SPEECH_SECONDS),
