@@ -44,3 +44,18 @@ def test_the_page_speaks_the_protocol_path_and_sends_the_token_as_a_query_parame
     assert 'const WS_PATH = "/paddlespeech/asr/streaming"' in app
     assert 'searchParams.set("token", token)' in app
     assert '"wss://" : "ws://"' in app
+
+
+def test_the_microphone_button_says_why_it_cannot_work_instead_of_throwing():
+    """Browsers give AudioWorklet and getUserMedia to secure contexts only
+    (https://, localhost): the page checks for them before using them, and
+    its message says what to do (checked in a browser in test_web_page.py)."""
+    app = find_asset("/app.js").body.decode()
+    page = find_asset("/").body.decode()
+    problem = app[app.index("function microphoneProblem()") :]
+    for check in ("window.isSecureContext", "AudioWorkletNode", '"audioWorklet" in', "navigator.mediaDevices"):
+        assert check in problem, check
+    assert "only on https:// pages or on localhost" in problem and "--certfile" in problem
+    handler = app[app.index('$("mic-start").onclick') :]
+    assert handler.index("microphoneProblem()") < handler.index("run(startMicrophone)")
+    assert '<p id="mic-note" hidden>' in page

@@ -258,3 +258,56 @@ def test_server_errors_and_close_codes_are_shown(chromium, zipformer2_model_dir,
     assert lines[0] == "server error: stream longer than the limit of 0.5 s"
     assert lines[1].startswith("connection closed, code 1008 (protocol violation or idle): stream longer")
     assert len(saved_wavs(server)) == 1  # what was received is still saved
+
+
+#: a name that is not localhost, mapped to loopback inside Chromium only: a
+#: page at http://INSECURE_HOST:PORT/ reaches the test's server but is not a
+#: secure context, as a page at http://0.0.0.0 or another machine's address is
+INSECURE_HOST = "trio-asr-page.test"
+
+
+def test_an_insecure_page_says_why_the_microphone_is_unavailable(chromium, asr_server, tmp_path):
+    """Over plain http from a name other than localhost the browser offers
+    no microphone (and no AudioWorklet): the page says so and what to do,
+    instead of throwing; streaming a file still works."""
+    with Browser(chromium, extra_args=(f"--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1",)) as browser:
+        browser.navigate(f"http://{INSECURE_HOST}:{asr_server.port}/")
+        assert browser.evaluate("window.isSecureContext") is False
+        browser.evaluate("document.getElementById('mic-start').click()")
+        page = finish(browser, tmp_path, "insecure-microphone")
+        error = page["error"]
+        assert page["state"] == "error"
+        assert "addModule" not in error and "undefined" not in error
+        assert error.startswith("The microphone is unavailable: browsers allow it only on https:// pages or on localhost")
+        assert f"open http://localhost:{asr_server.port}/" in error and "--certfile" in error
+        assert page["status"] == "Microphone unavailable."
+        assert not [m for m in browser.console_messages() if "Error" in m]
+        # said on the page before anyone clicks, too
+        assert browser.evaluate("document.getElementById('mic-note').textContent") == error
+        assert browser.evaluate("document.getElementById('mic-note').hidden") is False
+
+        browser.set_file("#file", SPEECH)
+        browser.evaluate("document.getElementById('file-start').click()")
+        page = finish(browser, tmp_path, "insecure-file")
+        assert page["state"] == "done", page
+        assert page["final"] and page["error"] == ""
+
+        browser.navigate(asr_server.page_url)  # on localhost: a secure context, no note
+        assert browser.evaluate("window.isSecureContext") is True
+        assert browser.evaluate("document.getElementById('mic-note').hidden") is True
+
+
+def test_a_browser_without_getusermedia_is_told_so(chromium, asr_server, tmp_path):
+    """A secure page in a browser lacking navigator.mediaDevices (simulated)."""
+    with Browser(chromium) as browser:
+        browser.call(
+            "Page.addScriptToEvaluateOnNewDocument", session=True,
+            source="Object.defineProperty(Navigator.prototype, 'mediaDevices', {get: () => undefined})",
+        )  # fmt: skip
+        browser.navigate(asr_server.page_url)
+        assert browser.evaluate("window.isSecureContext") is True
+        browser.evaluate("document.getElementById('mic-start').click()")
+        page = finish(browser, tmp_path, "no-getusermedia")
+    assert page["state"] == "error"
+    assert page["error"].startswith("The microphone is unavailable: this browser lacks navigator.mediaDevices.getUserMedia.")
+    assert saved_wavs(asr_server) == []

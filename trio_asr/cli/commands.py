@@ -159,6 +159,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from trio_asr.serving.config import ConfigError, config_overrides
     from trio_asr.serving.config_file import load_config
     from trio_asr.serving.logs import configure_logging
+    from trio_asr.serving.addresses import startup_line
     from trio_asr.serving.server import WS_PATH, Server, ServerStartError, shutdown_on_signals
 
     try:
@@ -175,11 +176,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             await server.open()
         except ServerStartError as exc:
             return str(exc)
-        saving = f"saving audio to {config.audio_dir.resolve()}" if config.save_audio else "not saving audio"
-        web = "https" if server.scheme == "wss" else "http"
-        print(f"trio-asr: serving {server.scheme}://{config.host}:{server.port}{WS_PATH} (model {model_dir}; {saving})"
-              + (f"; microphone page at {web}://{config.host}:{server.port}/" if config.page else ""),
-              file=sys.stderr)  # fmt: skip
+        line = startup_line(config, scheme=server.scheme, port=server.port, ws_path=WS_PATH, model_dir=model_dir)
+        print(line, file=sys.stderr)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(shutdown_on_signals, server)
             await server.run()

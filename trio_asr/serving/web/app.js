@@ -364,8 +364,42 @@ async function run(starter) {
   }
 }
 
+// Why this page cannot use the microphone, and what to do; "" when it can.
+// Browsers offer the microphone (and AudioWorklet) only to secure contexts:
+// https:// pages and http://localhost / 127.0.0.1, not http://0.0.0.0 or
+// another machine's http:// address.
+function microphoneProblem() {
+  if (!window.isSecureContext) {
+    const local = `http://localhost${location.port ? ":" + location.port : ""}/`;
+    return "The microphone is unavailable: browsers allow it only on https:// pages or on localhost, "
+      + `and this page is ${location.origin}. To use it, open ${local} on the machine running the server, `
+      + "or serve the page over https (trio-asr serve --certfile CERT --keyfile KEY). Streaming a file works here.";
+  }
+  const missing = [];
+  if (!window.AudioContext || !window.AudioWorkletNode || !("audioWorklet" in AudioContext.prototype)) {
+    missing.push("AudioWorklet");
+  }
+  if (!navigator.mediaDevices || typeof navigator.mediaDevices.getUserMedia !== "function") {
+    missing.push("navigator.mediaDevices.getUserMedia");
+  }
+  if (missing.length) {
+    return `The microphone is unavailable: this browser lacks ${missing.join(" and ")}. `
+      + "Use a current Chrome, Edge, Firefox or Safari. Streaming a file may still work.";
+  }
+  return "";
+}
+
 $("server").value = defaultServerUrl();
-$("mic-start").onclick = () => run(startMicrophone);
+$("mic-start").onclick = () => {
+  const problem = microphoneProblem();
+  if (!problem) {
+    run(startMicrophone);
+    return;
+  }
+  ui.clear();
+  ui.error(problem);
+  ui.state("error", "Microphone unavailable.");
+};
 $("file-start").onclick = () => {
   const file = $("file").files[0];
   if (!file) {
@@ -375,6 +409,10 @@ $("file-start").onclick = () => {
   run(() => startFile(file));
 };
 $("stop").onclick = () => stop();
-if (!window.isSecureContext) {
-  $("mic-start").title = "browsers allow the microphone only on https:// pages or localhost";
+{
+  const problem = microphoneProblem();
+  const note = $("mic-note");
+  note.textContent = problem;
+  note.hidden = !problem;
+  if (problem) $("mic-start").title = problem;
 }

@@ -1,0 +1,60 @@
+"""The addresses ``trio-asr serve`` prints on startup, in the line it prints.
+
+A server bound to a wildcard (``0.0.0.0``, ``::``, every interface) is not
+reachable *at* that address from a browser, and a browser offers the
+microphone only to secure contexts: ``https://`` pages and pages on
+localhost.  So the printed addresses are ones a client on this machine can
+use: loopback for a wildcard or loopback bind, the bound host otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from trio_asr.serving.config import ServerConfig
+
+__all__ = ["WILDCARD_HOSTS", "client_host", "is_loopback", "startup_line"]
+
+#: hosts that bind every interface ("" is every interface of every family)
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``localhost`` or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_host(host: str) -> str:
+    """The host part of a URL reaching a server bound to ``host``: loopback
+    for a wildcard (IPv6 loopback for ``::``), else ``host`` itself (IPv6
+    addresses in brackets)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def startup_line(config: ServerConfig, *, scheme: str, port: int, ws_path: str, model_dir: Path) -> str:
+    """What ``serve`` prints once it listens: the WebSocket URL, where it
+    listens, the model, where audio goes and the microphone page's address,
+    with what the page's microphone and other machines need."""
+    host = client_host(config.host)
+    where = [f"listening on every interface ({config.host or '*'})"] if config.host in WILDCARD_HOSTS else []
+    where.append(f"model {model_dir}")
+    where.append(f"saving audio to {config.audio_dir.resolve()}" if config.save_audio else "not saving audio")
+    line = f"trio-asr: serving {scheme}://{host}:{port}{ws_path} ({'; '.join(where)})"
+    if config.page:
+        tls = scheme == "wss"
+        line += f"; microphone page at {'https' if tls else 'http'}://{host}:{port}/"
+        if not tls and config.host in WILDCARD_HOSTS:
+            line += " (its microphone works on other machines only over https: --certfile)"
+        elif not tls and not is_loopback(config.host):
+            line += " (its microphone needs https: --certfile)"
+    return line
