@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,12 @@ def serving(model_dir: Path, *flags: str) -> Iterator[str]:
             proc.wait()
 
 
+def page_url(line: str) -> str:
+    found = re.search(r"microphone page at (https?://\S+?/)(?:;|\s|$)", line)
+    assert found, line
+    return found.group(1)
+
+
 def get(url: str) -> tuple[int, bytes]:
     assert url.startswith("http://")
     host, _, port = url[len("http://") :].rstrip("/").rpartition(":")
@@ -101,8 +108,47 @@ def get(url: str) -> tuple[int, bytes]:
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
 def test_serve_on_every_interface_prints_a_page_address_that_works(zipformer2_model_dir):
     with serving(zipformer2_model_dir, "--host", "0.0.0.0") as line:
-        page = line.split("microphone page at ")[1].split()[0]
+        page = page_url(line)
         assert page.startswith("http://127.0.0.1:") and page.endswith("/")
         status, body = get(page)
     assert status == 200 and b"Start microphone" in body
     assert "0.0.0.0:" not in line
+
+
+def test_the_default_host_is_loopback_and_the_line_says_how_to_accept_others():
+    """A first run is reachable from this machine only (as uvicorn's), so it
+    needs no token and prints no "exposed" warning."""
+    from trio_asr.serving.config_file import load_config
+    from trio_asr.serving.server import exposure_warning
+
+    config = load_config(None, {})
+    assert ServerConfig().host == config.host == "127.0.0.1"
+    assert exposure_warning(config.host, tls=False, tokens=False) is None
+    line = line_for()
+    assert line.endswith("; only this machine can connect (to accept others: --host 0.0.0.0 with --auth-token)")
+    with_token = line_for(auth_token=("t",))
+    assert with_token.endswith("; only this machine can connect (to accept others: --host 0.0.0.0)")
+    assert "only this machine" not in line_for(host="0.0.0.0")
+
+
+def test_the_serve_flag_and_toml_default_to_loopback(tmp_path):
+    from trio_asr.cli.commands import build_parser
+    from trio_asr.serving.config_file import load_config
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    assert "(default: '127.0.0.1')" in " ".join(serve.format_help().split())
+    path = tmp_path / "server.toml"
+    path.write_text('host = "0.0.0.0"\n')
+    assert load_config(path, {}).host == "0.0.0.0"
+    assert load_config(path, {"host": "::1"}).host == "::1"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_serve_without_host_listens_on_loopback_and_says_so(zipformer2_model_dir):
+    with serving(zipformer2_model_dir) as line:
+        url = line.split()[2]
+        page = page_url(line)
+        status, _ = get(page)
+    assert url.startswith("ws://127.0.0.1:") and url.endswith(WS_PATH)
+    assert status == 200
+    assert "exposed" not in line and "--host 0.0.0.0 with --auth-token" in line

@@ -44,7 +44,8 @@ def client_host(host: str) -> str:
 def startup_line(config: ServerConfig, *, scheme: str, port: int, ws_path: str, model_dir: Path) -> str:
     """What ``serve`` prints once it listens: the WebSocket URL, where it
     listens, the model, where audio goes and the microphone page's address,
-    with what the page's microphone and other machines need."""
+    with what other machines need (``--host``, a token, TLS for the page's
+    microphone)."""
     host = client_host(config.host)
     where = [f"listening on every interface ({config.host or '*'})"] if config.host in WILDCARD_HOSTS else []
     where.append(f"model {model_dir}")
@@ -57,4 +58,8 @@ def startup_line(config: ServerConfig, *, scheme: str, port: int, ws_path: str, 
             line += " (its microphone works on other machines only over https: --certfile)"
         elif not tls and not is_loopback(config.host):
             line += " (its microphone needs https: --certfile)"
+    if is_loopback(config.host):
+        tokens = config.auth_token or config.auth_tokens_file is not None
+        line += "; only this machine can connect (to accept others: --host 0.0.0.0"
+        line += ")" if tokens else " with --auth-token)"
     return line

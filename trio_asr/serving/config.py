@@ -93,7 +93,11 @@ def _setting(
 class ServerConfig:
     """Everything ``trio-asr serve`` can be told; all limits are enforced."""
 
-    host: str = _setting("0.0.0.0", type=str, help="interface to bind")
+    host: str = _setting(
+        "127.0.0.1", type=str,
+        help="interface to bind: loopback accepts this machine only; 0.0.0.0 (every interface) accepts others, "
+        "give it an --auth-token",
+    )  # fmt: skip
     port: int = _setting(8090, type=int, help="TCP port (0 picks a free one)", validator=between(0, 65535))
     model: Path | None = _setting(
         None, type=Path, optional=True, default_help="$TRIO_ASR_MODEL_DIR or the cached default model",
