@@ -79,10 +79,10 @@ def test_transcribe_reports_a_bad_file_and_goes_on(zipformer2_model_dir, tmp_pat
     bad = tmp_path / "not-a.wav"
     bad.write_bytes(b"RIFF nonsense")
     good = str(SPEECH_FILES[0])
-    assert main(["transcribe", "--model", str(zipformer2_model_dir), str(bad), good]) == 1
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), str(bad), good]) == 2  # bad input
     captured = capsys.readouterr()
     assert captured.out.startswith(good + "\t")
-    assert str(bad) in captured.err
+    assert f"trio-asr transcribe: {bad}: not a RIFF/WAVE file" in captured.err
 
 
 def test_transcribe_without_a_model_says_what_to_do(offline_env, capsys):
@@ -138,7 +138,7 @@ def test_client_with_no_server_says_so(capsys):
 def test_client_with_a_bad_file_says_so(tmp_path, capsys):
     bad = tmp_path / "x.wav"
     bad.write_bytes(b"nonsense")
-    assert main(["client", str(bad)]) == 1
+    assert main(["client", str(bad)]) == 2  # bad input
     assert str(bad) in one_line(capsys.readouterr().err, "client")
 
 
@@ -252,3 +252,98 @@ def _recording(fn, calls: list, label: str):
         return result
 
     return wrapper
+
+
+# ------------------------------------------------------------ one format, one policy (Hardening II, 15)
+
+
+@pytest.fixture
+async def fixture_server(nursery, tmp_path, zipformer2_model_dir):
+    """A server on the fixture model, and the recognizer it runs."""
+    from serverutil import ws_url
+
+    from trio_asr.serving.config import ServerConfig
+    from trio_asr.serving.server import serve
+
+    recognizer = Recognizer(load_model(zipformer2_model_dir))
+    config = ServerConfig(host="127.0.0.1", port=0, audio_dir=tmp_path / "audio", save_audio=False)
+    server = await nursery.start(serve, config, recognizer)
+    return ws_url(server.port)
+
+
+async def test_client_and_transcribe_print_the_nbest_alike(fixture_server, zipformer2_model_dir, capsys):
+    import trio
+
+    path = str(SPEECH_FILES[0])
+    assert await trio.to_thread.run_sync(main, ["client", "--url", fixture_server, "--nbest", "3", path]) == 0
+    client = capsys.readouterr().out.splitlines()
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), "--nbest", "3", path]) == 0
+    transcribe = capsys.readouterr().out.splitlines()
+    assert transcribe[0] == f"{path}\t{client[0]}"
+    assert client[1:] == transcribe[1:] and len(client) == 4
+    assert [line.split()[0] for line in client[1:]] == ["1.", "2.", "3."]
+
+
+async def test_client_streams_several_files_one_stream_each_in_order(fixture_server, zipformer2_model_dir, capsys):
+    import trio
+
+    paths = [str(p) for p in SPEECH_FILES[:3]]
+    assert await trio.to_thread.run_sync(main, ["client", "--url", fixture_server, *paths]) == 0
+    client = capsys.readouterr().out.splitlines()
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), *paths]) == 0
+    assert client == capsys.readouterr().out.splitlines()  # path<TAB>text each, in order
+    args = ["client", "--url", fixture_server, "--json", *paths]
+    assert await trio.to_thread.run_sync(main, args) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in records] == [p.name for p in SPEECH_FILES[:3]]
+
+
+@pytest.mark.parametrize("command", ["client", "transcribe"])
+def test_a_missing_file_is_one_line_naming_it_and_status_2(zipformer2_model_dir, tmp_path, capsys, command):
+    missing = tmp_path / "nope.wav"
+    model = ["--model", str(zipformer2_model_dir)] if command == "transcribe" else []
+    assert main([command, *model, str(SPEECH_FILES[0]), str(missing)]) == 2
+    line = one_line(capsys.readouterr().err, command)
+    assert line == f"trio-asr {command}: {missing}: no such file"
+    assert capsys.readouterr().out == ""  # refused before any work
+
+
+def test_a_directory_given_as_a_file_is_one_line_naming_it(tmp_path, capsys):
+    assert main(["client", str(tmp_path)]) == 2
+    assert one_line(capsys.readouterr().err, "client") == f"trio-asr client: {tmp_path}: a directory, not an audio file"
+
+
+def test_model_given_as_its_onnx_file_loads_that_file(zipformer2_model_dir, tmp_path, capsys):
+    import shutil
+
+    path = str(SPEECH_FILES[0])
+    assert main(["transcribe", "--model", str(zipformer2_model_dir), path]) == 0
+    expected = capsys.readouterr().out
+    # beside another ONNX file that the directory alone would prefer
+    model_dir = tmp_path / "two-models"
+    shutil.copytree(zipformer2_model_dir, model_dir)
+    (model_dir / "model.onnx").rename(model_dir / "chosen.onnx")
+    (model_dir / "model.int8.onnx").write_bytes(b"not a model")
+    assert main(["transcribe", "--model", str(model_dir / "chosen.onnx"), path]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["transcribe", "--model", str(model_dir / "tokens.txt"), path]) == 1
+    line = one_line(capsys.readouterr().err, "transcribe")
+    assert "a file, not a model directory" in line and str(model_dir) in line
+
+
+def test_models_download_offline_advises_what_models_can_do(offline_env, capsys):
+    from trio_asr.cli.model_store import DEFAULT_MODEL, cache_root
+
+    assert main(["models", "--download", DEFAULT_MODEL]) == 1
+    line = one_line(capsys.readouterr().err, "models")
+    assert "--model" not in line and "TRIO_ASR_MODEL_DIR" not in line  # not options of `models`
+    assert "TRIO_ASR_MODEL_URL" in line and str(cache_root()) in line and f"{DEFAULT_MODEL}.tar.bz2" in line
+
+
+def test_the_exit_statuses_are_documented():
+    from paths import DATA_DIR
+
+    text = (DATA_DIR.parent.parent / "docs" / "commands.md").read_text()
+    section = text.split("## Exit status", 1)[1].split("\n## ", 1)[0]
+    for status in ("0", "1", "2", "130"):
+        assert f"`{status}`" in section

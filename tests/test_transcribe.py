@@ -9,7 +9,7 @@ import wave
 
 import pytest
 from paths import SPEECH_FILES
-from test_segments import decoder, frames
+from test_segments import frames, segmented
 
 from trio_asr.cli.commands import main
 from trio_asr.serving.config import ConfigError
@@ -22,7 +22,7 @@ from trio_asr.cli.transcribe import format_result, run_batch
 
 
 def known_result():
-    d = decoder("greedy")
+    d = segmented("greedy")
     d.accept(frames("_ he*2 llo*2 _*10 你 好 _*3 wor ld"))
     return d.result(final=True)
 
@@ -44,7 +44,8 @@ def test_json_output_has_segments_words_and_tokens():
     record = json.loads(
         format_result("a.wav", known_result(), as_json=True, nbest=1, timestamps=True, segments=True)
     )
-    assert [s["text"] for s in record["segments"]] == ["hello", "你好world"]
+    assert [s["result"] for s in record["segments"]] == ["hello", "你好world"]
+    assert [s["segment"] for s in record["segments"]] == [0, 1]
     assert [(s["bg"], s["ed"]) for s in record["segments"]] == [(0.0, 0.6), (0.6, 0.88)]
     assert [w["w"] for w in record["segments"][1]["times"]] == ["你", "好", "world"]
     assert record["times"] == [w for s in record["segments"] for w in s["times"]]
@@ -65,7 +66,7 @@ def test_segments_of_a_file_spell_its_text(zipformer2_model_dir):
     failures = run_batch(recognizer, paths, nbest=1, timestamps=True, as_json=True, segments=True, out=out)
     assert failures == 0
     record = json.loads(out.getvalue())
-    texts = [s["text"] for s in record["segments"]]
+    texts = [s["result"] for s in record["segments"]]
     assert len(texts) > 3
     assert functools.reduce(join_texts, texts) == record["text"]
     spans = [(s["bg"], s["ed"]) for s in record["segments"]]
@@ -79,7 +80,7 @@ def test_cli_prints_vad_segments_as_json(zipformer2_model_dir, capsys):
             "--endpoint-silence-after-text", "0.3", "--skip-non-speech", "0.5", path]  # fmt: skip
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["segments"] and functools.reduce(join_texts, [s["text"] for s in record["segments"]]) == record["text"]
+    assert record["segments"] and functools.reduce(join_texts, [s["result"] for s in record["segments"]]) == record["text"]
     assert record["tokens"] and record["times"]
 
 

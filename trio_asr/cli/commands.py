@@ -1,30 +1,36 @@
 """The ``trio-asr`` command line: ``serve``, ``client``, ``transcribe``, ``models``.
 
-Each command is a ``_add_*`` function that declares its flags and a
-``_run_*`` function that does the work and returns the exit status.
-Expected failures (no model, port in use, server down, bad file) print one
-line, ``trio-asr COMMAND: what happened (what to do)``, and exit non-zero.
+Each command is an ``add`` function that declares its flags and a ``run``
+function that does the work and returns the exit status: ``serve`` and
+``models`` here, ``client`` and ``transcribe`` in ``client_command.py`` and
+``transcribe_command.py``.  Expected failures (no model, port in use, server
+down, bad file) print one line, ``trio-asr COMMAND: what happened (what to
+do)``.  Exit status: 0 done, 1 failed (:data:`FAILED`: no model, server
+down or refusing, port in use), 2 bad usage or input (:data:`BAD_INPUT`: a
+bad option or setting, an input file missing or not readable as audio).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trio_asr._version import __version__
 
 if TYPE_CHECKING:
+    from trio_asr.cli.model_store import ModelSpec
     from trio_asr.serving.config import ServerConfig
     from trio_asr.recognition.hotwords import CompiledHotwords, Hotword
     from trio_asr.recognition.model import AcousticModel
     from trio_asr.recognition.recognizer import Recognizer
 
-__all__ = ["CommandFailed", "build_parser", "main"]
+__all__ = ["BAD_INPUT", "FAILED", "CommandFailed", "build_parser", "check_input_files", "main"]
+
+#: exit statuses (0: done)
+FAILED, BAD_INPUT = 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming speech recognition server (PaddleSpeech streaming-ASR protocol).",
     )
     parser.add_argument("--version", action="version", version=f"trio-asr {__version__}")
+    from trio_asr.cli.client_command import add_client
+    from trio_asr.cli.transcribe_command import add_transcribe
+
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(commands)
-    _add_client(commands)
-    _add_transcribe(commands)
+    add_client(commands)
+    add_transcribe(commands)
     _add_models(commands)
     return parser
 
@@ -47,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         status: int = args.run(args)
         return status
@@ -61,9 +74,17 @@ def main(argv: list[str] | None = None) -> int:
 class CommandFailed(Exception):
     """An expected failure: its message is the one line the user sees."""
 
-    def __init__(self, message: object, status: int = 1) -> None:
+    def __init__(self, message: object, status: int = FAILED) -> None:
         super().__init__(str(message))
         self.status = status
+
+
+def check_input_files(paths: Iterable[str | Path]) -> None:
+    """Refuse (status 2, one line naming it) the first path that is not a file."""
+    for path in paths:
+        if not Path(path).is_file():
+            what = "a directory, not an audio file" if Path(path).is_dir() else "no such file"
+            raise CommandFailed(f"{path}: {what}", BAD_INPUT)
 
 
 def _load_model(model: str | Path | None, threads: int, exact: bool) -> tuple[Path, AcousticModel]:
@@ -213,121 +234,6 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(*SERVING_GC_THRESHOLDS)
 
 
-# ---------------------------------------------------------------- client
-
-
-def _add_client(commands: Any) -> None:
-    from trio_asr.cli.client import DEFAULT_URL
-
-    parser = commands.add_parser(
-        "client",
-        help="stream a WAV file to a server and print the transcript",
-        description="Stream a WAV file to a server speaking the protocol and print the final transcript. "
-        "By default like PaddleSpeech's client: 85 ms frames, each sent after the previous reply; "
-        "--pipeline sends at real-time pace without waiting, like its web demo.",
-    )
-    parser.add_argument("file", type=Path, help="WAV file (any rate, PCM or float, mono or multi-channel)")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
-    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to ask for (default 1)")
-    parser.add_argument("--chunk-ms", type=float, default=85.0, help="audio per frame in ms (default 85)")
-    parser.add_argument("--pipeline", action="store_true", help="send at real-time pace without waiting for replies")
-    parser.add_argument("--json", action="store_true", help="print the server's end reply as JSON")
-    parser.add_argument(
-        "--token", help="access token, sent as Authorization: Bearer (default: $TRIO_ASR_TOKEN, else none)"
-    )
-    parser.add_argument("--cafile", type=Path, help="for wss://: trust this CA or self-signed certificate (PEM)")
-    parser.set_defaults(run=_run_client)
-
-
-def _run_client(args: argparse.Namespace) -> int:
-    import trio
-
-    from trio_asr.cli.client import ClientError, stream_file
-    from trio_asr.serving.tls import TlsError, client_context
-
-    if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
-        raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", 2)
-    if not args.file.is_file():
-        raise CommandFailed(f"{args.file}: no such file (give a WAV file to stream)", 2)
-    live = sys.stderr.isatty() and not args.json
-    width = 0
-
-    def show(reply: dict[str, Any]) -> None:
-        nonlocal width
-        text = str(reply.get("result", ""))
-        sys.stderr.write("\r" + text.ljust(width))
-        sys.stderr.flush()
-        width = len(text)
-
-    try:
-        ssl_context = client_context(args.cafile) if args.url.startswith("wss:") else None
-    except TlsError as exc:
-        raise CommandFailed(exc, 2) from None
-    token = args.token if args.token is not None else os.environ.get("TRIO_ASR_TOKEN") or None
-    options = {
-        "nbest": args.nbest, "chunk_ms": args.chunk_ms, "pipeline": args.pipeline,
-        "token": token, "ssl_context": ssl_context,
-    }  # fmt: skip
-    try:
-        final = trio.run(lambda: stream_file(args.url, args.file, on_partial=show if live else None, **options))
-    except (ClientError, OSError, ValueError) as exc:
-        if live and width:
-            sys.stderr.write("\n")
-        raise CommandFailed(exc) from None
-    if live:
-        sys.stderr.write("\r" + " " * width + "\r")
-    if args.json:
-        print(json.dumps(final, ensure_ascii=False))
-    else:
-        print(final["result"])
-        for i, hyp in enumerate(final.get("nbest", [])[1:], start=2):
-            print(f"  {i}. {hyp['text']}  ({hyp['score']:.2f})")
-    return 0
-
-
-# ---------------------------------------------------------------- transcribe
-
-
-def _add_transcribe(commands: Any) -> None:
-    parser = commands.add_parser(
-        "transcribe",
-        help="transcribe WAV files (streamed through the server's decoding path)",
-        description="Transcribe WAV files offline, streamed through the same recognizer the server uses.",
-    )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="WAV files (PCM, any rate, mono or stereo)")
-    from trio_asr.serving.config import RECOGNIZER_SETTINGS, add_config_flags
-
-    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default: 1)")
-    parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
-    parser.add_argument(
-        "--timestamps", action="store_true", help="print word start/end times (with --json: also each token's)"
-    )
-    parser.add_argument("--segments", action="store_true", help="print the segments between endpoints with their times")
-    parser.add_argument("--json", action="store_true", help="one JSON object per file")
-    add_config_flags(parser, RECOGNIZER_SETTINGS)
-    parser.set_defaults(run=_run_transcribe)
-
-
-def _run_transcribe(args: argparse.Namespace) -> int:
-    from trio_asr.serving.config import RECOGNIZER_SETTINGS, ConfigError, config_overrides
-    from trio_asr.serving.config_file import load_config
-    from trio_asr.cli.transcribe import run_batch
-
-    try:
-        config = load_config(None, config_overrides(args, RECOGNIZER_SETTINGS))
-    except ConfigError as exc:  # named as the flags are
-        setting, _, rest = str(exc).partition(" ")
-        flag = "--" + setting.replace("_", "-") if setting in RECOGNIZER_SETTINGS else setting
-        raise CommandFailed(f"{flag} {rest}", 2) from None
-    if not 1 <= args.nbest <= config.beam:
-        raise CommandFailed(f"--nbest must be between 1 and the beam width ({config.beam}), got {args.nbest}", 2)
-    _, recognizer = _build_recognizer(config, nbest=args.nbest, greedy=args.greedy)
-    failures = run_batch(
-        recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json, segments=args.segments
-    )
-    return 1 if failures else 0
-
-
 # ---------------------------------------------------------------- models
 
 
@@ -343,24 +249,38 @@ def _add_models(commands: Any) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from trio_asr.cli.model_store import REGISTRY, ModelNotAvailable, cache_root, is_complete, resolve_model_dir
+    from trio_asr.cli.model_store import ENV_MODEL_URL, REGISTRY, cache_root, is_complete
     from trio_asr.cli.progress import megabytes
 
+    root = cache_root()
     if args.download is not None:
         if args.download not in REGISTRY:
             known = ", ".join(sorted(REGISTRY))
             raise CommandFailed(f"--download {args.download}: not a known model name (known: {known})", 2)
-        try:
-            print(resolve_model_dir(args.download))
-        except ModelNotAvailable as exc:
-            raise CommandFailed(exc) from None
+        print(_download(REGISTRY[args.download], root, ENV_MODEL_URL))
         return 0
-    root = cache_root()
     for name, spec in sorted(REGISTRY.items()):
         state = "cached" if is_complete(spec, root / name) else "not downloaded"
         size = f"{megabytes(spec.archive_size)} download"
         print("\t".join([name, state, spec.language, size, spec.kind, str(root / name)]))
     return 0
+
+
+def _download(spec: ModelSpec, root: Path, env_url: str) -> Path:
+    """``spec``'s directory in the cache ``root``, downloaded there if missing."""
+    from trio_asr.cli.model_store import DownloadFailed, ModelNotAvailable, download_model, is_complete
+
+    if is_complete(spec, root / spec.name):
+        return root / spec.name
+    try:
+        return download_model(spec, root, url=spec.url())
+    except DownloadFailed as exc:  # its own message advises --model, which this command has not
+        raise CommandFailed(
+            f"cannot download {spec.name} from {exc.url} ({exc.reason}): allow network access, or set "
+            f"{env_url} to a mirror holding {spec.archive}, or fetch that file by hand and unpack it into {root}"
+        ) from None
+    except ModelNotAvailable as exc:
+        raise CommandFailed(exc) from None
 
 
 if __name__ == "__main__":

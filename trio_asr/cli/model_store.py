@@ -46,6 +46,7 @@ __all__ = [
     "ENV_MODEL_URL",
     "REGISTRY",
     "ChecksumMismatch",
+    "DownloadFailed",
     "ModelFile",
     "ModelNotAvailable",
     "ModelSpec",
@@ -68,6 +69,16 @@ _TIMEOUT_S = 30.0
 
 class ModelNotAvailable(Exception):
     """No usable model directory; ``str()`` is a one-line, actionable message."""
+
+
+class DownloadFailed(ModelNotAvailable):
+    """The archive could not be fetched (no network, HTTP error); ``url`` and
+    ``reason`` let a command give advice of its own instead of ``str()``'s."""
+
+    def __init__(self, message: str, *, url: str, reason: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
 
 
 class ChecksumMismatch(ModelNotAvailable):
@@ -198,7 +209,9 @@ def resolve_model_dir(
 ) -> Path:
     """Return the model directory to use; see the module docstring for the order.
 
-    ``cli_value`` may name a registry model instead of a directory.  With
+    ``cli_value`` may name a registry model instead of a directory, or an
+    ONNX file (``dir/model.onnx``: that file is loaded, with the
+    ``tokens.txt`` beside it), which is returned as it is.  With
     ``download=False`` a cache miss is an error instead of a download.
     ``progress`` receives the download progress bar (``None``: silent).
     Only existence is checked for explicit directories; whether they hold a
@@ -206,8 +219,13 @@ def resolve_model_dir(
     """
     if cli_value is not None and str(cli_value) != "":
         path = Path(cli_value)
-        if path.is_dir():
+        if path.is_dir() or path.is_file() and path.suffix == ".onnx":
             return path
+        if path.is_file():
+            raise ModelNotAvailable(
+                f"--model {cli_value}: a file, not a model directory or ONNX file "
+                f"(give the directory that holds the model: {path.parent})"
+            )
         if str(cli_value) not in registry:
             known = ", ".join(sorted(registry)) or "none"
             raise ModelNotAvailable(
@@ -263,9 +281,10 @@ def download_model(
             try:
                 digest = _fetch(url, f, spec, progress, timeout)
             except (OSError, http.client.HTTPException, ValueError) as exc:
-                raise ModelNotAvailable(
+                raise DownloadFailed(
                     f"no model found: pass --model DIR or set {ENV_MODEL_DIR}, or allow network "
-                    f"access to download {spec.name} from {url} ({_reason(exc)})"
+                    f"access to download {spec.name} from {url} ({_reason(exc)})",
+                    url=url, reason=_reason(exc),
                 ) from None
         if digest != spec.archive_sha256:
             raise ChecksumMismatch(

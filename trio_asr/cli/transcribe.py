@@ -23,7 +23,7 @@ from trio_asr.cli.progress import Progress
 from trio_asr.recognition.recognizer import RecognitionResult, Recognizer, TokenTime
 from trio_asr.recognition.stream_options import StreamOptions
 
-__all__ = ["format_result", "transcribe_file", "transcribe_samples"]
+__all__ = ["format_nbest", "format_result", "transcribe_file", "transcribe_samples"]
 
 
 def transcribe_samples(
@@ -59,6 +59,11 @@ def _times_json(times: Iterable[TokenTime]) -> list[dict[str, str | float]]:
     return [{"w": t.piece, "bg": round(t.start, 3), "ed": round(t.end, 3)} for t in times]
 
 
+def format_nbest(nbest: Iterable[tuple[str, float]]) -> list[str]:
+    """The n-best lines of ``transcribe`` and ``client``: ``  1.    -3.567  text``."""
+    return [f"  {rank}. {score:9.3f}  {text}" for rank, (text, score) in enumerate(nbest, 1)]
+
+
 def format_result(
     path: str,
     result: RecognitionResult,
@@ -74,14 +79,15 @@ def format_result(
     Timestamps are words (PaddleSpeech's ``times``: ``w``, ``bg``, ``ed`` in
     seconds); the JSON form adds each token's under ``tokens``.  Segments
     are the stream's pieces between endpoints, each with its time span (and
-    its words, with timestamps)."""
+    its words, with timestamps), named as in the protocol's ``segments``:
+    ``segment`` (the index), ``result``, ``bg``, ``ed`` (and ``times``)."""
     if as_json:
         record: dict[str, object] = {"file": path, "text": result.text}
         if nbest > 1:
             record["nbest"] = [{"text": t, "score": round(s, 4)} for t, s in result.nbest]
         if segments:
             record["segments"] = [
-                {"index": seg.index, "bg": round(seg.start, 3), "ed": round(seg.end, 3), "text": seg.text}
+                {"segment": seg.index, "result": seg.text, "bg": round(seg.start, 3), "ed": round(seg.end, 3)}
                 | ({"times": _times_json(seg.words)} if timestamps else {})
                 for seg in result.segments
             ]
@@ -91,7 +97,7 @@ def format_result(
         return json.dumps(record, ensure_ascii=False)
     lines = [f"{path}\t{result.text}"]
     if nbest > 1:
-        lines += [f"  {rank}. {score:9.3f}  {text}" for rank, (text, score) in enumerate(result.nbest, 1)]
+        lines += format_nbest(result.nbest)
     if segments:
         lines += [f"  [{seg.start:8.2f} {seg.end:8.2f}]  {seg.text}" for seg in result.segments]
     if timestamps:
@@ -113,8 +119,8 @@ def run_batch(
     """Transcribe ``paths`` in order, printing each result to ``out`` (stdout)
     as it is ready, with a progress bar on ``progress`` (stderr) for several files.
 
-    A file that cannot be read is reported on stderr and skipped; the return
-    value is the number of such failures.
+    A file that cannot be read is reported on stderr in one line naming it
+    and skipped; the return value is the number of such failures.
     """
     out = sys.stdout if out is None else out
     progress = sys.stderr if progress is None else progress
@@ -127,7 +133,8 @@ def run_batch(
             except (OSError, ValueError) as exc:
                 failures += 1
                 bar.clear()  # a clean line for the message (stderr may be the bar's terminal)
-                print(f"trio-asr transcribe: {exc}", file=sys.stderr)  # names the file
+                message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                print(f"trio-asr transcribe: {message}", file=sys.stderr)
             else:
                 bar.clear()
                 print(

@@ -87,6 +87,9 @@ def load_model(
 ) -> AcousticModel:
     """Load the model in ``model_dir`` (its ONNX file and ``tokens.txt``).
 
+    ``model_dir`` may also be the ONNX file itself, to load that one of
+    several: the ``tokens.txt`` beside it goes with it.
+
     The format is detected from the ONNX inputs, outputs and metadata; every
     dimension comes from the model itself.  Raises :class:`ModelError` naming
     what is missing or unsupported.  ``session_options`` (see
@@ -99,13 +102,16 @@ def load_model(
     loads the file as it is.
     """
     model_dir = Path(model_dir)
+    named: Path | None = None
+    if model_dir.suffix == ".onnx" and model_dir.is_file():
+        model_dir, named = model_dir.parent, model_dir
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist")
     tokens_path = model_dir / "tokens.txt"
     if not tokens_path.is_file():
         raise ModelError(f"tokens.txt is missing from {model_dir}")
     tokens = _read_tokens(tokens_path)
-    model_file = find_model_file(model_dir)
+    model_file = named or find_model_file(model_dir)
     if session_options is None:
         session_options = make_session_options(threads=threads)
     data = model_file.read_bytes()

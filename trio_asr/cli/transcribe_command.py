@@ -1,0 +1,59 @@
+"""``trio-asr transcribe``: its flags, and the run over the files
+(the transcription itself is :mod:`trio_asr.cli.transcribe`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from trio_asr.cli.commands import BAD_INPUT, CommandFailed, _build_recognizer, check_input_files
+
+__all__ = ["add_transcribe"]
+
+
+def add_transcribe(commands: Any) -> None:
+    from trio_asr.serving.config import RECOGNIZER_SETTINGS, add_config_flags
+
+    parser = commands.add_parser(
+        "transcribe",
+        help="transcribe audio files (streamed through the server's decoding path)",
+        description="Transcribe audio files offline, streamed through the same recognizer the server uses.",
+    )
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE",
+        help="WAV files (PCM or float, any rate, mono or multi-channel)",
+    )  # fmt: skip
+    parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default: 1)")
+    parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
+    parser.add_argument(
+        "--timestamps", action="store_true", help="print word start/end times (with --json: also each token's)"
+    )
+    parser.add_argument("--segments", action="store_true", help="print the segments between endpoints with their times")
+    parser.add_argument("--json", action="store_true", help="one JSON object per file")
+    add_config_flags(parser, RECOGNIZER_SETTINGS)
+    parser.set_defaults(run=run_transcribe)
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    """Transcribe each file; one that cannot be read is reported and
+    skipped, and makes the exit status 2."""
+    from trio_asr.cli.transcribe import run_batch
+    from trio_asr.serving.config import RECOGNIZER_SETTINGS, ConfigError, config_overrides
+    from trio_asr.serving.config_file import load_config
+
+    try:
+        config = load_config(None, config_overrides(args, RECOGNIZER_SETTINGS))
+    except ConfigError as exc:  # named as the flags are
+        setting, _, rest = str(exc).partition(" ")
+        flag = "--" + setting.replace("_", "-") if setting in RECOGNIZER_SETTINGS else setting
+        raise CommandFailed(f"{flag} {rest}", BAD_INPUT) from None
+    if not 1 <= args.nbest <= config.beam:
+        raise CommandFailed(
+            f"--nbest must be between 1 and the beam width ({config.beam}), got {args.nbest}", BAD_INPUT
+        )
+    check_input_files(args.files)  # before the model loads
+    _, recognizer = _build_recognizer(config, nbest=args.nbest, greedy=args.greedy)
+    failures = run_batch(
+        recognizer, args.files, nbest=args.nbest, timestamps=args.timestamps, as_json=args.json, segments=args.segments
+    )
+    return BAD_INPUT if failures else 0
