@@ -81,6 +81,9 @@ def run_client(args: argparse.Namespace) -> int:
             failures += 1
             print(f"trio-asr client: {exc}", file=sys.stderr, flush=True)
             continue
+        except BaseException:  # interrupted: the message goes on a line of its own
+            live.end(keep=True)
+            raise
         live.end(keep=False)
         _print_final(final, path if several else None, args)
     return BAD_INPUT if failures else 0

@@ -7,7 +7,8 @@ function that does the work and returns the exit status: ``serve`` and
 down, bad file) print one line, ``trio-asr COMMAND: what happened (what to
 do)``.  Exit status: 0 done, 1 failed (:data:`FAILED`: no model, server
 down or refusing, port in use), 2 bad usage or input (:data:`BAD_INPUT`: a
-bad option or setting, an input file missing or not readable as audio).
+bad option or setting, an input file missing or not readable as audio),
+130 interrupted (:data:`INTERRUPTED`: Ctrl-C, one line, no traceback).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ if TYPE_CHECKING:
     from trio_asr.recognition.model import AcousticModel
     from trio_asr.recognition.recognizer import Recognizer
 
-__all__ = ["BAD_INPUT", "FAILED", "CommandFailed", "build_parser", "check_input_files", "main"]
+__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "CommandFailed", "build_parser", "check_input_files", "main"]
 
 #: exit statuses (0: done)
-FAILED, BAD_INPUT = 1, 2
+FAILED, BAD_INPUT, INTERRUPTED = 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return _run(args)
+    command = None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        if command is None:
+            parser.print_help()
+            return 0
+        return _run(args)
+    except BaseException as exc:
+        if not is_interrupt(exc):
+            raise
+        print(f"trio-asr {command}: interrupted" if command else "trio-asr: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -69,6 +78,25 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C: a KeyboardInterrupt, or an exception group
+    (Trio's nurseries wrap what their tasks raise) of KeyboardInterrupts and
+    the Cancelled exceptions of the tasks it cancelled."""
+    leaves = list(_leaves(exc))
+    return any(isinstance(e, KeyboardInterrupt) for e in leaves) and all(
+        isinstance(e, KeyboardInterrupt) or type(e).__name__ == "Cancelled" for e in leaves
+    )
+
+
+def _leaves(exc: BaseException) -> Iterable[BaseException]:
+    children = getattr(exc, "exceptions", None)  # a BaseExceptionGroup (a builtin from Python 3.11)
+    if isinstance(children, tuple) and children and all(isinstance(c, BaseException) for c in children):
+        for child in children:
+            yield from _leaves(child)
+    else:
+        yield exc
 
 
 class CommandFailed(Exception):

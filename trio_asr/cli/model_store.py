@@ -349,8 +349,10 @@ def _fetch(url: str, out: BinaryIO, spec: ModelSpec, progress: TextIO | None, ti
                 digest.update(chunk)
                 out.write(chunk)
                 bar.update(received)
-        finally:
-            bar.close()
+        except BaseException:  # a failure or Ctrl-C: its one line, no summary of the bar
+            bar.clear()
+            raise
+        bar.close()
     if received != spec.archive_size:
         raise ConnectionError(f"download ended after {received} of {spec.archive_size} bytes")
     return digest.hexdigest()

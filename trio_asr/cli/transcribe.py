@@ -126,7 +126,8 @@ def run_batch(
     progress = sys.stderr if progress is None else progress
     failures = 0
     show_bar = len(paths) > 1
-    with Progress(len(paths), "transcribing", stream=progress if show_bar else None) as bar:
+    bar = Progress(len(paths), "transcribing", stream=progress if show_bar else None)
+    try:
         for path in paths:
             try:
                 result = transcribe_file(recognizer, path, nbest=nbest)
@@ -145,4 +146,8 @@ def run_batch(
                     flush=True,
                 )
             bar.advance()
+    except BaseException:  # Ctrl-C: no summary line; "interrupted" gets a clean line
+        bar.clear()
+        raise
+    bar.close()
     return failures
