@@ -1,4 +1,4 @@
-"""``trio-asr client``: stream a WAV file to a server speaking the protocol.
+"""``trio-asr client``: stream an audio file to a server speaking the protocol.
 
 Two pacing modes, matching the clients seen in the wild:
 
@@ -8,7 +8,11 @@ Two pacing modes, matching the clients seen in the wild:
   waiting while a reader task collects the replies.
 
 The audio goes out as PCM16 at the file's own rate and channel count; the
-server resamples and down-mixes.
+server resamples and down-mixes.  A file at a rate the server does not take
+(see :data:`~trio_asr.protocol.limits.STANDARD_SAMPLE_RATES`, e.g. 192 kHz)
+or with more channels than it takes is mixed down to mono and resampled to
+16 kHz here first.  Files are read by :func:`trio_asr.cli.audio_files.read_audio`
+(WAV, and FLAC, Ogg, MP3 ... with soundfile).
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import numpy as np
 import trio
 import trio_websocket
 
-from trio_asr.audio import read_wav
+from trio_asr.audio import down_mix
+from trio_asr.cli.audio_files import AudioFileError, conversion_command, read_audio
+from trio_asr.protocol.limits import DEFAULT_SAMPLE_RATE, STANDARD_SAMPLE_RATES, ProtocolLimits
+from trio_asr.recognition.resample import resample
 
-__all__ = ["DEFAULT_URL", "ClientError", "stream_file", "stream_pcm"]
+__all__ = ["DEFAULT_URL", "ClientError", "fit_to_server", "stream_file", "stream_pcm"]
 
 DEFAULT_URL = "ws://127.0.0.1:8090/paddlespeech/asr/streaming"
 
@@ -196,7 +203,27 @@ async def _stream(
 
 
 async def stream_file(url: str, path: str | Path, **options: Any) -> dict[str, Any]:
-    """Read a WAV file and :func:`stream_pcm` it under its file name."""
-    samples, rate = read_wav(path)
+    """Read an audio file and :func:`stream_pcm` it under its file name.
+
+    Raises :class:`~trio_asr.cli.audio_files.AudioFileError` (a ValueError)
+    for a file that cannot be read or brought to a rate the server takes."""
+    samples, rate = fit_to_server(*read_audio(path), path=path)
     options.setdefault("name", Path(path).name)
     return await stream_pcm(url, _to_pcm16(samples), sample_rate=rate, channels=samples.shape[1], **options)
+
+
+def fit_to_server(samples: np.ndarray, rate: int, *, path: str | Path = "audio") -> tuple[np.ndarray, int]:
+    """``(samples, rate)`` as a server with the default limits takes them: as
+    they are, or else mixed down to mono and resampled to 16 kHz."""
+    if rate in STANDARD_SAMPLE_RATES and samples.shape[1] <= ProtocolLimits().max_channels:
+        return samples, rate
+    mono = down_mix(samples)
+    if rate != DEFAULT_SAMPLE_RATE:
+        try:
+            mono = resample(mono, rate, DEFAULT_SAMPLE_RATE)
+        except ValueError as exc:
+            raise AudioFileError(
+                f"{path}: cannot resample {rate} Hz to {DEFAULT_SAMPLE_RATE} Hz ({exc}); "
+                f"convert it: {conversion_command(path)}"
+            ) from None
+    return mono[:, np.newaxis], DEFAULT_SAMPLE_RATE

@@ -32,7 +32,7 @@ def add_client(commands: Any) -> None:
     )
     parser.add_argument(
         "files", nargs="+", type=Path, metavar="FILE",
-        help="WAV files (any rate, PCM or float, mono or multi-channel)",
+        help="audio files: WAV (any rate, PCM or float, mono or multi-channel); FLAC, Ogg, MP3 ... with soundfile",
     )  # fmt: skip
     parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
     parser.add_argument("--nbest", type=int, default=1, help="hypotheses to ask for (default 1)")

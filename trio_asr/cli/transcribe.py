@@ -1,4 +1,4 @@
-"""Batch transcription of WAV files through the streaming recognizer.
+"""Batch transcription of audio files through the streaming recognizer.
 
 Files are streamed in fixed-size pieces through the same recognizer stream
 as the server's (:class:`~trio_asr.recognition.recognizer.RecognizerStream`,
@@ -18,7 +18,8 @@ from typing import TextIO
 
 import numpy as np
 
-from trio_asr.audio import down_mix, read_wav
+from trio_asr.audio import down_mix
+from trio_asr.cli.audio_files import read_audio
 from trio_asr.cli.progress import Progress
 from trio_asr.recognition.recognizer import RecognitionResult, Recognizer, TokenTime
 from trio_asr.recognition.stream_options import StreamOptions
@@ -51,7 +52,8 @@ def transcribe_samples(
 def transcribe_file(
     recognizer: Recognizer, path: str | os.PathLike[str], *, nbest: int = 1, chunk_seconds: float = 0.1
 ) -> RecognitionResult:
-    samples, rate = read_wav(path)
+    """Decode an audio file (see :func:`~trio_asr.cli.audio_files.read_audio`)."""
+    samples, rate = read_audio(path)
     return transcribe_samples(recognizer, samples, rate, nbest=nbest, chunk_seconds=chunk_seconds)
 
 
@@ -131,7 +133,7 @@ def run_batch(
         for path in paths:
             try:
                 result = transcribe_file(recognizer, path, nbest=nbest)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # read_audio's AudioFileError names the file
                 failures += 1
                 bar.clear()  # a clean line for the message (stderr may be the bar's terminal)
                 message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"

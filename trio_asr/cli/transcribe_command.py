@@ -21,7 +21,7 @@ def add_transcribe(commands: Any) -> None:
     )
     parser.add_argument(
         "files", nargs="+", metavar="FILE",
-        help="WAV files (PCM or float, any rate, mono or multi-channel)",
+        help="audio files: WAV (PCM or float, any rate, mono or multi-channel); FLAC, Ogg, MP3 ... with soundfile",
     )  # fmt: skip
     parser.add_argument("--nbest", type=int, default=1, help="hypotheses to print per file (default: 1)")
     parser.add_argument("--greedy", action="store_true", help="best-path decoding instead of beam search")
