@@ -23,7 +23,7 @@ import trio
 import trio_websocket
 from paths import SPEECH_FILES
 from serverutil import end_msg, recv_json, start_msg, ws_url
-from test_segments import decoder, frames
+from test_segments import frames, segmented
 
 from trio_asr.audio import read_wav
 from trio_asr.serving.config import ConfigError, ServerConfig
@@ -112,7 +112,7 @@ def test_serve_settings_make_the_default_rules() -> None:
 
 def results():
     """Partial results of a synthetic stream with two segments closing."""
-    d = decoder()
+    d = segmented()
     out = []
     for spec in ["he llo", "_*12 wor", "ld _*12 你", "好", "_*3"]:
         d.accept(frames(spec))
