@@ -167,7 +167,7 @@ def _build(s: SenseVoiceSpec) -> onnx.ModelProto:
         # depthwise (group = hidden) convolution over time
         w("W_fsmn", hidden, 1, s.kernel, scale=0.6),
         w("W_ctx", hidden, hidden, scale=s.context_scale),
-        w("W_lang", hidden, hidden, scale=0.3),
+        w("W_lang", hidden, hidden, scale=1.0),
         w("W_norm", hidden, hidden, scale=3.0),
         w("embed", _EMBEDDINGS, hidden, scale=s.embed_scale),
         w("W_out", hidden, vocab, scale=s.scale),
