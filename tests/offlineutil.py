@@ -13,7 +13,7 @@ import pytest
 
 from paths import SPEECH_FILES
 
-from trio_asr.recognition.model import ModelError
+from trio_asr.recognition.model import ModelError, find_model_file
 from trio_asr.recognition.offline import OfflineModel, load_offline_model
 
 REAL_MODEL_ENV = "TRIO_ASR_TEST_MODEL_DIR"
@@ -53,6 +53,14 @@ def real_model(kind: type[OfflineModel]) -> Path:
     if not isinstance(model, kind):
         pytest.skip(f"{REAL_MODEL_ENV}={value} is a {type(model).__name__}, not a {kind.__name__}")
     return Path(value)
+
+
+def model_files(path: Path) -> tuple[Path, Path]:
+    """(ONNX file, tokens.txt) of a model directory, or of an ONNX file in
+    one (to choose e.g. model.onnx over model.int8.onnx), as we load them."""
+    if path.suffix == ".onnx":
+        return path, path.parent / "tokens.txt"
+    return find_model_file(path), path / "tokens.txt"
 
 
 def sherpa_decode(recognizer, samples: np.ndarray):

@@ -20,9 +20,9 @@ import onnxruntime as ort
 import pytest
 import sherpa_onnx
 
-from offlineutil import ours_visible, real_model, samples_of, sherpa_decode, utterances, visible
+from offlineutil import model_files, ours_visible, real_model, samples_of, sherpa_decode, utterances, visible
 
-from trio_asr.recognition.model import ModelError, find_model_file
+from trio_asr.recognition.model import ModelError
 from trio_asr.recognition.offline import OfflineOptions, OfflineRecognizer, is_offline_model, load_offline_model
 from trio_asr.recognition.offline.nemo_ctc import NemoCtcOfflineModel, matches
 from trio_asr.recognition.tokens import TokenTable
@@ -55,7 +55,7 @@ def model(model_dir) -> NemoCtcOfflineModel:
 @pytest.fixture(scope="module")
 def sherpa(model_dir, model):
     return sherpa_onnx.OfflineRecognizer.from_nemo_ctc(
-        model=str(find_model_file(model_dir)), tokens=str(model_dir / "tokens.txt"),
+        model=str(model_files(model_dir)[0]), tokens=str(model_files(model_dir)[1]),
         feature_dim=model.feature_dim, num_threads=1,
     )
 
@@ -131,7 +131,7 @@ def test_beam_is_at_least_as_likely_as_greedy(request, model, sherpa, wav):
 
 def test_geometry_comes_from_metadata(model, model_dir):
     meta = ort.InferenceSession(
-        str(find_model_file(model_dir)), providers=["CPUExecutionProvider"]
+        str(model_files(model_dir)[0]), providers=["CPUExecutionProvider"]
     ).get_modelmeta().custom_metadata_map
     assert model.subsampling == int(meta["subsampling_factor"])
     assert model.frame_shift_s == pytest.approx(0.01 * model.subsampling)

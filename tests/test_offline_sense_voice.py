@@ -20,10 +20,10 @@ import onnxruntime as ort
 import pytest
 import sherpa_onnx
 
-from offlineutil import ours_visible, real_model, samples_of, sherpa_decode, utterances, visible
+from offlineutil import model_files, ours_visible, real_model, samples_of, sherpa_decode, utterances, visible
 from paths import SPEECH_FILES
 
-from trio_asr.recognition.model import ModelError, find_model_file
+from trio_asr.recognition.model import ModelError
 from trio_asr.recognition.offline import OfflineOptions, OfflineRecognizer, load_offline_model
 from trio_asr.recognition.offline.lfr import apply_lfr
 from trio_asr.recognition.offline.sense_voice import SenseVoiceModel, matches
@@ -51,7 +51,7 @@ def model(model_dir) -> SenseVoiceModel:
 
 @pytest.fixture(scope="module")
 def model_file(model_dir) -> Path:
-    return find_model_file(model_dir)
+    return model_files(model_dir)[0]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def sherpa(model_dir, model_file):
     def get(language: str, use_itn: bool):
         if (language, use_itn) not in made:
             made[language, use_itn] = sherpa_onnx.OfflineRecognizer.from_sense_voice(
-                model=str(model_file), tokens=str(model_dir / "tokens.txt"),
+                model=str(model_file), tokens=str(model_files(model_dir)[1]),
                 language="" if language == "auto" else language, use_itn=use_itn, num_threads=1,
             )
         return made[language, use_itn]

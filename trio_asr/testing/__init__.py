@@ -6,6 +6,10 @@ weights, so that the recognizer, sherpa-onnx and the benchmarks can load them.
   (``write_model``, ``REAL_SIZE`` for benchmark-sized ones);
 - :mod:`trio_asr.testing.nemo_ctc`: NeMo streaming fast-conformer CTC
   (``write_nemo_ctc_model``);
+- :mod:`trio_asr.testing.sense_voice` and
+  :mod:`trio_asr.testing.nemo_ctc_offline`: the offline CTC formats,
+  SenseVoice (``write_sense_voice_model``) and NeMo CTC
+  (``write_nemo_ctc_offline_model``);
 - :mod:`trio_asr.testing.int8`: int8 versions made as the real ones are
   (``quantize_model_dir``).
 
