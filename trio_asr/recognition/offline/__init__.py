@@ -69,7 +69,8 @@ def _format(session: ort.InferenceSession) -> _Loader | None:
 
 def is_offline_model(model_dir: str | os.PathLike[str]) -> bool:
     """Whether ``model_dir`` (or an ONNX file in one) holds a model of an
-    offline format (without loading its weights into a session for long)."""
+    offline format: the file is opened by onnxruntime, unoptimised, to read
+    its inputs and metadata (a second or so for a large model)."""
     try:
         _, model_file = _split(model_dir)
         options = make_session_options(optimization="disable")

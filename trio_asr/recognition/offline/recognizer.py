@@ -83,6 +83,10 @@ def shift_times(result: RecognitionResult, seconds: float) -> RecognitionResult:
     )
 
 
+def _auto(language: str) -> str:
+    return language or "auto"  # sherpa-onnx's spelling of auto: ""
+
+
 @attrs.frozen
 class OfflineRecognizer:
     """Decodes whole utterances with one offline model.
@@ -101,7 +105,7 @@ class OfflineRecognizer:
         default="beam", validator=attrs.validators.in_(("beam", "greedy"))
     )
     hotwords: CompiledHotwords | None = attrs.field(default=None, kw_only=True)
-    language: str = attrs.field(default="auto", kw_only=True)
+    language: str = attrs.field(default="auto", kw_only=True, converter=_auto)
     use_itn: bool = attrs.field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
@@ -114,7 +118,7 @@ class OfflineRecognizer:
     def conditioning(self, options: OfflineOptions) -> Conditioning:
         """What the model is told about an utterance with ``options``;
         ValueError for a language the model does not know."""
-        language = self.language if options.language is None else (options.language or "auto")
+        language = self.language if options.language is None else _auto(options.language)
         use_itn = self.use_itn if options.use_itn is None else options.use_itn
         conditioning = Conditioning(language, use_itn)
         self.model.check_conditioning(conditioning)
