@@ -281,8 +281,9 @@ class Session:
                         while True:
                             queued.append(events.receive_nowait())
                     for event, _ in [*queued, *self._undelivered]:
-                        if isinstance(event, Audio):
-                            stream.keep_now(event.pcm)
+                        if not isinstance(event, Audio):
+                            break  # what follows belongs to the next stream, if any
+                        stream.keep_now(event.pcm)
                     stream.cut("cancelled")
 
     def _ending(self) -> bool:
