@@ -69,6 +69,7 @@ class StartStream:
     bits_per_sample: int
     options: StreamOptions = attrs.field()
     compact: bool = False
+    second_pass: bool = True  # closed segments get the server's second pass, if it has one
 
     @options.validator
     def _check_options(self, _attribute: object, options: StreamOptions) -> None:
@@ -141,6 +142,9 @@ class SegmentFinal:
     start: float
     end: float
     times: tuple[tuple[str, float, float], ...] = ()
+    #: a second pass's n-best and SenseVoice's tags, written only when set
+    nbest: tuple[tuple[str, float], ...] = attrs.field(default=(), kw_only=True)
+    tags: tuple[tuple[str, str], ...] = attrs.field(default=(), kw_only=True)
 
 
 @attrs.frozen
@@ -223,6 +227,9 @@ def _segments_json(
         else:
             words = _times_entries(s.times, encode)
         fields = {"segment": s.index, "result": s.text, "bg": round(float(s.start), 3), "ed": round(float(s.end), 3)}
+        if s.nbest:
+            fields["nbest"] = _nbest_json(s.nbest)
+        fields.update(s.tags)
         texts.append(f'{encode(fields)[:-1]}, "times": [{", ".join(words)}]}}')
     return "[" + ", ".join(texts) + "]"
 

@@ -19,6 +19,8 @@ spec's replies plus additive fields, see :mod:`trio_asr.protocol.messages`):
   object, an unknown key or a non-number is 1007; a value out of bounds
   (:class:`trio_asr.recognition.endpoint.EndpointRules`) is 1008.
 * ``compact``: ``true`` for replies whose ``result`` is the open segment only.
+* ``secondPass``: ``false`` for first-pass segments even when the server has
+  a second pass (see :mod:`trio_asr.serving.second_pass`); not a boolean is 1007.
 
 A new field is read here into :class:`~trio_asr.protocol.messages.StartStream`
 (into its ``options`` when recognition uses it) and used where it matters;
@@ -106,8 +108,13 @@ def parse_start(message: dict[str, Any], limits: ProtocolLimits) -> StartStream:
     compact = message.get("compact", False)
     if not isinstance(compact, bool):
         raise BadStart(CLOSE_INVALID_PAYLOAD, f'field "compact" must be true or false, got {excerpt(compact)}')
+    second_pass = message.get("secondPass", True)
+    if not isinstance(second_pass, bool):
+        raise BadStart(CLOSE_INVALID_PAYLOAD, f'field "secondPass" must be true or false, got {excerpt(second_pass)}')
     options = StreamOptions(nbest=nbest, sample_rate=rate, hotwords=phrases, endpoint=_endpoint_field(message, limits))
-    return StartStream(name=name, channels=channels, bits_per_sample=bits, options=options, compact=compact)
+    return StartStream(
+        name=name, channels=channels, bits_per_sample=bits, options=options, compact=compact, second_pass=second_pass
+    )
 
 
 def _endpoint_field(message: dict[str, Any], limits: ProtocolLimits) -> EndpointRules | None:

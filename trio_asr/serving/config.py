@@ -256,6 +256,18 @@ class ServerConfig:
         help="with --vad: do not run the model on audio after this much non-speech, s (0: off; "
         "saves CPU on silence-heavy audio, but the text can change)",
     )  # fmt: skip
+    second_pass: Path | None = _setting(
+        None, type=Path, optional=True, default_help="none: segments keep the streaming model's text",
+        help="offline model directory (SenseVoice, NeMo CTC) that decodes each closed segment again; segments are "
+        "announced with its text, words, n-best and tags, partial results stay first-pass (see docs/protocol.md)",
+    )  # fmt: skip
+    second_pass_language: str = _setting(
+        "auto", type=str, help="the second pass's language (SenseVoice: auto, zh, en, yue, ja, ko)"
+    )
+    second_pass_itn: bool = _setting(
+        True, type=bool, help="the second pass punctuates and normalises its text (SenseVoice's inverse text "
+        "normalisation)",
+    )  # fmt: skip
 
     def __attrs_post_init__(self) -> None:
         if self.keyfile is not None and self.certfile is None:

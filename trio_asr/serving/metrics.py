@@ -48,6 +48,11 @@ METRIC_NAMES = (
     "trio_asr_model_queue_delay_current_seconds",
     "trio_asr_saved_audio_bytes_total",
     "trio_asr_audio_save_failures_total",
+    "trio_asr_second_pass_latency_seconds",
+    "trio_asr_second_pass_batch_size",
+    "trio_asr_second_pass_queue_delay_seconds",
+    "trio_asr_second_pass_queue_delay_current_seconds",
+    "trio_asr_second_pass_failures_total",
     "trio_asr_build_info",
     "trio_asr_model_info",
 )
@@ -113,6 +118,31 @@ class ServerMetrics:
         self._save_failures = Counter(
             "trio_asr_audio_save_failures", "streams whose audio could not be saved", registry=registry
         )
+        self._second_latency = Histogram(
+            "trio_asr_second_pass_latency_seconds",
+            "time from a segment's close to the reply announcing its second-pass text",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._second_batch = Histogram(
+            "trio_asr_second_pass_batch_size", "segments per second-pass model call", buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self._second_delay = Histogram(
+            "trio_asr_second_pass_queue_delay_seconds",
+            "time a segment waited before its second-pass batch started",
+            buckets=_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self._second_delay_now = Gauge(
+            "trio_asr_second_pass_queue_delay_current_seconds",
+            "the second pass's queue delay that admission control compares with max_queue_delay",
+            registry=registry,
+        )
+        self._second_failures = Counter(
+            "trio_asr_second_pass_failures", "segments announced with first-pass text as their second pass failed",
+            registry=registry,
+        )  # fmt: skip
         self._build = Info("trio_asr_build", "trio-asr version and platform", registry=registry)
         self._model = Info("trio_asr_model", "the model being served", registry=registry)
         self._build.info({"version": __version__, "python": platform.python_version()})
@@ -165,6 +195,23 @@ class ServerMetrics:
     def track_queue_delay(self, current: Callable[[], float]) -> None:
         """Read the current queue delay from ``current()`` at every scrape."""
         self._queue_delay_now.set_function(current)
+
+    def second_pass_batch(self, size: int, queue_delay: float, cpu: float = 0.0) -> None:
+        """One second-pass batch of ``size`` segments whose oldest waited
+        ``queue_delay`` s, costing ``cpu`` s (added to the decode CPU)."""
+        self._second_batch.observe(size)
+        self._second_delay.observe(queue_delay)
+        self._decode_cpu.inc(cpu)
+
+    def second_pass_announced(self, latency: float) -> None:
+        """A segment was announced ``latency`` s after it closed."""
+        self._second_latency.observe(latency)
+
+    def second_pass_failed(self) -> None:
+        self._second_failures.inc()
+
+    def track_second_pass_queue_delay(self, current: Callable[[], float]) -> None:
+        self._second_delay_now.set_function(current)
 
     def audio_saved(self, nbytes: int) -> None:
         self._saved_bytes.inc(nbytes)

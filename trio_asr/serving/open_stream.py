@@ -20,11 +20,11 @@ import attrs
 import trio
 
 from trio_asr.protocol.messages import Audio, FinalResult, PartialResult, StartStream
-from trio_asr.protocol.replies import ReplyBuilder
 from trio_asr.recognition.batched import BatchedRecognizer, BatchedStream
 from trio_asr.serving.logs import log_event
 from trio_asr.serving.metrics import ServerMetrics
 from trio_asr.serving.recording import AudioSaveError, AudioStore, Recording
+from trio_asr.serving.second_pass import StreamReplies
 
 __all__ = ["ConnectionTotals", "OpenStream", "StreamContext"]
 
@@ -63,7 +63,7 @@ class OpenStream:
     def __init__(self, start: StartStream, decoding: BatchedStream, context: StreamContext) -> None:
         self.start = start
         self._decoding = decoding
-        self._replies = ReplyBuilder(start)
+        self._replies = StreamReplies.of(start, context.recognizer, context.metrics)  # with the second pass, if any
         self._context = context
         self._limiter = context.recognizer.limiter  # bounds the worker threads of its file I/O
         self._recording: Recording | None = None
@@ -92,13 +92,13 @@ class OpenStream:
         cannot be saved."""
         self._received(audio)
         await self._record(audio.pcm)
-        return self._replies.partial(await self._decoding.feed(audio.samples))
+        return self._replies.partial(audio.samples, await self._decoding.feed(audio.samples))
 
     async def finish(self) -> FinalResult:
         """The client ended the stream: decode the rest, close it; the final reply."""
-        result = await self._decoding.finish()
-        await self.end("finished", result.text)
-        return self._replies.final(result)
+        reply = await self._replies.final(await self._decoding.finish())  # after the second passes, if any
+        await self.end("finished", reply.text)
+        return reply
 
     async def keep(self, audio: Audio) -> None:
         """Record a frame no reply will answer (the stream is ending); a
@@ -165,6 +165,7 @@ class OpenStream:
     def _close(self, how: str, text: str | None = None) -> None:
         """Finish the recording (blocking I/O), count and log the stream."""
         self.closed = True
+        self._replies.close()
         context, recording = self._context, self._recording
         try:
             if recording is not None:

@@ -43,13 +43,14 @@ import trio_websocket
 
 from trio_asr.serving.auth import TokenError, TokenGate, challenge_headers, load_tokens
 from trio_asr.serving.config import ServerConfig
-from trio_asr.recognition.batched import BatchedRecognizer, SteppedRecognizer
+from trio_asr.recognition.batched import SteppedRecognizer
 from trio_asr.serving.http_router import ReplayStream, is_upgrade, read_request, respond, respond_bytes
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
 from trio_asr.serving.metrics import ServerMetrics
 from trio_asr.recognition.model_service import ModelService
 from trio_asr.serving.recording import AudioSaveError, AudioStore
+from trio_asr.serving.second_pass import TwoPassRecognizer, open_second_pass
 from trio_asr.serving.session import Session, SessionContext
 from trio_asr.serving.tls import TlsError, server_context
 from trio_asr.serving.web import find_asset
@@ -83,7 +84,7 @@ class Server:
         )
         self.audio = AudioStore(config.audio_dir if config.save_audio else None)
         self.lifecycle = Lifecycle()
-        batched = BatchedRecognizer(recognizer, self.service, trio.CapacityLimiter(config.workers))
+        self.recognizer = batched = TwoPassRecognizer(recognizer, self.service, trio.CapacityLimiter(config.workers))
         self._context = SessionContext(
             config=config, recognizer=batched, audio=self.audio, lifecycle=self.lifecycle, metrics=self.metrics
         )
@@ -113,9 +114,10 @@ class Server:
 
     @property
     def overloaded(self) -> bool:
-        """The model's queue delay exceeds ``config.max_queue_delay``: new
-        connections are refused until it drops."""
-        return self.service.overloaded
+        """The model's queue delay, or the second pass's, exceeds
+        ``config.max_queue_delay``: new connections are refused until it drops."""
+        second = self.recognizer.second_pass
+        return self.service.overloaded or (second is not None and second.overloaded)
 
     async def open(self) -> None:
         """Check the audio directory, TLS files and tokens, and bind the port;
@@ -130,7 +132,8 @@ class Server:
             self._gate = TokenGate.from_tokens(load_tokens(config.auth_token, files))
             if config.certfile is not None:
                 self._ssl_context = server_context(config.certfile, config.keyfile)
-        except (TokenError, TlsError) as exc:
+            self.recognizer.second_pass = self.recognizer.second_pass or await open_second_pass(config, self.metrics)
+        except (TokenError, TlsError, ValueError) as exc:  # ModelError and HotwordError are ValueErrors
             raise ServerStartError(str(exc)) from None
         warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self._gate.enabled)
         if warning:
@@ -159,6 +162,8 @@ class Server:
             await self.open()
         async with trio.open_nursery() as services:
             await services.start(self.service.run)
+            if self.recognizer.second_pass is not None:
+                await services.start(self.recognizer.second_pass.run)
             if self.audio.saving:
                 services.start_soon(self._probe_audio)
             await self._serve(task_status)
@@ -208,7 +213,7 @@ class Server:
             return 503, {**body, "status": "shutting down"}
         if self._reserved >= self.config.max_connections:
             return 503, {**body, "status": "full"}
-        if self.service.overloaded:
+        if self.overloaded:
             return 503, {**body, "status": "overloaded"}
         if self.audio.failure is not None:
             return 503, {**body, "status": "cannot save audio", "error": self.audio.failure}
