@@ -186,8 +186,30 @@ async def test_the_second_pass_queue_counts_for_admission(server) -> None:
     await trio.sleep(0.7)  # the first batch runs, the second waits past max_queue_delay (0.5 s)
     assert service.overloaded and server.overloaded
     status, body = await http_get(server.port, "/health")
-    assert status == 503 and json.loads(body)["status"] == "overloaded"
+    health = json.loads(body)
+    assert status == 503 and health["status"] == "overloaded" and health["second_pass_queue_delay"] > 0.5
     for ticket in tickets:
         await ticket.wait()
     _, body = await http_get(server.port, "/metrics")
     assert "trio_asr_second_pass_batch_size_count 2.0" in body.decode()
+
+
+def test_settings_from_toml_and_the_startup_line(tmp_path, sense_voice_dir) -> None:
+    from trio_asr.serving.addresses import startup_line
+    from trio_asr.serving.config_file import load_config
+
+    toml = tmp_path / "server.toml"
+    toml.write_text(f'second_pass = "{sense_voice_dir}"\nsecond_pass_language = "en"\nsecond_pass_itn = false\n')
+    config = load_config(toml, {"second_pass_itn": None})
+    assert (config.second_pass, config.second_pass_language, config.second_pass_itn) == (sense_voice_dir, "en", False)
+    assert ServerConfig().second_pass is None and ServerConfig().second_pass_itn
+    line = startup_line(config, scheme="ws", port=1, ws_path="/", model_dir=Path("/m"))
+    assert f"model /m, second pass {sense_voice_dir}" in line
+
+
+async def test_a_model_that_cannot_load_stops_the_server(tmp_path, zipformer2_model_dir) -> None:
+    from trio_asr.serving.server import ServerStartError
+
+    config = ServerConfig(host="127.0.0.1", port=0, save_audio=False, second_pass=tmp_path / "missing")
+    with pytest.raises(ServerStartError, match="second pass .*missing"):
+        await serve(config, Recognizer(load_model(zipformer2_model_dir), beam=4))

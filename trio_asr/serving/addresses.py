@@ -48,7 +48,7 @@ def startup_line(config: ServerConfig, *, scheme: str, port: int, ws_path: str, 
     microphone)."""
     host = client_host(config.host)
     where = [f"listening on every interface ({config.host or '*'})"] if config.host in WILDCARD_HOSTS else []
-    where.append(f"model {model_dir}")
+    where.append(f"model {model_dir}" + (f", second pass {config.second_pass}" if config.second_pass else ""))
     where.append(f"saving audio to {config.audio_dir.resolve()}" if config.save_audio else "not saving audio")
     line = f"trio-asr: serving {scheme}://{host}:{port}{ws_path} ({'; '.join(where)})"
     if config.page:

@@ -209,6 +209,8 @@ class Server:
             "max_connections": self.config.max_connections,
             "queue_delay": round(self.service.queue_delay, 3),
         }
+        if self.recognizer.second_pass is not None:
+            body["second_pass_queue_delay"] = round(self.recognizer.second_pass.queue_delay, 3)
         if self.lifecycle.draining:
             return 503, {**body, "status": "shutting down"}
         if self._reserved >= self.config.max_connections:
