@@ -167,13 +167,13 @@ async def test_a_failed_second_pass_keeps_the_first_pass_text(server, zipformer2
 
 class _Slow:
     def __init__(self, inner: OfflineRecognizer) -> None:
-        self.inner = inner
+        self.inner, self.delay = inner, 1.0
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
     def run(self, utterances):
-        time.sleep(1.0)
+        time.sleep(self.delay)
         return self.inner.run(utterances)
 
 
@@ -213,3 +213,15 @@ async def test_a_model_that_cannot_load_stops_the_server(tmp_path, zipformer2_mo
     config = ServerConfig(host="127.0.0.1", port=0, save_audio=False, second_pass=tmp_path / "missing")
     with pytest.raises(ServerStartError, match="second pass .*missing"):
         await serve(config, Recognizer(load_model(zipformer2_model_dir), beam=4))
+
+
+async def test_the_final_reply_waits_for_slow_second_passes(server) -> None:
+    service = server.recognizer.second_pass
+    fast = await session(server.port, speech_pcm(), pipelined=True, endpoint=SHORT_RULES)
+    slow = _Slow(service.recognizer)
+    slow.delay = 0.2
+    service.recognizer = slow
+    partials, final = await session(server.port, speech_pcm(), pipelined=True, endpoint=SHORT_RULES)
+    # one reply per frame (session() checks), and the same segments and texts, more of them in the final reply
+    assert announced([*partials, final]) == announced([*fast[0], fast[1]])
+    assert len(final["segments"]) > len(fast[1]["segments"]) and final["result"] == fast[1]["result"]

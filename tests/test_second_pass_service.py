@@ -173,7 +173,11 @@ def test_segments_are_announced_in_order_once_resolved() -> None:
     assert [(s.index, s.text, s.tags) for s in reply.segments] == [(0, "A2", ()), (1, "B2", (("lang", "en"),))]
     assert reply.segments[1].times == (("B2", 1.1, 1.4),) and reply.segments[1].start == 1.0
     assert reply.text == "A2 B2 c" and reply.segment == 2
-    assert replies.partial(result).segments == ()  # each once
+    again = replies.partial(result)
+    assert again.segments == () and again.text == "A2 B2 c"  # each once
+    assert replies.partial(result) is again  # nothing new: the same reply (encoded once)
+    replies.resolve(2, SecondPassText("C2"))
+    assert replies.partial(result) is not again
 
 
 def test_the_final_reply_needs_every_segment() -> None:
@@ -207,3 +211,45 @@ def test_second_pass_fields_are_written_only_when_set() -> None:
     assert set(segments[0]) == {"segment", "result", "bg", "ed", "times"}
     assert segments[1]["nbest"] == [{"text": "b", "score": -1.0}]
     assert (segments[1]["lang"], segments[1]["emotion"]) == ("en", "HAPPY")
+
+
+# ------------------------------------------------------------ a stream's submissions
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.submitted, self.tickets = [], []
+
+    def submit(self, samples, options):
+        from trio_asr.recognition.offline.service import Ticket
+
+        self.submitted.append((samples.copy(), options))
+        self.tickets.append(Ticket(samples, options, len(samples) / RATE, trio.current_time()))
+        return self.tickets[-1]
+
+
+async def test_a_stream_submits_exactly_each_segments_samples_with_its_hotwords() -> None:
+    from trio_asr.recognition.hotwords import Hotword
+    from trio_asr.serving.metrics import ServerMetrics
+    from trio_asr.serving.second_pass import StreamReplies
+
+    hotwords = (Hotword("hello", 2.0),)
+    start = StartStream("a.wav", 1, 16, StreamOptions(sample_rate=8000, nbest=2, hotwords=hotwords))
+    service = FakeService()
+    replies = StreamReplies(start, service, ServerMetrics())
+    audio = np.arange(8000 * 3, dtype=np.float32)  # 3 s at 8 kHz; each sample its index
+
+    def result(closed: list[tuple[float, float]], open_start: float) -> RecognitionResult:
+        segments = tuple(Segment(i, "x", (("x", -1.0),), a, b, True) for i, (a, b) in enumerate(closed))
+        return RecognitionResult("x", (), segments=segments, open=Segment(len(closed), "", (), open_start, 3.0, False))
+
+    replies.partial(audio[:8000], result([], 0.0))
+    replies.partial(audio[8000:16000], result([(0.0, 0.5)], 0.8))  # 0.5..0.8: a segment without text, dropped
+    replies.partial(audio[16000:], result([(0.0, 0.5), (0.8, 2.5)], 2.5))
+    (first, o1), (second, o2) = service.submitted
+    assert np.array_equal(first, audio[:4000]) and np.array_equal(second, audio[6400:20000])
+    assert (o1.offset_s, o2.offset_s) == (0.0, 0.8) and o1.hotwords == hotwords and o1.nbest == 2
+    assert o1.sample_rate == 8000
+    assert replies._samples.start >= 16000 - 8000  # what the open segment does not need is gone
+    replies.close()  # the stream went away
+    assert len(service.tickets) == 2 and all(t.abandoned for t in service.tickets)

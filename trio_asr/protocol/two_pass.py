@@ -67,6 +67,11 @@ class TwoPassReplies:
         self._plain = ReplyBuilder(start)  # a result without segments: the first pass's replies
         self._resolved: dict[int, SecondPassText] = {}
         self._announced: list[SecondPassText] = []
+        self._resolutions = 0  # resolve() calls so far
+        # the last partial reply, its result and resolutions: a frame that moved
+        # no search and brought no second pass gets the same reply object (as
+        # ReplyBuilder's, whose text the protocol core keeps)
+        self._last: tuple[RecognitionResult, int, PartialResult] | None = None
 
     @property
     def announced(self) -> int:
@@ -76,6 +81,7 @@ class TwoPassReplies:
     def resolve(self, index: int, text: SecondPassText) -> None:
         """Segment ``index``'s second pass is in."""
         self._resolved[index] = text
+        self._resolutions += 1
 
     def _announce(self, segments: Sequence[Segment], upto: int | None = None) -> tuple[SegmentFinal, ...]:
         """Announce the resolved segments that are next in order."""
@@ -98,6 +104,16 @@ class TwoPassReplies:
     def partial(self, result: RecognitionResult) -> PartialResult:
         if result.open is None:
             return self._plain.partial(result)
+        last = self._last
+        if last is not None and last[0] is result and last[1] == self._resolutions:
+            return last[2]
+        reply = self._partial(result)
+        # a reply announcing segments is not repeated: the next one for the same result announces none
+        self._last = None if reply.segments else (result, self._resolutions, reply)
+        return reply
+
+    def _partial(self, result: RecognitionResult) -> PartialResult:
+        assert result.open is not None
         n, open_ = self.start.nbest, result.open
         segments = self._announce(result.segments)
         alternatives = tuple((str(t), float(s)) for t, s in open_.nbest[:n]) if n > 1 else ()
