@@ -20,7 +20,9 @@ Decisions on points the spec leaves open:
   start), for limits (nbest, name length, stream length, idle client);
   1003 (unsupported data) for audio formats we cannot take; 1009 for frames
   over ``max_message_bytes``; 1001 when the server shuts down; 1011 for
-  the server's own failures.  JSON ``true``/``false`` is never an integer.
+  the server's own failures; 1013 (try again later) for a ``start`` the
+  server is too busy to take now (too many hotword lists waiting to be
+  compiled).  JSON ``true``/``false`` is never an integer.
 * ``start`` needs ``name`` (string) and ``signal``; ``nbest`` defaults to 1
   when absent (the original table calls it required *and* gives a default,
   and we take the lenient reading so that no existing client breaks).
@@ -58,6 +60,7 @@ from trio_asr.protocol.messages import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     Audio,
     EndStream,
@@ -71,6 +74,7 @@ from trio_asr.protocol.messages import (
     encode_reply,
 )
 from trio_asr.protocol.start import BadStart, excerpt, parse_start
+from trio_asr.recognition.compile_queue import CompileQueueFull
 from trio_asr.recognition.hotwords import HotwordError
 
 __all__ = ["PEER_REFUSALS", "ConnectionProtocol", "LocalProtocolError", "State"]
@@ -210,9 +214,12 @@ class ConnectionProtocol:
         """The server failed this connection (a bug, or its disk)."""
         return self.fail(CLOSE_INTERNAL_ERROR, message)
 
-    def refuse_stream(self, error: ValueError) -> list[Event]:
+    def refuse_stream(self, error: ValueError | CompileQueueFull) -> list[Event]:
         """The recognizer cannot take the stream the last ``start`` asked
-        for: a hotword it cannot spell (1007) or an audio format (1003)."""
+        for: a hotword it cannot spell (1007), an audio format (1003), or
+        not now: too many starts wait for their hotwords (1013)."""
+        if isinstance(error, CompileQueueFull):
+            return self.fail(CLOSE_TRY_AGAIN_LATER, f"server busy: {error}; try again later", "start")
         if isinstance(error, HotwordError):
             return self.fail(CLOSE_INVALID_PAYLOAD, f'field "hotwords": {error}', "start")
         return self.fail(CLOSE_UNSUPPORTED_DATA, str(error), "start")

@@ -17,12 +17,14 @@ the service can run).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
 import numpy as np
 import trio
 
+from trio_asr.recognition.compile_queue import CompileQueue
+from trio_asr.recognition.hotword_automaton import Steps
 from trio_asr.recognition.model import AcousticModel, ModelStream
 from trio_asr.recognition.model_service import ModelService
 from trio_asr.recognition.recognizer import RecognitionResult
@@ -66,10 +68,13 @@ class SteppedRecognizer(Protocol):
     @property
     def model(self) -> AcousticModel: ...
 
-    def create_stream(self, options: StreamOptions) -> SteppedStream:
-        """A stream taking float32 mono samples as ``options`` say; raises
-        ValueError for a rate it cannot take, HotwordError (a ValueError)
-        for a phrase it cannot spell."""
+    def create_stream_steps(self, options: StreamOptions) -> Steps[SteppedStream]:
+        """A stream taking float32 mono samples as ``options`` say, made in
+        steps of well under a millisecond each (see
+        :mod:`trio_asr.recognition.hotword_automaton`): the stream comes at
+        the first ``next()`` when making it is cheap, else that first
+        ``next()`` yields before any work. Raises ValueError for a rate it
+        cannot take, HotwordError (a ValueError) for a phrase it cannot spell."""
         ...
 
 
@@ -80,22 +85,36 @@ class BatchedRecognizer:
     threads doing feature and search work at once.
     """
 
-    def __init__(self, recognizer: SteppedRecognizer, service: ModelService, limiter: trio.CapacityLimiter) -> None:
+    def __init__(
+        self,
+        recognizer: SteppedRecognizer,
+        service: ModelService,
+        limiter: trio.CapacityLimiter,
+        compiling: CompileQueue | None = None,
+    ) -> None:
         self.recognizer = recognizer
         self.service = service
         self.limiter = limiter
-        self._compiling = trio.CapacityLimiter(1)
+        #: where starts wait whose hotwords must be compiled first
+        self.compiling = CompileQueue() if compiling is None else compiling
 
-    async def open_stream(self, options: StreamOptions) -> BatchedStream:
-        """A stream as ``options`` ask.  Its own hotwords are compiled with
-        the server's in a worker thread, one stream at a time (so that starts
-        with new lists never take the threads decoding needs).  Raises
+    async def open_stream(self, options: StreamOptions, client: Hashable = None) -> BatchedStream:
+        """A stream as ``options`` ask.  When its own hotwords must be
+        compiled first (with the server's: a list not compiled before), it
+        waits its turn in :attr:`compiling` (``client`` says whose turn:
+        see :mod:`trio_asr.recognition.compile_queue`) and is compiled in
+        short slices in a thread of its own; a cancelled call drops that
+        work.  Raises
         ValueError for a rate the recognizer cannot take, HotwordError (a
-        ValueError) for a phrase the model cannot spell."""
-        if not options.hotwords:
-            return BatchedStream(self, self.recognizer.create_stream(options))
-        stream = await trio.to_thread.run_sync(self.recognizer.create_stream, options, limiter=self._compiling)
-        return BatchedStream(self, stream)
+        ValueError) for a phrase the model cannot spell, CompileQueueFull
+        when too many starts wait already."""
+        steps = self.recognizer.create_stream_steps(options)
+        try:
+            next(steps)
+        except StopIteration as done:
+            return BatchedStream(self, done.value)
+        work = frozenset(options.hotwords)  # the same list: the same work, whatever else the start asks
+        return BatchedStream(self, await self.compiling.run(client, steps, work))
 
 
 class BatchedStream:

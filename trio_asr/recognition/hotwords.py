@@ -7,8 +7,11 @@ Three steps, each checking what it takes:
 * :func:`merge_hotwords` adds a stream's list to the server's;
 * :func:`compile_hotwords` spells every phrase with the model's own tokens
   (:meth:`trio_asr.recognition.tokens.TokenTable.encode`) and builds the Aho-Corasick
-  automaton over token ids that the compiled search walks, a
-  :class:`CompiledHotwords` shared by every stream that uses the same list.
+  automaton over token ids that the compiled search walks
+  (:mod:`trio_asr.recognition.hotword_automaton`), a
+  :class:`CompiledHotwords` shared by every stream that uses the same list;
+  :meth:`CompiledHotwords.merged_steps` compiles a stream's list with it,
+  in short steps, and keeps the lists used last.
 
 **File format.** UTF-8 text, one phrase per line; blank lines and lines
 starting with ``#`` are ignored; runs of whitespace in a phrase count as one
@@ -35,16 +38,19 @@ tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import attrs
 import numpy as np
 
 from trio_asr._ctc import HotwordGraph
+from trio_asr.recognition.hotword_automaton import Steps, graph_steps, run_steps
 from trio_asr.recognition.tokens import TokenTable
 
 __all__ = [
@@ -56,6 +62,7 @@ __all__ = [
     "Hotword",
     "HotwordError",
     "compile_hotwords",
+    "empty_hotwords",
     "hotwords_from_json",
     "merge_hotwords",
     "parse_hotwords",
@@ -103,7 +110,9 @@ def _check_phrase(phrase: object) -> str:
         raise HotwordError(f"a phrase must be a string, got {_short(phrase)}")
     if len(phrase) > 4 * MAX_PHRASE_CHARS:  # before scanning it
         raise HotwordError(f"phrase {_short(phrase)} is longer than {MAX_PHRASE_CHARS} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and not ch.isspace() for ch in phrase):
+    if not phrase.isprintable() and any(  # isprintable: no "C" category at all, quickly
+        unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") and not ch.isspace() for ch in phrase
+    ):
         raise HotwordError(f"phrase {_short(phrase)} holds a control or unassigned character")
     text = " ".join(phrase.split())
     if not text:
@@ -207,7 +216,13 @@ def merge_hotwords(base: Sequence[Hotword], extra: Sequence[Hotword]) -> tuple[H
     return (*(replaced.pop(h.phrase, h) for h in base), *(h for h in extra if h.phrase in replaced))
 
 
+#: distinct stream lists kept compiled (least recently used dropped first)
 MERGES_CACHED = 16
+#: phrases the server's list may skip per step of a compile (they are spelled already)
+KNOWN_PER_STEP = 256
+
+# A stream's list as compiled: its phrases and their scores, in phrase order
+_ListKey = tuple[tuple[str, float], ...]
 
 
 @attrs.frozen
@@ -220,38 +235,75 @@ class CompiledHotwords:
     tokens: TokenTable = attrs.field(repr=False)
     graph: HotwordGraph = attrs.field(repr=False)
     _spelled: dict[str, tuple[int, ...]] = attrs.field(repr=False, eq=False)  # phrase -> its tokens
-    _merges: dict[tuple[Hotword, ...], CompiledHotwords] = attrs.field(repr=False, eq=False, factory=dict)
+    _merges: OrderedDict[_ListKey, CompiledHotwords] = attrs.field(repr=False, eq=False, factory=OrderedDict)
     _lock: threading.Lock = attrs.field(repr=False, eq=False, factory=threading.Lock)
 
     def merged(self, extra: Sequence[Hotword]) -> CompiledHotwords:
-        """These hotwords plus a stream's ``extra`` (itself when it is empty).
-        The last :data:`MERGES_CACHED` distinct lists are kept, so streams
-        sending the same list compile it once; phrases already spelled are
-        not spelled again."""
-        extra = tuple(extra)
-        if not extra:
+        """These hotwords plus a stream's ``extra`` (itself when it is empty),
+        compiled at once: :meth:`merged_steps` run to its end."""
+        return run_steps(self.merged_steps(extra))
+
+    def merged_steps(self, extra: Sequence[Hotword]) -> Steps[CompiledHotwords]:
+        """:meth:`merged` in steps of a small fraction of a millisecond
+        each. The last :data:`MERGES_CACHED` distinct lists
+        used are kept, whatever the order of their phrases (and a phrase
+        without a score is one with the default score), so streams sending
+        the same list compile it once; such a list, or an empty one, is
+        returned at the first ``next()``. Otherwise the first ``next()``
+        yields before any work is done, and the second looks in the kept
+        lists again. Phrases of these hotwords are not spelled again."""
+        key = self._key(extra)
+        if not key:
+            return self
+        found = self.cached(extra)
+        if found is not None:
+            return found
+        yield  # work to do: the caller may wait for its turn
+        found = self.cached(extra)  # compiled meanwhile, for another stream
+        if found is not None:
+            return found
+        found = yield from _compile_steps(
+            merge_hotwords(self.hotwords, tuple(extra)), self.tokens, self.default_score, self._spelled
+        )
+        with self._lock:
+            if len(self._merges) >= MERGES_CACHED and key not in self._merges:
+                self._merges.popitem(last=False)  # the least recently used
+            self._merges[key] = found
+        return found
+
+    def cached(self, extra: Sequence[Hotword]) -> CompiledHotwords | None:
+        """These hotwords plus ``extra`` if that list is kept compiled (it
+        counts as used), else None."""
+        key = self._key(extra)
+        if not key:
             return self
         with self._lock:
-            found = self._merges.get(extra)
-        if found is None:
-            found = _compile(merge_hotwords(self.hotwords, extra), self.tokens, self.default_score, self._spelled)
-            with self._lock:
-                if len(self._merges) >= MERGES_CACHED:
-                    del self._merges[next(iter(self._merges))]  # the oldest
-                self._merges[extra] = found
+            found = self._merges.get(key)
+            if found is not None:
+                self._merges.move_to_end(key)
         return found
+
+    def _key(self, extra: Sequence[Hotword]) -> _ListKey:
+        default = self.default_score
+        return tuple(sorted((h.phrase, default if h.score is None else h.score) for h in extra))
 
 
 def stream_graph(
     base: CompiledHotwords | None, extra: Sequence[Hotword], tokens: TokenTable
 ) -> HotwordGraph | None:
-    """The graph for a stream: ``base`` (the recognizer's, shared) plus the
-    stream's ``extra`` phrases (compiled for this stream), or None when there
-    are no phrases at all (the unbiased search)."""
-    if base is None:
-        base = compile_hotwords((), tokens)
-    compiled = base.merged(extra)
+    """The graph for a stream: ``base`` (the recognizer's, shared; None: no
+    phrases) plus the stream's ``extra`` phrases (compiled for this stream,
+    see :meth:`CompiledHotwords.merged`), or None when there are no phrases
+    at all (the unbiased search)."""
+    compiled = (base or empty_hotwords(tokens)).merged(extra)
     return compiled.graph if compiled.hotwords else None
+
+
+@functools.lru_cache(maxsize=4)
+def empty_hotwords(tokens: TokenTable) -> CompiledHotwords:
+    """No phrases, for ``tokens``: the base of stream lists on a recognizer
+    without hotwords of its own (one per table, so their merges are kept)."""
+    return compile_hotwords((), tokens)
 
 
 def compile_hotwords(
@@ -259,136 +311,37 @@ def compile_hotwords(
 ) -> CompiledHotwords:
     """Spell every phrase with ``tokens`` and build its automaton; a phrase
     the table cannot spell is a :class:`HotwordError` naming it."""
-    return _compile(tuple(hotwords), tokens, check_score(default_score, "the default hotword score"), {})
+    default_score = check_score(default_score, "the default hotword score")
+    return run_steps(_compile_steps(tuple(hotwords), tokens, default_score, {}))
 
 
-def _compile(
+def _compile_steps(
     hotwords: tuple[Hotword, ...], tokens: TokenTable, default_score: float, known: dict[str, tuple[int, ...]]
-) -> CompiledHotwords:
+) -> Steps[CompiledHotwords]:
+    """Compiling, in steps: part of a phrase spelled
+    (:meth:`~trio_asr.recognition.tokens.TokenTable.encode_steps`), or
+    :data:`KNOWN_PER_STEP` phrases of ``known`` looked up, then the
+    automaton's steps."""
     spellings = {}
     scores: dict[tuple[int, ...], float] = {}
+    looked_up = 0
     for hotword in hotwords:
         ids = known.get(hotword.phrase)
         if ids is None:
             try:
-                ids = tokens.encode(hotword.phrase)
+                ids = yield from tokens.encode_steps(hotword.phrase)
             except ValueError as e:
                 raise HotwordError(f"hotword {hotword.phrase!r}: {e}") from None
+        else:
+            looked_up += 1
+            if looked_up % KNOWN_PER_STEP == 0:
+                yield
         spellings[hotword.phrase] = ids
         score = default_score if hotword.score is None else hotword.score
         scores[ids] = max(score, scores.get(ids, 0.0))  # two phrases may spell alike
-    return CompiledHotwords(hotwords, default_score, tokens, _build_graph(scores, len(tokens)), spellings)
+    graph = yield from graph_steps(scores, len(tokens))
+    return CompiledHotwords(hotwords, default_score, tokens, graph, spellings)
 
 
 def _build_graph(phrases: dict[tuple[int, ...], float], vocab_size: int) -> HotwordGraph:
-    # The trie, numbered breadth first (so every fail link points backwards).
-    children: list[dict[int, int]] = [{}]
-    parent, token_of, depth, score, is_end = [0], [-1], [0], [0.0], [False]
-    for ids, phrase_score in phrases.items():
-        state = 0
-        for token in ids:
-            if token not in children[state]:
-                children[state][token] = len(children)
-                children.append({})
-                parent.append(state)
-                token_of.append(token)
-                depth.append(depth[state] + 1)
-                score.append(0.0)
-                is_end.append(False)
-            state = children[state][token]
-            score[state] = max(score[state], phrase_score)
-        is_end[state] = True
-    order = [0]
-    for state in order:  # grows while iterating: breadth first
-        order.extend(children[state][t] for t in sorted(children[state]))
-    new_id = {old: new for new, old in enumerate(order)}
-
-    count = len(order)
-    fail = [0] * count  # by old id
-    longest_end = [0] * count  # the longest phrase that is a suffix of the state (0: none)
-    total = [0.0] * count  # sum of position scores along the path
-    covered: list[tuple[tuple[int, int], ...]] = [()] * count  # settled positions, as intervals
-    gain = [0.0] * count
-    at_risk = [0.0] * count
-    for state in order:
-        if state:
-            up = parent[state]
-            token = token_of[state]
-            f = fail[up]
-            while up and f and token not in children[f]:
-                f = fail[f]
-            fail[state] = children[f][token] if up and token in children[f] else 0
-            total[state] = total[up] + score[state]
-            longest_end[state] = state if is_end[state] else longest_end[fail[state]]
-            covered[state], gain[state] = _settle(state, longest_end[state], covered[up], parent, depth, total)
-            at_risk[state] = total[state] - sum(
-                _span(state, lo, hi, parent, depth, total) for lo, hi in covered[state]
-            )
-
-    up_most = [0.0] * count  # most a child adds: max of gain + at_risk over the children
-    for state in order:
-        up_most[state] = max((gain[c] + at_risk[c] for c in children[state].values()), default=0.0)
-    bound = [0.0] * count
-    for state in order:  # the chain of fail links is all earlier states
-        bound[state] = max(up_most[state], bound[fail[state]] if state else 0.0)
-
-    child_start = [0]
-    child_token: list[int] = []
-    child_state: list[int] = []
-    for state in order:
-        for token in sorted(children[state]):
-            child_token.append(token)
-            child_state.append(new_id[children[state][token]])
-        child_start.append(len(child_token))
-    by_new = np.array(order)
-    return HotwordGraph(
-        np.array([new_id[fail[s]] for s in order], dtype=np.int32),
-        np.array(child_start, dtype=np.int32),
-        np.array(child_token, dtype=np.int32),
-        np.array(child_state, dtype=np.int32),
-        np.array(at_risk)[by_new],
-        np.array(gain)[by_new],
-        np.array(bound)[by_new],
-        vocab_size,
-    )
-
-
-def _span(state: int, lo: int, hi: int, parent: list[int], depth: list[int], total: list[float]) -> float:
-    """Sum of the position scores ``lo..hi`` (1-based) of ``state``'s path."""
-    node = state
-    while depth[node] > hi:
-        node = parent[node]
-    top = node
-    while depth[node] > lo - 1:
-        node = parent[node]
-    return total[top] - total[node]
-
-
-def _settle(
-    state: int,
-    phrase: int,
-    covered: tuple[tuple[int, int], ...],
-    parent: list[int],
-    depth: list[int],
-    total: list[float],
-) -> tuple[tuple[tuple[int, int], ...], float]:
-    """``(covered, gain)`` of ``state``: its parent's settled intervals plus
-    the positions of ``phrase`` (the longest phrase ending here, or 0), and
-    the scores in ``phrase`` of the positions that adds."""
-    if not phrase:
-        return covered, 0.0
-    d = depth[state]
-    shift = d - depth[phrase]  # window position = phrase position + shift
-    lo = start = shift + 1
-    gain = total[phrase]
-    merged = []
-    for a, b in covered:
-        if b < start - 1:
-            merged.append((a, b))
-            continue
-        overlap_lo, overlap_hi = max(a, start), min(b, d)
-        if overlap_lo <= overlap_hi:
-            gain -= _span(phrase, overlap_lo - shift, overlap_hi - shift, parent, depth, total)
-        lo = min(lo, a)
-    merged.append((lo, d))
-    return tuple(merged), gain
+    return run_steps(graph_steps(phrases, vocab_size))

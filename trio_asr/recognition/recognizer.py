@@ -30,7 +30,8 @@ from trio_asr.recognition.endpoint import EndpointRules
 from trio_asr.recognition.features import StreamingFbank
 from trio_asr._ctc import HotwordGraph
 from trio_asr.bounds import between
-from trio_asr.recognition.hotwords import CompiledHotwords, stream_graph
+from trio_asr.recognition.hotword_automaton import Steps
+from trio_asr.recognition.hotwords import CompiledHotwords, empty_hotwords, stream_graph
 from trio_asr.recognition.model import AcousticModel, ModelStream
 from trio_asr.recognition.resample import StreamingResampler
 from trio_asr.recognition.search import GreedySearch, PrefixBeamSearch, Search
@@ -134,6 +135,17 @@ class Recognizer:
         """A new stream as ``options`` ask; the stream's own hotwords are
         compiled here (:class:`~trio_asr.recognition.hotwords.HotwordError`
         if the model cannot spell one)."""
+        return RecognizerStream(self, options)
+
+    def create_stream_steps(self, options: StreamOptions = StreamOptions()) -> Steps[RecognizerStream]:
+        """:meth:`create_stream` in steps: the stream's own hotwords are
+        compiled a small piece at a time
+        (:meth:`~trio_asr.recognition.hotwords.CompiledHotwords.merged_steps`);
+        without any, or with a list compiled before, the stream comes at
+        the first ``next()``."""
+        if options.hotwords and self.decoding == "beam":  # (greedy: refused at once)
+            base = self.hotwords if self.hotwords is not None else empty_hotwords(self.model.tokens)
+            yield from base.merged_steps(options.hotwords)  # kept compiled: the stream finds it
         return RecognizerStream(self, options)
 
     def new_search(self, nbest: int = 1, hotwords: HotwordGraph | None = None) -> Search:

@@ -24,10 +24,11 @@ import codecs
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
-from typing import cast
+from collections.abc import Generator, Iterable, Sequence
 
 import attrs
+
+from trio_asr.recognition.spelling import Trie, is_unspaced, spell_steps, spelling_trie
 
 __all__ = ["BYTE_TO_CHAR", "CHAR_TO_BYTE", "TokenTable", "is_unspaced"]
 
@@ -56,26 +57,6 @@ _WHITESPACE_BYTES = frozenset(b" \t\n\r\x0b\x0c")
 
 # A token's content: byte values, with None marking a word boundary.
 _Units = tuple[int | None, ...]
-
-# A phrase to spell: byte values and word boundaries, a boundary being
-# _NEEDED (it puts a space into the text), _OPTIONAL (the text is the same
-# either way: next to a character written without spaces) or _LEADING (the
-# phrase's first, marked only when joined to its first token: a phrase must
-# match at the start of an utterance, where no standalone boundary comes).
-_NEEDED, _OPTIONAL, _LEADING = "needed", "optional", "leading"
-_Target = list[int | str]
-
-# The tokens' spellings as a trie: a node maps a unit (byte value, None for a
-# word boundary) to the next node, and "ids" to the tokens spelled up to it.
-_Trie = dict[int | str | None, "_Trie | list[int]"]
-
-
-def is_unspaced(ch: str) -> bool:
-    """Whether ``ch`` belongs to writing that puts no spaces between words."""
-    if "\uac00" <= ch <= "\ud7af" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f":
-        return False  # Hangul is wide but Korean is written with spaces
-    return unicodedata.east_asian_width(ch) in ("W", "F")
-
 
 def _looks_bbpe(pieces: Iterable[str]) -> bool:
     uses_high_bytes = False
@@ -145,7 +126,7 @@ class TokenTable:
     _units: tuple[_Units, ...]
     _whole: tuple[_Whole | None, ...] = attrs.field(eq=False, repr=False)
     # [(trie, case)], built on first encode
-    _spelling: list[tuple[_Trie, str | None]] = attrs.field(eq=False, repr=False)
+    _spelling: list[tuple[Trie, str | None]] = attrs.field(eq=False, repr=False)
 
     def __init__(self, pieces: Sequence[str], *, blank_id: int | None = None, bbpe: bool | None = None):
         pieces = tuple(pieces)
@@ -265,122 +246,21 @@ class TokenTable:
         without upper-case ones) gets the phrase upper-cased (lower-cased).
         ValueError, naming the character, if the table cannot spell it.
         """
-        words = phrase.split()
-        if not words:
-            raise ValueError("an empty phrase has no tokens")
-        trie, case = self._spelling_trie()
-        text = " ".join(words)
-        text = text.upper() if case == "upper" else text.lower() if case == "lower" else text
-        target, chars = _spelling_target(text)
-        return _fewest_tokens(trie, target, chars, text)
+        steps = self.encode_steps(phrase)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
-    def _spelling_trie(self) -> tuple[_Trie, str | None]:
+    def encode_steps(self, phrase: str) -> Generator[None, None, tuple[int, ...]]:
+        """:meth:`encode` in steps of
+        :data:`~trio_asr.recognition.spelling.POSITIONS_PER_STEP` bytes of
+        the phrase (a small fraction of a millisecond each), for callers that
+        interleave it with other work."""
+        return spell_steps(*self._spelling_trie(), phrase)
+
+    def _spelling_trie(self) -> tuple[Trie, str | None]:
         if not self._spelling:
-            trie: _Trie = {}
-            upper = lower = False
-            for token_id, units in enumerate(self._units):
-                if not units or all(u is None for u in units) and len(units) > 1:
-                    continue  # blank and control tokens; a run of boundaries spells nothing new
-                node = trie
-                for unit in units:
-                    node = cast(_Trie, node.setdefault(unit, {}))
-                cast("list[int]", node.setdefault("ids", [])).append(token_id)
-                upper = upper or any(u is not None and 65 <= u <= 90 for u in units)
-                lower = lower or any(u is not None and 97 <= u <= 122 for u in units)
-            case = "upper" if upper and not lower else "lower" if lower and not upper else None
-            self._spelling.append((trie, case))
+            self._spelling.append(spelling_trie(self._units))
         return self._spelling[0]
-
-
-def _spelling_target(text: str) -> tuple[_Target, list[int]]:
-    """``text`` (words joined by single spaces) as units and boundary marks,
-    with the index in ``text`` of the character each entry belongs to."""
-    target: _Target = []
-    chars: list[int] = []
-    previous = ""
-    for index, ch in enumerate(text):
-        if ch == " ":
-            continue
-        if not previous:
-            target.append(_LEADING)
-            chars.append(index)
-        elif is_unspaced(ch) or is_unspaced(previous):
-            target.append(_OPTIONAL)
-            chars.append(index)
-        elif text[index - 1] == " ":
-            target.append(_NEEDED)
-            chars.append(index)
-        for byte in ch.encode("utf-8"):
-            target.append(byte)
-            chars.append(index)
-        previous = ch
-    return target, chars
-
-
-# A step of a spelling: (cost..., token id or None to leave a boundary
-# unmarked, next position).
-_Step = tuple[int, int, int, int | None, int]
-
-
-def _fewest_tokens(trie: _Trie, target: _Target, chars: list[int], text: str) -> tuple[int, ...]:
-    """Dynamic programming over ``target`` from its end: the cost of spelling
-    ``target[p:]`` is (tokens + unmarked optional boundaries, unmarked
-    boundaries, minus the first token's length), smallest first."""
-    size = len(target)
-    # per position: the best step from there
-    best: list[_Step | None] = [None] * (size + 1)
-    best[size] = (0, 0, 0, None, size)
-    token_id: int | None
-    for p in range(size - 1, -1, -1):
-        found: _Step | None = None
-        rest = best[p + 1]
-        if target[p] in (_OPTIONAL, _LEADING) and rest is not None:  # leave it unmarked
-            found = (rest[0] + (target[p] == _OPTIONAL), rest[1] + 1, 0, None, p + 1)
-        for q, skipped, token_id in _token_matches(trie, target, p):
-            rest = best[q]
-            if rest is None:
-                continue
-            cost = (rest[0] + 1 + skipped, rest[1] + skipped, p - q, token_id, q)
-            if found is None or cost[:3] < found[:3]:
-                found = cost
-        best[p] = found
-    if best[0] is None:
-        reach = {0}
-        for p in range(size):
-            if p in reach:
-                reach.update(q for q, _, _ in _token_matches(trie, target, p))
-                if target[p] in (_OPTIONAL, _LEADING):
-                    reach.add(p + 1)
-        stuck = chars[max(reach)]
-        raise ValueError(f"the model's tokens cannot spell {text[stuck]!r} (in {text!r})")
-    ids: list[int] = []
-    p = 0
-    while p < size:
-        step = best[p]
-        assert step is not None
-        _, _, _, token_id, q = step
-        if token_id is not None:
-            ids.append(token_id)
-        p = q
-    return tuple(ids)
-
-
-def _token_matches(trie: _Trie, target: _Target, p: int) -> Iterator[tuple[int, int, int]]:
-    """``(end, optional boundaries skipped, token id)`` of every token whose
-    units spell ``target[p:end]``, skipping optional boundaries inside it."""
-    stack = [(trie, p, 0)]
-    while stack:
-        node, q, skipped = stack.pop()
-        if q > p and "ids" in node and not (q == p + 1 and target[p] == _LEADING):
-            yield q, skipped, min(cast("list[int]", node["ids"]))
-        if q == len(target):
-            continue
-        entry = target[q]
-        if isinstance(entry, int):
-            if entry in node:
-                stack.append((cast(_Trie, node[entry]), q + 1, skipped))
-        else:
-            if None in node:
-                stack.append((cast(_Trie, node[None]), q + 1, skipped))
-            if entry == _OPTIONAL and q > p:
-                stack.append((node, q + 1, skipped + 1))

@@ -48,13 +48,16 @@ class ConnectionTotals:
 @attrs.frozen
 class StreamContext:
     """What the streams of one connection share: the server's recognizer,
-    audio store and metrics, the connection's totals and its id (for logs)."""
+    audio store and metrics, the connection's totals, its id (for logs)
+    and its peer ("host:port"; starts waiting for their hotwords to be
+    compiled take turns by host)."""
 
     recognizer: BatchedRecognizer
     audio: AudioStore
     metrics: ServerMetrics
     totals: ConnectionTotals
     conn_id: int
+    peer: str = ""
 
 
 class OpenStream:
@@ -75,8 +78,10 @@ class OpenStream:
     async def open(cls, start: StartStream, context: StreamContext) -> OpenStream:
         """The stream ``start`` asks for; raises ValueError (a
         :class:`~trio_asr.recognition.hotwords.HotwordError` among them)
-        when the recognizer cannot take it."""
-        decoding = await context.recognizer.open_stream(start.options)
+        when the recognizer cannot take it, and
+        :class:`~trio_asr.recognition.compile_queue.CompileQueueFull` when
+        it cannot take it now."""
+        decoding = await context.recognizer.open_stream(start.options, context.peer.rsplit(":", 1)[0])
         context.totals.streams += 1
         return cls(start, decoding, context)
 

@@ -28,6 +28,7 @@ import trio_websocket
 from trio_asr.protocol.connection import PEER_REFUSALS, ConnectionProtocol, LocalProtocolError, State
 from trio_asr.protocol.messages import Audio, EndStream, ErrorReply, Event, Reply, ServerReady, StartStream
 from trio_asr.recognition.batched import BatchedRecognizer
+from trio_asr.recognition.compile_queue import CompileQueueFull
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
@@ -102,13 +103,14 @@ class Session:
         self._failed = False  # the decoder ended the connection (see _fail)
         self._sent_close_code: int | None = None  # the code of the close this session began
         self._reader_scope = trio.CancelScope()
-        self._client_gone = False  # no reply can reach the client any more
+        self._client_gone = False  # no reply can reach the client any more (see _lose_client)
+        self._opening = trio.CancelScope()  # that of the stream being opened (see _open)
         # events the protocol produced that the reader has not handed over yet
         self._undelivered: collections.deque[Received] = collections.deque()
         self._budget = _ByteBudget(2 * self.config.max_message_bytes)
         self._totals = ConnectionTotals()
         self._metrics = context.metrics
-        self._streams = StreamContext(context.recognizer, context.audio, context.metrics, self._totals, conn_id)
+        self._streams = StreamContext(context.recognizer, context.audio, context.metrics, self._totals, conn_id, peer)
 
     @property
     def close_code(self) -> int | None:
@@ -175,6 +177,11 @@ class Session:
                 self._wake()
                 return
 
+    def _lose_client(self) -> None:
+        """No reply can reach the client any more: a stream being opened is for no one."""
+        self._client_gone = True
+        self._opening.cancel()
+
     def _wake(self) -> None:
         if self._read_scope is not None:
             self._woken = True
@@ -200,7 +207,7 @@ class Session:
                         await events.send(pending[0])
                         pending.popleft()
             if self._reader_scope.cancelled_caught:
-                self._client_gone = True
+                self._lose_client()
             now = time.perf_counter()
             pending.extend((event, now) for event in self.protocol.connection_closed())
             while pending:
@@ -213,7 +220,7 @@ class Session:
             return protocol.shut_down()
         if self._peer_dead:
             self.outcome = "peer did not answer pings"
-            self._client_gone = True
+            self._lose_client()
             return protocol.connection_closed()
         self._woken = False
         streaming = protocol.state is State.STREAMING
@@ -224,7 +231,7 @@ class Session:
             try:
                 message = await self.ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
-                self._client_gone = True
+                self._lose_client()
                 reason = exc.reason
                 if reason is not None and reason.code in PEER_REFUSALS:  # wsproto refused a frame, or the client did
                     self.outcome = f"closed {reason.code}: {reason.reason}"
@@ -306,11 +313,12 @@ class Session:
             return stream
         if isinstance(event, StartStream):
             try:
-                stream = await OpenStream.open(event, self._streams)
-            except ValueError as exc:  # HotwordError is one
+                stream = await self._open(event)
+            except (ValueError, CompileQueueFull) as exc:  # HotwordError is a ValueError
                 await self._fail(replies, self.protocol.refuse_stream(exc))
                 return None
-            await replies.send((ServerReady(), None))
+            if stream is not None:
+                await replies.send((ServerReady(), None))
             return stream
         if isinstance(event, EndStream):
             if stream is None:
@@ -325,6 +333,14 @@ class Session:
         self.outcome = f"closed {event.code}: {event.message}"
         await replies.send((event, None))
         return stream
+
+    async def _open(self, start: StartStream) -> OpenStream | None:
+        """The stream ``start`` asks for; None if the client left first (what its hotwords needed is dropped)."""
+        with trio.CancelScope() as self._opening:
+            if self._client_gone:
+                self._opening.cancel()
+            return await OpenStream.open(start, self._streams)
+        return None
 
     def _cut_how(self) -> str:
         """How a stream whose final reply cannot be sent ends."""
