@@ -113,14 +113,13 @@ class OpenStream:
             await self._record(audio.pcm)
         except AudioSaveError as exc:
             log.warning("connection id=%d: %s", self._context.conn_id, exc)
-            self.note_save_failed()
 
     def keep_now(self, pcm: bytes) -> None:
         """Keep bytes without waiting (under cancellation); closing writes them."""
         if self._recording is not None and not self._save_failed:
             self._recording.append(pcm)
 
-    def note_save_failed(self) -> None:
+    def _note_save_failed(self) -> None:
         """Count this stream's save failure (once)."""
         if not self._save_failed:
             self._context.metrics.save_failed()
@@ -137,6 +136,16 @@ class OpenStream:
             self._close(how, text)
         else:
             await trio.to_thread.run_sync(self._close, how, text, limiter=self._limiter)
+
+    async def abort(self, how: str) -> None:
+        """Close a stream that was cut off (``how``, as logged): as :meth:`cut`,
+        in a worker thread when a file is to be finished."""
+        if self.closed:
+            return
+        if self._recording is None:
+            self.cut(how)
+        else:
+            await trio.to_thread.run_sync(self.cut, how, limiter=self._limiter)
 
     def cut(self, how: str) -> None:
         """Close a stream that is being torn down, here and now (also under
@@ -162,10 +171,14 @@ class OpenStream:
         audio = self._context.audio
         if not pcm or self._save_failed or not audio.saving:
             return
-        if self._recording is None:
-            self._recording = await trio.to_thread.run_sync(audio.open, self.start, limiter=self._limiter)
-        if self._recording is not None and self._recording.append(pcm):
-            await trio.to_thread.run_sync(self._recording.write_pending, limiter=self._limiter)
+        try:
+            if self._recording is None:
+                self._recording = await trio.to_thread.run_sync(audio.open, self.start, limiter=self._limiter)
+            if self._recording is not None and self._recording.append(pcm):
+                await trio.to_thread.run_sync(self._recording.write_pending, limiter=self._limiter)
+        except AudioSaveError:
+            self._note_save_failed()
+            raise
 
     def _close(self, how: str, text: str | None = None) -> None:
         """Finish the recording (blocking I/O), count and log the stream."""
@@ -178,7 +191,7 @@ class OpenStream:
                 with contextlib.suppress(OSError):
                     context.metrics.audio_saved(recording.path.stat().st_size)
         except AudioSaveError:
-            self.note_save_failed()
+            self._note_save_failed()
             how, text = "error", None
             raise
         finally:

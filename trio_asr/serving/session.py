@@ -267,19 +267,15 @@ class Session:
                     try:
                         stream = await self._route(event, received, stream, replies)
                     except Exception as exc:
-                        if isinstance(exc, AudioSaveError):
+                        if isinstance(exc, AudioSaveError):  # the stream counted it
                             log.warning("connection id=%d: %s", self.id, exc)
-                            if stream is not None:
-                                stream.note_save_failed()
-                            else:
-                                self._metrics.save_failed()
                             failure = self.protocol.internal_error(str(exc))
                         else:
                             log.exception("connection id=%d: internal error", self.id)
                             failure = self.protocol.internal_error(f"internal error: {type(exc).__name__}")
                         await self._fail(replies, failure)
                 if stream is not None:  # the protocol's cut of it went with a failure of ours
-                    await trio.to_thread.run_sync(stream.cut, "error", limiter=self.context.recognizer.limiter)
+                    await stream.abort("error")
                     stream = None
             finally:
                 if stream is not None:  # cancelled: keep what is queued, here and now
@@ -326,7 +322,7 @@ class Session:
             if event.reply and not self._ending():
                 await replies.send((await stream.finish(), None))
                 return None
-            await stream.end(event.how if not event.reply else self._cut_how())
+            await stream.abort(event.how if not event.reply else self._cut_how())
             if self.outcome == "ok":
                 self.outcome = "disconnected mid-stream"
             return None
