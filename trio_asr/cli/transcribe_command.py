@@ -20,7 +20,7 @@ def add_transcribe(commands: Any) -> None:
 
     parser = commands.add_parser(
         "transcribe",
-        help="transcribe audio files (streamed through the server's decoding path, or with an offline model)",
+        help="transcribe audio files (streamed through the server's recognizer, or with an offline model)",
         description="Transcribe audio files offline, streamed through the same recognizer the server uses; "
         "with an offline model (SenseVoice, NeMo CTC) each file is decoded whole, or cut into pieces of at "
         "most 30 s in its pauses.",

@@ -102,7 +102,7 @@ def parse_start(message: dict[str, Any], limits: ProtocolLimits) -> StartStream:
             f'"hotwords" holds {len(hotwords)} phrases, at most {limits.max_stream_hotwords} are allowed',
         )
     try:
-        phrases = hotwords_from_json(hotwords, limit=limits.max_stream_hotwords)
+        phrases = hotwords_from_json(hotwords)
     except HotwordError as exc:
         raise BadStart(CLOSE_INVALID_PAYLOAD, f'field "hotwords": {exc}') from None
     compact = message.get("compact", False)

@@ -192,13 +192,11 @@ def read_hotwords_file(path: str | os.PathLike[str]) -> tuple[Hotword, ...]:
     return parse_hotwords(text, source=os.fspath(path))
 
 
-def hotwords_from_json(value: object, *, limit: int) -> tuple[Hotword, ...]:
+def hotwords_from_json(value: object) -> tuple[Hotword, ...]:
     """A stream's list: a JSON array of phrases, each a string or a
-    ``[phrase, score]`` pair, at most ``limit`` of them."""
+    ``[phrase, score]`` pair (the caller bounds its length first)."""
     if not isinstance(value, list):
         raise HotwordError("hotwords must be a list of phrases or [phrase, score] pairs")
-    if len(value) > limit:
-        raise HotwordError(f"hotwords has {len(value)} phrases, at most {limit} are allowed")
     hotwords = []
     for item in value:
         if isinstance(item, str):
