@@ -361,13 +361,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"arguments for the C++ server (repeatable; default {' '.join(CPP_FLAGS)})")
     parser.add_argument("--sherpa-server-script", default=os.environ.get("SHERPA_ONNX_STREAMING_SERVER"),
                         help="sherpa-onnx python-api-examples/streaming_server.py: adds its column")
-    parser.add_argument("--servers", default="trio-asr,trio-asr --no-exact-batching,sherpa-onnx C++,sherpa-onnx py",
+    parser.add_argument("--second-pass", default=None, metavar="DIR|fixture",
+                        help="adds ours with --second-pass DIR ('fixture': the synthetic SenseVoice)")
+    parser.add_argument("--servers",
+                        default="trio-asr,trio-asr --no-exact-batching,trio-asr --second-pass,sherpa-onnx C++,sherpa-onnx py",
                         help="comma-separated subset of the servers to run")
     parser.add_argument("--audio-dir", type=Path)
     args = parser.parse_args(argv)
     args.cpp_arg = CPP_FLAGS if args.cpp_arg is None else args.cpp_arg
     args.servers = [s.strip() for s in args.servers.split(",")]
     return args
+
+
+def second_pass_dir(args, workdir: Path) -> str:
+    """The offline model of ``--second-pass`` ('fixture': the synthetic SenseVoice, written once)."""
+    if args.second_pass != "fixture":
+        return args.second_pass
+    directory = workdir / "sense-voice"
+    if not directory.is_dir():
+        from trio_asr.testing.sense_voice import write_sense_voice_model
+
+        write_sense_voice_model(directory)
+    return str(directory)
 
 
 def plan(model_dir: Path, args) -> list[tuple[str, object]]:
@@ -377,6 +392,9 @@ def plan(model_dir: Path, args) -> list[tuple[str, object]]:
         ("trio-asr", lambda d, a, w: start_ours("trio-asr", d, a, w, [])),
         ("trio-asr --no-exact-batching",
          lambda d, a, w: start_ours("trio-asr --no-exact-batching", d, a, w, ["--no-exact-batching"]) if int8 else None),
+        ("trio-asr --second-pass",
+         lambda d, a, w: start_ours("trio-asr --second-pass", d, a, w, ["--second-pass", second_pass_dir(a, w)])
+         if a.second_pass else None),
         ("sherpa-onnx C++", lambda d, a, w: start_sherpa_cpp("sherpa-onnx C++", d, a, w)),
         ("sherpa-onnx py", lambda d, a, w: start_sherpa_py("sherpa-onnx py", d, a, w)),
     ]  # fmt: skip

@@ -89,6 +89,19 @@ async def test_padded_seconds_bound_a_batch(recognizer, nursery) -> None:
     assert spy.calls == [[1.0, 1.0], [1.0, 1.0], [1.0]]
 
 
+async def test_the_measured_cost_bounds_a_batch(recognizer, nursery) -> None:
+    spy = Spy(recognizer)
+    service = SecondPassService(spy, SecondPassPolicy(max_call_seconds=1e-6))
+    assert service.batch_seconds == service.policy.max_batch_seconds  # nothing measured yet
+    await nursery.start(service.run)
+    await service.submit(noise(1.0), options()).wait()
+    assert 0 < service.batch_seconds < 0.1
+    tickets = [service.submit(noise(1.0, seed=i), options()) for i in range(3)]
+    for t in tickets:
+        await t.wait()
+    assert spy.calls == [[1.0], [1.0], [1.0], [1.0]]  # one at a time: a ticket always runs
+
+
 async def test_abandoned_tickets_are_skipped(recognizer, nursery) -> None:
     spy = Spy(recognizer)
     service = SecondPassService(spy)

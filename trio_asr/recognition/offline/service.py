@@ -14,8 +14,14 @@ Batches: the oldest queued ticket, and the queued tickets whose lengths are
 closest to its own, as long as the longest is at most ``max_length_ratio``
 times the shortest (padding costs what the padded frames cost), the batch
 holds at most ``max_batch`` utterances and its padded audio (utterances ×
-the longest) at most ``max_batch_seconds``.  Under low load a ticket runs at
-once in a batch of one; under high load batches grow by themselves.
+the longest) at most :attr:`~SecondPassService.batch_seconds`: as much as
+fits in ``max_call_seconds`` of CPU at the cost per padded audio second
+measured over the recent batches (features, model and search alike), never
+more than ``max_batch_seconds``.  Every ticket of a batch waits for all of
+it, so the bound keeps a burst of segments (many streams ending at once)
+in several batches that the workers run side by side.  Under low load a
+ticket runs at once in a batch of one; under high load batches grow by
+themselves.
 
 Queue delay and admission: :attr:`SecondPassService.queue_delay` is the
 longest wait among the queued tickets and those of the batches now running;
@@ -46,6 +52,9 @@ from trio_asr.recognition.offline.recognizer import OfflineRecognizer, OfflineRe
 
 __all__ = ["SecondPassError", "SecondPassPolicy", "SecondPassService", "Ticket"]
 
+#: how much of the measured cost each earlier batch keeps, per batch
+_DECAY = 0.9
+
 
 class SecondPassError(Exception):
     """A ticket's second pass failed (its cause is the ``__cause__``), or the
@@ -58,6 +67,7 @@ class SecondPassPolicy:
 
     max_batch: int = attrs.field(default=16, validator=positive)
     max_batch_seconds: float = attrs.field(default=240.0, validator=positive)
+    max_call_seconds: float = attrs.field(default=0.25, validator=positive)
     max_length_ratio: float = attrs.field(default=1.5, validator=attrs.validators.ge(1.0))
     max_queue_delay: float = attrs.field(default=0.5, validator=positive)
     concurrent_batches: int = attrs.field(default=1, validator=positive)
@@ -121,6 +131,15 @@ class SecondPassService:
         self._limiter = trio.CapacityLimiter(policy.concurrent_batches)
         self._stopped = True
         self.batches = self.utterances = self.failed_batches = 0
+        # CPU seconds and padded audio seconds of recent batches, each batch's share decaying by _DECAY per batch
+        self._cpu = self._padded = 0.0
+
+    @property
+    def batch_seconds(self) -> float:
+        """Padded audio seconds the next batch may hold (see *Batches*)."""
+        if self._cpu <= 0 or self._padded <= 0:
+            return self.policy.max_batch_seconds
+        return min(self.policy.max_batch_seconds, self.policy.max_call_seconds * self._padded / self._cpu)
 
     @property
     def sample_rate(self) -> int:
@@ -188,6 +207,8 @@ class SecondPassService:
                 self._running_since.remove(since)
             self.batches += 1
             self.utterances += len(batch)
+            self._cpu = _DECAY * self._cpu + cpu
+            self._padded = _DECAY * self._padded + len(batch) * max(t.duration for t in batch)
             for ticket, (result, error) in zip(batch, outcomes):
                 ticket.finish(result, error)
             if self.on_batch is not None:
@@ -200,7 +221,7 @@ class SecondPassService:
         self._queue = [t for t in self._queue if not t.abandoned]
         if not self._queue:
             return []
-        first, policy = self._queue[0], self.policy
+        first, policy, limit = self._queue[0], self.policy, self.batch_seconds
         floor = 1e-3  # s: an empty utterance is as long as a very short one
 
         def distance(t: Ticket) -> float:
@@ -212,7 +233,7 @@ class SecondPassService:
             if len(batch) >= policy.max_batch:
                 break
             lo, hi = min(shortest, max(ticket.duration, floor)), max(longest, ticket.duration)
-            if hi > policy.max_length_ratio * lo or hi * (len(batch) + 1) > policy.max_batch_seconds:
+            if hi > policy.max_length_ratio * lo or hi * (len(batch) + 1) > limit:
                 break  # sorted by distance: the rest are further still
             batch.append(ticket)
             shortest, longest = lo, hi
