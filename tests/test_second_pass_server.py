@@ -188,10 +188,16 @@ async def test_the_second_pass_queue_counts_for_admission(server) -> None:
     status, body = await http_get(server.port, "/health")
     health = json.loads(body)
     assert status == 503 and health["status"] == "overloaded" and health["second_pass_queue_delay"] > 0.5
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with trio_websocket.open_websocket_url(ws_url(server.port)):
+            pass
+    assert info.value.status_code == 503
     for ticket in tickets:
         await ticket.wait()
     _, body = await http_get(server.port, "/metrics")
     assert "trio_asr_second_pass_batch_size_count 2.0" in body.decode()
+    assert 'trio_asr_admission_refusals_total{reason="overloaded"} 1.0' in body.decode()
+    assert (await http_get(server.port, "/health"))[0] == 200
 
 
 def test_settings_from_toml_and_the_startup_line(tmp_path, sense_voice_dir) -> None:
