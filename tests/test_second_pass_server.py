@@ -231,3 +231,16 @@ async def test_the_final_reply_waits_for_slow_second_passes(server) -> None:
     # one reply per frame (session() checks), and the same segments and texts, more of them in the final reply
     assert announced([*partials, final]) == announced([*fast[0], fast[1]])
     assert len(final["segments"]) > len(fast[1]["segments"]) and final["result"] == fast[1]["result"]
+
+
+async def test_a_stream_hotword_the_second_pass_cannot_spell_is_left_out(server, sense_voice_dir) -> None:
+    # 七 is a token of the streaming fixture, not of the SenseVoice fixture
+    pcm = speech_pcm()
+    partials, final = await session(server.port, pcm, pipelined=True, endpoint=SHORT_RULES, hotwords=["七"])
+    offline = OfflineRecognizer(load_offline_model(sense_voice_dir), beam=server.config.beam, use_itn=True)
+    samples = samples_of(pcm)
+    for s in announced([*partials, final]):
+        clip = segment_samples(samples, s["bg"], s["ed"])
+        assert s["result"] == offline.recognize(clip, OfflineOptions(sample_rate=RATE, offset_s=s["bg"])).result.text
+    _, body = await http_get(server.port, "/metrics")
+    assert "trio_asr_second_pass_failures_total 0.0" in body.decode()

@@ -266,3 +266,16 @@ async def test_a_stream_submits_exactly_each_segments_samples_with_its_hotwords(
     assert replies._samples.start >= 16000 - 8000  # what the open segment does not need is gone
     replies.close()  # the stream went away
     assert len(service.tickets) == 2 and all(t.abandoned for t in service.tickets)
+
+
+async def test_hotwords_the_offline_model_cannot_spell_are_left_out(recognizer, nursery) -> None:
+    from trio_asr.recognition.hotwords import Hotword
+
+    service = SecondPassService(recognizer)
+    await nursery.start(service.run)
+    clip = noise(1.0, seed=3)
+    spellable, unspellable = Hotword("你好", 3.0), Hotword("zzz", 3.0)  # the fixture has no 'z'
+    mixed = await service.submit(clip, options(hotwords=(unspellable, spellable))).wait()
+    assert mixed.result == recognizer.recognize(clip, options(hotwords=(spellable,))).result
+    alone = await service.submit(clip, options(hotwords=(unspellable,))).wait()
+    assert alone.result == recognizer.recognize(clip, options()).result

@@ -29,8 +29,10 @@ longest wait among the queued tickets and those of the batches now running;
 ``max_queue_delay`` (the server then refuses connections, as for the
 streaming model's queue).
 
-Errors: an utterance that cannot be prepared or searched fails its own
-ticket; a model call that raises fails the tickets of its batch; either way
+Errors: a stream's own hotword that the offline model cannot spell (its
+tokens differ from the streaming model's) is left out of that utterance's
+search, the others kept; an utterance that cannot be prepared or searched
+otherwise fails its own ticket; a model call that raises fails the tickets of its batch; either way
 :meth:`Ticket.wait` raises :class:`SecondPassError` and the service goes on.
 A ticket whose stream went away is :meth:`~Ticket.abandon`\\ ed: skipped if
 still queued, its result dropped if running.
@@ -47,8 +49,9 @@ import numpy as np
 import trio
 
 from trio_asr.bounds import positive
+from trio_asr.recognition.hotwords import Hotword, HotwordError, compile_hotwords
 from trio_asr.recognition.offline.options import OfflineOptions
-from trio_asr.recognition.offline.recognizer import OfflineRecognizer, OfflineResult
+from trio_asr.recognition.offline.recognizer import OfflineRecognizer, OfflineResult, PreparedUtterance
 
 __all__ = ["SecondPassError", "SecondPassPolicy", "SecondPassService", "Ticket"]
 
@@ -258,7 +261,28 @@ class SecondPassService:
         log_probs = recognizer.run([u for _, u in prepared])
         for (i, utterance), lp in zip(prepared, log_probs):
             try:
-                outcomes[i] = (recognizer.decode(utterance, lp), None)
+                outcomes[i] = (self._decode(utterance, lp), None)
             except Exception as exc:
                 outcomes[i] = (None, exc)
         return outcomes, time.thread_time() - cpu
+
+    def _decode(self, utterance: PreparedUtterance, log_probs: np.ndarray) -> OfflineResult:
+        """The search, without the utterance's own hotwords that the model cannot spell."""
+        recognizer = self.recognizer
+        try:
+            return recognizer.decode(utterance, log_probs)
+        except HotwordError:
+            if not utterance.options.hotwords:
+                raise
+        tokens = recognizer.model.tokens
+
+        def spelled(hotword: Hotword) -> bool:
+            try:
+                compile_hotwords([hotword], tokens)
+            except HotwordError:
+                return False
+            return True
+
+        kept = tuple(h for h in utterance.options.hotwords if spelled(h))
+        options = attrs.evolve(utterance.options, hotwords=kept)
+        return recognizer.decode(attrs.evolve(utterance, options=options), log_probs)
