@@ -244,3 +244,16 @@ async def test_a_stream_hotword_the_second_pass_cannot_spell_is_left_out(server,
         assert s["result"] == offline.recognize(clip, OfflineOptions(sample_rate=RATE, offset_s=s["bg"])).result.text
     _, body = await http_get(server.port, "/metrics")
     assert "trio_asr_second_pass_failures_total 0.0" in body.decode()
+
+
+async def test_server_hotwords_the_second_pass_cannot_spell_are_left_out(
+    nursery, tmp_path, zipformer2_model_dir, sense_voice_dir, caplog
+) -> None:
+    phrases = tmp_path / "hotwords.txt"
+    phrases.write_text("七\n三 :2.0\n", encoding="utf-8")  # 七: streaming fixture only; 三: both
+    config = ServerConfig(host="127.0.0.1", port=0, save_audio=False, second_pass=sense_voice_dir,
+                          hotwords_file=phrases)  # fmt: skip
+    server = await nursery.start(serve, config, Recognizer(load_model(zipformer2_model_dir), beam=4))
+    compiled = server.recognizer.second_pass.recognizer.hotwords
+    assert [h.phrase for h in compiled.hotwords] == ["三"]
+    assert "'七'" in caplog.text and "left out of the second pass" in caplog.text

@@ -58,12 +58,21 @@ class TwoPassRecognizer(BatchedRecognizer):
 
 
 def _load(config: ServerConfig) -> OfflineRecognizer:
-    from trio_asr.recognition.hotwords import compile_hotwords, read_hotwords_file
+    """The offline recognizer, with the server's hotwords that its model can
+    spell (the others are named in a warning: the first pass keeps them)."""
+    from trio_asr.recognition.hotwords import HotwordError, compile_hotwords, read_hotwords_file
 
     assert config.second_pass is not None
     model = load_offline_model(config.second_pass, threads=config.threads)
     hotwords = read_hotwords_file(config.hotwords_file) if config.hotwords_file is not None else ()
-    compiled = compile_hotwords(hotwords, model.tokens, default_score=config.hotwords_score) if hotwords else None
+    kept = []
+    for hotword in hotwords:
+        try:
+            compile_hotwords([hotword], model.tokens)
+            kept.append(hotword)
+        except HotwordError as exc:
+            log.warning("second pass: %s (left out of the second pass)", exc)
+    compiled = compile_hotwords(kept, model.tokens, default_score=config.hotwords_score) if kept else None
     return OfflineRecognizer(
         model, beam=config.beam, hotwords=compiled, language=config.second_pass_language,
         use_itn=config.second_pass_itn,
