@@ -12,6 +12,8 @@ weights, so that the recognizer, sherpa-onnx and the benchmarks can load them.
   (``write_nemo_ctc_offline_model``);
 - :mod:`trio_asr.testing.int8`: int8 versions made as the real ones are
   (``quantize_model_dir``).
+- :mod:`trio_asr.testing.onnx_graph`: what the offline and NeMo builders
+  share (named constants, the finished and checked model, its writing).
 
 The modules build their models with :mod:`onnx`; nothing imports them (or
 onnx) at ``import trio_asr`` time.  This package sits at the recognition

@@ -29,9 +29,10 @@ from pathlib import Path
 import attrs
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from trio_asr.testing.nemo_ctc import PIECES, write_tokens
+from trio_asr.testing.onnx_graph import const, finish_model, write_model_dir
 
 __all__ = ["NemoOfflineSpec", "PIECES", "write_nemo_ctc_offline_model"]
 
@@ -54,11 +55,7 @@ def write_nemo_ctc_offline_model(
     model_dir: Path, spec: NemoOfflineSpec = NemoOfflineSpec(), *, filename: str = "model.onnx"
 ) -> Path:
     """Write ``filename`` and ``tokens.txt`` into ``model_dir``; return the model path."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    write_tokens(model_dir / "tokens.txt")
-    path = model_dir / filename
-    onnx.save(_build(spec), str(path))
-    return path
+    return write_model_dir(model_dir, _build(spec), write_tokens, filename)
 
 
 def _build(s: NemoOfflineSpec) -> onnx.ModelProto:
@@ -71,10 +68,7 @@ def _build(s: NemoOfflineSpec) -> onnx.ModelProto:
     def w(name: str, *shape: int, scale: float = 1.0) -> onnx.TensorProto:
         fan_in = int(np.prod(shape[1:])) if len(shape) == 3 else shape[0]
         a = rng.standard_normal(shape) * scale / math.sqrt(fan_in)
-        return numpy_helper.from_array(a.astype(np.float32), name)
-
-    def const(name: str, value: np.ndarray) -> onnx.TensorProto:
-        return numpy_helper.from_array(value, name)
+        return const(name, a.astype(np.float32))
 
     bias = np.zeros(vocab, np.float32)
     bias[-1] = s.blank_bias
@@ -145,9 +139,6 @@ def _build(s: NemoOfflineSpec) -> onnx.ModelProto:
     ]
     outputs = [helper.make_tensor_value_info(
         "logprobs", f32, ["logprobs_dynamic_axes_1", "logprobs_dynamic_axes_2", vocab])]
-    graph = helper.make_graph(nodes, "nemo_ctc_offline_fixture", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="trio-asr-tests")
-    model.ir_version = 8
     meta = {
         "vocab_size": vocab - 1,  # NeMo counts without blank
         "normalize_type": s.normalize_type,
@@ -157,6 +148,6 @@ def _build(s: NemoOfflineSpec) -> onnx.ModelProto:
         "model_author": "NeMo",
         "comment": "synthetic test fixture (trio-asr), random weights",
     }
-    helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return finish_model(
+        nodes, "nemo_ctc_offline_fixture", inputs, outputs, inits, opset=17, ir_version=8, meta=meta
+    )

@@ -35,7 +35,9 @@ from pathlib import Path
 import attrs
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from trio_asr.testing.onnx_graph import const, finish_model, write_model_dir
 
 __all__ = [
     "EMOTIONS",
@@ -103,11 +105,7 @@ def write_sense_voice_model(
     model_dir: Path, spec: SenseVoiceSpec = SenseVoiceSpec(), *, filename: str = "model.onnx"
 ) -> Path:
     """Write ``filename`` and ``tokens.txt`` into ``model_dir``; return the model path."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    write_tokens(model_dir / "tokens.txt")
-    path = model_dir / filename
-    onnx.save(_build(spec), str(path))
-    return path
+    return write_model_dir(model_dir, _build(spec), write_tokens, filename)
 
 
 def _allowed(ids: list[int], vocab: int) -> np.ndarray:
@@ -151,10 +149,7 @@ def _build(s: SenseVoiceSpec) -> onnx.ModelProto:
 
     def w(name: str, *shape: int, scale: float = 1.0) -> onnx.TensorProto:
         a = rng.standard_normal(shape) * scale / np.sqrt(shape[0] if len(shape) > 1 else 1)
-        return numpy_helper.from_array(a.astype(np.float32), name)
-
-    def const(name: str, value: np.ndarray) -> onnx.TensorProto:
-        return numpy_helper.from_array(value, name)
+        return const(name, a.astype(np.float32))
 
     text_bias = np.zeros(vocab, np.float32)
     text_bias[0] = s.blank_bias
@@ -257,11 +252,6 @@ def _build(s: SenseVoiceSpec) -> onnx.ModelProto:
         helper.make_tensor_value_info("text_norm", i32, ["N"]),
     ]
     outputs = [helper.make_tensor_value_info("logits", f32, ["N", "T_out", vocab])]
-    graph = helper.make_graph(nodes, "sense_voice_fixture", inputs, outputs, inits)
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="trio-asr-tests"
-    )
-    model.ir_version = 7
     neg_mean, inv_stddev = _cmvn(s, rng)
     meta: dict[str, object] = {
         "lfr_window_size": s.lfr_window_size,
@@ -279,6 +269,6 @@ def _build(s: SenseVoiceSpec) -> onnx.ModelProto:
         "with_itn": _WITH_ITN,
         "without_itn": _WITHOUT_ITN,
     }
-    helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return finish_model(
+        nodes, "sense_voice_fixture", inputs, outputs, inits, opset=13, ir_version=7, meta=meta
+    )
