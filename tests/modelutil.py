@@ -1,10 +1,13 @@
-"""Model-level helpers for the tests: run streams by hand, batched or not."""
+"""Model-level helpers for the tests: run streams by hand, batched or not;
+edit a model file's metadata."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from trio_asr.recognition.model import AcousticModel, ModelStream
 
@@ -28,3 +31,17 @@ def decode_streams(model: AcousticModel, streams: Sequence[ModelStream]) -> list
             streams[i].advance(state)
             outputs[i].append(lp)
     return [np.concatenate(o) if o else np.zeros((0, model.vocab_size), np.float32) for o in outputs]
+
+
+def edit_metadata(path: Path, **changes: str | None) -> None:
+    """Set (or, with None, remove) metadata entries of the ONNX file at ``path``."""
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, meta)
+    onnx.save(proto, str(path))

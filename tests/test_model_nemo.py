@@ -17,12 +17,11 @@ from pathlib import Path
 
 import kaldi_native_fbank as knf
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import sherpa_onnx
 
-from modelutil import decode_streams
+from modelutil import decode_streams, edit_metadata
 from paths import SPEECH_FILES as SPEECH
 
 from trio_asr.recognition.features import StreamingFbank
@@ -333,19 +332,6 @@ def _load_fixture(directory: Path, spec: NemoCtcSpec = SPECS["w57s48"]) -> NemoC
     return _load(directory)
 
 
-def _edit_metadata(path: Path, **changes: str | None) -> None:
-    proto = onnx.load(str(path))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    for key, value in changes.items():
-        if value is None:
-            meta.pop(key)
-        else:
-            meta[key] = value
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, meta)
-    onnx.save(proto, str(path))
-
-
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -358,7 +344,7 @@ def _edit_metadata(path: Path, **changes: str | None) -> None:
 )
 def test_bad_metadata_is_a_model_error(tmp_path, changes, message):
     path = write_nemo_ctc_model(tmp_path)
-    _edit_metadata(path, **changes)
+    edit_metadata(path, **changes)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(ModelError, match=message):
         NemoCtcModel(session, TokenTable.from_file(tmp_path / "tokens.txt"))
@@ -376,5 +362,5 @@ def test_tokens_without_blank_last_is_a_model_error(tmp_path):
 
 def test_other_formats_do_not_match(tmp_path):
     path = write_nemo_ctc_model(tmp_path)
-    _edit_metadata(path, cache_last_channel_dim1=None)
+    edit_metadata(path, cache_last_channel_dim1=None)
     assert not matches(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))

@@ -15,13 +15,13 @@ from pathlib import Path
 import jiwer
 import kaldi_native_fbank as knf
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import sherpa_onnx
 
 from offlineutil import model_files, ours_visible, real_model, samples_of, sherpa_decode, utterances, visible
 
+from modelutil import edit_metadata
 from trio_asr.recognition.model import ModelError
 from trio_asr.recognition.offline import OfflineOptions, OfflineRecognizer, is_offline_model, load_offline_model
 from trio_asr.recognition.offline.nemo_ctc import NemoCtcOfflineModel, matches
@@ -141,19 +141,6 @@ def test_geometry_comes_from_metadata(model, model_dir):
     assert model.sample_scale == 1.0 and model.tag_frames == 0
 
 
-def _edit_metadata(path: Path, **changes: str | None) -> None:
-    proto = onnx.load(str(path))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    for key, value in changes.items():
-        if value is None:
-            meta.pop(key)
-        else:
-            meta[key] = value
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, meta)
-    onnx.save(proto, str(path))
-
-
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -166,7 +153,7 @@ def _edit_metadata(path: Path, **changes: str | None) -> None:
 )
 def test_bad_metadata_is_a_model_error(tmp_path, changes, message):
     path = write_nemo_ctc_offline_model(tmp_path)
-    _edit_metadata(path, **changes)
+    edit_metadata(path, **changes)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(ModelError, match=message):
         NemoCtcOfflineModel(session, TokenTable.from_file(tmp_path / "tokens.txt"))

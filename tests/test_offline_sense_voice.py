@@ -23,6 +23,7 @@ import sherpa_onnx
 from offlineutil import model_files, ours_visible, real_model, samples_of, sherpa_decode, utterances, visible
 from paths import SPEECH_FILES
 
+from modelutil import edit_metadata
 from trio_asr.recognition.model import ModelError
 from trio_asr.recognition.offline import OfflineOptions, OfflineRecognizer, load_offline_model
 from trio_asr.recognition.offline.lfr import apply_lfr
@@ -219,19 +220,6 @@ def test_unknown_language_is_refused(model):
         OfflineRecognizer(model).recognize(np.zeros(16000, np.float32), OfflineOptions(language="xx"))
 
 
-def _edit_metadata(path: Path, **changes: str | None) -> None:
-    proto = onnx.load(str(path))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    for key, value in changes.items():
-        if value is None:
-            meta.pop(key)
-        else:
-            meta[key] = value
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, meta)
-    onnx.save(proto, str(path))
-
-
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -245,7 +233,7 @@ def _edit_metadata(path: Path, **changes: str | None) -> None:
 )
 def test_bad_metadata_is_a_model_error(tmp_path, changes, message):
     path = write_sense_voice_model(tmp_path)
-    _edit_metadata(path, **changes)
+    edit_metadata(path, **changes)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert matches(session) == ("lfr_window_size" not in changes)
     with pytest.raises(ModelError, match=message):
