@@ -8,7 +8,9 @@ test can hold, count or fail its calls.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import threading
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -252,3 +254,18 @@ async def http_get(port: int, path: str, headers: str = "") -> tuple[int, bytes]
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+async def raw_websocket(port: int) -> trio.SocketStream:
+    """A TCP stream past the WebSocket opening handshake, driven frame by frame."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some()
+    assert head.startswith(b"HTTP/1.1 101") and head.endswith(b"\r\n\r\n")
+    return stream

@@ -7,10 +7,8 @@ before the fix.  The recognizer is the counting test double (see
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from serverutil import (
     end_msg,
     http_get,
     make_config,
+    raw_websocket,
     recv_json,
     replies_until_close,
     start_msg,
@@ -39,22 +38,6 @@ RNG = np.random.default_rng(99)
 
 def pcm16(n: int) -> np.ndarray:
     return RNG.integers(-20000, 20000, size=n, dtype=np.int16)
-
-
-async def raw_websocket(port: int) -> trio.SocketStream:
-    """A TCP stream that has done the WebSocket opening handshake and from
-    then on does whatever the test makes it do (nothing, or bad frames)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await stream.receive_some()
-    assert head.startswith(b"HTTP/1.1 101")
-    return stream
 
 
 # ------------------------------------------------------------ drain

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -20,7 +19,7 @@ import pytest
 import trio
 import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
-from serverutil import recv_json, replies_until_close, start_msg, start_server, ws_url
+from serverutil import raw_websocket, recv_json, replies_until_close, start_msg, start_server, ws_url
 
 from trio_asr.protocol.connection import ConnectionProtocol
 from trio_asr.protocol.messages import ErrorReply
@@ -35,21 +34,6 @@ HUGE = "1" + "0" * 400  # a JSON integer beyond any float
 
 
 # ------------------------------------------------------------ raw clients, the server's counts
-
-
-async def raw_websocket(port: int) -> trio.SocketStream:
-    """A TCP stream past the WebSocket opening handshake, driven frame by frame."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await stream.receive_some()
-    assert head.startswith(b"HTTP/1.1 101") and head.endswith(b"\r\n\r\n")
-    return stream
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
