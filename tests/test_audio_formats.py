@@ -19,7 +19,7 @@ from paths import SPEECH_FILES
 from serverutil import ws_url
 
 from trio_asr.audio import WavWriter, pcm16_to_float, read_wav
-from trio_asr.cli.audio_files import AudioFileError, detect_format, read_audio
+from trio_asr.audio_files import AudioFileError, detect_format, read_audio
 from trio_asr.cli.client import _to_pcm16, fit_to_server
 from trio_asr.cli.commands import main
 from trio_asr.cli.transcribe import transcribe_samples

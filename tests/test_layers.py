@@ -9,7 +9,7 @@ import trio_asr
 PACKAGE = Path(trio_asr.__file__).parent
 #: layer of each top-level name inside trio_asr, lowest first
 LAYERS = {
-    "audio": 0, "bounds": 0, "_version": 0, "_fbank": 0, "_ctc": 0, "_states": 0,
+    "audio": 0, "audio_files": 0, "bounds": 0, "_version": 0, "_fbank": 0, "_ctc": 0, "_states": 0,
     "recognition": 1, "testing": 1, "protocol": 2, "serving": 3, "cli": 4, "__main__": 4,
 }  # fmt: skip
 

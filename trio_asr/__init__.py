@@ -3,7 +3,8 @@
 The package is layered; a module may import from its own layer and the
 layers below it, never from one above:
 
-1. core: :mod:`trio_asr.audio` (PCM and WAV), :mod:`trio_asr.bounds`
+1. core: :mod:`trio_asr.audio` (PCM and WAV), :mod:`trio_asr.audio_files`
+   (audio files and uploads of any format), :mod:`trio_asr.bounds`
    (validators of bounded numbers), ``_version`` and the
    compiled ``_fbank``, ``_ctc`` and ``_states``;
 2. :mod:`trio_asr.recognition`: samples to text (features, models, search,

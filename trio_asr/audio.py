@@ -25,6 +25,7 @@ __all__ = [
     "WavWriter",
     "create_unique_wav",
     "down_mix",
+    "parse_wav",
     "pcm16_to_float",
     "read_wav",
     "safe_wav_name",
@@ -42,20 +43,27 @@ WAV_MAX_DATA_BYTES = 0xFFFFFFFF - 36 - 1
 
 
 def read_wav(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int]:
-    """Read a WAV file into float32 samples in [-1, 1].
+    """Read a WAV file into float32 samples in [-1, 1]: :func:`parse_wav` of
+    its bytes, its messages naming ``path``."""
+    return parse_wav(Path(path).read_bytes(), path)
+
+
+def parse_wav(data: bytes | bytearray | memoryview, name: object = "WAV") -> tuple[npt.NDArray[np.float32], int]:
+    """Parse a whole WAV file held in memory into float32 samples in [-1, 1].
 
     Returns ``(samples, sample_rate)`` with ``samples`` of shape
     ``(frames, channels)``.  Accepts integer PCM of 8 (unsigned), 16, 24 or 32
     bits and IEEE float of 32 or 64 bits, plain or ``WAVE_FORMAT_EXTENSIBLE``.
-    A data chunk whose declared size runs past the end of the file (as left
+    A data chunk whose declared size runs past the end of the data (as left
     by streaming writers) is read up to the last whole frame.
 
-    Raises :class:`ValueError` for anything else: not RIFF/WAVE, compressed
-    formats, truncated or inconsistent headers, zero channels or rate.
+    Raises :class:`ValueError`, its message one line starting with ``name``,
+    for anything else: not RIFF/WAVE, compressed formats, truncated or
+    inconsistent headers, zero channels or rate.
     """
-    data = Path(path).read_bytes()
+    data = memoryview(data).cast("B")
     if len(data) < 12 or data[0:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError(f"{path}: not a RIFF/WAVE file")
+        raise ValueError(f"{name}: not a RIFF/WAVE file")
     fmt: tuple[int, int, int, int] | None = None
     pos = 12
     while pos + 8 <= len(data):
@@ -63,18 +71,18 @@ def read_wav(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int
         (size,) = struct.unpack_from("<I", data, pos + 4)
         body = pos + 8
         if chunk_id == b"fmt ":
-            fmt = _parse_fmt(path, data[body : body + size])
+            fmt = _parse_fmt(name, data[body : body + size])
         elif chunk_id == b"data":
             if fmt is None:
-                raise ValueError(f"{path}: data chunk before fmt chunk")
+                raise ValueError(f"{name}: data chunk before fmt chunk")
             tag, channels, rate, bits = fmt
             payload = data[body : body + size]
             return _decode(payload, tag, channels, bits), rate
         pos = body + size + (size & 1)
-    raise ValueError(f"{path}: truncated WAV (no {'data' if fmt else 'fmt'} chunk)")
+    raise ValueError(f"{name}: truncated WAV (no {'data' if fmt else 'fmt'} chunk)")
 
 
-def _parse_fmt(path: object, body: bytes) -> tuple[int, int, int, int]:
+def _parse_fmt(path: object, body: memoryview) -> tuple[int, int, int, int]:
     if len(body) < 16:
         raise ValueError(f"{path}: truncated fmt chunk")
     tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
@@ -100,7 +108,7 @@ def _parse_fmt(path: object, body: bytes) -> tuple[int, int, int, int]:
     return tag, channels, rate, bits
 
 
-def _decode(payload: bytes, tag: int, channels: int, bits: int) -> npt.NDArray[np.float32]:
+def _decode(payload: memoryview, tag: int, channels: int, bits: int) -> npt.NDArray[np.float32]:
     width = bits // 8
     frames = len(payload) // (width * channels)
     raw = np.frombuffer(payload, dtype=np.uint8, count=frames * width * channels)

@@ -11,7 +11,7 @@ The audio goes out as PCM16 at the file's own rate and channel count; the
 server resamples and down-mixes.  A file at a rate the server does not take
 (see :data:`~trio_asr.protocol.limits.STANDARD_SAMPLE_RATES`, e.g. 192 kHz)
 or with more channels than it takes is mixed down to mono and resampled to
-16 kHz here first.  Files are read by :func:`trio_asr.cli.audio_files.read_audio`
+16 kHz here first.  Files are read by :func:`trio_asr.audio_files.read_audio`
 (WAV, and FLAC, Ogg, MP3 ... with soundfile).
 """
 
@@ -29,7 +29,7 @@ import trio
 import trio_websocket
 
 from trio_asr.audio import down_mix
-from trio_asr.cli.audio_files import AudioFileError, conversion_command, read_audio
+from trio_asr.audio_files import AudioFileError, conversion_command, read_audio
 from trio_asr.protocol.limits import DEFAULT_SAMPLE_RATE, STANDARD_SAMPLE_RATES, ProtocolLimits
 from trio_asr.recognition.resample import resample
 
@@ -205,7 +205,7 @@ async def _stream(
 async def stream_file(url: str, path: str | Path, **options: Any) -> dict[str, Any]:
     """Read an audio file and :func:`stream_pcm` it under its file name.
 
-    Raises :class:`~trio_asr.cli.audio_files.AudioFileError` (a ValueError)
+    Raises :class:`~trio_asr.audio_files.AudioFileError` (a ValueError)
     for a file that cannot be read or brought to a rate the server takes."""
     samples, rate = fit_to_server(*read_audio(path), path=path)
     options.setdefault("name", Path(path).name)

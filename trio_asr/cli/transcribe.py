@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from trio_asr.audio import down_mix
-from trio_asr.cli.audio_files import read_audio
+from trio_asr.audio_files import read_audio
 from trio_asr.cli.progress import Progress
 from trio_asr.recognition.recognizer import RecognitionResult, Recognizer, TokenTime
 from trio_asr.recognition.stream_options import StreamOptions
@@ -57,7 +57,7 @@ def transcribe_samples(
 def transcribe_file(
     recognizer: Recognizer, path: str | os.PathLike[str], *, nbest: int = 1, chunk_seconds: float = 0.1
 ) -> RecognitionResult:
-    """Decode an audio file (see :func:`~trio_asr.cli.audio_files.read_audio`)."""
+    """Decode an audio file (see :func:`~trio_asr.audio_files.read_audio`)."""
     samples, rate = read_audio(path)
     return transcribe_samples(recognizer, samples, rate, nbest=nbest, chunk_seconds=chunk_seconds)
 

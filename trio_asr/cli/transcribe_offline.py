@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trio_asr.audio import down_mix
-from trio_asr.cli.audio_files import read_audio
+from trio_asr.audio_files import read_audio
 from trio_asr.cli.commands import BAD_INPUT, CommandFailed, _read_hotwords
 from trio_asr.cli.transcribe import format_result, run_files
 from trio_asr.recognition.offline import OfflineModel, OfflineOptions, OfflineRecognizer
