@@ -19,7 +19,7 @@ from paths import SPEECH_FILES
 from serverutil import ws_url
 
 from trio_asr.audio import WavWriter, pcm16_to_float, read_wav
-from trio_asr.audio_files import AudioFileError, detect_format, read_audio
+from trio_asr.audio_files import AudioFileError, UnsupportedAudioFormat, decode_audio, detect_format, read_audio
 from trio_asr.cli.client import _to_pcm16, fit_to_server
 from trio_asr.cli.commands import main
 from trio_asr.cli.transcribe import transcribe_samples
@@ -173,3 +173,100 @@ async def test_client_streams_192khz_and_compressed_files(nursery, tmp_path, rec
     assert sent_rate == 16000
     assert texts[0] == transcribe_samples(recognizer, pcm16_to_float(_to_pcm16(sent)), sent_rate).text
     assert texts[0] and texts[1] and texts[2] == texts[1]
+
+
+# ------------------------------------------------------------ decode_audio: uploads in memory
+
+WAV_SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"]
+
+
+@pytest.mark.parametrize("subtype", WAV_SUBTYPES)
+def test_wav_bytes_decode_as_read_wav_reads_the_file(tmp_path, monkeypatch, subtype):
+    samples, rate = read_wav(CLIP)
+    path = tmp_path / f"{subtype}.wav"
+    soundfile.write(path, np.repeat(samples, 2, axis=1) * [1.0, -0.5], rate, subtype=subtype)
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # the fast path needs no soundfile
+    for data in (path.read_bytes(), bytearray(path.read_bytes()), memoryview(path.read_bytes())):
+        decoded, decoded_rate = decode_audio(data)
+        expected, expected_rate = read_wav(path)
+        assert decoded_rate == expected_rate == rate and decoded.dtype == np.float32 and decoded.shape[1] == 2
+        np.testing.assert_array_equal(decoded, expected)
+
+
+def test_compressed_bytes_decode_as_read_audio_reads_the_file(encoded, tmp_path):
+    alaw = tmp_path / "alaw.wav"
+    soundfile.write(alaw, *read_wav(CLIP), format="WAV", subtype="ALAW")  # read_wav refuses it
+    for path in [*encoded.values(), alaw]:
+        decoded, rate = decode_audio(path.read_bytes(), path.name)
+        expected, expected_rate = read_audio(path)
+        assert rate == expected_rate and decoded.dtype == np.float32 and decoded.flags.c_contiguous
+        if path.suffix in (".flac", ".wav"):
+            np.testing.assert_array_equal(decoded, expected, err_msg=path.name)
+        else:  # soundfile.read seeks to the start first, which moves the MP3 decoder's rounding by an ulp
+            np.testing.assert_allclose(decoded, expected, rtol=0, atol=1e-6, err_msg=path.name)
+
+
+def refusal(data: bytes, kind: type[AudioFileError], name: str = "voice.bin") -> str:
+    """The one-line message of decode_audio's refusal of ``data``, which must be a ``kind`` exactly."""
+    with pytest.raises(AudioFileError) as info:
+        decode_audio(data, name)
+    assert type(info.value) is kind, str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{name}: "), message
+    return message
+
+
+def test_broken_uploads_are_refused_in_one_line(encoded):
+    wav = CLIP.read_bytes()
+    assert refusal(b"", AudioFileError) == "voice.bin: empty file (0 bytes)"
+    assert "cannot decode it as WAV: truncated fmt chunk" in refusal(wav[:20], AudioFileError)
+    assert "cannot decode it as WAV: not a RIFF/WAVE file" in refusal(b"RIFF", AudioFileError)
+    assert "cannot decode it as WAV" in refusal(wav[:12] + b"LIST" + b"\xff\xff\xff\x7f" + bytes(64), AudioFileError)
+    flac = encoded[".flac"].read_bytes()
+    assert "cannot decode it as FLAC: " in refusal(flac[:4] + bytes(len(flac) - 4), AudioFileError)
+
+
+def test_bytes_in_no_audio_format_are_unsupported():
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    noise = b"\x00" + noise[1:]  # not by chance an MPEG frame header
+    text = "Meeting notes\n\nnothing to hear here.\n".encode() * 20
+    for data in (noise, text, b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(100)):
+        message = refusal(data, UnsupportedAudioFormat)
+        assert "not an audio format trio-asr can read (it reads WAV, FLAC, Ogg" in message
+    m4a = b"\x00\x00\x00\x20ftypM4A " + bytes(200)
+    message = refusal(m4a, UnsupportedAudioFormat, "a.m4a")
+    assert message == "a.m4a: MP4/M4A audio cannot be decoded here (send WAV or FLAC)"
+
+
+def test_without_soundfile_only_wav_is_decoded(encoded, monkeypatch):
+    monkeypatch.setitem(sys.modules, "soundfile", None)
+    flac = encoded[".flac"].read_bytes()
+    message = refusal(flac, UnsupportedAudioFormat, "talk.flac")
+    assert message.startswith("talk.flac: FLAC audio needs the soundfile package") and "trio-asr[formats]" in message
+    message = refusal(b"plain text", UnsupportedAudioFormat)
+    assert message.endswith("not an audio format trio-asr can read (it reads WAV)")
+    assert "truncated fmt chunk" in refusal(CLIP.read_bytes()[:20], AudioFileError)
+    assert len(decode_audio(CLIP.read_bytes())[0])
+
+
+def test_a_wav_header_alone_is_no_audio():
+    samples, rate = decode_audio(CLIP.read_bytes()[:44])
+    assert samples.shape == (0, 1) and rate == read_wav(CLIP)[1]
+
+
+def test_audio_longer_than_allowed_is_refused_without_decoding_it_all(encoded, monkeypatch):
+    samples, rate = read_wav(CLIP)
+    seconds = len(samples) / rate
+    for data in (CLIP.read_bytes(), encoded[".flac"].read_bytes()):
+        assert len(decode_audio(data, max_seconds=seconds)[0]) == len(samples)
+        with pytest.raises(AudioFileError, match=r"^upload: (WAV|FLAC) is longer than the 0\.5 s allowed$"):
+            decode_audio(data, max_seconds=0.5)
+    asked = []
+    real_read = soundfile.SoundFile.read
+    monkeypatch.setattr(
+        soundfile.SoundFile, "read", lambda self, **kw: asked.append(kw["frames"]) or real_read(self, **kw)
+    )
+    with pytest.raises(AudioFileError):
+        decode_audio(encoded[".flac"].read_bytes(), max_seconds=0.5)
+    assert asked == [rate // 2 + 1]

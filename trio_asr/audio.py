@@ -61,13 +61,13 @@ def parse_wav(data: bytes | bytearray | memoryview, name: object = "WAV") -> tup
     for anything else: not RIFF/WAVE, compressed formats, truncated or
     inconsistent headers, zero channels or rate.
     """
-    data = memoryview(data).cast("B")
-    if len(data) < 12 or data[0:4] != b"RIFF" or data[8:12] != b"WAVE":
+    data = memoryview(data).cast("B")  # slices of it are views: no copy of the samples
+    if len(data) < 12 or data[0:4].tobytes() != b"RIFF" or data[8:12].tobytes() != b"WAVE":
         raise ValueError(f"{name}: not a RIFF/WAVE file")
     fmt: tuple[int, int, int, int] | None = None
     pos = 12
     while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
+        chunk_id = data[pos : pos + 4].tobytes()
         (size,) = struct.unpack_from("<I", data, pos + 4)
         body = pos + 8
         if chunk_id == b"fmt ":

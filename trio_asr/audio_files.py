@@ -1,16 +1,21 @@
-"""Audio files for ``transcribe`` and ``client``: WAV natively, other formats
-through `soundfile <https://python-soundfile.readthedocs.io>`_ (libsndfile).
+"""Audio files, on disk (``transcribe``, ``client``) or in memory (an upload):
+WAV natively, other formats through `soundfile
+<https://python-soundfile.readthedocs.io>`_ (libsndfile).
 
-WAV stays on the fast path, :func:`trio_asr.audio.read_wav`.  FLAC, Ogg
+WAV stays on the fast path, :func:`trio_asr.audio.parse_wav`.  FLAC, Ogg
 (Vorbis, Opus), MP3 and the other formats libsndfile knows are decoded by
 soundfile, an optional dependency (``pip install 'trio-asr[formats]'``; its
 wheels bundle libsndfile).  Every failure is an :class:`AudioFileError`
-whose message is one line naming the file, its format and, where converting
-would help, the ``ffmpeg`` command that does it.
+whose message is one line naming the file, its format and, for a file on
+disk where converting would help, the ``ffmpeg`` command that does it.
+:func:`decode_audio` raises its subclass :class:`UnsupportedAudioFormat`
+for bytes in no format it can decode at all, so that a server can tell
+"send another format" from "this file is broken".
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 from pathlib import Path
@@ -19,9 +24,16 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
-from trio_asr.audio import read_wav
+from trio_asr.audio import parse_wav, read_wav
 
-__all__ = ["AudioFileError", "conversion_command", "detect_format", "read_audio"]
+__all__ = [
+    "AudioFileError",
+    "UnsupportedAudioFormat",
+    "conversion_command",
+    "decode_audio",
+    "detect_format",
+    "read_audio",
+]
 
 FORMATS_EXTRA = "pip install 'trio-asr[formats]'"
 
@@ -29,6 +41,16 @@ FORMATS_EXTRA = "pip install 'trio-asr[formats]'"
 class AudioFileError(ValueError):
     """An input file that cannot be read as audio; ``str()`` is one line naming it."""
 
+
+class UnsupportedAudioFormat(AudioFileError):
+    """Audio in a format that cannot be decoded here at all (as opposed to a
+    file of a known format that is empty, cut short or corrupt)."""
+
+
+#: libsndfile's name of each format that :func:`detect_format` names, where it has one
+_LIBSNDFILE_NAMES = {
+    "FLAC": "FLAC", "Ogg": "OGG", "MP3": "MP3", "RF64": "RF64", "AIFF": "AIFF", "CAF": "CAF", "AU": "AU",
+}  # fmt: skip
 
 #: leading bytes of the formats worth naming in a message (offset, bytes, name)
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -107,6 +129,82 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], i
         raise AudioFileError(f"{path}: {what}: {reason.rstrip('.')} (convert it: {conversion_command(path)})") from None
     except OSError as exc:
         raise AudioFileError(f"{path}: {_os_reason(exc)}") from None
+
+
+def decode_audio(
+    data: bytes | bytearray | memoryview, name: str = "upload", *, max_seconds: float | None = None
+) -> tuple[npt.NDArray[np.float32], int]:
+    """Decode an audio file held in memory into float32 samples in [-1, 1],
+    shape ``(frames, channels)``; returns ``(samples, sample_rate)``.
+
+    WAV (integer PCM of 8 to 32 bits, float) is parsed by
+    :func:`~trio_asr.audio.parse_wav`; a WAV it refuses and every other
+    format go to soundfile, when it is installed.  With ``max_seconds``,
+    audio longer than that is refused before more than that is decoded.
+
+    Raises :class:`UnsupportedAudioFormat` when the bytes are in no format
+    that can be decoded here (unknown, or soundfile missing or unable to read
+    the format they start), else :class:`AudioFileError` when they are
+    empty, cut short, corrupt or too long (a RIFF/WAVE file that cannot be
+    decoded counts as broken, whatever its encoding).  Messages are one
+    line, starting with ``name`` and naming the format detected.  A file
+    that holds no frames (a WAV header alone) is no error: zero samples.
+    """
+    if not len(data):
+        raise AudioFileError(f"{name}: empty file (0 bytes)")
+    view = memoryview(data).cast("B")
+    kind = detect_format(bytes(view[:16]))
+    if kind == "WAV" and len(view) >= 12 and view[8:12].tobytes() != b"WAVE":
+        kind = None  # a RIFF container of something else (AVI, WebP ...)
+    wav_error = ""
+    if kind == "WAV":
+        try:
+            samples, rate = parse_wav(view, f"{name}: cannot decode it as WAV")
+        except ValueError as exc:
+            wav_error = str(exc)  # perhaps a WAV encoding that soundfile reads (A-law ...)
+        else:
+            return _bounded(samples, rate, name, kind, max_seconds)
+    soundfile = _soundfile()
+    if soundfile is None:
+        if wav_error:
+            raise AudioFileError(wav_error)
+        if kind:
+            raise UnsupportedAudioFormat(f"{name}: {kind} audio needs the soundfile package ({FORMATS_EXTRA})")
+        raise UnsupportedAudioFormat(f"{name}: not an audio format trio-asr can read (it reads WAV)")
+    samples, rate = _decode_with(soundfile, view, name, kind, wav_error, max_seconds)
+    return _bounded(samples, rate, name, kind, max_seconds)
+
+
+def _decode_with(
+    soundfile: ModuleType, data: memoryview, name: str, kind: str | None, wav_error: str, max_seconds: float | None
+) -> tuple[npt.NDArray[np.float32], int]:
+    """:func:`decode_audio` by soundfile; ``wav_error`` is why parse_wav refused the bytes, if it did."""
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            rate = int(f.samplerate)
+            if f.channels <= 0 or rate <= 0:
+                raise AudioFileError(f"{name}: {kind or 'audio'} with no audio channels or no sample rate")
+            limit = -1 if max_seconds is None else int(max_seconds * rate) + 1
+            samples = f.read(frames=limit, dtype="float32", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError) as exc:
+        reason = (getattr(exc, "error_string", None) or str(exc)).rstrip(".")
+        if wav_error:
+            raise AudioFileError(wav_error) from None
+        if kind is None:
+            known = "WAV, FLAC, Ogg, MP3 ..." if "MP3" in soundfile.available_formats() else "WAV, FLAC, Ogg ..."
+            raise UnsupportedAudioFormat(f"{name}: not an audio format trio-asr can read (it reads {known})") from None
+        if _LIBSNDFILE_NAMES.get(kind) not in soundfile.available_formats():
+            raise UnsupportedAudioFormat(f"{name}: {kind} audio cannot be decoded here (send WAV or FLAC)") from None
+        raise AudioFileError(f"{name}: cannot decode it as {kind}: {reason}") from None
+    return np.ascontiguousarray(samples, dtype=np.float32), rate
+
+
+def _bounded(
+    samples: npt.NDArray[np.float32], rate: int, name: str, kind: str | None, max_seconds: float | None
+) -> tuple[npt.NDArray[np.float32], int]:
+    if max_seconds is not None and len(samples) > max_seconds * rate:
+        raise AudioFileError(f"{name}: {kind or 'the audio'} is longer than the {max_seconds:g} s allowed")
+    return samples, rate
 
 
 def _read_with(soundfile: ModuleType, path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int]:
