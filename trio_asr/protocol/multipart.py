@@ -2,9 +2,10 @@
 
 :func:`form_boundary` reads the boundary from a request's Content-Type and
 :func:`parse_form` splits a whole body, already read and bounded in size by
-the caller, into its :class:`FormPart` s.  The body is scanned with
-``bytes.find`` only, so the time is linear in its size with no Python loop
-over its bytes: a file part of many megabytes costs one search and one copy.
+the caller, into its :class:`FormPart` s.  The body is scanned by
+``bytes.find`` and regular expressions, never by a Python loop over its
+bytes or over the boundary's lookalikes in it: a file part of many
+megabytes costs one search and one copy.
 
 What is accepted, beyond the strict grammar: a preamble before the first
 boundary and an epilogue after the last; spaces or tabs after a boundary
@@ -37,8 +38,6 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 #: one ``; name=value`` parameter, the value a quoted string or a token
 _PARAMETER = re.compile(r'\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*?))\s*(?:;|$)', re.DOTALL)
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-#: the rest of a boundary's line: transport padding, then CRLF
-_LINE_END = re.compile(rb"[ \t]*\r\n")
 
 
 class MultipartError(ValueError):
@@ -96,33 +95,23 @@ def form_boundary(content_type: str) -> bytes:
         raise MultipartError("Content-Type multipart/form-data has no boundary parameter")
     if _BOUNDARY.fullmatch(boundary) is None:
         raise MultipartError(
-            f"multipart boundary {_short(boundary)} is not 1 to {_MAX_BOUNDARY} letters, digits or '()+_,-./:=? "
+            f"multipart boundary {_short(boundary)} is not 1 to {_MAX_BOUNDARY} characters of RFC 2046"
+            " (letters, digits, space and '()+_,-./:=?, not ending in a space)"
         )
     return boundary.encode("ascii")
 
 
-def _delimiter_end(body: bytes, at: int, delimiter: bytes) -> int | None:
-    """Where the line of the delimiter found at ``at`` ends: the index after
-    its CRLF, or -1 for the closing delimiter; None when the line goes on
-    with other bytes (then it is no delimiter)."""
-    pos = at + len(delimiter)
-    if body.startswith(b"--", pos):
-        return -1
-    line = _LINE_END.match(body, pos)
-    return None if line is None else line.end()
+def _delimiters(boundary: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """Patterns of a delimiter line at the start of the body and after a
+    CRLF: ``--boundary``, then ``--`` (group 1: the closing one) or padding
+    and CRLF.  A line that goes on with other bytes is no delimiter."""
+    tail = rb"(--)?(?(1)|[ \t]*\r\n)"
+    return re.compile(re.escape(b"--" + boundary) + tail), re.compile(re.escape(b"\r\n--" + boundary) + tail)
 
 
-def _next_delimiter(body: bytes, start: int, delimiter: bytes) -> tuple[int, int]:
-    """The next ``CRLF--boundary`` line at or after ``start``: the index of its
-    CRLF and where its line ends (as :func:`_delimiter_end`)."""
-    marker = _CRLF + delimiter
-    at = body.find(marker, start)
-    while at >= 0:
-        end = _delimiter_end(body, at + 2, delimiter)
-        if end is not None:
-            return at, end
-        at = body.find(marker, at + 1)
-    raise MultipartError(f"multipart body is truncated (no closing {delimiter.decode('ascii', 'replace')}--)")
+def _line_end(found: re.Match[bytes]) -> int:
+    """Where a delimiter line ends: the index after its CRLF, or -1 for the closing one."""
+    return -1 if found.group(1) else found.end()
 
 
 def _header_lines(block: bytes) -> list[str]:
@@ -179,31 +168,38 @@ def parse_form(
     """
     if not 1 <= len(boundary) <= _MAX_BOUNDARY:
         raise MultipartError(f"multipart boundary must be 1 to {_MAX_BOUNDARY} bytes, got {len(boundary)}")
-    delimiter = b"--" + boundary
-    line_end = _delimiter_end(body, 0, delimiter) if body.startswith(delimiter) else None
-    if line_end is None:
-        try:
-            _, line_end = _next_delimiter(body, 0, delimiter)
-        except MultipartError:
-            raise MultipartError(f"multipart body has no opening boundary {delimiter.decode('ascii', 'replace')}") from None
+    first, after_crlf = _delimiters(boundary)
+    found = first.match(body) or after_crlf.search(body)
+    if found is None:
+        raise MultipartError(f"multipart body has no opening boundary --{_shown(boundary)}")
+    line_end = _line_end(found)
     parts: list[FormPart] = []
     while line_end >= 0:
         if len(parts) == max_parts:
             raise MultipartError(f"multipart body has more than {max_parts} parts")
         start = line_end
-        if body.startswith(_CRLF, start):  # a part without headers
-            block_end = start
-        else:
-            block_end = body.find(b"\r\n\r\n", start, start + max_part_header_bytes + 4)
-            if block_end < 0:
-                if len(body) - start > max_part_header_bytes:
-                    number = len(parts) + 1
-                    raise MultipartError(
-                        f"multipart part {number} has more than {max_part_header_bytes} bytes of headers"
-                    )
-                raise MultipartError("multipart body is truncated in a part's headers")
-            block_end += 2
+        block_end = _headers_end(body, start, max_part_header_bytes, len(parts) + 1)
         data_start = block_end + 2
-        data_end, line_end = _next_delimiter(body, data_start, delimiter)
-        parts.append(_part(len(parts) + 1, body[start:block_end], body[data_start:data_end]))
+        found = after_crlf.search(body, data_start)
+        if found is None:
+            raise MultipartError(f"multipart body is truncated (no closing --{_shown(boundary)}--)")
+        parts.append(_part(len(parts) + 1, body[start:block_end], body[data_start : found.start()]))
+        line_end = _line_end(found)
     return parts
+
+
+def _headers_end(body: bytes, start: int, limit: int, number: int) -> int:
+    """Where the header lines of part ``number``, starting at ``start``, end
+    (the index of the blank line's CRLF)."""
+    if body.startswith(_CRLF, start):  # a part without headers
+        return start
+    end = body.find(b"\r\n\r\n", start, start + limit + 4)
+    if end >= 0:
+        return end + 2
+    if len(body) - start > limit:
+        raise MultipartError(f"multipart part {number} has more than {limit} bytes of headers")
+    raise MultipartError("multipart body is truncated in a part's headers")
+
+
+def _shown(boundary: bytes) -> str:
+    return boundary.decode("ascii", "replace")
