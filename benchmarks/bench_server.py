@@ -361,8 +361,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"arguments for the C++ server (repeatable; default {' '.join(CPP_FLAGS)})")
     parser.add_argument("--sherpa-server-script", default=os.environ.get("SHERPA_ONNX_STREAMING_SERVER"),
                         help="sherpa-onnx python-api-examples/streaming_server.py: adds its column")
-    parser.add_argument("--second-pass", default=None, metavar="DIR|fixture",
-                        help="adds ours with --second-pass DIR ('fixture': the synthetic SenseVoice)")
+    parser.add_argument("--second-pass", default=None, metavar="DIR|fixture|real-size",
+                        help="adds ours with --second-pass DIR ('fixture': the synthetic SenseVoice;"
+                        " 'real-size': the real-size SenseVoice-Small fixture, int8)")
     parser.add_argument("--servers",
                         default="trio-asr,trio-asr --no-exact-batching,trio-asr --second-pass,sherpa-onnx C++,sherpa-onnx py",
                         help="comma-separated subset of the servers to run")
@@ -374,7 +375,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def second_pass_dir(args, workdir: Path) -> str:
-    """The offline model of ``--second-pass`` ('fixture': the synthetic SenseVoice, written once)."""
+    """The offline model of ``--second-pass`` ('fixture': the synthetic SenseVoice, written once;
+    'real-size': the real-size synthetic SenseVoice-Small, int8, common.sense_voice_fixture)."""
+    if args.second_pass == "real-size":
+        from common import sense_voice_fixture
+
+        return str(sense_voice_fixture("int8"))
     if args.second_pass != "fixture":
         return args.second_pass
     directory = workdir / "sense-voice"
