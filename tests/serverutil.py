@@ -244,16 +244,62 @@ async def expect_close(ws: trio_websocket.WebSocketConnection) -> int:
 
 
 async def http_get(port: int, path: str, headers: str = "") -> tuple[int, bytes]:
-    """Plain HTTP/1.1 GET; returns (status, body)."""
+    """Plain HTTP/1.1 GET (on a connection kept alive); returns (status, body)."""
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
-            data = b""
-            while chunk := await stream.receive_some():
-                data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+            status, _, body, _ = await read_response(stream)
+    return status, body
+
+
+async def read_response(
+    stream: trio.abc.Stream, buffered: bytes = b"", *, head_only: bool = False
+) -> tuple[int, dict[str, str], bytes, bytes]:
+    """One HTTP response from ``stream`` (after ``buffered``, bytes already
+    received): (status, headers with lower-case names, body, the bytes
+    received after it).  The body is framed by Content-Length, chunked, or
+    the close; ``head_only``: none (the answer to HEAD)."""
+    data = bytearray(buffered)
+
+    async def more() -> bool:
+        chunk = await stream.receive_some()
+        data.extend(chunk)
+        return bool(chunk)
+
+    while b"\r\n\r\n" not in data:
+        assert await more(), f"connection closed inside a response head: {bytes(data)!r}"
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    data[:] = rest
+    if head_only:
+        return int(status_line.split(" ", 2)[1]), headers, b"", bytes(data)
+    if "content-length" in headers:
+        size = int(headers["content-length"])
+        while len(data) < size:
+            assert await more(), "connection closed inside a response body"
+        body, after = bytes(data[:size]), bytes(data[size:])
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in data:
+                assert await more(), "connection closed inside a chunked body"
+            size_line, _, tail = bytes(data).partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(tail) < size + 2:
+                assert await more(), "connection closed inside a chunk"
+                tail = bytes(data).partition(b"\r\n")[2]
+            body += tail[:size]
+            data[:] = tail[size + 2 :]
+            if size == 0:
+                break
+        after = bytes(data)
+    else:
+        while await more():
+            pass
+        body, after = bytes(data), b""
+    return int(status_line.split(" ", 2)[1]), headers, body, after
 
 
 async def raw_websocket(port: int) -> trio.SocketStream:

@@ -340,7 +340,7 @@ async def raw_http(port: int, method: str, path: str) -> tuple[int, dict[str, st
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
-            await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := await stream.receive_some():
                 data += chunk
@@ -359,6 +359,8 @@ async def test_head_is_answered_like_get_without_the_body(
     nursery: trio.Nursery, tmp_path: Path, path: str, status: int
 ) -> None:
     server = await start_server(nursery, tmp_path)
+    for method in ("GET", "HEAD"):  # /metrics counts requests: their series exist from now on
+        await raw_http(server.port, method, path)
     got_status, got_headers, body = await raw_http(server.port, "GET", path)
     head_status, head_headers, nothing = await raw_http(server.port, "HEAD", path)
     assert (got_status, head_status) == (status, status)

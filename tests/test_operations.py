@@ -81,7 +81,7 @@ async def http(port: int, path: str, headers: str = "", ssl_context: ssl.SSLCont
                 "127.0.0.1", port, ssl_context=ssl_context, https_compatible=True
             )
         async with stream:
-            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode())
             data = b""
             while chunk := await stream.receive_some():
                 data += chunk

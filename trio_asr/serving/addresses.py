@@ -1,4 +1,5 @@
-"""The addresses ``trio-asr serve`` prints on startup, in the line it prints.
+"""The addresses ``trio-asr serve`` prints on startup, in the line it prints
+(and the warning for an address open to others without TLS or tokens).
 
 A server bound to a wildcard (``0.0.0.0``, ``::``, every interface) is not
 reachable *at* that address from a browser, and a browser offers the
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from trio_asr.serving.config import ServerConfig
 
-__all__ = ["WILDCARD_HOSTS", "client_host", "is_loopback", "startup_line"]
+__all__ = ["WILDCARD_HOSTS", "client_host", "exposure_warning", "is_loopback", "startup_line"]
 
 #: hosts that bind every interface ("" is every interface of every family)
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
@@ -28,6 +29,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def exposure_warning(host: str, *, tls: bool, tokens: bool) -> str | None:
+    """The startup warning for binding ``host`` with neither TLS nor tokens
+    (``None`` for a loopback address, or with either)."""
+    if tls or tokens or is_loopback(host):
+        return None
+    return (
+        "anyone who can reach this address can stream audio (saved to disk) in clear text; "
+        "use --auth-token/--auth-tokens-file and --certfile/--keyfile, or --host 127.0.0.1"
+    )
 
 
 def client_host(host: str) -> str:

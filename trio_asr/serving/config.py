@@ -196,6 +196,28 @@ class ServerConfig:
     close_timeout: float = _setting(
         5.0, type=float, help="time for a WebSocket closing handshake, s", validator=positive
     )
+    max_header_bytes: int = _setting(
+        16384, type=int, validator=between(1024, 1 << 20),
+        help="largest HTTP request head (request line and headers), bytes; a larger one gets HTTP 431",
+    )  # fmt: skip
+    http_keepalive_timeout: float = _setting(
+        5.0, type=float, validator=positive,
+        help="an HTTP connection kept alive between requests is closed after this long without the next one, s",
+    )  # fmt: skip
+    body_timeout: float = _setting(
+        60.0, type=float, validator=positive,
+        help="time for a whole HTTP request body, s (and at most --handshake-timeout between two pieces of it)",
+    )  # fmt: skip
+    max_upload_bytes: int = _setting(
+        25 * 1024 * 1024, type=int, validator=positive,
+        help="largest audio file a transcription request may upload, bytes; a larger one gets HTTP 413",
+    )  # fmt: skip
+    max_upload_seconds: float = _setting(
+        3600.0, type=float, validator=positive, help="longest audio a transcription upload may hold, s"
+    )
+    max_uploads: int = _setting(
+        4, type=int, validator=positive, help="transcription uploads decoded at once; more get HTTP 503"
+    )
     drain_timeout: float = _setting(
         5.0, type=float, validator=positive,
         help="after the grace period, time cut-off connections get to save their audio and close, s",

@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from trio_asr._version import __version__
 
-__all__ = ["METRIC_NAMES", "REFUSAL_REASONS", "STREAM_OUTCOMES", "ServerMetrics"]
+__all__ = ["HTTP_METHODS", "METRIC_NAMES", "REFUSAL_REASONS", "STREAM_OUTCOMES", "ServerMetrics"]
 
 #: how a stream ended: final result sent ("end", or a second "start") /
 #: client gone mid-stream / ended by an error (bad input, limits, internal) /
@@ -28,6 +28,8 @@ __all__ = ["METRIC_NAMES", "REFUSAL_REASONS", "STREAM_OUTCOMES", "ServerMetrics"
 STREAM_OUTCOMES = ("completed", "disconnected", "error", "aborted")
 #: why an upgrade got HTTP 503
 REFUSAL_REASONS = ("full", "overloaded", "shutting_down")
+#: the methods counted by name in ``trio_asr_http_requests_total`` (any other is ``other``)
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 128)
@@ -40,6 +42,7 @@ METRIC_NAMES = (
     "trio_asr_close_codes_total",
     "trio_asr_admission_refusals_total",
     "trio_asr_unauthorized_total",
+    "trio_asr_http_requests_total",
     "trio_asr_audio_received_seconds_total",
     "trio_asr_decode_cpu_seconds_total",
     "trio_asr_partial_reply_latency_seconds",
@@ -83,6 +86,12 @@ class ServerMetrics:
         )
         self._unauthorized = Counter(
             "trio_asr_unauthorized", "requests refused with HTTP 401 (missing or wrong token)", registry=registry
+        )
+        self._http_requests = Counter(
+            "trio_asr_http_requests",
+            "HTTP requests answered, by route (its path, or other), method and status (101: upgraded, 0: none sent)",
+            ["route", "method", "status"],
+            registry=registry,
         )
         self._audio_seconds = Counter(
             "trio_asr_audio_received_seconds", "seconds of audio received from clients", registry=registry
@@ -175,6 +184,11 @@ class ServerMetrics:
 
     def unauthorized(self) -> None:
         self._unauthorized.inc()
+
+    def http_request(self, route: str, method: str, status: int) -> None:
+        """One HTTP request answered; ``route`` must come from a bounded set
+        (a route's path, never a request's), ``method`` is bounded here."""
+        self._http_requests.labels(route, method if method in HTTP_METHODS else "other", str(status)).inc()
 
     def audio_received(self, seconds: float) -> None:
         self._audio_seconds.inc(seconds)

@@ -1,19 +1,20 @@
 """The streaming-ASR WebSocket server (Trio + trio-websocket).
 
 :class:`Server` owns the TCP listeners, the model service and one nursery
-of connections.  Each accepted TCP stream first goes through a tiny HTTP
-router built on h11 (:mod:`trio_asr.serving.http_router`): ``GET /health`` /
-``/healthz`` are answered with JSON (200 while the server takes work, 503
-when full, overloaded, shutting down or unable to save audio); a WebSocket
-upgrade for :data:`WS_PATH` is handed, bytes and all, to trio-websocket and
-then to a :class:`~trio_asr.serving.session.Session`; ``GET /metrics`` answers
-Prometheus metrics (:mod:`trio_asr.serving.metrics`), ``GET /`` and its assets the
-microphone page (:mod:`trio_asr.serving.web`); every other path gets 404, a plain
-GET of the WebSocket path 426.
+of connections.  Each accepted TCP stream speaks HTTP/1.1 first
+(:mod:`trio_asr.serving.http`, keep-alive included), routed by a
+:class:`~trio_asr.serving.routes.Router`: ``GET /health`` / ``/healthz`` are
+answered with JSON (200 while the server takes work, 503 when full,
+overloaded, shutting down or unable to save audio); a WebSocket upgrade for
+:data:`WS_PATH` is handed, bytes and all, to trio-websocket and then to a
+:class:`~trio_asr.serving.session.Session`; ``GET /metrics`` answers
+Prometheus metrics (:mod:`trio_asr.serving.metrics`), ``GET /`` and its
+assets the microphone page (:mod:`trio_asr.serving.web`); every other path
+gets 404, another method 405, a plain GET of the WebSocket path 426.
 
 With access tokens configured (:mod:`trio_asr.serving.auth`) an upgrade without a
-valid one gets 401 before anything else is looked at (so is ``/metrics``
-unless ``metrics_auth`` is off); ``/health`` and the page stay open.  With
+valid one gets 401 (so does ``/metrics`` unless ``metrics_auth`` is off);
+``/health`` and the page stay open.  With
 ``certfile`` every listener speaks TLS (:mod:`trio_asr.serving.tls`): ``wss://``
 and ``https://`` on the same port.
 
@@ -28,7 +29,6 @@ signal skips the grace period.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 import signal
@@ -37,23 +37,24 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import h11
 import trio
 import trio_websocket
 
-from trio_asr.serving.auth import TokenError, TokenGate, challenge_headers, load_tokens
+from trio_asr.serving.addresses import exposure_warning
+from trio_asr.serving.auth import TokenError, TokenGate, load_tokens
 from trio_asr.serving.config import ServerConfig
 from trio_asr.recognition.batched import SteppedRecognizer
-from trio_asr.serving.http_router import ReplayStream, is_upgrade, read_request, respond, respond_bytes
+from trio_asr.serving.http import Exchange, HttpLimits, error_body, serve_http
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
 from trio_asr.serving.metrics import ServerMetrics
 from trio_asr.recognition.model_service import ModelService
 from trio_asr.serving.recording import AudioSaveError, AudioStore
+from trio_asr.serving.routes import Router
 from trio_asr.serving.second_pass import TwoPassRecognizer, open_second_pass
 from trio_asr.serving.session import Session, SessionContext
-from trio_asr.serving.tls import TlsError, server_context
-from trio_asr.serving.web import find_asset
+from trio_asr.serving.tls import TlsError, accept_tls, server_context
+from trio_asr.serving.web import ASSET_PATHS, find_asset
 from trio_asr.serving.websocket import wrap_server_stream
 
 __all__ = ["WS_PATH", "Server", "ServerStartError", "exposure_warning", "serve", "shutdown_on_signals"]
@@ -88,7 +89,14 @@ class Server:
         self._context = SessionContext(
             config=config, recognizer=batched, audio=self.audio, lifecycle=self.lifecycle, metrics=self.metrics
         )
-        self._gate = TokenGate.from_tokens(())  # the configured tokens, loaded by open()
+        self._limits = HttpLimits(
+            max_header_bytes=config.max_header_bytes, head_timeout=config.handshake_timeout,
+            keepalive_timeout=config.http_keepalive_timeout, body_timeout=config.body_timeout,
+            send_timeout=config.send_timeout,
+        )  # fmt: skip
+        #: the HTTP routes (its gate gets the configured tokens in open())
+        self.router = Router(self.lifecycle, self.metrics)
+        self._add_routes()
         self._ssl_context: ssl.SSLContext | None = None  # with certfile, made by open()
         self._shutdown = trio.Event()
         self._grace_over = trio.Event()
@@ -129,13 +137,13 @@ class Server:
             raise ServerStartError(f"{exc} (choose another --audio-dir, or --no-save-audio)") from None
         try:
             files = [config.auth_tokens_file] if config.auth_tokens_file is not None else []
-            self._gate = TokenGate.from_tokens(load_tokens(config.auth_token, files))
+            self.router.gate = TokenGate.from_tokens(load_tokens(config.auth_token, files))
             if config.certfile is not None:
                 self._ssl_context = server_context(config.certfile, config.keyfile)
             self.recognizer.second_pass = self.recognizer.second_pass or await open_second_pass(config, self.metrics)
         except (TokenError, TlsError, ValueError) as exc:  # ModelError and HotwordError are ValueErrors
             raise ServerStartError(str(exc)) from None
-        warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self._gate.enabled)
+        warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self.router.gate.enabled)
         if warning:
             log_event(log, "exposed", logging.WARNING, host=config.host or "*", advice=warning)
         try:
@@ -176,7 +184,7 @@ class Server:
                     partial(trio.serve_listeners, self._handle_tcp, list(self._listeners), handler_nursery=handlers)
                 )
                 log_event(
-                    log, "listening", port=self.port, tls=self.scheme == "wss", auth=self._gate.enabled
+                    log, "listening", port=self.port, tls=self.scheme == "wss", auth=self.router.gate.enabled
                 )
                 task_status.started(self)
                 await self._shutdown.wait()
@@ -221,6 +229,22 @@ class Server:
             return 503, {**body, "status": "cannot save audio", "error": self.audio.failure}
         return 200, body
 
+    def _add_routes(self) -> None:
+        router, config = self.router, self.config
+        for path in HEALTH_PATHS:
+            router.add(path, ["GET"], self._answer_health, needs_auth=False)
+        if config.metrics:
+            router.add(METRICS_PATH, ["GET"], self._answer_metrics, needs_auth=config.metrics_auth)
+        if config.page:
+            for path in ASSET_PATHS:
+                router.add(path, ["GET"], self._answer_asset, needs_auth=False)
+        router.add(WS_PATH, ["GET"], self._open_websocket, is_work=True)
+        self._add_api_routes()
+
+    def _add_api_routes(self) -> None:
+        """Where the HTTP API's routes are added (``POST /v1/audio/transcriptions``,
+        ``GET /v1/models``), with ``self.router.add``: none yet."""
+
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; its failures are logged, never propagated."""
         try:
@@ -228,91 +252,49 @@ class Server:
         except (OSError, TypeError):
             peer = "?"
         try:
-            if self._ssl_context is None:
-                await self._route(stream, peer)
-            else:
-                tls = await self._start_tls(stream)
-                if tls is not None:
-                    await self._route(tls, peer)
+            async with stream:
+                if self._ssl_context is None:
+                    await serve_http(stream, self.router, self._limits, peer=peer, observe=self.router.observe)
+                else:
+                    tls = await accept_tls(stream, self._ssl_context, self._limits, peer, self.router.observe)
+                    if tls is not None:
+                        await serve_http(tls, self.router, self._limits, peer=peer, observe=self.router.observe)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("connection from %s broke", peer)
         except Exception:
             log.exception("connection from %s failed", peer)
 
-    async def _start_tls(self, stream: trio.SocketStream) -> trio.SSLStream[ReplayStream] | None:
-        """The TLS side of a connection; plain HTTP sent to the TLS port gets a
-        400 saying so (and ``None``), instead of a silent handshake failure."""
-        assert self._ssl_context is not None
-        first = b""
-        with trio.move_on_after(self.config.handshake_timeout):
-            first = await stream.receive_some(4096)
-        if first[:1] == b"\x16":  # a TLS handshake record
-            return trio.SSLStream(ReplayStream(first, stream), self._ssl_context, server_side=True,
-                                  https_compatible=True)  # fmt: skip
-        async with stream:
-            if first:
-                plain = ReplayStream(first, stream)
-                with trio.move_on_after(self.config.handshake_timeout):
-                    conn, request, _ = await read_request(plain)
-                    if request is not None:
-                        message = "this server speaks TLS: use wss:// or https://"
-                        await respond(plain, conn, 400, {"status": "error", "message": message})
-        return None
+    async def _answer_health(self, exchange: Exchange) -> None:
+        await exchange.respond_json(*self._health())
 
-    async def _route(self, stream: trio.abc.Stream, peer: str) -> None:
-        async with stream:
-            conn = request = None
-            raw = b""
-            with trio.move_on_after(self.config.handshake_timeout):
-                conn, request, raw = await read_request(stream)
-            if conn is None:
-                return
-            if request is None:
-                if conn.their_state is h11.ERROR:
-                    await respond(stream, conn, 400, {"status": "error", "message": "bad request"})
-                return
-            path = request.target.decode("ascii", "replace").split("?", 1)[0]
-            upgrade = is_upgrade(request)
-            asset = find_asset(path) if self.config.page and not upgrade else None
-            authorized = self._gate.allows(request.target, request.headers)
-            if path in HEALTH_PATHS and not upgrade:
-                await respond(stream, conn, *self._health())
-            elif path == METRICS_PATH and self.config.metrics and not upgrade:
-                if self.config.metrics_auth and not authorized:
-                    await self._unauthorized(stream, conn)
-                else:
-                    body, content_type = self.metrics.exposition()
-                    await respond_bytes(stream, conn, 200, body, [("content-type", content_type)])
-            elif asset is not None:
-                await respond_bytes(stream, conn, 200, asset.body, asset.headers())
-            elif path != WS_PATH:
-                await respond(stream, conn, 404, {"status": "error", "message": f"no such path: {path}"})
-            elif not upgrade:
-                await respond(stream, conn, 426, {"status": "error", "message": "WebSocket upgrade required"})
-            elif not authorized:
-                await self._unauthorized(stream, conn)
-            elif self.lifecycle.draining:
-                self.metrics.refused("shutting_down")
-                await respond(stream, conn, 503, {"status": "error", "message": "server shutting down"})
-            elif self._reserved >= self.config.max_connections:
-                self.metrics.refused("full")
-                await respond(stream, conn, 503, {"status": "error", "message": "server busy"})
-            elif self.overloaded:
-                self.metrics.refused("overloaded")
-                await respond(stream, conn, 503, {"status": "error", "message": "server overloaded"})
-            else:
-                self._reserved += 1
-                try:
-                    await self._handle_websocket(ReplayStream(raw, stream), peer)
-                finally:
-                    self._reserved -= 1
-                    if not self._reserved and self.lifecycle.draining:
-                        self._all_closed.set()
+    async def _answer_metrics(self, exchange: Exchange) -> None:
+        body, content_type = self.metrics.exposition()
+        await exchange.respond(200, body, [("content-type", content_type)])
 
-    async def _unauthorized(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
-        self.metrics.unauthorized()
-        message = "missing or wrong access token (send Authorization: Bearer TOKEN, or ?token=TOKEN)"
-        await respond(stream, conn, 401, {"status": "error", "message": message}, challenge_headers())
+    async def _answer_asset(self, exchange: Exchange) -> None:
+        asset = find_asset(exchange.path)
+        assert asset is not None, "routed for the assets' paths only"
+        await exchange.respond(200, asset.body, asset.headers())
+
+    async def _open_websocket(self, exchange: Exchange) -> None:
+        """Admission (the router checked the token and the drain), then the
+        upgrade and the session, on this connection."""
+        if exchange.method != "GET" or "websocket" not in (exchange.header("upgrade") or "").lower():
+            await exchange.respond_json(426, error_body("WebSocket upgrade required"))
+            return
+        refusal = "full" if self._reserved >= self.config.max_connections else "overloaded" if self.overloaded else None
+        if refusal is not None:
+            self.metrics.refused(refusal)
+            message = "server busy" if refusal == "full" else "server overloaded"
+            await exchange.respond_json(503, error_body(message))
+            return
+        self._reserved += 1
+        try:
+            await self._handle_websocket(exchange.upgrade(), exchange.peer)
+        finally:
+            self._reserved -= 1
+            if not self._reserved and self.lifecycle.draining:
+                self._all_closed.set()
 
     async def _handle_websocket(self, stream: trio.abc.Stream, peer: str) -> None:
         config = self.config
@@ -337,22 +319,6 @@ class Server:
                 closed = ws.closed.code if ws.closed is not None else None
                 self.metrics.connection_closed(session.close_code if session is not None else closed)
                 nursery.cancel_scope.cancel()
-
-
-def exposure_warning(host: str, *, tls: bool, tokens: bool) -> str | None:
-    """The startup warning for binding ``host`` with neither TLS nor tokens
-    (``None`` for a loopback address, or with either)."""
-    if tls or tokens or host == "localhost":
-        return None
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        pass
-    return (
-        "anyone who can reach this address can stream audio (saved to disk) in clear text; "
-        "use --auth-token/--auth-tokens-file and --certfile/--keyfile, or --host 127.0.0.1"
-    )
 
 
 async def _first_of(*waiters: Any) -> None:

@@ -1,5 +1,8 @@
 """TLS: the SSL contexts behind ``wss://`` / ``https://`` and our client.
 
+:func:`accept_tls` is the TLS side of one accepted connection, which tells
+a client that sent plain HTTP to use TLS instead of failing its handshake.
+
 :func:`server_context` loads ``--certfile`` (PEM, the certificate chain, and
 the private key too unless ``--keyfile`` is given) into a context that
 speaks TLS 1.2 or newer with HTTP/1.1 ALPN.  :func:`client_context` trusts
@@ -13,7 +16,11 @@ import os
 import ssl
 from pathlib import Path
 
-__all__ = ["TlsError", "client_context", "server_context"]
+import trio
+
+from trio_asr.serving.http import Exchange, HttpLimits, Observer, ReplayStream, error_body, serve_http
+
+__all__ = ["TlsError", "accept_tls", "client_context", "server_context"]
 
 PathLike = str | os.PathLike[str]
 
@@ -56,3 +63,25 @@ def client_context(cafile: PathLike | None = None) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=cafile)
     except ssl.SSLError as exc:
         raise TlsError(f"cannot load CA file {cafile} (PEM expected): {exc.reason or exc}") from None
+
+
+async def accept_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext, limits: HttpLimits, peer: str, observe: Observer | None = None
+) -> trio.SSLStream[ReplayStream] | None:
+    """The server side of TLS over ``stream`` (the handshake happens at the
+    first read), or ``None`` when the client's first bytes (awaited for
+    ``limits.head_timeout``) are no TLS handshake: plain HTTP is answered
+    400, saying to use ``wss://`` or ``https://``."""
+    first = b""
+    with trio.move_on_after(limits.head_timeout):
+        first = bytes(await stream.receive_some(4096))
+    if first[:1] == b"\x16":  # a TLS handshake record
+        return trio.SSLStream(ReplayStream(first, stream), context, server_side=True, https_compatible=True)
+    if first:
+        await serve_http(ReplayStream(first, stream), _refuse_plain_http, limits, peer=peer, observe=observe)
+    return None
+
+
+async def _refuse_plain_http(exchange: Exchange) -> None:
+    exchange.close_after()
+    await exchange.respond_json(400, error_body("this server speaks TLS: use wss:// or https://"))
