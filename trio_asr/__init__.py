@@ -11,7 +11,8 @@ layers below it, never from one above:
    segments, hotwords, the model service), and beside it
    :mod:`trio_asr.testing`: helpers for tests and benchmarks (synthetic
    models with the real exports' interface);
-3. :mod:`trio_asr.protocol`: the WebSocket protocol, sans-I/O;
+3. :mod:`trio_asr.protocol`: the WebSocket protocol and the OpenAI-compatible
+   transcription API, sans-I/O;
 4. :mod:`trio_asr.serving`: the server and everything it does I/O for;
 5. :mod:`trio_asr.cli`: the command line.
 
