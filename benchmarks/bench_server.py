@@ -38,7 +38,9 @@ import argparse
 import asyncio
 import bisect
 import os
+import itertools
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +66,26 @@ CPP_FLAGS = ["--num-work-threads=2", "--max-batch-size=5", "--enable-endpoint=fa
 # ------------------------------------------------------------------ clients
 
 
+def arrival_offsets(n: int, arrivals: str, spread_s: float, rng: random.Random) -> list[float]:
+    """Each client's first chunk, in seconds after the level's start.
+
+    ``burst``: all within one chunk (uniform in [0, CHUNK_S)), so every
+    stream's model chunk is due in the same window; ``spread``: client i at
+    ``i * spread_s / n`` plus a random phase in [0, CHUNK_S), so arrivals are
+    uniform over the first ``spread_s`` seconds and chunk phases random."""
+    if arrivals == "burst":
+        return [rng.uniform(0, CHUNK_S) for _ in range(n)]
+    if arrivals == "spread":
+        return [i * spread_s / n + rng.uniform(0, CHUNK_S) for i in range(n)]
+    raise ValueError(f"arrivals must be burst or spread, not {arrivals!r}")
+
+
+def client_seconds(args) -> float:
+    """Audio per client: ``--seconds``, plus the spread in spread mode, so that
+    all N streams are open together for ``--seconds``."""
+    return args.seconds + (args.spread if args.arrivals == "spread" else 0.0)
+
+
 async def sleep_until(t: float) -> None:
     delay = t - time.perf_counter()
     if delay > 0:
@@ -71,17 +93,17 @@ async def sleep_until(t: float) -> None:
 
 
 async def stream_client(adapter, url: str, audio: np.ndarray, name: str, ready: asyncio.Event,
-                        start_at: list[float], timeout: float) -> dict:  # fmt: skip
+                        start_at: list[float], offset: float, timeout: float) -> dict:  # fmt: skip
     """One client: connect, start, wait for the common start time, then stream in
     real time while a reader task timestamps the replies."""
     payloads = [adapter.payload(audio[i : i + CHUNK_SAMPLES]) for i in range(0, len(audio), CHUNK_SAMPLES)]
     sent: list[float] = []
     replies: list[float] = []
-    out: dict = {"chunks": len(payloads), "error": None, "final_at": None}
+    out: dict = {"chunks": len(payloads), "error": None, "final_at": None, "audio_s": len(audio) / 16000}
     async with connect(url, max_size=None, compression=None, open_timeout=60, ping_interval=None) as ws:
         await adapter.start(ws, name)
         await ready.wait()
-        t0 = start_at[0] + random.uniform(0, CHUNK_S)
+        t0 = start_at[0] + offset
 
         async def reader() -> None:
             try:
@@ -130,15 +152,18 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
     url = f"ws://127.0.0.1:{server.port}{adapter.path}"
     ready = asyncio.Event()
     start_at = [0.0]
-    audios = [tile_to(clips, args.seconds, offset=i) for i in range(n)]
-    timeout = args.seconds + args.final_slack + 30
+    seconds = client_seconds(args)
+    audios = [tile_to(clips, seconds, offset=i) for i in range(n)]
+    offsets = arrival_offsets(n, args.arrivals, args.spread, random.Random())
+    timeout = max(offsets) + seconds + args.final_slack + 30
     tasks = [
-        asyncio.create_task(stream_client(adapter, url, audios[i], f"bench-{n}-{i}.wav", ready, start_at, timeout))
+        asyncio.create_task(stream_client(adapter, url, audios[i], f"bench-{n}-{i}.wav", ready, start_at,
+                                          offsets[i], timeout))
         for i in range(n)
-    ]
+    ]  # fmt: skip
     await asyncio.sleep(0.5 + 0.02 * n)  # connections and "start" handshakes, not measured
     rss_before = server.rss_bytes()
-    cpu0, client_cpu0 = server.cpu_seconds(), time.process_time()
+    cpu0, main0, client_cpu0 = server.cpu_seconds(), server.main_thread_cpu_seconds(), time.process_time()
     start_at[0] = wall0 = time.perf_counter() + 0.1
     ready.set()
     peak = rss_before
@@ -159,6 +184,7 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
     sampler.cancel()
     wall = time.perf_counter() - wall0
     cpu = server.cpu_seconds() - cpu0
+    main_cpu = server.main_thread_cpu_seconds() - main0
     client_cpu = time.process_time() - client_cpu0
 
     lat = np.array([x for r in results if isinstance(r, dict)
@@ -168,11 +194,12 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
         if isinstance(r, dict) and r["final_at"] is not None and r["error"] is None:
             final = r["final_at"] - r["last_send"]
             finals.append(final)
-            stretch.append((r["final_at"] - r["first_send"]) / args.seconds)
+            stretch.append((r["final_at"] - r["first_send"]) / r["audio_s"])
             ok += final <= args.final_slack and stretch[-1] <= MAX_STRETCH
     errors = [repr(r) if not isinstance(r, dict) else r["error"] for r in results]
     errors = [e for e in errors if e]
-    audio_s = n * args.seconds
+    audio_s = sum(r["audio_s"] for r in results if isinstance(r, dict)) or n * seconds
+    frames = sum(len(r["sent"]) for r in results if isinstance(r, dict)) or 1
     row = {
         "n": n,
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
@@ -184,6 +211,9 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
         "realtime_streams": f"{ok}/{n}",
         "all_realtime": ok == n,
         "aggregate_rtf": round(cpu / audio_s, 4),
+        # server CPU per frame received, and that of its main thread (ours: the event loop), microseconds
+        "cpu_us_per_frame": round(1e6 * cpu / frames, 1),
+        "main_us_per_frame": round(1e6 * main_cpu / frames, 1),
         "server_cpu_pct": round(100 * cpu / wall, 1),
         "server_rss_peak_mb": round(peak / 2**20, 1),
         "client_cpu_pct": round(100 * client_cpu / wall, 1),
@@ -234,7 +264,7 @@ async def sweep(servers: dict, adapters: dict, clips, args, bar) -> dict:
     done at its own next N, so that changes in the machine's load hit all of
     them alike."""
     records = {}
-    warm = argparse.Namespace(**{**vars(args), "seconds": 3.0})
+    warm = argparse.Namespace(**{**vars(args), "seconds": 3.0, "arrivals": "burst"})
     for name, server in servers.items():
         # warm-up at the first level's size, so that first-use allocations
         # (big batches included) are not counted as load
@@ -276,7 +306,8 @@ async def sweep(servers: dict, adapters: dict, clips, args, bar) -> dict:
 
 COLUMNS = (("n", "N", 5), ("p50_ms", "p50 ms", 8), ("p95_ms", "p95 ms", 8), ("final_max_s", "final s", 8),
            ("wall_per_audio_max", "wall/aud", 9), ("realtime_streams", "realtime", 9),
-           ("aggregate_rtf", "agg RTF", 8), ("server_cpu_pct", "CPU %", 7), ("server_rss_peak_mb", "RSS MB", 8),
+           ("aggregate_rtf", "agg RTF", 8), ("main_us_per_frame", "main us", 8), ("server_cpu_pct", "CPU %", 7),
+           ("server_rss_peak_mb", "RSS MB", 8),
            ("client_cpu_pct", "client%", 8), ("client_lag_ms", "lag ms", 7), ("pass", "held", 6))  # fmt: skip
 
 
@@ -294,16 +325,16 @@ def print_summary(results: dict, load: str) -> None:
     print(f"\nmax real-time streams (machine load before the run: {load})")
     names = list(dict.fromkeys(name for recs in results.values() for name in recs))
     widths = [len(n) + 3 for n in names]
-    print(f"{'model':<12}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)) + f"{'ours / C++':>12}")
+    print(f"{'model (arrivals)':<18}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)) + f"{'ours / C++':>12}")
     for model, recs in results.items():
         cells = "".join(f"{recs[n]['max_n'] if n in recs else '-':>{w}}" for n, w in zip(names, widths))
         ours, cpp = recs.get("trio-asr", {}).get("max_n"), recs.get("sherpa-onnx C++", {}).get("max_n")
         ratio = f"{ours / cpp:.2f}" if ours is not None and cpp else "-"
-        print(f"{model:<12}{cells}{ratio:>12}")
+        print(f"{model:<18}{cells}{ratio:>12}")
     print("\nmemory: RSS per idle connection / per active stream (kB)")
     for model, recs in results.items():
         for name, rec in recs.items():
-            print(f"{model:<12}{name:<30}{rec['idle']['rss_per_idle_connection_kb']:>10}"
+            print(f"{model:<18}{name:<30}{rec['idle']['rss_per_idle_connection_kb']:>10}"
                   f"{rec['rss_per_active_stream_kb'] if rec['rss_per_active_stream_kb'] is not None else '-':>10}")
 
 
@@ -341,6 +372,18 @@ def plot(results: dict, path: Path) -> None:
 # ------------------------------------------------------------------ main
 
 
+def cpu_description() -> str:
+    """lscpu's model name, CPU count and the int8 instruction sets that change the figures."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no lscpu)"
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+    flags = fields.get("Flags", "").split()
+    sets = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{fields.get('Model name', '?')}, {fields.get('CPU(s)', '?')} CPUs, {' '.join(sets) or 'no AVX2'}"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=os.environ.get("TRIO_ASR_TEST_MODEL_DIR") or None,
@@ -350,7 +393,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", type=int, default=16, help="first N")
     parser.add_argument("--max-clients", type=int, default=400)
     parser.add_argument("--refine", type=int, default=3, help="at most this many bisection steps after the first failed N")
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio per client per N")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="audio per client per N (with --arrivals spread, plus --spread)")
+    parser.add_argument("--arrivals", default="burst",
+                        help="comma-separated modes, each swept in turn: burst (all clients start within one "
+                             "chunk) and/or spread (uniformly over the first --spread seconds, random chunk phase)")
+    parser.add_argument("--spread", type=float, default=10.0, help="seconds over which spread arrivals start")
+    parser.add_argument("--ours-tree", type=Path, default=None,
+                        help="adds ours run from another source tree (e.g. a `git worktree` of an older commit, "
+                             "with the compiled modules copied in), named 'trio-asr @<dir name>'")
     parser.add_argument("--final-slack", type=float, default=0.5,
                         help="a stream keeps real time if its final reply comes this soon after its last chunk")
     parser.add_argument("--idle-connections", type=int, default=64)
@@ -371,6 +422,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.cpp_arg = CPP_FLAGS if args.cpp_arg is None else args.cpp_arg
     args.servers = [s.strip() for s in args.servers.split(",")]
+    args.arrival_modes = [a.strip() for a in args.arrivals.split(",")]
+    for mode in args.arrival_modes:
+        if mode not in ("burst", "spread"):
+            parser.error(f"--arrivals: burst or spread, not {mode!r}")
+    args.arrivals = args.arrival_modes[0]
+    if args.ours_tree is not None:
+        args.servers.append(f"trio-asr @{args.ours_tree.name}")
     return args
 
 
@@ -404,6 +462,9 @@ def plan(model_dir: Path, args) -> list[tuple[str, object]]:
         ("sherpa-onnx C++", lambda d, a, w: start_sherpa_cpp("sherpa-onnx C++", d, a, w)),
         ("sherpa-onnx py", lambda d, a, w: start_sherpa_py("sherpa-onnx py", d, a, w)),
     ]  # fmt: skip
+    if args.ours_tree is not None:
+        servers.insert(1, (f"trio-asr @{args.ours_tree.name}",
+                           lambda d, a, w: start_ours(f"trio-asr @{a.ours_tree.name}", d, a, w, [], tree=a.ours_tree)))
     return [(name, starter) for name, starter in servers if name in args.servers]
 
 
@@ -416,9 +477,12 @@ def main(argv: list[str] | None = None) -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results: dict = {}
     # an estimate: a ladder of about ten levels to the first failure, then the bisection
-    steps = sum(len(plan(d, args)) for d in models.values()) * (10 + args.refine)
+    steps = sum(len(plan(d, args)) for d in models.values()) * (10 + args.refine) * len(args.arrival_modes)
+    print(f"CPU: {cpu_description()}; load average before: {load}", flush=True)
     with tempfile.TemporaryDirectory(prefix="trio-asr-bench-") as tmp, Progress(steps, "server sweep") as bar:
-        for label, model_dir in models.items():
+        for (kind, model_dir), mode in itertools.product(models.items(), args.arrival_modes):
+            label = f"{kind} ({mode})"
+            args.arrivals = mode
             model = load_model(model_dir)
             adapters = {
                 "trio-asr": OursAdapter(),
@@ -444,9 +508,10 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 for server in servers.values():
                     server.stop()
-    print_summary(results, load)
+    print_summary(results, f"{load}; CPU: {cpu_description()}")
     written = write_results_and_plot("server", {
         "models": {k: str(v) for k, v in models.items()}, "seconds_per_client": args.seconds,
+        "arrivals": args.arrival_modes, "spread_s": args.spread, "cpu": cpu_description(),
         "chunk_ms": 1000 * CHUNK_S, "threads": args.threads, "server_args": args.server_arg,
         "cpp_args": args.cpp_arg, "cpu_count": os.cpu_count(), "load_before": load,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "p95_goal_ms": P95_GOAL_MS,

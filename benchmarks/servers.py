@@ -70,6 +70,12 @@ class ServerProcess:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
+    def main_thread_cpu_seconds(self) -> float:
+        """CPU time of the process's first thread (ours: the event loop)."""
+        pid = self.proc.pid
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -91,7 +97,9 @@ class ServerProcess:
         self._log.close()
 
 
-def start_ours(name: str, model_dir: Path, args, workdir: Path, extra: list[str]) -> ServerProcess:
+def start_ours(name: str, model_dir: Path, args, workdir: Path, extra: list[str],
+               tree: Path | None = None) -> ServerProcess:  # fmt: skip
+    """Ours; from the source ``tree`` (its ``trio_asr`` first on the path) if given."""
     port = free_port()
     argv = [
         sys.executable, "-m", "trio_asr", "serve", "--model", str(model_dir),
@@ -99,7 +107,8 @@ def start_ours(name: str, model_dir: Path, args, workdir: Path, extra: list[str]
         "--audio-dir", str(workdir / "audio"), "--max-connections", "1000",
         "--idle-timeout", "300", "--threads", str(args.threads), *args.server_arg, *extra,
     ]  # fmt: skip
-    return ServerProcess(name, argv, port)
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+    return ServerProcess(name, argv, port, cwd=tree, env=env)
 
 
 def cpp_server() -> tuple[str, str] | None:

@@ -108,6 +108,23 @@ def _reply_due(event: Event) -> type | None:
     return ErrorReply
 
 
+def _same_text(last: Reply, reply: Reply) -> bool:
+    """Whether ``reply`` is written exactly as ``last`` was: equal partial
+    replies of text and segment index only (a frame whose search step did not
+    change the text).  Replies with floats (n-best scores, segment times) are
+    not compared: -0.0 equals 0.0 but is written differently."""
+    return (
+        type(reply) is PartialResult
+        and type(last) is PartialResult
+        and not reply.nbest
+        and not reply.segments
+        and not last.nbest
+        and not last.segments
+        and reply.segment == last.segment
+        and reply.text == last.text
+    )
+
+
 def _never_raises(method: Callable[..., list[Event]]) -> Callable[..., list[Event]]:
     """Input handlers turn anything unexpected into an internal-error event
     (like h11's ``next_event``, they never raise on what a peer sends)."""
@@ -153,7 +170,7 @@ class ConnectionProtocol:
         self._samples = 0
         self._bytes = 0
         self._due: collections.deque[type] = collections.deque()
-        self._last_sent: tuple[Reply, str] | None = None  # a repeated partial reply is encoded once
+        self._last_sent: tuple[Reply, str] | None = None  # a repeated (or equal) partial reply is encoded once
         self._error_issued = False
         self._error_sent = False
 
@@ -241,8 +258,9 @@ class ConnectionProtocol:
                 expected = "nothing" if due is None else due.__name__
                 raise LocalProtocolError(f"{type(reply).__name__} sent where {expected} is due")
             self._due.popleft()
-        if self._last_sent is not None and self._last_sent[0] is reply:
-            return self._last_sent[1]
+        last = self._last_sent
+        if last is not None and (last[0] is reply or _same_text(last[0], reply)):
+            return last[1]
         text = encode_reply(reply)
         self._last_sent = (reply, text)
         return text

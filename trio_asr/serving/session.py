@@ -29,6 +29,7 @@ from trio_asr.protocol.connection import PEER_REFUSALS, ConnectionProtocol, Loca
 from trio_asr.protocol.messages import Audio, EndStream, ErrorReply, Event, Reply, ServerReady, StartStream
 from trio_asr.recognition.batched import BatchedRecognizer
 from trio_asr.recognition.compile_queue import CompileQueueFull
+from trio_asr.serving.channels import ByteBudget, send_soon
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
@@ -56,26 +57,6 @@ class SessionContext:
     audio: AudioStore
     lifecycle: Lifecycle
     metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
-
-
-class _ByteBudget:
-    """Bounds the audio bytes queued between reader and decoder (the channel
-    bounds their number); one item may always pass when nothing is queued."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._freed = trio.Event()
-
-    async def take(self, size: int) -> None:
-        while self.used and self.used + size > self.limit:
-            await self._freed.wait()
-        self.used += size
-
-    def give(self, size: int) -> None:
-        self.used -= size
-        self._freed.set()
-        self._freed = trio.Event()
 
 
 def _close_reason(message: str) -> str:
@@ -107,7 +88,7 @@ class Session:
         self._opening = trio.CancelScope()  # that of the stream being opened (see _open)
         # events the protocol produced that the reader has not handed over yet
         self._undelivered: collections.deque[Received] = collections.deque()
-        self._budget = _ByteBudget(2 * self.config.max_message_bytes)
+        self._budget = ByteBudget(2 * self.config.max_message_bytes)
         self._totals = ConnectionTotals()
         self._metrics = context.metrics
         self._streams = StreamContext(context.recognizer, context.audio, context.metrics, self._totals, conn_id, peer)
@@ -204,7 +185,7 @@ class Session:
                         event = pending[0][0]
                         if isinstance(event, Audio):
                             await self._budget.take(len(event.pcm))
-                        await events.send(pending[0])
+                        await send_soon(events, pending[0])
                         pending.popleft()
             if self._reader_scope.cancelled_caught:
                 self._lose_client()
@@ -305,7 +286,7 @@ class Session:
             if self._ending():
                 await stream.keep(event)
             else:
-                await replies.send((await stream.feed(event), received))
+                await send_soon(replies, (await stream.feed(event), received))
             return stream
         if isinstance(event, StartStream):
             try:
