@@ -23,6 +23,15 @@ type quantized.  What each group proves:
   axis is reported, not silently mis-rewritten; the scaling fused into the
   matmuls rounds as the unfused graph does, in every layout, and a tensor a
   subgraph reads is not fused away.
+- convolutions (``ConvInteger``, from quantizing the whole model, as
+  sherpa-onnx's NeMo export scripts do, QUInt8, and icefall's whole-model
+  exports, QInt8; per channel and reduce_range too): a padded, strided Conv2d,
+  a depthwise and a pointwise Conv1d give each item of every batch
+  composition bit for bit what the original gives it alone
+  (``test_rewritten_convolutions_*``); implicit padding is reported; both
+  fixtures with their convolutions load batch-invariant, nothing reported
+  (``test_models_with_convolutions_*``), and the "all-ops" layouts run
+  every model-level test.
 - ``test_extended_weight_*``, ``test_rewrite_gives_each_item_the_original_kernel_s_integers``:
   onnxruntime's int8 sums depend on the CPU (see ``pair_saturating_matmul``);
   the rewrite reproduces the original's, on a kernel that saturates (emulated
@@ -59,15 +68,38 @@ from trio_asr.recognition.stream_options import StreamOptions
 SPEECH = ["numbers.wav", "something.wav", "paddlespeech-test.wav", "english.wav"]
 
 
-@pytest.fixture(scope="module", params=["zipformer2-matmul", "zipformer2-all-ops", "nemo-matmul"])
+def quantize_whole_model(float_dir: Path, int8_dir: Path, weight_type: str = "QUInt8", **options) -> Path:
+    """``int8_dir`` with the whole model quantized as sherpa-onnx's NeMo
+    export scripts do it (``quantize_dynamic(..., weight_type=QUInt8)``;
+    icefall's whole-model exports: QInt8), convolutions included."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_dir.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(float_dir / "model.onnx", int8_dir / "model.int8.onnx",
+                     weight_type=QuantType[weight_type], **options)  # fmt: skip
+    (int8_dir / "tokens.txt").write_bytes((float_dir / "tokens.txt").read_bytes())
+    return int8_dir
+
+
+#: The fixtures have the real models' convolutions; "matmul": int8 as icefall
+#: exports it (the MatMuls, QInt8; the convolutions stay float); "all-ops":
+#: the whole model, convolutions included (ConvInteger), QInt8 or, as
+#: sherpa-onnx's NeMo export scripts do it, QUInt8.
+INT8_LAYOUTS = ["zipformer2-matmul", "zipformer2-all-ops", "zipformer2-all-ops-uint8", "nemo-matmul",
+                "nemo-all-ops-uint8"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=INT8_LAYOUTS)
 def int8_dir(request, tmp_path_factory) -> Path:
     float_dir = tmp_path_factory.mktemp("float")
     if request.param.startswith("nemo"):
         write_nemo_ctc_model(float_dir)
     else:
         zipformer2_ctc.write_model(float_dir)
-    op_types = None if request.param.endswith("all-ops") else ("MatMul",)
-    return quantize_model_dir(float_dir, tmp_path_factory.mktemp("int8"), op_types=op_types)
+    int8_dir = tmp_path_factory.mktemp("int8")
+    if "all-ops" in request.param:
+        return quantize_whole_model(float_dir, int8_dir, "QUInt8" if request.param.endswith("uint8") else "QInt8")
+    return quantize_model_dir(float_dir, int8_dir, op_types=("MatMul",))
 
 
 @pytest.fixture(scope="module")
@@ -537,3 +569,140 @@ def test_serve_settings_choose_the_rewrite(int8_dir) -> None:
     assert is_batch_invariant(exact.model) and not is_batch_invariant(as_exported.model)
     assert ModelService(exact.model, BatchingPolicy(exact=True)).max_batch > 1
     assert ModelService(as_exported.model, BatchingPolicy(exact=False)).max_batch > 1
+
+
+# ------------------------------------------------------------ convolutions
+
+CONV_OPTIONS = {  # quantize_dynamic's options, as the export scripts use them and their variants
+    "QUInt8": dict(weight_type="QUInt8"),
+    "QInt8": dict(weight_type="QInt8"),
+    "QUInt8 per channel": dict(weight_type="QUInt8", per_channel=True),
+    "QInt8 per channel": dict(weight_type="QInt8", per_channel=True),
+    "QUInt8 reduce range": dict(weight_type="QUInt8", reduce_range=True),
+    "QInt8 reduce range, per channel": dict(weight_type="QInt8", reduce_range=True, per_channel=True),
+}
+FRAMES, FREQS, CHANNELS = 9, 7, 6
+
+
+def conv_stack(auto_pad: str | None = None) -> onnx.ModelProto:
+    """x (N, 1, FRAMES, FREQS) -> a padded, strided Conv2d with bias (the
+    subsampling), Relu, a depthwise Conv1d with unequal pads, a pointwise
+    Conv1d (N, CHANNELS, ...): the convolutions of NeMo's and zipformer2's
+    front ends and conv modules.  Large weights, so that a kernel summing
+    pairs of products in int16 would saturate."""
+    rng = np.random.default_rng(6)
+    freqs = (FREQS - 1) // 2 + 1
+    pads = {} if auto_pad else {"pads": [1, 1, 1, 1]}
+    init = [
+        numpy_helper.from_array(rng.uniform(-1, 1, (CHANNELS, 1, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(CHANNELS).astype(np.float32), "b1"),
+        numpy_helper.from_array(np.array([0, CHANNELS * freqs, -1], np.int64), "flat"),
+        numpy_helper.from_array(rng.uniform(-1, 1, (CHANNELS * freqs, 1, 4)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.uniform(-1, 1, (CHANNELS, CHANNELS * freqs, 1)).astype(np.float32), "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2],
+                         **({"auto_pad": auto_pad} if auto_pad else {}), **pads),  # fmt: skip
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Transpose", ["r1"], ["t1"], perm=[0, 1, 3, 2]),  # (N, C, freqs, T)
+        helper.make_node("Reshape", ["t1", "flat"], ["f1"]),
+        helper.make_node("Conv", ["f1", "w2"], ["c2"], kernel_shape=[4], group=CHANNELS * freqs, pads=[3, 1]),
+        helper.make_node("Conv", ["c2", "w3"], ["y"], kernel_shape=[1]),
+    ]
+    return _graph(nodes, init, ["N", 1, FRAMES, FREQS])
+
+
+def quantized_convs(model: onnx.ModelProto, tmp_path: Path, options) -> bytes:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx.save(model, tmp_path / "f.onnx")
+    options = {**options, "weight_type": QuantType[options["weight_type"]]}
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", **options)  # the whole model, as sherpa-onnx's scripts
+    data = (tmp_path / "q.onnx").read_bytes()
+    assert {"ConvInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in onnx.load_from_string(data).graph.node}
+    return data
+
+
+def conv_items(offsets, gains, seed: int) -> np.ndarray:
+    """Per item: uniform values from -offset to 1, times gain (zero points
+    from 0, all positive, to 255, all negative)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, (len(offsets), 1, FRAMES, FREQS))
+    low, gain = np.array(offsets)[:, None, None, None], np.array(gains)[:, None, None, None]
+    return ((x * (1 + low) - low) * gain).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=list(CONV_OPTIONS))
+def conv_models(request, tmp_path_factory) -> tuple[bytes, bytes]:
+    """(original, rewritten) whole-model int8 conv stacks."""
+    data = quantized_convs(conv_stack(), tmp_path_factory.mktemp("conv"), CONV_OPTIONS[request.param])
+    rewritten, skipped = quantization.rewrite_model(
+        data, lambda b: {"x": conv_items([0.5] * b, [1.0] * b, b)}, session
+    )
+    assert skipped == []
+    assert "DynamicQuantizeLinear" not in {n.op_type for n in onnx.load_from_string(rewritten).graph.node}
+    return data, rewritten
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_rewritten_convolutions_give_each_item_the_original_alone(conv_models, data) -> None:
+    """Every batch composition: each item's output is bit for bit the
+    original file's for the item alone (padding, strides, groups included)."""
+    original, rewritten = conv_models
+    size = data.draw(st.integers(1, 6), label="batch size")
+    offsets = data.draw(st.lists(st.sampled_from([0.0, 0.01, 0.3, 1.0, 5.0, 1e3]), min_size=size, max_size=size))
+    gains = data.draw(st.lists(st.floats(1e-3, 1e3), min_size=size, max_size=size), label="gains")
+    x = conv_items(offsets, gains, data.draw(st.integers(0, 2**16), label="seed"))
+    (y,) = session(rewritten).run(["y"], {"x": x})
+    for i in range(size):
+        (alone,) = session(original).run(["y"], {"x": x[i : i + 1]})
+        np.testing.assert_array_equal(y[i : i + 1], alone)
+
+
+def test_original_convolutions_depend_on_the_batch(conv_models) -> None:
+    original, _ = conv_models
+    x = conv_items([0.0, 1.0, 0.3], [0.01, 1.0, 100.0], 0)
+    (together,) = session(original).run(["y"], {"x": x})
+    (alone,) = session(original).run(["y"], {"x": x[:1]})
+    assert np.abs(together[:1] - alone).max() > 1e-3 * np.abs(alone).max()
+
+
+def test_rewrite_reports_a_convolution_padded_implicitly(tmp_path) -> None:
+    """auto_pad SAME_*: the pads are not in the graph; the quantizer is left
+    as it was and reported, so the model runs one stream per call."""
+    data = quantized_convs(conv_stack(auto_pad="SAME_UPPER"), tmp_path, CONV_OPTIONS["QUInt8"])
+    _, skipped = quantization.rewrite_model(data, lambda b: {"x": conv_items([0.5] * b, [1.0] * b, b)}, session)
+    assert skipped == ["x"]
+
+
+@pytest.mark.parametrize(("kind", "options"), [
+    ("nemo", "QUInt8"), ("nemo", "QInt8"), ("nemo", "QUInt8 reduce range"),
+    ("zipformer2", "QUInt8"), ("zipformer2", "QInt8 per channel"), ("zipformer2", "QInt8 reduce range, per channel"),
+])  # fmt: skip
+def test_models_with_convolutions_load_batch_invariant(tmp_path, caplog, kind, options) -> None:
+    """Whole-model int8 exports of the fixtures with convolutions: nothing is
+    reported at load, the model service batches them, a batch gives each
+    stream what the original file gives it alone.  (Not the NeMo fixture
+    per channel: onnxruntime cannot run its per-channel (L, D, D) weight's
+    MatMulInteger, in the original file either.)"""
+    if kind == "nemo":
+        write_nemo_ctc_model(tmp_path / "float")
+    else:
+        zipformer2_ctc.write_model(tmp_path / "float")
+    int8_dir = quantize_whole_model(tmp_path / "float", tmp_path / "int8", **CONV_OPTIONS[options])
+    assert "ConvInteger" in {n.op_type for n in onnx.load(int8_dir / "model.int8.onnx").graph.node}
+    with caplog.at_level("WARNING"):
+        rewritten = load_model(int8_dir)
+    assert not [r for r in caplog.records if "per stream" in r.getMessage()]
+    assert is_batch_invariant(rewritten)
+    assert ModelService(rewritten, BatchingPolicy(max_batch=8, exact=True)).max_batch == 8
+    rewritten._single_stream_session = None
+    original = load_model(int8_dir, per_item_quantization=False)
+    rng = np.random.default_rng(7)
+    features = np.stack([random_features(original, rng, loud) for loud in (-2.0, 0.0, 1.5)])
+    states = [original.initial_state()] * 3
+    log_probs, new_states = rewritten.run(features, states)
+    for i in range(3):
+        alone, (new_alone,) = original.run(features[i : i + 1], [states[i]])
+        assert_same_result(log_probs[i], alone[0], new_states[i], new_alone)

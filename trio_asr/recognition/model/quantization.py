@@ -23,6 +23,13 @@ extra columns holding zp[b] and the weight as many extra int8 rows summing to
 ``-colsum(Wq - w_zp)`` (:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`); otherwise (activation x
 activation, per-channel weight zero points) it is subtracted in int32, with
 the mirror term ``rowsum`` when the right-hand side is per-item too.  A
+``ConvInteger`` (``quantize_dynamic`` of all op types makes one of each Conv,
+as sherpa-onnx's NeMo exports have) pads its input with the input zero point,
+so that padding contributes nothing; its input is padded explicitly instead,
+in float with zeros, which quantize to the item's own zero point, and the
+unpadded convolution runs with zero point 0, the term ``zp[b] * sum(Wq[m] -
+w_zp)`` (the same at every output position now) subtracted in int32
+(:func:`~trio_asr.recognition.model.quantized_ops.rewrite_conv`).  A
 quantized tensor that is only transposed and dequantized (``quantize_dynamic``
 does that to Transposes) is dequantized per item.  The scales multiply per
 item, for extended-weight matmuls in the matmul's own kernel
@@ -34,7 +41,8 @@ int16 with saturation, so there the original's sums are not the exact ones
 (VNNI and AMX kernels sum exactly); either way a sum is a function of the
 item's row and the weight alone, and the rewrite keeps every input column
 where it was and appends only what cannot saturate
-(:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`).  What
+(:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`); a
+convolution's im2col matrix is the original's, element for element.  What
 differs in a batch is float rounding in the float parts of the model (a GEMM
 over many rows may round differently from one over a single row), which now
 and then moves one quantization step.
@@ -42,7 +50,8 @@ and then moves one quantization step.
 Which axis of each quantized tensor is the batch is not written in the
 graph; :func:`batch_axes` finds it from the tensor's shapes at two batch
 sizes (see :func:`with_probe_outputs`).  A quantized tensor whose batch is
-merged into another axis, or whose quantized values feed anything else, is
+merged into another axis, or whose quantized values feed anything else (a
+``ConvInteger`` padded implicitly, ``auto_pad`` SAME_*, among them), is
 left as it was and reported, so callers can tell that the model is still
 not batch-invariant.
 """
@@ -64,6 +73,7 @@ from trio_asr.recognition.model.quantized_ops import (
     fuse_scaling,
     kernel_scales_per_item,
     quantize_per_item,
+    rewrite_conv,
     rewrite_matmul,
 )
 
@@ -185,7 +195,7 @@ def per_item_quantization(
         axis = axes.get(x, -1)
         if axis is None:
             continue  # does not depend on the batch: nothing to do
-        dequantizers = None if axis < 0 else _rewritable(node, axis, len(shapes[x]), consumers, graph_outputs)
+        dequantizers = None if axis < 0 else _rewritable(node, axis, len(shapes[x]), consumers, graph_outputs, weights)
         if dequantizers is None:
             skipped.append(x)
             continue
@@ -198,6 +208,7 @@ def per_item_quantization(
     scale_vector: dict[str, str] = {}  # per-item scale output -> the scale as a vector
     extra_columns: dict[str, int] = {}  # quantized values -> zero-point columns appended
     exact_matmuls: set[str] = set()  # outputs of rewritten matmuls that are the exact int32 result
+    sources: dict[str, tuple[str, str, str]] = {}  # quantized values -> (float input, scale vector, zp)
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         b.nodes = []
@@ -205,6 +216,7 @@ def per_item_quantization(
             columns = extra_columns_needed(node, consumers, weights)
             scale, zp = quantize_per_item(b, node, rewrite[node.output[0]], len(shapes[node.input[0]]), columns)
             scale_vector[node.output[1]] = scale
+            sources[node.output[0]] = (node.input[0], scale, node.output[2])
             if zp is None:
                 extra_columns[node.output[0]] = columns
             else:
@@ -214,6 +226,8 @@ def per_item_quantization(
         ):
             if rewrite_matmul(b, node, zp_int32, extra_columns, weights):
                 exact_matmuls.add(node.output[0])
+        elif node.op_type == "ConvInteger" and node.input[0] in sources:
+            rewrite_conv(b, node, sources[node.input[0]], zp_int32, weights)
         elif node.op_type == "DequantizeLinear" and node.output[0] in dequantize_axes:
             q, q_scale, q_zp = node.input
             b.op("DequantizeLinear", q, scale_vector[q_scale], q_zp, axis=dequantize_axes[node.output[0]],
@@ -245,12 +259,15 @@ def per_item_quantization(
 
 
 def _rewritable(
-    node: onnx.NodeProto, axis: int, rank: int, consumers: Consumers, graph_outputs: set[str]
+    node: onnx.NodeProto, axis: int, rank: int, consumers: Consumers, graph_outputs: set[str],
+    weights: Mapping[str, np.ndarray],
 ) -> dict[str, int] | None:
     """Whether a quantizer's outputs are used only the way the rewrite
-    handles: by ``MatMulInteger``, by ``Mul`` (the scale) and by
-    ``DequantizeLinear``, directly or after a ``Transpose`` of the quantized
-    values (``quantize_dynamic`` quantizes a Transpose of a quantized tensor).
+    handles: by ``MatMulInteger``, by ``ConvInteger`` (as its input, batch
+    first, with a constant weight and explicit pads), by ``Mul`` (the scale)
+    and by ``DequantizeLinear``, directly or after a ``Transpose`` of the
+    quantized values (``quantize_dynamic`` quantizes a Transpose of a
+    quantized tensor).
     Returns, for each such DequantizeLinear node's output, the batch axis of
     its input; None if the quantizer cannot be rewritten."""
     q_out, scale_out, zp_out = node.output
@@ -272,6 +289,11 @@ def _rewritable(
             # side, the output-column axis
             if (i == 0 and axis == rank - 1) or (i == 1 and axis >= rank - 2):
                 return None
+        elif user.op_type == "ConvInteger":
+            auto_pad = next((a.s for a in user.attribute if a.name == "auto_pad"), b"NOTSET")
+            if (i, axis) != (0, 0) or list(user.input[2:3]) != [zp_out] or user.input[1] not in weights \
+                    or auto_pad not in (b"NOTSET", b"VALID"):  # fmt: skip
+                return None
         elif user.op_type == "Transpose":
             perm = next((list(a.ints) for a in user.attribute if a.name == "perm"), None)
             moved = perm.index(axis) if perm else rank - 1 - axis
@@ -282,7 +304,7 @@ def _rewritable(
         elif not (i == 0 and dequantizer(user, axis)):
             return None
     for user, i in consumers[zp_out]:
-        if user.op_type == "MatMulInteger":
+        if user.op_type in ("MatMulInteger", "ConvInteger"):
             if i not in (2, 3) or user.input[i - 2] != q_out:
                 return None
         elif user.output[0] not in dequantizers:

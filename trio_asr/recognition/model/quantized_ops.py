@@ -3,6 +3,10 @@
 - :func:`quantize_per_item` replaces one ``DynamicQuantizeLinear``;
 - :func:`rewrite_matmul` replaces a ``MatMulInteger`` that takes a per-item
   quantized input, by :func:`extended_weight` or an int32 correction;
+- :func:`rewrite_conv` replaces a ``ConvInteger`` that takes one: the
+  input padded explicitly (in float, by zeros, which quantize to the item's
+  zero point, as the original kernel pads), zero point 0 and an int32
+  correction;
 - :func:`fuse_scaling` then merges each extended-weight matmul with the
   ``Cast`` and per-item ``Mul`` after it into one ``MatMulIntegerToFloat``
   (the int32-correction ones keep theirs);
@@ -27,6 +31,7 @@ __all__ = [
     "fuse_scaling",
     "kernel_scales_per_item",
     "quantize_per_item",
+    "rewrite_conv",
     "rewrite_matmul",
 ]
 
@@ -227,6 +232,48 @@ def rewrite_matmul(
     for i, term in enumerate(terms):
         total = b.op("Sub", total, term, out=node.output[0] if i == len(terms) - 1 else None)
     return False
+
+
+def rewrite_conv(
+    b: Builder,
+    node: onnx.NodeProto,
+    source: tuple[str, str, str],
+    zp_int32: Mapping[str, str],
+    weights: Mapping[str, np.ndarray],
+) -> None:
+    """``ConvInteger`` whose input is quantized per item (batch axis 0) and
+    whose weight is a constant (in ``weights``): ``source`` is the
+    quantizer's float input, per-item scale vector and zero point vector,
+    ``zp_int32`` maps the zero point to its int32 form (input-shaped).
+
+    The original kernel (im2col, then an integer GEMM) fills the padding
+    with the input's zero point, so that it contributes nothing.  Here the
+    float input is padded with zeros, which quantize to the item's zero point
+    exactly, and the convolution runs unpadded with input zero point 0: its
+    im2col matrix is the original's, element for element, so the kernel's
+    sums are the original's, saturating kernels included, and the zero-point
+    term, now the same at every output position, comes off in int32::
+
+        conv(xq_padded - zp[b], wq - w_zp) = conv(xq_padded, wq - w_zp) - zp[b] * sum(wq[m] - w_zp)
+
+    (the sum over each output channel's weights, groups included)."""
+    x, scale, zp = source
+    q, w, _, w_zp = (list(node.input) + [""] * 4)[:4]
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attributes.pop("auto_pad", None)  # NOTSET or VALID: the pads say it all
+    pads = [int(p) for p in attributes.pop("pads", [])]
+    if any(pads):
+        spatial = len(pads) // 2
+        full = [0, 0, *pads[:spatial], 0, 0, *pads[spatial:]]
+        padded = b.op("Pad", x, b.const(np.array(full, np.int64), "pads"))
+        q = b.op("QuantizeLinear", padded, scale, zp, axis=0)
+    zero_u8 = b.const(np.uint8(0), "zp0")
+    raw = b.op("ConvInteger", q, w, zero_u8, *([w_zp] if w_zp else []), **attributes)
+    wq = weights[w].astype(np.int64)  # (M, C / group, kernel...)
+    if w_zp:  # a scalar, or one per output channel
+        wq = wq - weights[w_zp].astype(np.int64).reshape([-1] + [1] * (wq.ndim - 1))
+    total = b.const(wq.sum(axis=tuple(range(1, wq.ndim))).reshape([-1] + [1] * (wq.ndim - 2)).astype(np.int32), "wsum")
+    b.op("Sub", raw, b.op("Mul", zp_int32[node.input[2]], total), out=node.output[0])
 
 
 def fuse_scaling(
