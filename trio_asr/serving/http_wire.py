@@ -50,6 +50,7 @@ class Wire:
     def __init__(self, stream: trio.abc.Stream, max_header_bytes: int, send_timeout: float) -> None:
         self.stream = stream
         self.send_timeout = send_timeout
+        self.max_header_bytes = max_header_bytes
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         # every byte from the current request's first, while nothing after its head was read
         self._raw: bytearray | None = None
@@ -80,6 +81,7 @@ class Wire:
             if event is h11.PAUSED or isinstance(event, h11.Event):
                 if isinstance(event, h11.Request):
                     self._in_head = False
+                    self._check_head_size()
                 return event
             if idle is None:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
@@ -91,6 +93,14 @@ class Wire:
             else:
                 self._raw = None
             self.h11.receive_data(bytes(data))
+
+    def _check_head_size(self) -> None:
+        # h11 measures only a head still incomplete: one that came whole in a
+        # single read is measured here
+        assert self._raw is not None
+        size = len(self._raw) - len(self.h11.trailing_data[0])
+        if size > self.max_header_bytes:
+            raise h11.RemoteProtocolError(f"request head of {size} bytes", error_status_hint=431)
 
     async def send(self, event: h11.Event) -> None:
         """Send ``event`` (h11's :exc:`h11.LocalProtocolError` if it does not fit the state)."""

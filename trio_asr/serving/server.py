@@ -258,7 +258,8 @@ class Server:
                 else:
                     tls = await accept_tls(stream, self._ssl_context, self._limits, peer, self.router.observe)
                     if tls is not None:
-                        await serve_http(tls, self.router, self._limits, peer=peer, observe=self.router.observe)
+                        async with tls:  # its close_notify, then the socket's close
+                            await serve_http(tls, self.router, self._limits, peer=peer, observe=self.router.observe)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("connection from %s broke", peer)
         except Exception:
