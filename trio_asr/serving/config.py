@@ -191,8 +191,10 @@ class ServerConfig:
         10.0, type=float, help="time open streams get to finish after SIGINT/SIGTERM, s", validator=at_least(0)
     )
     handshake_timeout: float = _setting(
-        10.0, type=float, help="time for a request head and the WebSocket opening handshake, s", validator=positive
-    )
+        10.0, type=float, validator=positive,
+        help="time for a connection's first HTTP request head, and for the WebSocket opening handshake; also the "
+        "longest pause inside a request body, s",
+    )  # fmt: skip
     close_timeout: float = _setting(
         5.0, type=float, help="time for a WebSocket closing handshake, s", validator=positive
     )
