@@ -21,6 +21,25 @@
    streams a core holds: max streams scale with 1 / this), the final reply's
    latency after ``end``, and the second pass's batch sizes.
 
+3. ``--real-size int8,float32``: single-stream RTF on the real-size
+   synthetic SenseVoice-Small (``common.sense_voice_fixture``: SenseVoice-
+   Small's geometry, 70 SAN-M layers, ~234 M parameters, random weights;
+   int8 made as sherpa-onnx's export makes it), the speech clips tiled to
+   ``--seconds`` (20) and decoded whole, one intra-op thread: sherpa-onnx's
+   ``from_sense_voice`` (greedy), ours greedy and ours beam 10, their order
+   rotated in each of ``--repeats`` rounds; ours / sherpa-onnx is the median
+   of the rounds' ratios.  Ours is also split into features (fbank, LFR,
+   CMVN), the ONNX call, log-softmax and the search.  Parts 1 and 2 are
+   skipped.
+
+4. ``--latency-streams N``: ``trio-asr serve --second-pass`` (the
+   ``--offline-model``, or the real-size int8 fixture) as a process, N
+   real-time streams as ``bench_server.py`` runs a level (10 s each), and
+   the second pass's latency (segment close -> announced) from the server's
+   ``trio_asr_second_pass_latency_seconds`` histogram over that level:
+   p50 / p95 interpolated within its buckets, as Prometheus'
+   ``histogram_quantile`` does, and the buckets themselves.
+
 Without ``--offline-model`` the offline model is the synthetic SenseVoice
 fixture (``trio_asr.testing.sense_voice``, a few thousand parameters): its
 RTF measures our features and search against sherpa-onnx's, not a real
@@ -43,10 +62,11 @@ import numpy as np
 import trio
 import trio_websocket
 
-from common import fixture_model, speech, write_results
+from common import fixture_model, sense_voice_fixture, speech, tile_to, write_results
 
 from trio_asr.recognition.model import find_model_file, load_model
 from trio_asr.recognition.offline import OfflineRecognizer, load_offline_model
+from trio_asr.recognition.offline.base import log_softmax
 from trio_asr.recognition.offline.sense_voice import SenseVoiceModel
 from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.serving.config import ServerConfig
@@ -165,6 +185,131 @@ async def _server_run(config: ServerConfig, model_dir: Path, pcm: bytes, streams
     return results
 
 
+def single_stream_rtf(model_dir: Path, audio: np.ndarray, repeats: int) -> dict:
+    """Ours (greedy, beam 10) against sherpa-onnx on one long utterance,
+    interleaved: CPU seconds per audio second of each round, and ours /
+    sherpa-onnx per round."""
+    model = load_offline_model(model_dir, threads=1)
+    greedy = OfflineRecognizer(model, decoding="greedy", use_itn=True)
+    beam = OfflineRecognizer(model, beam=10, use_itn=True)
+    sherpa = make_sherpa(model_dir, True)
+    seconds = len(audio) / 16000
+    parts: dict[str, list[float]] = {"features": [], "onnx call": [], "log-softmax": [], "search (greedy)": []}
+    texts = {}
+
+    def sherpa_one() -> None:
+        s = sherpa.create_stream()
+        s.accept_waveform(16000, audio)
+        sherpa.decode_stream(s)
+        texts["sherpa-onnx"] = s.result.text
+
+    def ours(recognizer: OfflineRecognizer, name: str):
+        def run() -> None:
+            texts[name] = recognizer.recognize(audio).result.text
+        return run
+
+    def ours_parts() -> None:
+        """Ours greedy, step by step (the ONNX call and the log-softmax apart)."""
+        t0 = time.process_time()
+        u = greedy.prepare(audio)
+        t1 = time.process_time()
+        feed = {"x": u.features[None], "x_length": np.array([len(u.features)], np.int32),
+                "language": np.array([0], np.int32), "text_norm": np.array([14], np.int32)}  # fmt: skip
+        (logits,) = model._session.run(None, feed)
+        t2 = time.process_time()
+        log_probs = log_softmax(logits[0])
+        t3 = time.process_time()
+        greedy.decode(u, log_probs)
+        t4 = time.process_time()
+        for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            parts[key].append(value / seconds)
+
+    runs = {"sherpa-onnx (greedy)": sherpa_one, "ours, greedy": ours(greedy, "greedy"),
+            "ours, beam 10": ours(beam, "beam 10")}  # fmt: skip
+    for fn in runs.values():  # warm-up: first-call allocations
+        fn()
+    rtf: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.process_time()
+            runs[name]()
+            rtf[name].append((time.process_time() - start) / seconds)
+        ours_parts()
+    base = rtf["sherpa-onnx (greedy)"]
+    return {
+        "audio_seconds": seconds,
+        "rtf_median": {k: float(np.median(v)) for k, v in rtf.items()},
+        "ratio_median": {k: float(np.median(np.array(v) / np.array(base))) for k, v in rtf.items()},
+        "rtf_rounds": rtf,
+        "ours_greedy_parts_rtf_median": {k: float(np.median(v)) for k, v in parts.items()},
+        # sherpa-onnx puts a space where a piece starts with "▁" after a CJK one; ours does not
+        "greedy_text_equal": texts["greedy"].replace(" ", "") == texts["sherpa-onnx"].replace(" ", ""),
+    }
+
+
+def histogram(text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of a Prometheus histogram in ``text``."""
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return dict(sorted(buckets.items()))
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile: linear within the bucket that holds it."""
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, count in buckets.items():
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = le, count
+    return lower
+
+
+def latency_at(n: int, offline_dir: Path, model_dir: Path, clips, seconds: float, extra: list[str]) -> dict:
+    """N real-time streams (bench_server's level) against ``trio-asr serve
+    --second-pass``; the second-pass latency histogram over the level."""
+    import asyncio
+    import urllib.request
+
+    import bench_server
+    from servers import OursAdapter, start_ours
+
+    args = bench_server.parse_args(["--seconds", str(seconds), *extra])
+    name = "trio_asr_second_pass_latency_seconds"
+    with tempfile.TemporaryDirectory(prefix="trio-asr-bench-") as tmp:
+        server = start_ours("trio-asr --second-pass", model_dir, args, Path(tmp), ["--second-pass", str(offline_dir)])
+        try:
+            server.wait_ready()
+
+            def scrape() -> dict[float, float]:
+                url = f"http://127.0.0.1:{server.port}/metrics"
+                with urllib.request.urlopen(url, timeout=30) as reply:
+                    return histogram(reply.read().decode(), name)
+
+            warm = bench_server.parse_args(["--seconds", "3", *extra])
+            asyncio.run(bench_server.run_level(server, OursAdapter(), n, clips, warm))
+            time.sleep(2.0)
+            before = scrape()
+            row = asyncio.run(bench_server.run_level(server, OursAdapter(), n, clips, args))
+            after = scrape()
+        finally:
+            server.stop()
+    level = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    return {
+        "streams": n, "level": row, "segments": level.get(float("inf"), 0.0),
+        "p50_s": histogram_quantile(0.5, level), "p95_s": histogram_quantile(0.95, level),
+        "buckets": {("+Inf" if le == float("inf") else str(le)): c for le, c in level.items()},
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offline-model", type=Path, help="offline model directory (default: the synthetic SenseVoice)")
@@ -172,8 +317,43 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--audio-dir", type=Path)
+    parser.add_argument("--real-size", metavar="KINDS",
+                        help="single-stream RTF on the real-size SenseVoice fixture (int8,float32) instead of parts 1-2")
+    parser.add_argument("--seconds", type=float, default=20.0, help="audio per utterance with --real-size")
+    parser.add_argument("--latency-streams", type=int, metavar="N",
+                        help="second-pass latency at N real-time streams (a server process) instead of parts 1-2")
+    parser.add_argument("--bench-server-arg", action="append", default=[],
+                        help="with --latency-streams: an argument for bench_server.py's level (repeatable),"
+                        " e.g. --bench-server-arg=--arrivals=spread")
     args = parser.parse_args()
     clips = speech(args.audio_dir)
+    if args.real_size:
+        audio = tile_to(clips, args.seconds)
+        print(f"CPU: {cpu_name()}; real-size SenseVoice fixture, {args.seconds:.0f} s utterance, 1 thread")
+        real = {}
+        for kind in args.real_size.split(","):
+            real[kind] = r = single_stream_rtf(sense_voice_fixture(kind), audio, args.repeats)
+            print(f"\n{kind}: RTF (CPU s / audio s, median of {args.repeats} interleaved rounds); greedy text"
+                  f" {'equal to' if r['greedy_text_equal'] else 'DIFFERENT from'} sherpa-onnx's (spaces aside)")
+            for name, rtf in r["rtf_median"].items():
+                print(f"  {name:22s} {rtf:8.4f}   ours / sherpa-onnx x{r['ratio_median'][name]:5.3f}")
+            print("  ours greedy, by part: " + ", ".join(f"{k} {v:.4f}" for k, v in r["ours_greedy_parts_rtf_median"].items()))
+        record = {"cpu": cpu_name(), "seconds": args.seconds, "repeats": args.repeats, "real_size": real,
+                  "load_before": " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())}  # fmt: skip
+        print(f"\nwrote {write_results('second_pass_real_size', record)}")
+        return 0
+    if args.latency_streams:
+        offline_dir = args.offline_model or sense_voice_fixture("int8")
+        model_dir = args.model or fixture_model("int8")
+        found = latency_at(args.latency_streams, offline_dir, model_dir, clips, 10.0, args.bench_server_arg)
+        print(f"CPU: {cpu_name()}; {args.latency_streams} real-time streams, second pass {offline_dir}")
+        print(f"  second-pass latency over {found['segments']:.0f} segments: p50 {found['p50_s']} s,"
+              f" p95 {found['p95_s']} s; buckets {found['buckets']}")
+        print(f"  level: {found['level']}")
+        record = {"cpu": cpu_name(), "offline_model": str(offline_dir), "streaming_model": str(model_dir),
+                  "bench_server_args": args.bench_server_arg, **found}  # fmt: skip
+        print(f"\nwrote {write_results(f'second_pass_latency_{args.latency_streams}', record)}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         offline_dir = args.offline_model
         if offline_dir is None:

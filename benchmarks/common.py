@@ -10,6 +10,8 @@ of pytest's settings in ``pyproject.toml``.
 - :func:`fixture_model` writes the real-size synthetic Zipformer2-CTC model
   (the default model's geometry, random weights) into ``benchmarks/.cache`` once,
   in float32 or dynamically int8-quantized (the real default model is int8);
+- :func:`sense_voice_fixture` does the same for the real-size synthetic
+  SenseVoice-Small (the second pass's offline model);
 - :func:`write_results` stores a JSON record under ``benchmarks/results``;
   :func:`write_results_and_plot` also draws its plot there when matplotlib is
   installed (the ``[bench]`` extra) and says so in one line when it is not.
@@ -36,6 +38,7 @@ __all__ = [
     "SAMPLE_RATE",
     "Progress",
     "fixture_model",
+    "sense_voice_fixture",
     "shared_dir",
     "speech",
     "tile_to",
@@ -102,6 +105,31 @@ def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path
 
         print(f"quantizing the fixture model into {int8_dir}", file=sys.stderr)
         quantize_model_dir(float_dir, int8_dir)
+    return int8_dir
+
+
+def sense_voice_fixture(kind: str = "int8", *, cache_dir: Path = CACHE_DIR) -> Path:
+    """Directory of the real-size synthetic SenseVoice-Small (offline CTC, for
+    the second pass), written on first use (about a minute): ``"float32"``
+    (``model.onnx``, ~950 MB) or ``"int8"`` (``model.int8.onnx``, ~250 MB, made
+    as sherpa-onnx's export makes it: dynamic quantization of the MatMuls,
+    QUInt8 weights)."""
+    if kind not in ("float32", "int8"):
+        raise ValueError(f"kind must be float32 or int8, not {kind!r}")
+    float_dir = cache_dir / "sense-voice-small-real-size"
+    if not (float_dir / "model.onnx").is_file():
+        from trio_asr.testing.sense_voice import write_real_size_sense_voice_model
+
+        print(f"writing the real-size SenseVoice fixture into {float_dir}", file=sys.stderr)
+        write_real_size_sense_voice_model(float_dir)
+    if kind == "float32":
+        return float_dir
+    int8_dir = cache_dir / "sense-voice-small-real-size-int8"
+    if not (int8_dir / "model.int8.onnx").is_file():
+        from trio_asr.testing.int8 import quantize_model_dir
+
+        print(f"quantizing the SenseVoice fixture into {int8_dir}", file=sys.stderr)
+        quantize_model_dir(float_dir, int8_dir, weight_type="QUInt8")
     return int8_dir
 
 
