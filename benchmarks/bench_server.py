@@ -13,7 +13,10 @@ is given), all started at once and their levels run in turn (so that changes
 in the machine's load hit all alike), N WebSocket clients (the
 ``websockets`` library, one asyncio process) each stream ``--seconds`` of the
 speech clips at real-time pace in 85 ms chunks, starting at random offsets
-within one chunk, reading replies concurrently, then end the stream.
+within one chunk (``--arrivals burst``, the default) or uniformly over the
+first ``--spread`` (10) seconds with a random chunk phase (``--arrivals
+spread``, each client then streaming ``--seconds`` + ``--spread``; both:
+``--arrivals burst,spread``), reading replies concurrently, then end the stream.
 
 A level N is *held* when no client saw an error and every stream kept real
 time: its final reply came within ``--final-slack`` (0.5 s) of its last
@@ -399,9 +402,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated modes, each swept in turn: burst (all clients start within one "
                              "chunk) and/or spread (uniformly over the first --spread seconds, random chunk phase)")
     parser.add_argument("--spread", type=float, default=10.0, help="seconds over which spread arrivals start")
-    parser.add_argument("--ours-tree", type=Path, default=None,
+    parser.add_argument("--ours-tree", type=Path, action="append", default=[],
                         help="adds ours run from another source tree (e.g. a `git worktree` of an older commit, "
-                             "with the compiled modules copied in), named 'trio-asr @<dir name>'")
+                             "with the compiled modules copied in), named 'trio-asr @<dir name>' (repeatable)")
     parser.add_argument("--final-slack", type=float, default=0.5,
                         help="a stream keeps real time if its final reply comes this soon after its last chunk")
     parser.add_argument("--idle-connections", type=int, default=64)
@@ -427,8 +430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if mode not in ("burst", "spread"):
             parser.error(f"--arrivals: burst or spread, not {mode!r}")
     args.arrivals = args.arrival_modes[0]
-    if args.ours_tree is not None:
-        args.servers.append(f"trio-asr @{args.ours_tree.name}")
+    args.servers += [f"trio-asr @{tree.name}" for tree in args.ours_tree]
     return args
 
 
@@ -462,9 +464,9 @@ def plan(model_dir: Path, args) -> list[tuple[str, object]]:
         ("sherpa-onnx C++", lambda d, a, w: start_sherpa_cpp("sherpa-onnx C++", d, a, w)),
         ("sherpa-onnx py", lambda d, a, w: start_sherpa_py("sherpa-onnx py", d, a, w)),
     ]  # fmt: skip
-    if args.ours_tree is not None:
-        servers.insert(1, (f"trio-asr @{args.ours_tree.name}",
-                           lambda d, a, w: start_ours(f"trio-asr @{a.ours_tree.name}", d, a, w, [], tree=a.ours_tree)))
+    for tree in args.ours_tree:
+        servers.insert(1, (f"trio-asr @{tree.name}",
+                           lambda d, a, w, t=tree: start_ours(f"trio-asr @{t.name}", d, a, w, [], tree=t)))
     return [(name, starter) for name, starter in servers if name in args.servers]
 
 
