@@ -42,6 +42,10 @@ class AudioFileError(ValueError):
     """An input file that cannot be read as audio; ``str()`` is one line naming it."""
 
 
+class AudioTooLong(AudioFileError):
+    """Audio longer than the ``max_seconds`` of :func:`decode_audio`."""
+
+
 class UnsupportedAudioFormat(AudioFileError):
     """Audio in a format that cannot be decoded here at all (as opposed to a
     file of a known format that is empty, cut short or corrupt)."""
@@ -203,7 +207,7 @@ def _bounded(
     samples: npt.NDArray[np.float32], rate: int, name: str, kind: str | None, max_seconds: float | None
 ) -> tuple[npt.NDArray[np.float32], int]:
     if max_seconds is not None and len(samples) > max_seconds * rate:
-        raise AudioFileError(f"{name}: {kind or 'the audio'} is longer than the {max_seconds:g} s allowed")
+        raise AudioTooLong(f"{name}: {kind or 'the audio'} is longer than the {max_seconds:g} s allowed")
     return samples, rate
 
 

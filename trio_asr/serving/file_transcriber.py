@@ -26,7 +26,7 @@ does not use is resampled to the model's rate first.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from functools import partial
 
 import attrs
@@ -37,7 +37,7 @@ from trio_asr.recognition.hotwords import Hotword
 from trio_asr.recognition.offline.base import Conditioning
 from trio_asr.recognition.offline.long_audio import file_tags, join_results
 from trio_asr.recognition.offline.options import OfflineOptions
-from trio_asr.recognition.offline.pieces import SilenceFinder, cut_pieces
+from trio_asr.recognition.offline.pieces import SilenceFinder, VadSilences, cut_pieces
 from trio_asr.recognition.offline.recognizer import OfflineResult
 from trio_asr.recognition.offline.service import SecondPassService, Ticket
 from trio_asr.recognition.resample import resample
@@ -45,7 +45,7 @@ from trio_asr.recognition.segments import RecognitionResult
 from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.serving.second_pass import TwoPassRecognizer
 
-__all__ = ["FEED_SECONDS", "PIECES_IN_FLIGHT", "FileRequest", "FileTranscriber", "FileTranscript"]
+__all__ = ["FEED_SECONDS", "PIECES_IN_FLIGHT", "FileRequest", "FileTranscriber", "FileTranscript", "SegmentSink", "vad_silences"]
 
 #: pieces of one file queued in the second-pass service at a time
 PIECES_IN_FLIGHT = 4
@@ -56,6 +56,10 @@ FEED_SECONDS = 4.0
 SegmentSink = Callable[[str], Awaitable[None]]
 
 
+def _as_tuple(hotwords: Iterable[Hotword]) -> tuple[Hotword, ...]:
+    return tuple(hotwords)
+
+
 @attrs.frozen
 class FileRequest:
     """What an upload asks of decoding: ``nbest`` alternatives, its own
@@ -63,7 +67,7 @@ class FileRequest:
     offline model that is told the language, SenseVoice, uses it)."""
 
     nbest: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    hotwords: tuple[Hotword, ...] = attrs.field(default=(), converter=tuple)
+    hotwords: tuple[Hotword, ...] = attrs.field(default=(), converter=_as_tuple)
     language: str | None = None
 
 
@@ -76,6 +80,17 @@ class FileTranscript:
     result: RecognitionResult
     language: str | None
     duration: float
+
+
+def vad_silences(threshold: float) -> SilenceFinder | None:
+    """Silero VAD's pauses, or None when it is not installed (files are
+    then cut at their quietest points)."""
+    from trio_asr.recognition.vad import SileroVad, VadUnavailable
+
+    try:
+        return VadSilences(SileroVad(threshold=threshold))
+    except VadUnavailable:
+        return None
 
 
 class FileTranscriber:

@@ -33,6 +33,7 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 128)
+_UPLOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _DELAY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 METRIC_NAMES = (
@@ -56,6 +57,8 @@ METRIC_NAMES = (
     "trio_asr_second_pass_queue_delay_seconds",
     "trio_asr_second_pass_queue_delay_current_seconds",
     "trio_asr_second_pass_failures_total",
+    "trio_asr_upload_audio_seconds_total",
+    "trio_asr_upload_seconds",
     "trio_asr_build_info",
     "trio_asr_model_info",
 )
@@ -152,6 +155,13 @@ class ServerMetrics:
             "trio_asr_second_pass_failures", "segments announced with first-pass text as their second pass failed",
             registry=registry,
         )  # fmt: skip
+        self._upload_audio = Counter(
+            "trio_asr_upload_audio_seconds", "seconds of audio in uploaded files (the HTTP API)", registry=registry
+        )
+        self._upload_time = Histogram(
+            "trio_asr_upload_seconds", "time from an upload's request to its response (decoding included)",
+            buckets=_UPLOAD_BUCKETS, registry=registry,
+        )  # fmt: skip
         self._build = Info("trio_asr_build", "trio-asr version and platform", registry=registry)
         self._model = Info("trio_asr_model", "the model being served", registry=registry)
         self._build.info({"version": __version__, "python": platform.python_version()})
@@ -220,6 +230,14 @@ class ServerMetrics:
     def second_pass_announced(self, latency: float) -> None:
         """A segment was announced ``latency`` s after it closed."""
         self._second_latency.observe(latency)
+
+    def upload_audio(self, seconds: float) -> None:
+        """An uploaded file holds ``seconds`` of audio."""
+        self._upload_audio.inc(seconds)
+
+    def upload_answered(self, seconds: float) -> None:
+        """An upload was answered ``seconds`` after it was admitted."""
+        self._upload_time.observe(seconds)
 
     def second_pass_failed(self) -> None:
         self._second_failures.inc()

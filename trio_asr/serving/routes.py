@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from trio_asr.protocol.transcription_api import ApiError
 from trio_asr.serving.auth import TokenGate, challenge_headers, redact_target
 from trio_asr.serving.http import Answered, Exchange, Handler, error_body
 from trio_asr.serving.lifecycle import Lifecycle
@@ -32,6 +33,8 @@ __all__ = ["Route", "Router"]
 
 log = logging.getLogger("trio_asr.http")
 
+#: the paths of OpenAI's API, whose errors are in its shape
+OPENAI_PREFIX = "/v1/"
 UNAUTHORIZED_MESSAGE = "missing or wrong access token (send Authorization: Bearer TOKEN, or ?token=TOKEN)"
 
 
@@ -82,18 +85,18 @@ class Router:
             exchange.close_after()
         route = self._routes.get(exchange.path)
         if route is None:
-            await exchange.respond_json(404, error_body(f"no such path: {exchange.path}"))
+            await _refuse(exchange, 404, f"no such path: {exchange.path}")
             return
         exchange.route = route.path
         if exchange.method not in route.methods:
             message = f"{exchange.method} is not allowed on {route.path} (allowed: {route.allow})"
-            await exchange.respond_json(405, error_body(message), [("allow", route.allow)])
+            await _refuse(exchange, 405, message, [("allow", route.allow)])
         elif route.needs_auth and not self.allows(exchange):
             self.metrics.unauthorized()
-            await exchange.respond_json(401, error_body(UNAUTHORIZED_MESSAGE), challenge_headers())
+            await _refuse(exchange, 401, UNAUTHORIZED_MESSAGE, challenge_headers())
         elif route.is_work and self.lifecycle.draining:
             self.metrics.refused("shutting_down")
-            await exchange.respond_json(503, error_body("server shutting down"))
+            await _refuse(exchange, 503, "server shutting down")
         else:
             await route.handler(exchange)
 
@@ -109,3 +112,14 @@ class Router:
             log, "request", method=answered.method or "-", target=redact_target(answered.target) or "-",
             status=answered.status, seconds=round(answered.seconds, 4), peer=answered.peer,
         )  # fmt: skip
+
+
+async def _refuse(exchange: Exchange, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+    """An error response: in OpenAI's error shape under :data:`OPENAI_PREFIX`
+    (its clients read nothing else), in the server's own elsewhere."""
+    if exchange.path.startswith(OPENAI_PREFIX):
+        kind = "authentication_error" if status == 401 else "server_error" if status >= 500 else "invalid_request_error"
+        body = ApiError(status, message, type=kind).body()
+        await exchange.respond(status, body, [("content-type", "application/json"), *(headers or [])])
+    else:
+        await exchange.respond_json(status, error_body(message), headers or [])

@@ -43,6 +43,7 @@ import trio_websocket
 from trio_asr.serving.addresses import exposure_warning
 from trio_asr.serving.auth import TokenError, TokenGate, load_tokens
 from trio_asr.serving.config import ServerConfig
+from trio_asr.serving.file_transcriber import FileTranscriber, vad_silences
 from trio_asr.recognition.batched import SteppedRecognizer
 from trio_asr.serving.http import Exchange, HttpLimits, error_body, serve_http
 from trio_asr.serving.lifecycle import Lifecycle
@@ -51,7 +52,9 @@ from trio_asr.serving.metrics import ServerMetrics
 from trio_asr.recognition.model_service import ModelService
 from trio_asr.serving.recording import AudioSaveError, AudioStore
 from trio_asr.serving.routes import Router
+from trio_asr.serving.transcriptions import MODELS_PATH, TRANSCRIPTIONS_PATH, TranscriptionsApi
 from trio_asr.serving.second_pass import TwoPassRecognizer, open_second_pass
+
 from trio_asr.serving.session import Session, SessionContext
 from trio_asr.serving.tls import TlsError, accept_tls, server_context
 from trio_asr.serving.web import ASSET_PATHS, find_asset
@@ -93,6 +96,11 @@ class Server:
             max_header_bytes=config.max_header_bytes, head_timeout=config.handshake_timeout,
             keepalive_timeout=config.http_keepalive_timeout, body_timeout=config.body_timeout,
             send_timeout=config.send_timeout,
+        )  # fmt: skip
+        #: OpenAI's transcription API (its pauses finder is set in open())
+        self.api = TranscriptionsApi(
+            config, FileTranscriber(batched), self.metrics, overloaded=lambda: self.overloaded,
+            on_idle=self._maybe_all_closed,
         )  # fmt: skip
         #: the HTTP routes (its gate gets the configured tokens in open())
         self.router = Router(self.lifecycle, self.metrics)
@@ -141,6 +149,8 @@ class Server:
             if config.certfile is not None:
                 self._ssl_context = server_context(config.certfile, config.keyfile)
             self.recognizer.second_pass = self.recognizer.second_pass or await open_second_pass(config, self.metrics)
+            if self.recognizer.second_pass is not None:
+                self.api.transcriber.silences = await trio.to_thread.run_sync(vad_silences, config.vad_threshold)
         except (TokenError, TlsError, ValueError) as exc:  # ModelError and HotwordError are ValueErrors
             raise ServerStartError(str(exc)) from None
         warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self.router.gate.enabled)
@@ -161,7 +171,11 @@ class Server:
         self._shutdown.set()
         if immediately:
             self._grace_over.set()
-        if not self._reserved:
+        self._maybe_all_closed()
+
+    def _maybe_all_closed(self) -> None:
+        """While draining: note when no connection and no upload is left."""
+        if self.lifecycle.draining and not self._reserved and not self.api.active:
             self._all_closed.set()
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
@@ -242,8 +256,9 @@ class Server:
         self._add_api_routes()
 
     def _add_api_routes(self) -> None:
-        """Where the HTTP API's routes are added (``POST /v1/audio/transcriptions``,
-        ``GET /v1/models``), with ``self.router.add``: none yet."""
+        """OpenAI's transcription API (:mod:`trio_asr.serving.transcriptions`)."""
+        self.router.add(TRANSCRIPTIONS_PATH, ["POST"], self.api.transcriptions, is_work=True)
+        self.router.add(MODELS_PATH, ["GET"], self.api.models)
 
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; its failures are logged, never propagated."""
@@ -294,8 +309,7 @@ class Server:
             await self._handle_websocket(exchange.upgrade(), exchange.peer)
         finally:
             self._reserved -= 1
-            if not self._reserved and self.lifecycle.draining:
-                self._all_closed.set()
+            self._maybe_all_closed()
 
     async def _handle_websocket(self, stream: trio.abc.Stream, peer: str) -> None:
         config = self.config

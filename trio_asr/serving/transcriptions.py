@@ -1,0 +1,216 @@
+"""OpenAI's audio API on the server's port: ``POST /v1/audio/transcriptions``, ``GET /v1/models``.
+
+:class:`TranscriptionsApi` holds the two handlers that the server routes
+(:mod:`trio_asr.serving.routes` has already checked the access token, the
+same ``Authorization: Bearer`` tokens as the WebSocket's, and refused new
+work while the server drains).  An upload goes through, in order:
+
+1. admission: at most ``max_uploads`` at a time (429 beyond), none while
+   the model's or the second pass's queue is over ``max_queue_delay`` (503);
+   both before a byte of the body is read;
+2. the body, at most ``max_upload_bytes`` of audio plus the form's other
+   fields (413), parsed as multipart/form-data
+   (:mod:`trio_asr.protocol.multipart`) and checked field by field
+   (:mod:`trio_asr.protocol.transcription_api`; 400 naming the field);
+3. the audio decoded in a worker thread (:func:`trio_asr.audio_files.decode_audio`:
+   415 for a format it cannot read, 400 for a broken or empty file, 413
+   over ``max_upload_seconds``), down-mixed;
+4. decoding (:class:`~trio_asr.serving.file_transcriber.FileTranscriber`:
+   the second pass's offline model when the server has one, else the
+   streaming model), then the response in the asked format; with
+   ``stream=true`` server-sent events instead: one ``transcript.text.delta``
+   per segment as it is decoded, then ``transcript.text.done`` (an error
+   after the events have started is an ``error`` event).
+
+Every refusal is OpenAI's error body with the status that says why.  The
+metrics count uploads' audio seconds and the time from request to response.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from collections.abc import Callable
+
+import numpy as np
+import trio
+
+from trio_asr.audio import down_mix
+from trio_asr.audio_files import AudioFileError, AudioTooLong, UnsupportedAudioFormat, decode_audio
+from trio_asr.protocol.multipart import MultipartError, form_boundary, parse_form
+from trio_asr.protocol.transcription_api import (
+    ApiError,
+    TranscriptionRequest,
+    error_event,
+    parse_transcription_form,
+    render_transcript,
+    text_delta_event,
+    text_done_event,
+    transcript_from_result,
+)
+from trio_asr.recognition.compile_queue import CompileQueueFull
+from trio_asr.recognition.hotwords import HotwordError
+from trio_asr.recognition.model_service import ModelServiceError
+from trio_asr.recognition.offline.service import SecondPassError
+from trio_asr.recognition.segments import join_texts
+from trio_asr.serving.config import ServerConfig
+from trio_asr.serving.file_transcriber import FileRequest, FileTranscriber, FileTranscript, SegmentSink
+from trio_asr.serving.http import Exchange, RequestTooLarge
+from trio_asr.serving.metrics import ServerMetrics
+
+__all__ = ["FORM_OVERHEAD_BYTES", "MODELS_PATH", "TRANSCRIPTIONS_PATH", "TranscriptionsApi"]
+
+log = logging.getLogger("trio_asr.http")
+
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+MODELS_PATH = "/v1/models"
+#: what a request body may hold beyond ``max_upload_bytes`` of audio: the other form fields
+FORM_OVERHEAD_BYTES = 256 * 1024
+_JSON = [("content-type", "application/json")]
+
+
+class TranscriptionsApi:
+    """The handlers; ``overloaded()`` says whether the models' queues are
+    too long for new work, ``on_idle()`` is called whenever an upload ends
+    (the server's drain waits for uploads as for streams)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        transcriber: FileTranscriber,
+        metrics: ServerMetrics,
+        *,
+        overloaded: Callable[[], bool],
+        on_idle: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.transcriber = transcriber
+        self.metrics = metrics
+        self.overloaded = overloaded
+        self.on_idle = on_idle
+        #: uploads being received or decoded now
+        self.active = 0
+
+    def model_ids(self) -> list[str]:
+        """What ``GET /v1/models`` lists: the model that decodes uploads
+        first (the second pass's when there is one), by directory name."""
+        config = self.config
+        names = [path.name for path in (config.second_pass, config.model) if path is not None]
+        return names or ["trio-asr"]
+
+    async def models(self, exchange: Exchange) -> None:
+        """``GET /v1/models``: the models this server decodes with."""
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "trio-asr"} for name in self.model_ids()]
+        await exchange.respond_json(200, {"object": "list", "data": data})
+
+    async def transcriptions(self, exchange: Exchange) -> None:
+        """``POST /v1/audio/transcriptions`` (see the module docstring)."""
+        try:
+            self._admit()
+        except ApiError as error:
+            await exchange.respond(error.status, error.body(), _JSON)
+            return
+        self.active += 1
+        started = time.perf_counter()
+        try:
+            await self._transcribe(exchange)
+        except ApiError as error:
+            if exchange.response_open:  # events have gone out: the error is one more
+                await exchange.send(error_event(error))
+                await exchange.end_response()
+            else:
+                if error.status == 413:
+                    exchange.close_after()  # the rest of a too-large body is not read
+                await exchange.respond(error.status, error.body(), _JSON)
+        finally:
+            self.active -= 1
+            self.metrics.upload_answered(time.perf_counter() - started)
+            self.on_idle()
+
+    def _admit(self) -> None:
+        if self.active >= self.config.max_uploads:
+            raise ApiError(429, f"too many uploads at once (this server decodes {self.config.max_uploads} at a time); "
+                           "retry shortly", type="rate_limit_error", code="too_many_uploads")  # fmt: skip
+        if self.overloaded():
+            raise ApiError(503, "server overloaded; retry shortly", type="server_error", code="overloaded")
+
+    async def _transcribe(self, exchange: Exchange) -> None:
+        config = self.config
+        try:
+            boundary = form_boundary(exchange.header("content-type") or "")
+            body = await exchange.read_body(config.max_upload_bytes + FORM_OVERHEAD_BYTES)
+            request = parse_transcription_form(
+                parse_form(body, boundary), max_nbest=config.nbest_max, max_hotwords=config.max_stream_hotwords
+            )
+        except MultipartError as exc:
+            raise ApiError(400, str(exc)) from None
+        except RequestTooLarge:
+            raise ApiError(413, f"request too large: the file may be at most {config.max_upload_bytes} bytes "
+                           "(--max-upload-bytes)", param="file", code="file_too_large") from None  # fmt: skip
+        del body
+        if len(request.audio) > config.max_upload_bytes:
+            raise ApiError(413, f"file is {len(request.audio)} bytes; this server takes at most "
+                           f"{config.max_upload_bytes} (--max-upload-bytes)", param="file", code="file_too_large")  # fmt: skip
+        samples, rate = await self._decode_audio(request)
+        self.metrics.upload_audio(len(samples) / rate)
+        file_request = FileRequest(nbest=request.nbest, hotwords=request.hotwords, language=request.language)
+        try:
+            self.transcriber.check(file_request)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="language") from None
+        if request.stream:
+            await self._stream_events(exchange, samples, rate, file_request)
+            return
+        transcript = await self._decode(exchange, samples, rate, file_request)
+        content_type, payload = render_transcript(transcript_from_result(
+            transcript.result, transcript.duration, transcript.language or request.language), request)  # fmt: skip
+        await exchange.respond(200, payload, [("content-type", content_type)])
+
+    async def _decode_audio(self, request: TranscriptionRequest) -> tuple[np.ndarray, int]:
+        limit = self.config.max_upload_seconds
+        try:
+            samples, rate = await trio.to_thread.run_sync(
+                partial(decode_audio, request.audio, request.filename, max_seconds=limit))
+        except UnsupportedAudioFormat as exc:
+            raise ApiError(415, str(exc), param="file", code="unsupported_format") from None
+        except AudioTooLong as exc:
+            raise ApiError(413, f"{exc} (--max-upload-seconds)", param="file", code="audio_too_long") from None
+        except AudioFileError as exc:
+            raise ApiError(400, str(exc), param="file", code="invalid_audio") from None
+        if len(samples) == 0:
+            raise ApiError(400, f"{request.filename}: the file holds no audio", param="file", code="invalid_audio")
+        return await trio.to_thread.run_sync(down_mix, samples), rate
+
+    async def _decode(
+        self, exchange: Exchange, samples: np.ndarray, rate: int, request: FileRequest,
+        on_segment: SegmentSink | None = None,
+    ) -> FileTranscript:  # fmt: skip
+        try:
+            return await self.transcriber.transcribe(samples, rate, request, on_segment, client=exchange.peer)
+        except HotwordError as exc:
+            raise ApiError(400, str(exc), param="hotwords") from None
+        except CompileQueueFull:
+            raise ApiError(503, "server busy compiling hotwords; retry shortly", type="server_error",
+                           code="overloaded") from None  # fmt: skip
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="file") from None
+        except (SecondPassError, ModelServiceError) as exc:
+            log.error("upload from %s failed: %s", exchange.peer, exc)
+            raise ApiError(500, "decoding failed on the server; see its log", type="server_error") from None
+
+    async def _stream_events(
+        self, exchange: Exchange, samples: np.ndarray, rate: int, file_request: FileRequest
+    ) -> None:
+        await exchange.start_response(200, [("content-type", "text/event-stream"), ("cache-control", "no-cache")])
+        so_far = ""
+
+        async def say(text: str) -> None:
+            nonlocal so_far
+            joined = join_texts(so_far, text)
+            delta, so_far = joined[len(so_far) :], joined
+            await exchange.send(text_delta_event(delta))
+
+        transcript = await self._decode(exchange, samples, rate, file_request, say)
+        await exchange.send(text_done_event(transcript.result.text))
+        await exchange.end_response()
