@@ -208,6 +208,10 @@ async def test_a_form_that_is_not_one(nursery, tmp_path, zipformer2_model_dir) -
     status, reply = await raw_post(server.port, body, f"content-type: multipart/form-data; boundary=xyz\r\n"
                                    f"content-length: {len(body)}\r\n")  # fmt: skip
     assert status == 400 and "error" in json.loads(reply)
+    no_file = b"--xyz\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--xyz--\r\n"
+    status, reply = await raw_post(server.port, no_file, f"content-type: multipart/form-data; boundary=xyz\r\n"
+                                   f"content-length: {len(no_file)}\r\n")  # fmt: skip
+    assert status == 400 and json.loads(reply)["error"]["param"] == "file"
     status, reply = await raw_post(server.port, b"{}", "content-type: application/json\r\ncontent-length: 2\r\n")
     assert status == 400 and json.loads(reply)["error"]["message"]
     status, reply = await raw_post(server.port, b"", "content-type: multipart/form-data; boundary=xyz\r\n"
@@ -276,3 +280,26 @@ async def test_curl_uploads_flac_over_https_with_a_token(
         lambda: subprocess.run(command[:4] + command[6:] + ["-o", "/dev/null", "-w", "%{http_code}"],
                                capture_output=True, timeout=60))  # fmt: skip
     assert unauthorized.stdout == b"401"
+
+
+async def test_a_hundred_uploads_at_once(nursery, tmp_path, zipformer2_model_dir, files) -> None:
+    server = await start(nursery, tmp_path, zipformer2_model_dir, max_uploads=4)
+    wav = files["wav"].read_bytes()
+    body = (b"--xyz\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n" + wav
+            + b"\r\n--xyz--\r\n")  # fmt: skip
+    headers = f"content-type: multipart/form-data; boundary=xyz\r\ncontent-length: {len(body)}\r\n"
+    statuses: list[int] = []
+
+    async def upload() -> None:
+        status, reply = await raw_post(server.port, body, headers)
+        assert status == 429 and json.loads(reply)["error"]["code"] == "too_many_uploads" or status == 200
+        statuses.append(status)
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as uploads:
+            for _ in range(100):
+                uploads.start_soon(upload)
+    assert len(statuses) == 100 and 200 in statuses and 429 in statuses
+    assert server.api.active == 0
+    status, reply = await raw_post(server.port, body, headers)  # and it goes on
+    assert status == 200 and json.loads(reply)["text"]
