@@ -216,6 +216,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandFailed(exc, 2) from None
     configure_logging(config.log_level, config.log_format, log_transcripts=config.log_transcripts)
+    if config.processes > 1:
+        from trio_asr.cli.supervisor import supervise
+
+        return supervise(config)
     model_dir, recognizer = _build_recognizer(config)
     config = attrs.evolve(config, model=model_dir)  # the directory actually served (e.g. in /metrics)
     server = Server(config, recognizer)

@@ -153,6 +153,11 @@ class ServerConfig:
         60.0, type=float, help="drop a client that reads no reply for this long, s", validator=positive
     )
     threads: int = _setting(1, type=int, help="ONNX Runtime threads per model call", validator=positive)
+    processes: int = _setting(
+        1, type=int, validator=between(1, 64),
+        help="worker processes serving the port together (SO_REUSEPORT, Linux), each with its own copy of the "
+        "model, under one supervisor; the limits and /health, /metrics are the whole server's",
+    )  # fmt: skip
     workers: int = _setting(
         factory=_cpu_count, type=int, default_help="the CPU count", validator=positive,
         help="feature, search and disk work running at once in worker threads",

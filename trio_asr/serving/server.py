@@ -49,6 +49,7 @@ from trio_asr.serving.http import Exchange, HttpLimits, error_body, serve_http
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
 from trio_asr.serving.metrics import ServerMetrics
+from trio_asr.serving.processes import LocalPlaces, SharedState, open_reuseport_listeners
 from trio_asr.recognition.model_service import ModelService
 from trio_asr.serving.recording import AudioSaveError, AudioStore
 from trio_asr.serving.routes import Router
@@ -111,6 +112,9 @@ class Server:
         self._all_closed = trio.Event()
         self._listeners: Sequence[trio.abc.Listener[Any]] = ()
         self._reserved = 0  # WebSocket connections handshaking or open
+        #: admission's count of connections; a worker of ``serve --processes`` shares it (and sets ``shared``)
+        self.places = LocalPlaces(config.max_connections)
+        self.shared: SharedState | None = None
         self._ids = itertools.count(1)
 
     @property
@@ -157,7 +161,10 @@ class Server:
         if warning:
             log_event(log, "exposed", logging.WARNING, host=config.host or "*", advice=warning)
         try:
-            self._listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+            if self.shared is None:
+                self._listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+            else:
+                self._listeners = await open_reuseport_listeners(config.port, config.host or None)
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
             raise ServerStartError(
@@ -233,15 +240,16 @@ class Server:
         }
         if self.recognizer.second_pass is not None:
             body["second_pass_queue_delay"] = round(self.recognizer.second_pass.queue_delay, 3)
-        if self.lifecycle.draining:
-            return 503, {**body, "status": "shutting down"}
-        if self._reserved >= self.config.max_connections:
-            return 503, {**body, "status": "full"}
-        if self.overloaded:
-            return 503, {**body, "status": "overloaded"}
-        if self.audio.failure is not None:
-            return 503, {**body, "status": "cannot save audio", "error": self.audio.failure}
-        return 200, body
+        reason = (
+            "shutting down" if self.lifecycle.draining else "full" if self.places.full()
+            else "overloaded" if self.overloaded else "cannot save audio" if self.audio.failure is not None else None
+        )  # fmt: skip
+        if self.shared is not None:  # a worker process answers for the whole server
+            return self.shared.health(body, reason, self.audio.failure)
+        if reason is None:
+            return 200, body
+        extra = {"error": self.audio.failure} if reason == "cannot save audio" else {}
+        return 503, {**body, "status": reason, **extra}
 
     def _add_routes(self) -> None:
         router, config = self.router, self.config
@@ -285,6 +293,8 @@ class Server:
 
     async def _answer_metrics(self, exchange: Exchange) -> None:
         body, content_type = self.metrics.exposition()
+        if self.shared is not None:  # a worker process: every worker's metrics
+            body = await trio.to_thread.run_sync(self.shared.merged_metrics, body)
         await exchange.respond(200, body, [("content-type", content_type)])
 
     async def _answer_asset(self, exchange: Exchange) -> None:
@@ -298,7 +308,9 @@ class Server:
         if exchange.method != "GET" or "websocket" not in (exchange.header("upgrade") or "").lower():
             await exchange.respond_json(426, error_body("WebSocket upgrade required"))
             return
-        refusal = "full" if self._reserved >= self.config.max_connections else "overloaded" if self.overloaded else None
+        refusal = "full" if self.places.full() else "overloaded" if self.overloaded else None
+        if refusal is None and not self.places.take():
+            refusal = "full"
         if refusal is not None:
             self.metrics.refused(refusal)
             message = "server busy" if refusal == "full" else "server overloaded"
@@ -309,6 +321,7 @@ class Server:
             await self._handle_websocket(exchange.upgrade(), exchange.peer)
         finally:
             self._reserved -= 1
+            self.places.release()
             self._maybe_all_closed()
 
     async def _handle_websocket(self, stream: trio.abc.Stream, peer: str) -> None:

@@ -58,6 +58,7 @@ from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.file_transcriber import FileRequest, FileTranscriber, FileTranscript, SegmentSink
 from trio_asr.serving.http import Exchange, RequestTooLarge
 from trio_asr.serving.metrics import ServerMetrics
+from trio_asr.serving.processes import LocalPlaces
 
 __all__ = ["FORM_OVERHEAD_BYTES", "MODELS_PATH", "TRANSCRIPTIONS_PATH", "TranscriptionsApi"]
 
@@ -91,6 +92,8 @@ class TranscriptionsApi:
         self.on_idle = on_idle
         #: uploads being received or decoded now
         self.active = 0
+        #: admission's count of uploads (a worker of ``serve --processes`` shares it with the others)
+        self.places = LocalPlaces(config.max_uploads)
 
     def model_ids(self) -> list[str]:
         """What ``GET /v1/models`` lists: the model that decodes uploads
@@ -125,15 +128,19 @@ class TranscriptionsApi:
                 await exchange.respond(error.status, error.body(), _JSON)
         finally:
             self.active -= 1
+            self.places.release()
             self.metrics.upload_answered(time.perf_counter() - started)
             self.on_idle()
 
     def _admit(self) -> None:
-        if self.active >= self.config.max_uploads:
-            raise ApiError(429, f"too many uploads at once (this server decodes {self.config.max_uploads} at a time); "
-                           "retry shortly", type="rate_limit_error", code="too_many_uploads")  # fmt: skip
+        too_many = ApiError(429, f"too many uploads at once (this server decodes {self.config.max_uploads} at a "
+                            "time); retry shortly", type="rate_limit_error", code="too_many_uploads")  # fmt: skip
+        if self.places.full():
+            raise too_many
         if self.overloaded():
             raise ApiError(503, "server overloaded; retry shortly", type="server_error", code="overloaded")
+        if not self.places.take():
+            raise too_many
 
     async def _transcribe(self, exchange: Exchange) -> None:
         config = self.config
