@@ -270,3 +270,26 @@ def test_audio_longer_than_allowed_is_refused_without_decoding_it_all(encoded, m
     with pytest.raises(AudioFileError):
         decode_audio(encoded[".flac"].read_bytes(), max_seconds=0.5)
     assert asked == [rate // 2 + 1]
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+def test_decode_audio_mono_is_the_down_mix_a_block_at_a_time(fmt, monkeypatch) -> None:
+    import io
+
+    import soundfile
+
+    from trio_asr import audio_files
+    from trio_asr.audio import down_mix
+    from trio_asr.audio_files import decode_audio
+
+    monkeypatch.setattr(audio_files, "_BLOCK_FRAMES", 1000)  # several blocks
+    rng = np.random.default_rng(1)
+    stereo = (0.3 * rng.standard_normal((4567, 3))).astype(np.float32)
+    out = io.BytesIO()
+    soundfile.write(out, stereo, 22050, format=fmt, subtype="PCM_16")
+    whole, rate = decode_audio(out.getvalue())
+    mono, mono_rate = decode_audio(out.getvalue(), mono=True)
+    assert (rate, mono_rate, whole.shape, mono.shape) == (22050, 22050, (4567, 3), (4567,))
+    np.testing.assert_array_equal(mono, down_mix(whole))
+    with pytest.raises(audio_files.AudioTooLong):
+        decode_audio(out.getvalue(), mono=True, max_seconds=0.1)

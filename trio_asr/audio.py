@@ -150,7 +150,11 @@ def down_mix(x: np.ndarray) -> npt.NDArray[np.float32]:
         raise ValueError(f"expected samples of shape (frames, channels), got {x.shape}")
     if x.shape[1] == 1:
         return x[:, 0].astype(np.float32)
-    return cast("npt.NDArray[np.float32]", x.mean(axis=1, dtype=np.float64).astype(np.float32))
+    mono = x[:, 0].astype(np.float32)  # summed in place: no (frames, channels) temporary
+    for channel in range(1, x.shape[1]):
+        mono += x[:, channel]
+    mono /= np.float32(x.shape[1])
+    return mono
 
 
 class WavWriter:

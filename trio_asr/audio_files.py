@@ -20,11 +20,12 @@ import os
 import shlex
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from trio_asr.audio import parse_wav, read_wav
+from trio_asr.audio import down_mix, parse_wav, read_wav
 
 __all__ = [
     "AudioFileError",
@@ -136,10 +137,17 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], i
 
 
 def decode_audio(
-    data: bytes | bytearray | memoryview, name: str = "upload", *, max_seconds: float | None = None
+    data: bytes | bytearray | memoryview,
+    name: str = "upload",
+    *,
+    max_seconds: float | None = None,
+    mono: bool = False,
 ) -> tuple[npt.NDArray[np.float32], int]:
     """Decode an audio file held in memory into float32 samples in [-1, 1],
-    shape ``(frames, channels)``; returns ``(samples, sample_rate)``.
+    shape ``(frames, channels)``, or ``(frames,)`` with ``mono`` (channels
+    averaged as :func:`~trio_asr.audio.down_mix` does, a block at a time: a
+    long compressed file never holds all its channels at once); returns
+    ``(samples, sample_rate)``.
 
     WAV (integer PCM of 8 to 32 bits, float) is parsed by
     :func:`~trio_asr.audio.parse_wav`; a WAV it refuses and every other
@@ -167,7 +175,8 @@ def decode_audio(
         except ValueError as exc:
             wav_error = str(exc)  # perhaps a WAV encoding that soundfile reads (A-law ...)
         else:
-            return _bounded(samples, rate, name, kind, max_seconds)
+            samples, rate = _bounded(samples, rate, name, kind, max_seconds)
+            return (down_mix(samples) if mono else samples), rate
     soundfile = _soundfile()
     if soundfile is None:
         if wav_error:
@@ -175,12 +184,18 @@ def decode_audio(
         if kind:
             raise UnsupportedAudioFormat(f"{name}: {kind} audio needs the soundfile package ({FORMATS_EXTRA})")
         raise UnsupportedAudioFormat(f"{name}: not an audio format trio-asr can read (it reads WAV)")
-    samples, rate = _decode_with(soundfile, view, name, kind, wav_error, max_seconds)
+    samples, rate = _decode_with(soundfile, view, name, kind, wav_error, max_seconds, mono)
     return _bounded(samples, rate, name, kind, max_seconds)
 
 
 def _decode_with(
-    soundfile: ModuleType, data: memoryview, name: str, kind: str | None, wav_error: str, max_seconds: float | None
+    soundfile: ModuleType,
+    data: memoryview,
+    name: str,
+    kind: str | None,
+    wav_error: str,
+    max_seconds: float | None,
+    mono: bool = False,
 ) -> tuple[npt.NDArray[np.float32], int]:
     """:func:`decode_audio` by soundfile; ``wav_error`` is why parse_wav refused the bytes, if it did."""
     try:
@@ -189,7 +204,7 @@ def _decode_with(
             if f.channels <= 0 or rate <= 0:
                 raise AudioFileError(f"{name}: {kind or 'audio'} with no audio channels or no sample rate")
             limit = -1 if max_seconds is None else int(max_seconds * rate) + 1
-            samples = f.read(frames=limit, dtype="float32", always_2d=True)
+            samples = _read_mono(f, limit) if mono else f.read(frames=limit, dtype="float32", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError) as exc:
         reason = (getattr(exc, "error_string", None) or str(exc)).rstrip(".")
         if wav_error:
@@ -201,6 +216,16 @@ def _decode_with(
             raise UnsupportedAudioFormat(f"{name}: {kind} audio cannot be decoded here (send WAV or FLAC)") from None
         raise AudioFileError(f"{name}: cannot decode it as {kind}: {reason}") from None
     return np.ascontiguousarray(samples, dtype=np.float32), rate
+
+
+#: frames decoded at a time by :func:`_read_mono`
+_BLOCK_FRAMES = 1 << 20
+
+
+def _read_mono(f: Any, limit: int) -> npt.NDArray[np.float32]:
+    """Up to ``limit`` (-1: all) frames of the open SoundFile ``f``, down-mixed a block at a time."""
+    blocks = [down_mix(block) for block in f.blocks(_BLOCK_FRAMES, dtype="float32", always_2d=True, frames=limit)]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def _bounded(
