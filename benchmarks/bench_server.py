@@ -422,6 +422,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default="trio-asr,trio-asr --no-exact-batching,trio-asr --second-pass,sherpa-onnx C++,sherpa-onnx py",
                         help="comma-separated subset of the servers to run")
     parser.add_argument("--audio-dir", type=Path)
+    parser.add_argument("--cpus", default=None, metavar="LIST",
+                        help="run every server under `taskset -c LIST` (e.g. 0, or 0,1): pins the servers, "
+                        "not the load generator (their own CPU readings cover the main process only)")
     args = parser.parse_args(argv)
     args.cpp_arg = CPP_FLAGS if args.cpp_arg is None else args.cpp_arg
     args.servers = [s.strip() for s in args.servers.split(",")]
@@ -515,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         "models": {k: str(v) for k, v in models.items()}, "seconds_per_client": args.seconds,
         "arrivals": args.arrival_modes, "spread_s": args.spread, "cpu": cpu_description(),
         "chunk_ms": 1000 * CHUNK_S, "threads": args.threads, "server_args": args.server_arg,
-        "cpp_args": args.cpp_arg, "cpu_count": os.cpu_count(), "load_before": load,
+        "cpp_args": args.cpp_arg, "server_cpus": args.cpus, "cpu_count": os.cpu_count(), "load_before": load,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "p95_goal_ms": P95_GOAL_MS,
         "final_slack_s": args.final_slack, "max_wall_per_audio": MAX_STRETCH, "results": results,
     }, lambda png: plot(results, png))  # fmt: skip

@@ -108,7 +108,13 @@ def start_ours(name: str, model_dir: Path, args, workdir: Path, extra: list[str]
         "--idle-timeout", "300", "--threads", str(args.threads), *args.server_arg, *extra,
     ]  # fmt: skip
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
-    return ServerProcess(name, argv, port, cwd=tree, env=env)
+    return ServerProcess(name, pinned(args, argv), port, cwd=tree, env=env)
+
+
+def pinned(args, argv: list[str]) -> list[str]:
+    """``argv`` under ``taskset -c CPUS`` when ``--cpus`` asks to pin the servers."""
+    cpus = getattr(args, "cpus", None)
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
 def cpp_server() -> tuple[str, str] | None:
@@ -136,7 +142,7 @@ def start_sherpa_cpp(name: str, model_dir: Path, args, workdir: Path) -> ServerP
         f"--tokens={model_dir / 'tokens.txt'}", f"--num-threads={args.threads}",
         *args.cpp_arg, f"--log-file={workdir / 'sherpa-cpp.log'}",
     ]  # fmt: skip
-    return ServerProcess(name, argv, port, env=env)
+    return ServerProcess(name, pinned(args, argv), port, env=env)
 
 
 def start_sherpa_py(name: str, model_dir: Path, args, workdir: Path) -> ServerProcess | None:

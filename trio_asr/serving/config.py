@@ -42,6 +42,9 @@ class ConfigError(ValueError):
 
 
 def _cpu_count() -> int:
+    """The CPUs this process may run on (``taskset``, cgroup cpusets), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
 
 
