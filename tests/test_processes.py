@@ -303,3 +303,16 @@ def test_metrics_of_an_exited_worker_stay_in_the_sums(tmp_path):
     merged = a.merged_metrics(ma.exposition()[0])
     assert value(merged, "trio_asr_connections_total") == 3 and value(merged, "trio_asr_connections_open") == 1
     assert value(merged, "trio_asr_model_queue_delay_current_seconds") == 0
+
+
+def test_processes_is_validated_and_needs_so_reuseport(monkeypatch, capsys, zipformer2_model_dir):
+    from trio_asr.cli import supervisor
+    from trio_asr.cli.commands import main
+
+    for bad in ("0", "65"):
+        assert main(["serve", "--processes", bad, "--model", str(zipformer2_model_dir)]) == 2
+        assert "processes" in capsys.readouterr().err
+    monkeypatch.setattr(supervisor, "reuse_port_supported", lambda: False)
+    assert main(["serve", "--processes", "2", "--model", str(zipformer2_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SO_REUSEPORT" in err and "--processes 1" in err
