@@ -226,8 +226,9 @@ class ServerConfig:
         3600.0, type=float, validator=positive, help="longest audio a transcription upload may hold, s"
     )
     max_uploads: int = _setting(
-        4, type=int, validator=positive, help="transcription uploads decoded at once; more get HTTP 503"
-    )
+        4, type=int, validator=positive,
+        help="transcription uploads decoded at once; four times as many may be received and wait, more get HTTP 429",
+    )  # fmt: skip
     drain_timeout: float = _setting(
         5.0, type=float, validator=positive,
         help="after the grace period, time cut-off connections get to save their audio and close, s",

@@ -101,7 +101,7 @@ class Server:
         #: OpenAI's transcription API (its pauses finder is set in open())
         self.api = TranscriptionsApi(
             config, FileTranscriber(batched), self.metrics, overloaded=lambda: self.overloaded,
-            on_idle=self._maybe_all_closed,
+            on_idle=self._maybe_all_closed, lifecycle=self.lifecycle,
         )  # fmt: skip
         #: the HTTP routes (its gate gets the configured tokens in open())
         self.router = Router(self.lifecycle, self.metrics)

@@ -31,12 +31,11 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import trio
 
-from trio_asr.audio import down_mix
 from trio_asr.audio_files import AudioFileError, AudioTooLong, UnsupportedAudioFormat, decode_audio
 from trio_asr.protocol.multipart import MultipartError, form_boundary, parse_form
 from trio_asr.protocol.transcription_api import (
@@ -56,7 +55,8 @@ from trio_asr.recognition.offline.service import SecondPassError
 from trio_asr.recognition.segments import join_texts
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.file_transcriber import FileRequest, FileTranscriber, FileTranscript, SegmentSink
-from trio_asr.serving.http import Exchange, RequestTooLarge
+from trio_asr.serving.http import Exchange, HttpError, RequestTooLarge
+from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.metrics import ServerMetrics
 from trio_asr.serving.processes import LocalPlaces
 
@@ -68,7 +68,17 @@ TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 MODELS_PATH = "/v1/models"
 #: what a request body may hold beyond ``max_upload_bytes`` of audio: the other form fields
 FORM_OVERHEAD_BYTES = 256 * 1024
+#: uploads that may be received or wait at once, per place to decode in (``max_uploads``)
+RECEIVING_PER_PLACE = 4
+#: how long a received upload waits for a place to decode in before it gets 429
+PLACE_WAIT_SECONDS = 10.0
+#: what ``verbose_json`` calls the languages the models name by code (as OpenAI's API does)
+LANGUAGE_NAMES = {"zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "yue": "cantonese"}
 _JSON = [("content-type", "application/json")]
+
+
+def _retry_after(error: ApiError) -> list[tuple[str, str]]:
+    return [("retry-after", "1")] if error.status in (429, 503) else []
 
 
 class TranscriptionsApi:
@@ -84,14 +94,18 @@ class TranscriptionsApi:
         *,
         overloaded: Callable[[], bool],
         on_idle: Callable[[], None] = lambda: None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.config = config
         self.transcriber = transcriber
         self.metrics = metrics
         self.overloaded = overloaded
         self.on_idle = on_idle
-        #: uploads being received or decoded now
+        self.lifecycle = lifecycle
+        #: uploads being answered now (received, waiting, decoded)
         self.active = 0
+        #: uploads being received, or received and waiting for a place to decode in
+        self.receiving = 0
         #: admission's count of uploads (a worker of ``serve --processes`` shares it with the others)
         self.places = LocalPlaces(config.max_uploads)
 
@@ -109,11 +123,6 @@ class TranscriptionsApi:
 
     async def transcriptions(self, exchange: Exchange) -> None:
         """``POST /v1/audio/transcriptions`` (see the module docstring)."""
-        try:
-            self._admit()
-        except ApiError as error:
-            await exchange.respond(error.status, error.body(), _JSON)
-            return
         self.active += 1
         started = time.perf_counter()
         try:
@@ -123,26 +132,34 @@ class TranscriptionsApi:
                 await exchange.send(error_event(error))
                 await exchange.end_response()
             else:
-                if error.status == 413:
-                    exchange.close_after()  # the rest of a too-large body is not read
-                await exchange.respond(error.status, error.body(), _JSON)
+                if error.status in (408, 413) or error.status >= 500:
+                    exchange.close_after()  # the rest of the body is not read
+                await exchange.respond(error.status, error.body(), [*_JSON, *_retry_after(error)])
         finally:
             self.active -= 1
-            self.places.release()
             self.metrics.upload_answered(time.perf_counter() - started)
             self.on_idle()
 
-    def _admit(self) -> None:
-        too_many = ApiError(429, f"too many uploads at once (this server decodes {self.config.max_uploads} at a "
-                            "time); retry shortly", type="rate_limit_error", code="too_many_uploads")  # fmt: skip
-        if self.places.full():
-            raise too_many
+    async def _transcribe(self, exchange: Exchange) -> None:
+        config = self.config
+        if self.receiving >= RECEIVING_PER_PLACE * config.max_uploads:
+            raise ApiError(429, f"too many uploads at once (this server decodes {config.max_uploads} at a time); "
+                           "retry shortly", type="rate_limit_error", code="too_many_uploads")  # fmt: skip
         if self.overloaded():
             raise ApiError(503, "server overloaded; retry shortly", type="server_error", code="overloaded")
-        if not self.places.take():
-            raise too_many
+        self.receiving += 1
+        try:
+            request = await self._receive(exchange)
+            await self._take_place()
+        finally:
+            self.receiving -= 1
+        try:
+            await self._answer(exchange, request)
+        finally:
+            self.places.release()
 
-    async def _transcribe(self, exchange: Exchange) -> None:
+    async def _receive(self, exchange: Exchange) -> TranscriptionRequest:
+        """The request's form, checked."""
         config = self.config
         try:
             boundary = form_boundary(exchange.header("content-type") or "")
@@ -155,30 +172,45 @@ class TranscriptionsApi:
         except RequestTooLarge:
             raise ApiError(413, f"request too large: the file may be at most {config.max_upload_bytes} bytes "
                            "(--max-upload-bytes)", param="file", code="file_too_large") from None  # fmt: skip
-        del body
+        except HttpError as exc:  # a body cut short, or too slow
+            raise ApiError(exc.status, str(exc)) from None
         if len(request.audio) > config.max_upload_bytes:
             raise ApiError(413, f"file is {len(request.audio)} bytes; this server takes at most "
                            f"{config.max_upload_bytes} (--max-upload-bytes)", param="file", code="file_too_large")  # fmt: skip
+        try:
+            self.transcriber.check(FileRequest(language=request.language))
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="language") from None
+        return request
+
+    async def _take_place(self) -> None:
+        """Wait (up to :data:`PLACE_WAIT_SECONDS`) for one of the
+        ``max_uploads`` places to decode in; 429 when none frees up."""
+        with trio.move_on_after(PLACE_WAIT_SECONDS):
+            while not self.places.take():
+                await trio.sleep(0.05)  # the places may be shared with other processes: polled
+            return
+        raise ApiError(429, f"the server is decoding {self.config.max_uploads} uploads and more are waiting; "
+                       "retry shortly", type="rate_limit_error", code="too_many_uploads")  # fmt: skip
+
+    async def _answer(self, exchange: Exchange, request: TranscriptionRequest) -> None:
         samples, rate = await self._decode_audio(request)
         self.metrics.upload_audio(len(samples) / rate)
         file_request = FileRequest(nbest=request.nbest, hotwords=request.hotwords, language=request.language)
-        try:
-            self.transcriber.check(file_request)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param="language") from None
         if request.stream:
             await self._stream_events(exchange, samples, rate, file_request)
             return
         transcript = await self._decode(exchange, samples, rate, file_request)
+        language = transcript.language or request.language
         content_type, payload = render_transcript(transcript_from_result(
-            transcript.result, transcript.duration, transcript.language or request.language), request)  # fmt: skip
+            transcript.result, transcript.duration, LANGUAGE_NAMES.get(language or "", language)), request)  # fmt: skip
         await exchange.respond(200, payload, [("content-type", content_type)])
 
     async def _decode_audio(self, request: TranscriptionRequest) -> tuple[np.ndarray, int]:
         limit = self.config.max_upload_seconds
         try:
             samples, rate = await trio.to_thread.run_sync(
-                partial(decode_audio, request.audio, request.filename, max_seconds=limit))
+                partial(decode_audio, request.audio, request.filename, max_seconds=limit, mono=True))
         except UnsupportedAudioFormat as exc:
             raise ApiError(415, str(exc), param="file", code="unsupported_format") from None
         except AudioTooLong as exc:
@@ -187,14 +219,16 @@ class TranscriptionsApi:
             raise ApiError(400, str(exc), param="file", code="invalid_audio") from None
         if len(samples) == 0:
             raise ApiError(400, f"{request.filename}: the file holds no audio", param="file", code="invalid_audio")
-        return await trio.to_thread.run_sync(down_mix, samples), rate
+        return samples, rate
 
     async def _decode(
         self, exchange: Exchange, samples: np.ndarray, rate: int, request: FileRequest,
         on_segment: SegmentSink | None = None,
     ) -> FileTranscript:  # fmt: skip
         try:
-            return await self.transcriber.transcribe(samples, rate, request, on_segment, client=exchange.peer)
+            found = await self._unless_stopped(
+                partial(self.transcriber.transcribe, samples, rate, request, on_segment, client=exchange.peer)
+            )
         except HotwordError as exc:
             raise ApiError(400, str(exc), param="hotwords") from None
         except CompileQueueFull:
@@ -205,6 +239,27 @@ class TranscriptionsApi:
         except (SecondPassError, ModelServiceError) as exc:
             log.error("upload from %s failed: %s", exchange.peer, exc)
             raise ApiError(500, "decoding failed on the server; see its log", type="server_error") from None
+        if found is None:
+            raise ApiError(503, "the server is shutting down: this upload was not decoded in time; send it again "
+                           "(to another server)", type="server_error", code="shutting_down")  # fmt: skip
+        return found
+
+    async def _unless_stopped(self, decode: Callable[[], Awaitable[FileTranscript]]) -> FileTranscript | None:
+        """``decode()``, or None if the server stops (its grace period over) first."""
+        lifecycle = self.lifecycle
+        found: FileTranscript | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_on_stop() -> None:
+                while lifecycle is not None and not lifecycle.stopping:
+                    await lifecycle.wait_changed()
+                nursery.cancel_scope.cancel()
+
+            if lifecycle is not None:
+                nursery.start_soon(cancel_on_stop)
+            found = await decode()
+            nursery.cancel_scope.cancel()
+        return found
 
     async def _stream_events(
         self, exchange: Exchange, samples: np.ndarray, rate: int, file_request: FileRequest
