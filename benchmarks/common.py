@@ -118,7 +118,7 @@ def sense_voice_fixture(kind: str = "int8", *, cache_dir: Path = CACHE_DIR) -> P
         raise ValueError(f"kind must be float32 or int8, not {kind!r}")
     float_dir = cache_dir / "sense-voice-small-real-size"
     if not (float_dir / "model.onnx").is_file():
-        from trio_asr.testing.sense_voice import write_real_size_sense_voice_model
+        from trio_asr.testing.sense_voice_real_size import write_real_size_sense_voice_model
 
         print(f"writing the real-size SenseVoice fixture into {float_dir}", file=sys.stderr)
         write_real_size_sense_voice_model(float_dir)

@@ -16,8 +16,8 @@ from offlineutil import ours_visible, samples_of, sherpa_decode, visible
 from paths import SPEECH_FILES
 from trio_asr.recognition.offline import OfflineRecognizer, load_offline_model
 from trio_asr.testing.int8 import quantize_model_dir
-from trio_asr.testing.sense_voice import (
-    EVENTS,
+from trio_asr.testing.sense_voice import EVENTS
+from trio_asr.testing.sense_voice_real_size import (
     SENSE_VOICE_SMALL,
     SenseVoiceSize,
     real_size_tokens,

@@ -10,6 +10,8 @@ weights, so that the recognizer, sherpa-onnx and the benchmarks can load them.
   :mod:`trio_asr.testing.nemo_ctc_offline`: the offline CTC formats,
   SenseVoice (``write_sense_voice_model``) and NeMo CTC
   (``write_nemo_ctc_offline_model``);
+- :mod:`trio_asr.testing.sense_voice_real_size`: SenseVoice-Small's real
+  network and size, for benchmarks (``write_real_size_sense_voice_model``);
 - :mod:`trio_asr.testing.int8`: int8 versions made as the real ones are
   (``quantize_model_dir``).
 - :mod:`trio_asr.testing.onnx_graph`: what the offline and NeMo builders
