@@ -33,7 +33,6 @@ over them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 import socket
@@ -105,6 +104,8 @@ class SharedState:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        import fcntl  # POSIX only, as SO_REUSEPORT: a server of one process (Windows too) never gets here
+
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
         try:
             yield
