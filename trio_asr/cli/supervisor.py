@@ -251,7 +251,7 @@ def _tag_logs(who: str) -> None:
     """Name the process in every log line: ``[worker 1 pid 1234]``."""
     tag = f"{who} pid {os.getpid()}"
     for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, logging.Formatter) and type(handler.formatter) is logging.Formatter:
+        if type(handler.formatter) is logging.Formatter:  # the text format (JSON has its own class)
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{tag}]: %(message)s"))
         handler.addFilter(_JsonTag(who))
 
