@@ -257,7 +257,7 @@ def _tag_logs(who: str) -> None:
 
 
 class _JsonTag(logging.Filter):
-    """Adds ``process`` to the fields of structured (JSON) records."""
+    """Adds ``process`` (``worker 1 pid 1234``) to the fields of structured (JSON) records."""
 
     def __init__(self, who: str) -> None:
         super().__init__()
@@ -266,7 +266,7 @@ class _JsonTag(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         fields: Any = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            record.fields = {**fields, "process": self.who, "pid": os.getpid()}
+            record.fields = {**fields, "process": f"{self.who} pid {os.getpid()}"}
         return True
 
 
