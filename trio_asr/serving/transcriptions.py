@@ -5,33 +5,39 @@
 same ``Authorization: Bearer`` tokens as the WebSocket's, and refused new
 work while the server drains).  An upload goes through, in order:
 
-1. admission: at most ``max_uploads`` at a time (429 beyond), none while
-   the model's or the second pass's queue is over ``max_queue_delay`` (503);
-   both before a byte of the body is read;
+1. admission, before a byte of the body is read: at most
+   :data:`RECEIVING_PER_PLACE` x ``max_uploads`` uploads being received or
+   waiting (429 beyond), none while the model's or the second pass's queue
+   is over ``max_queue_delay`` (503);
 2. the body, at most ``max_upload_bytes`` of audio plus the form's other
    fields (413), parsed as multipart/form-data
    (:mod:`trio_asr.protocol.multipart`) and checked field by field
    (:mod:`trio_asr.protocol.transcription_api`; 400 naming the field);
-3. the audio decoded in a worker thread (:func:`trio_asr.audio_files.decode_audio`:
+3. a place to decode in: at most ``max_uploads`` uploads decode at once (a
+   slow sender holds none while its body comes); a received upload waits
+   up to :data:`PLACE_WAIT_SECONDS` for one (429 after);
+4. the audio decoded in a worker thread (:func:`trio_asr.audio_files.decode_audio`:
    415 for a format it cannot read, 400 for a broken or empty file, 413
-   over ``max_upload_seconds``), down-mixed;
-4. decoding (:class:`~trio_asr.serving.file_transcriber.FileTranscriber`:
+   over ``max_upload_seconds``), down-mixed a block at a time;
+5. decoding (:class:`~trio_asr.serving.file_transcriber.FileTranscriber`:
    the second pass's offline model when the server has one, else the
    streaming model), then the response in the asked format; with
    ``stream=true`` server-sent events instead: one ``transcript.text.delta``
    per segment as it is decoded, then ``transcript.text.done`` (an error
    after the events have started is an ``error`` event).
 
-Every refusal is OpenAI's error body with the status that says why.  The
-metrics count uploads' audio seconds and the time from request to response.
+An upload still decoding when the server stops (its grace period over)
+gets 503.  Every refusal is OpenAI's error body with the status that says
+why (``Retry-After`` on 429 and 503).  The metrics count uploads' audio
+seconds and the time from request to response.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import numpy as np
 import trio
