@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from trio_asr.testing import zipformer2_ctc
+from trio_asr.testing.sense_voice import write_sense_voice_model
 from paths import missing_speech_message
 
 REAL_MODEL_ENV = "TRIO_ASR_TEST_MODEL_DIR"
@@ -24,6 +25,14 @@ def pytest_configure(config) -> None:
 def zipformer2_model_dir(tmp_path_factory) -> Path:
     """A tiny model in sherpa-onnx's streaming zipformer2-CTC format (+ tokens.txt)."""
     return zipformer2_ctc.write_model(tmp_path_factory.mktemp("zipformer2_ctc"))
+
+
+@pytest.fixture(scope="session")
+def sense_voice_dir(tmp_path_factory) -> Path:
+    """A tiny offline model in sherpa-onnx's SenseVoice format (+ tokens.txt)."""
+    directory = tmp_path_factory.mktemp("sense-voice")
+    write_sense_voice_model(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -32,17 +32,9 @@ from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.serving import file_transcriber
 from trio_asr.serving.file_transcriber import FileRequest, FileTranscriber
 from trio_asr.serving.server import Server, serve
-from trio_asr.testing.sense_voice import write_sense_voice_model
 
 RATE = 16000
 RULES = EndpointRules(silence_without_text=0.2, silence_after_text=0.1, max_segment=1.0)
-
-
-@pytest.fixture(scope="module")
-def sense_voice_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("sense-voice")
-    write_sense_voice_model(directory)
-    return directory
 
 
 def speech(seconds: float) -> np.ndarray:

@@ -36,17 +36,9 @@ from trio_asr.cli.commands import _build_recognizer, main
 from trio_asr.recognition.offline.pieces import MAX_PIECE_S
 from trio_asr.serving import transcriptions
 from trio_asr.serving.server import Server, serve
-from trio_asr.testing.sense_voice import write_sense_voice_model
 
 TOKEN = "s3cret-token"
 RATE = 16000
-
-
-@pytest.fixture(scope="module")
-def sense_voice_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("sense-voice")
-    write_sense_voice_model(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -333,22 +325,21 @@ async def test_slow_senders_hold_no_decoding_place(nursery, tmp_path, zipformer2
     server = await start(nursery, tmp_path, zipformer2_model_dir, max_uploads=1)
     body, headers = form(files["wav"].read_bytes())
     head = f"POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n{headers}\r\n"
-    trickling = []
-    for _ in range(transcriptions.RECEIVING_PER_PLACE - 1):
-        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-        await stream.send_all(head.encode() + body[:300])
-        trickling.append(stream)
-    with trio.fail_after(10):
-        while server.api.receiving < len(trickling):
-            await trio.sleep(0.01)
+    trickling: list[trio.SocketStream] = []
+
+    async def trickle(count: int) -> None:
+        for _ in range(count):
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            await stream.send_all(head.encode() + body[:300])
+            trickling.append(stream)
+        with trio.fail_after(10):
+            while server.api.receiving < len(trickling):
+                await trio.sleep(0.01)
+
+    await trickle(transcriptions.RECEIVING_PER_PLACE - 1)
     status, reply = await raw_post(server.port, body, headers)
     assert status == 200 and json.loads(reply)["text"]
-    stream = await trio.open_tcp_stream("127.0.0.1", server.port)  # one more would be over the limit
-    await stream.send_all(head.encode() + body[:300])
-    trickling.append(stream)
-    with trio.fail_after(10):
-        while server.api.receiving < len(trickling):
-            await trio.sleep(0.01)
+    await trickle(1)  # one more: the limit
     status, reply = await raw_post(server.port, body, headers)
     assert status == 429 and json.loads(reply)["error"]["code"] == "too_many_uploads"
     for stream in trickling:

@@ -34,16 +34,8 @@ from trio_asr.recognition.segments import join_texts
 from trio_asr.recognition.stream_options import StreamOptions
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.server import serve
-from trio_asr.testing.sense_voice import write_sense_voice_model
 
 RATE = 16000
-
-
-@pytest.fixture(scope="module")
-def sense_voice_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("sense-voice")
-    write_sense_voice_model(directory)
-    return directory
 
 
 @pytest.fixture
