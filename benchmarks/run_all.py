@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--quick] [--model DIR] [--sherpa-server-script PATH]
 
 Runs bench_fbank, bench_search, bench_states, bench_rtf and bench_server (see
-benchmarks/README.md); tables go to stdout, JSON and the PNG plot to
+benchmarks/README.md; its sweep in both arrival modes, burst and spread); tables go to stdout, JSON and the PNG plot to
 benchmarks/results/ (the plot needs matplotlib, ``pip install -e '.[bench]'``;
 without it the JSON is still written).  ``--quick`` shortens every benchmark (a smoke run).
 Exits non-zero if any benchmark failed.
@@ -33,7 +33,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("bench_rtf", ["--repeats", "1" if quick else "3", *model]),
         ("bench_server", [*(["--start", "2", "--max-clients", "4", "--refine", "0", "--seconds", "4",
                              "--idle-connections", "8"] if quick else []),
-                          *model, *sherpa]),  # fmt: skip
+                          "--arrivals", "burst,spread", *model, *sherpa]),  # fmt: skip
     ]
 
 
