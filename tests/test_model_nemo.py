@@ -12,7 +12,6 @@ names a NeMo model directory, on it too.
 from __future__ import annotations
 
 import os
-import wave
 from pathlib import Path
 
 import kaldi_native_fbank as knf
@@ -22,6 +21,7 @@ import pytest
 import sherpa_onnx
 
 from modelutil import decode_streams, edit_metadata
+from offlineutil import noise, read_wav
 from paths import SPEECH_FILES as SPEECH
 
 from trio_asr.recognition.features import StreamingFbank
@@ -70,17 +70,6 @@ def model_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model(model_dir) -> NemoCtcModel:
     return _load(model_dir)
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-
-
-def noise(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
 
 
 def padded(samples: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from trio_asr.recognition.features import FbankOptions
     from trio_asr.recognition.tokens import TokenTable
 
-__all__ = ["NemoCtcModel", "matches"]
+__all__ = ["NemoCtcModel", "matches", "nemo_feature_options"]
 
 _INPUTS = ("audio_signal", "length", "cache_last_channel", "cache_last_time",
            "cache_last_channel_len")
@@ -148,13 +148,7 @@ class NemoCtcModel(AcousticModel):
 
     @property
     def feature_options(self) -> FbankOptions:
-        from trio_asr.recognition.features import FbankOptions
-
-        return FbankOptions(
-            sample_rate=self.sample_rate, num_bins=self.feature_dim, window_type="hann",
-            preemph_coeff=0.97, remove_dc_offset=False, dither=0.0, snip_edges=False,
-            low_freq=0.0, high_freq=0.0, is_librosa=True,
-        )
+        return nemo_feature_options(self.sample_rate, self.feature_dim)
 
     def initial_state(self) -> ModelState:
         return self._initial
@@ -171,3 +165,15 @@ class NemoCtcModel(AcousticModel):
     ) -> tuple[np.ndarray, list[ModelState]]:
         log_probs, *new = self._run_session(len(states), self._output_names, self.feed(features, states))
         return log_probs, ModelState.unstack(new, _BATCH_AXES)
+
+
+def nemo_feature_options(sample_rate: int, num_bins: int) -> FbankOptions:
+    """The fbank NeMo's models are trained on (librosa's mel scale, Hann
+    window, no edge snipping), streaming and offline exports alike."""
+    from trio_asr.recognition.features import FbankOptions
+
+    return FbankOptions(
+        sample_rate=sample_rate, num_bins=num_bins, window_type="hann",
+        preemph_coeff=0.97, remove_dc_offset=False, dither=0.0, snip_edges=False,
+        low_freq=0.0, high_freq=0.0, is_librosa=True,
+    )  # fmt: skip

@@ -45,6 +45,7 @@ import numpy as np
 import onnxruntime as ort
 
 from trio_asr.recognition.model.base import ModelError
+from trio_asr.recognition.model.nemo_ctc import nemo_feature_options
 from trio_asr.recognition.offline.base import Conditioning, OfflineModel, pad_batch
 
 if TYPE_CHECKING:
@@ -131,13 +132,7 @@ class NemoCtcOfflineModel(OfflineModel):
 
     @property
     def feature_options(self) -> FbankOptions:
-        from trio_asr.recognition.features import FbankOptions
-
-        return FbankOptions(
-            sample_rate=self.sample_rate, num_bins=self.feature_dim, window_type="hann",
-            preemph_coeff=0.97, remove_dc_offset=False, dither=0.0, snip_edges=False,
-            low_freq=0.0, high_freq=0.0, is_librosa=True,
-        )
+        return nemo_feature_options(self.sample_rate, self.feature_dim)
 
     def fbank(self, samples: np.ndarray) -> np.ndarray:
         if not self.per_feature:
