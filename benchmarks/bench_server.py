@@ -166,6 +166,7 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
     ]  # fmt: skip
     await asyncio.sleep(0.5 + 0.02 * n)  # connections and "start" handshakes, not measured
     rss_before = server.rss_bytes()
+    batches0 = server.model_batches() if adapter.replies_per_frame else None
     cpu0, main0, client_cpu0 = server.cpu_seconds(), server.main_thread_cpu_seconds(), time.process_time()
     start_at[0] = wall0 = time.perf_counter() + 0.1
     ready.set()
@@ -189,6 +190,7 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
     cpu = server.cpu_seconds() - cpu0
     main_cpu = server.main_thread_cpu_seconds() - main0
     client_cpu = time.process_time() - client_cpu0
+    batches1 = server.model_batches() if batches0 is not None else None
 
     lat = np.array([x for r in results if isinstance(r, dict)
                     for x in reply_latencies(adapter, r["sent"], r["replies"])]) * 1000  # fmt: skip
@@ -218,6 +220,9 @@ async def run_level(server: ServerProcess, adapter, n: int, clips, args) -> dict
         "cpu_us_per_frame": round(1e6 * cpu / frames, 1),
         "main_us_per_frame": round(1e6 * main_cpu / frames, 1),
         "server_cpu_pct": round(100 * cpu / wall, 1),
+        # ours: chunks per model call (from /metrics)
+        "mean_batch": (round((batches1[1] - batches0[1]) / max(1.0, batches1[0] - batches0[0]), 1)
+                       if batches0 and batches1 else None),
         "server_rss_peak_mb": round(peak / 2**20, 1),
         "client_cpu_pct": round(100 * client_cpu / wall, 1),
         "client_lag_ms": round(lag * 1000, 1),
@@ -309,7 +314,7 @@ async def sweep(servers: dict, adapters: dict, clips, args, bar) -> dict:
 
 COLUMNS = (("n", "N", 5), ("p50_ms", "p50 ms", 8), ("p95_ms", "p95 ms", 8), ("final_max_s", "final s", 8),
            ("wall_per_audio_max", "wall/aud", 9), ("realtime_streams", "realtime", 9),
-           ("aggregate_rtf", "agg RTF", 8), ("main_us_per_frame", "main us", 8), ("server_cpu_pct", "CPU %", 7),
+           ("aggregate_rtf", "agg RTF", 8), ("main_us_per_frame", "main us", 8), ("server_cpu_pct", "CPU %", 7), ("mean_batch", "batch", 6),
            ("server_rss_peak_mb", "RSS MB", 8),
            ("client_cpu_pct", "client%", 8), ("client_lag_ms", "lag ms", 7), ("pass", "held", 6))  # fmt: skip
 

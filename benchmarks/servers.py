@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,19 @@ class ServerProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
+
+    def model_batches(self) -> tuple[float, float] | None:
+        """(model calls, chunks) so far, from ours' /metrics; None for a
+        server without them."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        found = dict(re.findall(r"^trio_asr_model_batch_size_(count|sum) (\S+)$", text, re.MULTILINE))
+        if len(found) != 2:
+            return None
+        return float(found["count"]), float(found["sum"])
 
     def log_tail(self, size: int = 2000) -> str:
         self._log.seek(0)
