@@ -24,6 +24,11 @@ class ReplayStream(trio.abc.Stream):
         self._prefix = prefix
         self._stream = stream
 
+    @property
+    def inner(self) -> trio.abc.Stream:
+        """The stream the bytes come from after the replayed ones (and go to)."""
+        return self._stream
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
             await trio.lowlevel.checkpoint()

@@ -17,12 +17,15 @@ message buffer of ``WebSocketConnection``, its reader task), unchanged from
 
 from __future__ import annotations
 
+import os
 from typing import Any, Final
 
 import trio
 import trio_websocket
 import wsproto
 from wsproto import ConnectionType, WSConnection
+
+from trio_asr.serving.http_wire import ReplayStream
 
 __all__ = ["OVERSIZED", "Oversized", "ServerConnection", "wrap_server_stream"]
 
@@ -47,6 +50,34 @@ class ServerConnection(trio_websocket.WebSocketConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._discarding = False  # inside a message already delivered as OVERSIZED
+        stream = self._stream.inner if isinstance(self._stream, ReplayStream) else self._stream
+        # a plain TCP connection's socket, written directly while no send is under way (see _send)
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+
+    async def _send(self, event: wsproto.events.Event) -> None:
+        """trio-websocket's send, without its two task switches (the lock's
+        and the socket's) when the socket takes every byte at once, as it
+        does while the client reads: a reply costs one switch, not three.
+        What the socket does not take, and every send while another is
+        under way, goes trio-websocket's way, in order."""
+        if self._socket is None or self._stream_lock.locked():
+            await super()._send(event)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = self._wsproto.send(event)
+        try:
+            sent = os.write(self._socket.fileno(), data)  # non-blocking: trio made it so
+        except OSError:  # full (BlockingIOError), closed or broken: the stream says which, below
+            sent = 0
+        if sent == len(data):
+            return
+        async with self._stream_lock:
+            try:
+                await self._stream.send_all(data[sent:])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._abort_web_socket()
+                assert self._close_reason is not None
+                raise trio_websocket.ConnectionClosed(self._close_reason) from None
 
     async def _handle_message_event(
         self, event: wsproto.events.BytesMessage | wsproto.events.TextMessage
@@ -54,14 +85,35 @@ class ServerConnection(trio_websocket.WebSocketConnection):
         if self._discarding:
             self._discarding = not event.message_finished
             return
-        if self._message_size + len(event.data) <= self._max_message_size:
-            await super()._handle_message_event(event)
+        size = self._message_size + len(event.data)
+        if size > self._max_message_size:
+            self._message_size = 0
+            self._message_parts = []
+            self._discarding = not event.message_finished
+            await self._deliver(OVERSIZED)
             return
-        self._message_size = 0
-        self._message_parts = []
-        self._discarding = not event.message_finished
+        data = bytes(event.data) if isinstance(event.data, bytearray) else event.data
+        if not event.message_finished:
+            self._message_size = size
+            self._message_parts.append(data)
+            return
+        message: str | bytes = data
+        if self._message_parts:  # the last fragment of several
+            parts = [*self._message_parts, data]
+            message = b"".join(parts) if isinstance(data, bytes) else "".join(parts)  # type: ignore[arg-type]
+            self._message_size = 0
+            self._message_parts = []
+        await self._deliver(message)
+
+    async def _deliver(self, message: str | bytes | Oversized) -> None:
+        """Queue ``message`` for :meth:`get_message`, waiting only when the
+        queue is full: the reader task has just come back from a socket read
+        (a checkpoint), so a message costs no task switch of its own."""
         try:
-            await self._send_channel.send(OVERSIZED)  # type: ignore[arg-type]
+            try:
+                self._send_channel.send_nowait(message)  # type: ignore[arg-type]
+            except trio.WouldBlock:
+                await self._send_channel.send(message)  # type: ignore[arg-type]
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the receiving side was closed (as trio-websocket's own handler)
 
