@@ -9,10 +9,16 @@ drops what it buffered of the message, discards the rest of it as it
 arrives, and delivers :data:`OVERSIZED` in the message's place, in order
 with the other messages.  Memory per connection stays bounded by the limit.
 
+It also spares each frame task switches: a whole message is queued for the
+session without a checkpoint of its own, and a reply goes straight to a
+plain TCP socket when the socket takes every byte at once (trio-websocket's
+locked send otherwise, in order).
+
 :func:`wrap_server_stream` is trio-websocket's function of that name, making
 a :class:`ServerConnection`.  Both lean on trio-websocket's internals (the
-message buffer of ``WebSocketConnection``, its reader task), unchanged from
-0.11 to 0.12; ``tests/test_hardening_2.py`` checks the behaviour end to end.
+message buffer of ``WebSocketConnection``, its reader task, its send lock),
+unchanged from 0.11 to 0.12; ``tests/test_hardening_2.py`` checks the
+behaviour end to end, ``tests/test_websocket_send.py`` the send.
 """
 
 from __future__ import annotations
