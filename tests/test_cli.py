@@ -217,8 +217,9 @@ def test_models_shows_language_size_and_kind(offline_env, capsys):
 
 
 def test_serve_settles_the_garbage_collector_before_serving(zipformer2_model_dir, tmp_path, monkeypatch):
-    """Startup's objects are frozen and the thresholds raised once the model
-    is loaded, before the event loop starts (see settle_garbage_collector)."""
+    """The malloc arenas are limited before the model loads; startup's
+    objects are frozen and the thresholds raised once it is loaded, before
+    the event loop starts (see settle_garbage_collector)."""
     import gc
 
     import trio
@@ -228,11 +229,64 @@ def test_serve_settles_the_garbage_collector_before_serving(zipformer2_model_dir
     calls: list = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     monkeypatch.setattr(gc, "set_threshold", lambda *t: calls.append(t))
+    monkeypatch.setattr(cli, "limit_malloc_arenas", lambda: calls.append("arenas"))
     monkeypatch.setattr(cli, "_build_recognizer", _recording(cli._build_recognizer, calls, "model loaded"))
     monkeypatch.setattr(trio, "run", lambda fn: calls.append("serving"))
     assert main(["serve", "--model", str(zipformer2_model_dir), "--port", "0", "--no-save-audio",
                  "--audio-dir", str(tmp_path)]) == 0  # fmt: skip
-    assert calls == ["model loaded", "freeze", cli.SERVING_GC_THRESHOLDS, "serving"]
+    assert calls == ["arenas", "model loaded", "freeze", cli.SERVING_GC_THRESHOLDS, "serving"]
+
+
+# Eight threads malloc at once (each then waits for the others, so none
+# hands its arena on), and glibc's malloc_info lists the arenas ("heaps").
+_COUNT_ARENAS = """
+import ctypes, sys, tempfile, threading
+from trio_asr.cli.commands import limit_malloc_arenas
+limited = limit_malloc_arenas() if sys.argv[1] == "limit" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+together = threading.Barrier(9)
+def allocate():
+    libc.malloc(4096)
+    together.wait()
+    together.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for t in threads: t.start()
+together.wait()
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    fp = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    heaps = open(out.name).read().count("<heap nr=")
+together.wait()
+print(limited, heaps)
+"""
+
+
+def _arenas(mode: str, env: dict[str, str]) -> tuple[str, int]:
+    proc = subprocess.run([sys.executable, "-c", _COUNT_ARENAS, mode], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    limited, heaps = proc.stdout.split()
+    return limited, int(heaps)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="malloc arenas are glibc's")  # fmt: skip
+def test_serving_limits_glibc_malloc_arenas_unless_the_environment_says_otherwise():
+    from trio_asr.cli.commands import SERVING_MALLOC_ARENAS
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    limited, heaps = _arenas("limit", env)
+    assert limited == "True" and heaps <= SERVING_MALLOC_ARENAS
+    _, default_heaps = _arenas("default", env)
+    assert default_heaps > SERVING_MALLOC_ARENAS  # what the limit changes: one per thread, by glibc's default
+    limited, heaps = _arenas("limit", {**env, "MALLOC_ARENA_MAX": "8"})
+    assert limited == "False" and heaps > SERVING_MALLOC_ARENAS
 
 
 def test_settle_garbage_collector_freezes_startup_and_raises_the_thresholds():

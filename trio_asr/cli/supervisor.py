@@ -46,7 +46,7 @@ from typing import Any
 import attrs
 import trio
 
-from trio_asr.cli.commands import CommandFailed, _build_recognizer, settle_garbage_collector
+from trio_asr.cli.commands import CommandFailed, _build_recognizer, limit_malloc_arenas, settle_garbage_collector
 from trio_asr.serving.addresses import startup_line
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.logs import configure_logging, log_event
@@ -274,6 +274,7 @@ def run_worker(spec: WorkerSpec) -> int:
     config = spec.config
     configure_logging(config.log_level, config.log_format, log_transcripts=config.log_transcripts)
     _tag_logs(f"worker {spec.index}")
+    limit_malloc_arenas()
     try:
         _, recognizer = _build_recognizer(config)
     except CommandFailed as exc:
