@@ -9,6 +9,8 @@ replayed to it, from its first byte, by :class:`ReplayStream`.
 
 from __future__ import annotations
 
+import os
+
 import h11
 import trio
 
@@ -18,16 +20,17 @@ RECEIVE_BYTES = 65536
 
 
 class ReplayStream(trio.abc.Stream):
-    """A stream that first yields bytes already read from ``stream``."""
+    """A stream that first yields bytes already read from ``stream``.
+
+    Over a plain TCP socket it then reads the socket itself, waiting for it
+    first: a message arriving on an idle connection costs one read, where
+    trio's socket stream tries a read (which fails), waits and reads again.
+    :meth:`send_now` writes without waiting."""
 
     def __init__(self, prefix: bytes, stream: trio.abc.Stream) -> None:
         self._prefix = prefix
         self._stream = stream
-
-    @property
-    def inner(self) -> trio.abc.Stream:
-        """The stream the bytes come from after the replayed ones (and go to)."""
-        return self._stream
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
@@ -35,7 +38,36 @@ class ReplayStream(trio.abc.Stream):
             n = len(self._prefix) if max_bytes is None else max_bytes
             data, self._prefix = self._prefix[:n], self._prefix[n:]
             return data
-        return bytes(await self._stream.receive_some(max_bytes))
+        if self._socket is None:
+            return bytes(await self._stream.receive_some(max_bytes))
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        while True:
+            await trio.lowlevel.wait_readable(self._socket)
+            try:
+                return os.read(self._fileno(), RECEIVE_BYTES if max_bytes is None else max_bytes)
+            except BlockingIOError:
+                continue  # woken, but another reader was first
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
+
+    def send_now(self, data: bytes) -> int:
+        """Write what a plain TCP socket takes of ``data`` at once, without
+        waiting; the count.  0 when the socket is full, closed or broken, or
+        not a plain socket: :meth:`send_all` then waits, or says which."""
+        if self._socket is None or self._socket.fileno() == -1:
+            return 0
+        try:
+            return os.write(self._socket.fileno(), data)  # non-blocking: trio made it so
+        except OSError:
+            return 0
+
+    def _fileno(self) -> int:
+        assert self._socket is not None
+        fd = self._socket.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("the socket was closed")
+        return fd
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)

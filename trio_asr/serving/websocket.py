@@ -18,12 +18,11 @@ locked send otherwise, in order).
 a :class:`ServerConnection`.  Both lean on trio-websocket's internals (the
 message buffer of ``WebSocketConnection``, its reader task, its send lock),
 unchanged from 0.11 to 0.12; ``tests/test_hardening_2.py`` checks the
-behaviour end to end, ``tests/test_websocket_send.py`` the send.
+behaviour end to end, ``tests/test_direct_socket.py`` the send.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Final
 
 import trio
@@ -56,9 +55,6 @@ class ServerConnection(trio_websocket.WebSocketConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._discarding = False  # inside a message already delivered as OVERSIZED
-        stream = self._stream.inner if isinstance(self._stream, ReplayStream) else self._stream
-        # a plain TCP connection's socket, written directly while no send is under way (see _send)
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     async def _send(self, event: wsproto.events.Event) -> None:
         """trio-websocket's send, without its two task switches (the lock's
@@ -66,15 +62,13 @@ class ServerConnection(trio_websocket.WebSocketConnection):
         does while the client reads: a reply costs one switch, not three.
         What the socket does not take, and every send while another is
         under way, goes trio-websocket's way, in order."""
-        if self._socket is None or self._stream_lock.locked():
+        stream = self._stream
+        if not isinstance(stream, ReplayStream) or self._stream_lock.locked():
             await super()._send(event)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
         data = self._wsproto.send(event)
-        try:
-            sent = os.write(self._socket.fileno(), data)  # non-blocking: trio made it so
-        except OSError:  # full (BlockingIOError), closed or broken: the stream says which, below
-            sent = 0
+        sent = stream.send_now(data)
         if sent == len(data):
             return
         async with self._stream_lock:

@@ -1,11 +1,15 @@
-"""The server connection's send: straight to the socket when it takes every
-byte, trio-websocket's locked send otherwise; nothing lost or reordered
-either way (see ``trio_asr/serving/websocket.py``)."""
+"""A WebSocket connection's plain TCP socket, read and written directly
+(``ReplayStream`` in ``trio_asr/serving/http_wire.py``, the send in
+``trio_asr/serving/websocket.py``): replies go straight to the socket when
+it takes every byte, trio-websocket's locked send otherwise, nothing lost
+or reordered either way; reads give the replayed bytes first, then the
+socket's, and end as trio's socket stream ends."""
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 
 import pytest
 import trio
@@ -15,14 +19,20 @@ from trio_asr.serving.http_wire import ReplayStream
 from trio_asr.serving.websocket import ServerConnection, wrap_server_stream
 
 
-async def _connected_pair(
-    nursery: trio.Nursery, *, send_buffer: int
-) -> tuple[ServerConnection, trio_websocket.WebSocketConnection]:
+async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     client_stream = await trio.open_tcp_stream("127.0.0.1", port)
     server_stream = await listener.accept()
     await listener.aclose()
+    assert isinstance(server_stream, trio.SocketStream)
+    return server_stream, client_stream
+
+
+async def _connected_pair(
+    nursery: trio.Nursery, *, send_buffer: int
+) -> tuple[ServerConnection, trio_websocket.WebSocketConnection]:
+    server_stream, client_stream = await _tcp_pair()
     server_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     client_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, send_buffer)
     # as the server has it: behind the stream that replays the upgrade request
@@ -96,3 +106,53 @@ async def test_a_send_to_a_closed_peer_is_connection_closed(nursery: trio.Nurser
         for _ in range(100):  # the first sends may still be taken by the kernel
             await server.send_message("x" * 10000)
             await trio.sleep(0.01)
+
+
+async def test_reads_give_the_replayed_bytes_then_the_sockets_then_the_end() -> None:
+    server_stream, client_stream = await _tcp_pair()
+    stream = ReplayStream(b"GET / HTTP/1.1", server_stream)
+    assert await stream.receive_some(3) == b"GET"
+    assert await stream.receive_some() == b" / HTTP/1.1"
+    received = b""
+    async with trio.open_nursery() as nursery:
+        async def send_later() -> None:
+            await trio.sleep(0.05)  # the read waits for it
+            await client_stream.send_all(b"x" * 100_000)
+            await client_stream.aclose()
+
+        nursery.start_soon(send_later)
+        while chunk := await stream.receive_some(30_000):
+            assert len(chunk) <= 30_000
+            received += chunk
+    assert received == b"x" * 100_000
+    assert await stream.receive_some() == b""
+    await stream.aclose()
+
+
+async def test_a_reset_connection_is_a_broken_stream() -> None:
+    server_stream, client_stream = await _tcp_pair()
+    stream = ReplayStream(b"", server_stream)
+    # close with SO_LINGER 0: the peer sends a reset, not an end
+    client_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client_stream.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.receive_some()
+    assert stream.send_now(b"x") == 0
+    await stream.aclose()
+
+
+async def test_a_read_waiting_when_the_stream_is_closed_is_a_closed_stream() -> None:
+    server_stream, client_stream = await _tcp_pair()
+    stream = ReplayStream(b"", server_stream)
+    async with trio.open_nursery() as nursery:
+        async def close_soon() -> None:
+            await trio.sleep(0.05)
+            await stream.aclose()
+
+        nursery.start_soon(close_soon)
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.receive_some()
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive_some()
+    assert stream.send_now(b"x") == 0
+    await client_stream.aclose()
