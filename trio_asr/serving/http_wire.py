@@ -43,7 +43,7 @@ class ReplayStream(trio.abc.Stream):
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         while True:
-            await trio.lowlevel.wait_readable(self._socket)
+            await trio.lowlevel.wait_readable(self._fileno())
             try:
                 return os.read(self._fileno(), RECEIVE_BYTES if max_bytes is None else max_bytes)
             except BlockingIOError:
