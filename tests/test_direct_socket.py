@@ -19,6 +19,10 @@ from trio_asr.serving.http_wire import ReplayStream
 from trio_asr.serving.websocket import ServerConnection, wrap_server_stream
 
 
+#: where the socket is read and written directly (see ReplayStream)
+DIRECT = os.name == "posix"
+
+
 async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
@@ -93,9 +97,10 @@ async def test_messages_from_two_senders_arrive_whole_and_each_in_order(
     assert all(len(m) == size for m in received)
     for tag in "ab":
         assert [m.split(":")[0] for m in received if m.startswith(tag)] == [f"{tag}{i:03d}" for i in range(count)]
-    assert writes["whole"] > 0
-    if size > 1000:
-        assert writes["partial"] > 0
+    if DIRECT:
+        assert writes["whole"] > 0
+        if size > 1000:
+            assert writes["partial"] > 0
     await client.aclose()
 
 
@@ -129,6 +134,7 @@ async def test_reads_give_the_replayed_bytes_then_the_sockets_then_the_end() -> 
     await stream.aclose()
 
 
+@pytest.mark.skipif(not DIRECT, reason="SO_LINGER's layout here is POSIX's")
 async def test_a_reset_connection_is_a_broken_stream() -> None:
     server_stream, client_stream = await _tcp_pair()
     stream = ReplayStream(b"", server_stream)

@@ -274,7 +274,8 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's <malloc.h>
 
 def limit_malloc_arenas(environ: Mapping[str, str] | None = None) -> bool:
     """At most :data:`SERVING_MALLOC_ARENAS` malloc arenas, on glibc, unless
-    ``MALLOC_ARENA_MAX`` in the environment says otherwise; whether it set them.
+    the environment says otherwise (``MALLOC_ARENA_MAX``, or ``arena_max`` in
+    ``GLIBC_TUNABLES``); whether it set them.
 
     Call it before the model loads.  glibc gives each new thread an arena
     of its own, up to 8 per core, and every arena keeps what a model call's
@@ -284,13 +285,16 @@ def limit_malloc_arenas(environ: Mapping[str, str] | None = None) -> bool:
     import ctypes
     import os
 
-    if "MALLOC_ARENA_MAX" in (os.environ if environ is None else environ):
+    environ = os.environ if environ is None else environ
+    if "MALLOC_ARENA_MAX" in environ or "arena_max" in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing, macOS has none
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_ARENA_MAX, SERVING_MALLOC_ARENAS))

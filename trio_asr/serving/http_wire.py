@@ -9,6 +9,7 @@ replayed to it, from its first byte, by :class:`ReplayStream`.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import h11
@@ -22,7 +23,7 @@ RECEIVE_BYTES = 65536
 class ReplayStream(trio.abc.Stream):
     """A stream that first yields bytes already read from ``stream``.
 
-    Over a plain TCP socket it then reads the socket itself, waiting for it
+    Over a plain TCP socket (POSIX) it then reads the socket itself, waiting for it
     first: a message arriving on an idle connection costs one read, where
     trio's socket stream tries a read (which fails), waits and reads again.
     :meth:`send_now` writes without waiting."""
@@ -30,7 +31,8 @@ class ReplayStream(trio.abc.Stream):
     def __init__(self, prefix: bytes, stream: trio.abc.Stream) -> None:
         self._prefix = prefix
         self._stream = stream
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # POSIX only: a Windows socket's handle is no file descriptor for os.read/os.write
+        self._socket = stream.socket if os.name == "posix" and isinstance(stream, trio.SocketStream) else None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
@@ -49,6 +51,8 @@ class ReplayStream(trio.abc.Stream):
             except BlockingIOError:
                 continue  # woken, but another reader was first
             except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK):  # as trio's socket stream says it
+                    raise trio.ClosedResourceError("the socket was closed") from exc
                 raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
 
     def send_now(self, data: bytes) -> int:
