@@ -287,6 +287,8 @@ def test_serving_limits_glibc_malloc_arenas_unless_the_environment_says_otherwis
     assert default_heaps > SERVING_MALLOC_ARENAS  # what the limit changes: one per thread, by glibc's default
     limited, heaps = _arenas("limit", {**env, "MALLOC_ARENA_MAX": "8"})
     assert limited == "False" and heaps > SERVING_MALLOC_ARENAS
+    limited, heaps = _arenas("limit", {**env, "GLIBC_TUNABLES": "glibc.malloc.arena_max=8"})
+    assert limited == "False" and heaps > SERVING_MALLOC_ARENAS
 
 
 def test_settle_garbage_collector_freezes_startup_and_raises_the_thresholds():
