@@ -280,8 +280,8 @@ def limit_malloc_arenas(environ: Mapping[str, str] | None = None) -> bool:
     Call it before the model loads.  glibc gives each new thread an arena
     of its own, up to 8 per core, and every arena keeps what a model call's
     batch buffers freed in it; with fewer, the server held 60-100 MB less
-    at 16-61 int8 streams on 2 cores at the same CPU per audio second (see
-    benchmarks/README.md)."""
+    at 16-80 int8 streams on 2 cores at the same CPU per audio second, in
+    two runs (see benchmarks/README.md)."""
     import ctypes
     import os
 

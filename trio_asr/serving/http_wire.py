@@ -59,10 +59,11 @@ class ReplayStream(trio.abc.Stream):
         """Write what a plain TCP socket takes of ``data`` at once, without
         waiting; the count.  0 when the socket is full, closed or broken, or
         not a plain socket: :meth:`send_all` then waits, or says which."""
-        if self._socket is None or self._socket.fileno() == -1:
+        fd = -1 if self._socket is None else self._socket.fileno()
+        if fd == -1:
             return 0
         try:
-            return os.write(self._socket.fileno(), data)  # non-blocking: trio made it so
+            return os.write(fd, data)  # non-blocking: trio made it so
         except OSError:
             return 0
 

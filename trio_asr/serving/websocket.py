@@ -23,13 +23,14 @@ behaviour end to end, ``tests/test_direct_socket.py`` the send.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import trio
 import trio_websocket
 import wsproto
 from wsproto import ConnectionType, WSConnection
 
+from trio_asr.serving.channels import send_soon
 from trio_asr.serving.http_wire import ReplayStream
 
 __all__ = ["OVERSIZED", "Oversized", "ServerConnection", "wrap_server_stream"]
@@ -110,10 +111,9 @@ class ServerConnection(trio_websocket.WebSocketConnection):
         queue is full: the reader task has just come back from a socket read
         (a checkpoint), so a message costs no task switch of its own."""
         try:
-            try:
-                self._send_channel.send_nowait(message)  # type: ignore[arg-type]
-            except trio.WouldBlock:
-                await self._send_channel.send(message)  # type: ignore[arg-type]
+            # trio-websocket's queue, typed for str and bytes: OVERSIZED goes through it too
+            queue = cast("trio.MemorySendChannel[str | bytes | Oversized]", self._send_channel)
+            await send_soon(queue, message)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the receiving side was closed (as trio-websocket's own handler)
 
