@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,22 +115,40 @@ def load_model(
     model_file = named or find_model_file(model_dir)
     if session_options is None:
         session_options = make_session_options(threads=threads)
-    data = model_file.read_bytes()
-    if per_item_quantization and quantization.is_dynamically_quantized(data):
-        return _load_per_item(data, model_file, tokens, session_options)
-    return _detect(_session(data, model_file, session_options), model_file, tokens)
+    if per_item_quantization and quantization.is_dynamically_quantized(model_file):
+        return _load_per_item(model_file, tokens, session_options)
+    return _detect(_session(model_file, model_file, session_options), model_file, tokens)
 
 
 def _session(
-    data: bytes, model_file: Path, options: ort.SessionOptions, disabled_optimizers: list[str] | None = None
+    model: bytes | Path, model_file: Path, options: ort.SessionOptions, disabled_optimizers: list[str] | None = None
 ) -> ort.InferenceSession:
+    """A session on the ONNX file ``model`` or on serialized bytes.  A session
+    made from bytes keeps them as long as it lives (onnxruntime's Python
+    binding holds them), so one that serves loads from a file: see
+    :func:`_lasting_session`."""
     try:
         return ort.InferenceSession(
-            data, sess_options=options, providers=["CPUExecutionProvider"],
-            disabled_optimizers=disabled_optimizers,
+            str(model) if isinstance(model, Path) else model, sess_options=options,
+            providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers,
         )
     except Exception as exc:  # onnxruntime raises its own, undocumented classes
         raise ModelError(f"onnxruntime cannot load {model_file}: {exc}") from exc
+
+
+def _lasting_session(
+    data: bytes, model_file: Path, options: ort.SessionOptions, disabled_optimizers: list[str] | None = None
+) -> ort.InferenceSession:
+    """A session on serialized ``data`` that does not keep a copy of them
+    alive: loaded from a temporary file (bytes, if none can be written)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="trio-asr-", ignore_cleanup_errors=True) as directory:
+            path = Path(directory) / model_file.name
+            path.write_bytes(data)
+            return _session(path, model_file, options, disabled_optimizers)
+    except OSError as exc:
+        log.debug("no temporary file for %s (%s): the session keeps its bytes", model_file, exc)
+        return _session(data, model_file, options, disabled_optimizers)
 
 
 def _detect(session: ort.InferenceSession, model_file: Path, tokens: TokenTable) -> AcousticModel:
@@ -145,13 +164,12 @@ def _detect(session: ort.InferenceSession, model_file: Path, tokens: TokenTable)
     )
 
 
-def _load_per_item(
-    data: bytes, model_file: Path, tokens: TokenTable, options: ort.SessionOptions
-) -> AcousticModel:
+def _load_per_item(model_file: Path, tokens: TokenTable, options: ort.SessionOptions) -> AcousticModel:
     """Load a dynamically quantized model rewritten for per-item quantization;
     batches of one run on the file as it is (identical for one stream, faster)."""
     quick = make_session_options(optimization="basic")
-    original = _detect(_session(data, model_file, options), model_file, tokens)
+    original = _detect(_session(model_file, model_file, options), model_file, tokens)
+    data = model_file.read_bytes()
     rng = np.random.default_rng(0)
 
     def feed(batch: int) -> dict[str, np.ndarray]:
@@ -170,7 +188,7 @@ def _load_per_item(
     # onnxruntime's fusion of what is left would multiply the scales in another
     # order than the original's kernels: last-bit differences, which a later
     # quantizer can turn into a step.
-    session = _session(rewritten, model_file, options, disabled_optimizers=["MatMulIntegerToFloatFusion"])
+    session = _lasting_session(rewritten, model_file, options, disabled_optimizers=["MatMulIntegerToFloatFusion"])
     model = _detect(session, model_file, tokens)
     model.set_single_stream_session(original._session)
     model.batch_invariant = not skipped

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -88,9 +89,19 @@ __all__ = [
 _DQL = "DynamicQuantizeLinear"
 
 
-def is_dynamically_quantized(model_bytes: bytes) -> bool:
-    """Whether a serialized model (probably) contains ``DynamicQuantizeLinear``."""
-    return _DQL.encode() in model_bytes
+def is_dynamically_quantized(model: bytes | Path) -> bool:
+    """Whether a serialized model, or the ONNX file at a path, (probably)
+    contains ``DynamicQuantizeLinear``; a file is read in blocks, not whole."""
+    marker = _DQL.encode()
+    if not isinstance(model, Path):
+        return marker in model
+    with model.open("rb") as file:
+        tail = b""
+        while block := file.read(1 << 22):
+            if marker in tail + block[: len(marker)] or marker in block:
+                return True
+            tail = block[-len(marker) + 1 :]
+    return False
 
 
 def _quantizers(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -105,15 +105,16 @@ def load_offline_model(
     tokens = TokenTable.from_file(tokens_path)
     if session_options is None:
         session_options = make_session_options(threads=threads)
-    data = model_file.read_bytes()
-    try:
-        session = ort.InferenceSession(data, sess_options=session_options, providers=["CPUExecutionProvider"])
+    try:  # from the file: a session made from bytes would keep them alive
+        session = ort.InferenceSession(
+            str(model_file), sess_options=session_options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own, undocumented classes
         raise ModelError(f"onnxruntime cannot load {model_file}: {exc}") from exc
     cls = _format(session)
     if cls is not None:
         model = cls(session, tokens)
-        model.batch_invariant = not is_dynamically_quantized(data)
+        model.batch_invariant = not is_dynamically_quantized(model_file)
         return model
     inputs = [i.name for i in session.get_inputs()]
     supported = ", ".join(name for name, _, _ in _FORMATS)
