@@ -7,6 +7,7 @@ again, for good (nearly 1 GB for a float SenseVoice second pass)."""
 from __future__ import annotations
 
 import gc
+import logging
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -69,3 +70,19 @@ def test_quantizers_are_found_in_a_file_wherever_they_are(tmp_path, where):
     assert quantization.is_dynamically_quantized(bytes(data))
     path.write_bytes(bytes(data).replace(marker, marker[:-1] + b"X"))
     assert not quantization.is_dynamically_quantized(path)
+
+
+def test_rewritten_model_loads_without_a_temporary_file(int8_model_dir, monkeypatch, caplog):
+    """Where no temporary file can be written, the rewritten graph's session
+    is made from its bytes: it costs memory, but the model loads."""
+    import tempfile
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_space)
+    caplog.set_level(logging.DEBUG, "trio_asr.model")
+    model = load_model(int8_model_dir)
+    assert "no temporary file" in caplog.text
+    assert model.batch_invariant
+    assert model._single_stream_session is not None
