@@ -115,9 +115,16 @@ def load_model(
     model_file = named or find_model_file(model_dir)
     if session_options is None:
         session_options = make_session_options(threads=threads)
-    if per_item_quantization and quantization.is_dynamically_quantized(model_file):
+    if per_item_quantization and _is_quantized(model_file):
         return _load_per_item(model_file, tokens, session_options)
     return _detect(_session(model_file, model_file, session_options), model_file, tokens)
+
+
+def _is_quantized(model_file: Path) -> bool:
+    try:
+        return quantization.is_dynamically_quantized(model_file)
+    except OSError as exc:
+        raise ModelError(f"cannot read {model_file}: {exc.strerror or exc}") from None
 
 
 def _session(
@@ -140,7 +147,9 @@ def _lasting_session(
     data: bytes, model_file: Path, options: ort.SessionOptions, disabled_optimizers: list[str] | None = None
 ) -> ort.InferenceSession:
     """A session on serialized ``data`` that does not keep a copy of them
-    alive: loaded from a temporary file (bytes, if none can be written)."""
+    alive: loaded from a temporary file (bytes, if none can be written).
+    The file is gone once loaded, so onnxruntime cannot rebuild the session
+    (``set_providers``); nothing here asks it to."""
     try:
         with tempfile.TemporaryDirectory(prefix="trio-asr-", ignore_cleanup_errors=True) as directory:
             path = Path(directory) / model_file.name

@@ -100,7 +100,7 @@ def is_dynamically_quantized(model: bytes | Path) -> bool:
         while block := file.read(1 << 22):
             if marker in tail + block[: len(marker)] or marker in block:
                 return True
-            tail = block[-len(marker) + 1 :]
+            tail = (tail + block)[-len(marker) + 1 :]
     return False
 
 
