@@ -93,9 +93,14 @@ def test_rewritten_model_loads_without_a_temporary_file(int8_model_dir, monkeypa
 def test_an_unreadable_model_file_is_a_model_error(int8_model_dir, monkeypatch):
     from trio_asr.recognition.model import ModelError
 
-    def unreadable(model):
-        raise PermissionError(13, "Permission denied")
+    model_file = find_model_file(int8_model_dir)
+    real_open = Path.open
 
-    monkeypatch.setattr(quantization, "is_dynamically_quantized", unreadable)
+    def unreadable(path, *args, **kwargs):
+        if path == model_file:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", unreadable)
     with pytest.raises(ModelError, match="cannot read .*Permission denied"):
         load_model(int8_model_dir)

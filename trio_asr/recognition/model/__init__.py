@@ -115,16 +115,9 @@ def load_model(
     model_file = named or find_model_file(model_dir)
     if session_options is None:
         session_options = make_session_options(threads=threads)
-    if per_item_quantization and _is_quantized(model_file):
+    if per_item_quantization and quantization.is_dynamically_quantized(model_file):
         return _load_per_item(model_file, tokens, session_options)
     return _detect(_session(model_file, model_file, session_options), model_file, tokens)
-
-
-def _is_quantized(model_file: Path) -> bool:
-    try:
-        return quantization.is_dynamically_quantized(model_file)
-    except OSError as exc:
-        raise ModelError(f"cannot read {model_file}: {exc.strerror or exc}") from None
 
 
 def _session(

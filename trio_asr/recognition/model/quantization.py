@@ -67,6 +67,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from trio_asr.recognition.model.base import ModelError
 from trio_asr.recognition.model.quantized_ops import (
     Builder,
     Consumers,
@@ -91,16 +92,20 @@ _DQL = "DynamicQuantizeLinear"
 
 def is_dynamically_quantized(model: bytes | Path) -> bool:
     """Whether a serialized model, or the ONNX file at a path, (probably)
-    contains ``DynamicQuantizeLinear``; a file is read in blocks, not whole."""
+    contains ``DynamicQuantizeLinear``; a file is read in blocks, not whole
+    (:class:`ModelError` if it cannot be read)."""
     marker = _DQL.encode()
     if not isinstance(model, Path):
         return marker in model
-    with model.open("rb") as file:
-        tail = b""
-        while block := file.read(1 << 22):
-            if marker in tail + block[: len(marker)] or marker in block:
-                return True
-            tail = (tail + block)[-len(marker) + 1 :]
+    try:
+        with model.open("rb") as file:
+            tail = b""
+            while block := file.read(1 << 22):
+                if marker in tail + block[: len(marker)] or marker in block:
+                    return True
+                tail = (tail + block)[-len(marker) + 1 :]
+    except OSError as exc:
+        raise ModelError(f"cannot read {model}: {exc.strerror or exc}") from None
     return False
 
 

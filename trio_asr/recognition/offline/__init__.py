@@ -114,10 +114,7 @@ def load_offline_model(
     cls = _format(session)
     if cls is not None:
         model = cls(session, tokens)
-        try:
-            model.batch_invariant = not is_dynamically_quantized(model_file)
-        except OSError as exc:
-            raise ModelError(f"cannot read {model_file}: {exc.strerror or exc}") from None
+        model.batch_invariant = not is_dynamically_quantized(model_file)
         return model
     inputs = [i.name for i in session.get_inputs()]
     supported = ", ".join(name for name, _, _ in _FORMATS)
