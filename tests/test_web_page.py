@@ -98,6 +98,32 @@ def test_microphone_streams_to_the_server_and_shows_its_final_text(
     mic_wav = write_wav(tmp_path / "mic.wav", resample_poly(speech[:, 0], FAKE_MIC_RATE, rate), FAKE_MIC_RATE)
     mic, _ = read_wav(mic_wav)
     mic = mic[:, 0]
+    # Chromium's fake capture device now and then drops or repeats 10 ms
+    # buffers when its audio thread is starved (about one run in six on 2
+    # busy cores: a stretch of the received audio matches no part of the
+    # WAV).  That is the browser's input, not the page, so a second capture
+    # is allowed; a page that mangles audio fails both.
+    correlations = []
+    for attempt in range(2):
+        aligned, expected = capture_microphone(
+            chromium, asr_server, zipformer2_model_dir, mic_wav, mic, tmp_path / f"attempt{attempt}"
+        )
+        correlations.append(float(np.corrcoef(aligned, expected)[0, 1]))
+        if correlations[-1] > 0.98:
+            break
+    assert max(correlations) > 0.98, correlations
+    if expected is mic:  # not resampled: the context ran at the WAV's rate
+        assert np.mean(aligned == mic) > 0.9  # bit-exact apart from the fade-in
+
+
+def capture_microphone(
+    chromium: str, asr_server, model_dir: Path, mic_wav: Path, mic: np.ndarray, tmp_path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stream the fake microphone from the page until stopped, check the
+    page's state and final text, and return the part of what the server
+    saved that aligns with the WAV, and the WAV at the rate received."""
+    tmp_path.mkdir()
+    before = set(saved_wavs(asr_server))
     with Browser(chromium, fake_audio=mic_wav) as browser:
         browser.navigate(asr_server.page_url)
         browser.evaluate("document.getElementById('mic-start').click()")
@@ -110,21 +136,17 @@ def test_microphone_streams_to_the_server_and_shows_its_final_text(
         context_rate = browser.evaluate("new AudioContext().sampleRate")
     assert page["state"] == "done", page
     assert page["error"] == ""
-    [saved] = saved_wavs(asr_server)
+    [saved] = set(saved_wavs(asr_server)) - before
     received, received_rate = read_wav(saved)
     assert received_rate == context_rate  # the page announced its native rate
-    assert page["final"] == transcribe(zipformer2_model_dir, saved)
+    assert page["final"] == transcribe(model_dir, saved)
     assert page["final"]
 
     received = received[:, 0]
-    if received_rate != FAKE_MIC_RATE:
-        mic = resample_poly(mic, received_rate, FAKE_MIC_RATE)
-    assert len(received) >= len(mic)
-    lag = int(np.argmax(correlate(received, mic, mode="valid")))
-    aligned = received[lag : lag + len(mic)]
-    assert np.corrcoef(aligned, mic)[0, 1] > 0.98
-    if received_rate == FAKE_MIC_RATE:
-        assert np.mean(aligned == mic) > 0.9  # bit-exact apart from the fade-in
+    expected = mic if received_rate == FAKE_MIC_RATE else resample_poly(mic, received_rate, FAKE_MIC_RATE)
+    assert len(received) >= len(expected)
+    lag = int(np.argmax(correlate(received, expected, mode="valid")))
+    return received[lag : lag + len(expected)], expected
 
 
 def test_file_streams_at_real_time_pace_with_the_same_text_as_transcribe(
