@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from trio_asr.recognition.model import nemo_ctc, quantization, zipformer2_ctc
@@ -171,7 +172,10 @@ def _load_per_item(model_file: Path, tokens: TokenTable, options: ort.SessionOpt
     batches of one run on the file as it is (identical for one stream, faster)."""
     quick = make_session_options(optimization="basic")
     original = _detect(_session(model_file, model_file, options), model_file, tokens)
-    data = model_file.read_bytes()
+    try:  # with the external data files beside it, if any: the rewrite is loaded from bytes
+        parsed = onnx.load(str(model_file))
+    except Exception as exc:  # onnx raises protobuf's and its own classes
+        raise ModelError(f"cannot read {model_file} as ONNX: {exc}") from exc
     rng = np.random.default_rng(0)
 
     def feed(batch: int) -> dict[str, np.ndarray]:
@@ -179,8 +183,9 @@ def _load_per_item(model_file: Path, tokens: TokenTable, options: ort.SessionOpt
         return original.feed(features.astype(np.float32), [original.initial_state()] * batch)
 
     rewritten, skipped = quantization.rewrite_model(
-        data, feed, lambda probe: _session(probe, model_file, quick)
+        parsed, feed, lambda probe: _session(probe, model_file, quick)
     )
+    del parsed
     if skipped:
         log.warning(
             "%s: %d quantized tensors cannot be quantized per stream (%s); "

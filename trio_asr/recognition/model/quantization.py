@@ -141,18 +141,19 @@ def with_probe_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[st
 
 
 def rewrite_model(
-    data: bytes,
+    data: bytes | onnx.ModelProto,
     feed: Callable[[int], Mapping[str, np.ndarray]],
     session: Callable[[bytes], ort.InferenceSession],
 ) -> tuple[bytes, list[str]]:
-    """Probe and rewrite a serialized dynamically quantized model.
+    """Probe and rewrite a dynamically quantized model, serialized or parsed
+    (with any external data read in: the probe and the result are bytes).
 
     ``feed(batch)`` gives valid inputs for a batch of that size, ``session``
     makes an onnxruntime session from serialized bytes.  Returns the
     rewritten model, serialized, and the quantized tensors that could not be
     rewritten (see :func:`per_item_quantization`).
     """
-    model = onnx.load_from_string(data)
+    model = data if isinstance(data, onnx.ModelProto) else onnx.load_from_string(data)
     probe, names = with_probe_outputs(model)
     probe_session = session(probe.SerializeToString())
     del probe
