@@ -15,6 +15,8 @@ import onnx
 import pytest
 
 from trio_asr.recognition.model import find_model_file, load_model
+from trio_asr.recognition.offline import load_offline_model
+from trio_asr.recognition.offline.base import Conditioning
 from trio_asr.testing import zipformer2_ctc
 from trio_asr.testing.int8 import quantize_model_dir
 
@@ -29,18 +31,23 @@ def with_external_data(model_dir: Path, out_dir: Path) -> Path:
     """A copy of ``model_dir`` whose ONNX file keeps its tensors in ``weights.bin``."""
     out_dir.mkdir()
     model_file = find_model_file(model_dir)
-    shutil.copy(model_dir / "tokens.txt", out_dir / "tokens.txt")
+    for other in model_dir.iterdir():
+        if other != model_file:
+            shutil.copy(other, out_dir / other.name)
     onnx.save_model(
         onnx.load(str(model_file)), str(out_dir / model_file.name),
         save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=256,
     )  # fmt: skip
-    inline = sum(len(t.raw_data) for t in onnx.load(str(out_dir / model_file.name), load_external_data=False).graph.initializer)
+    kept = onnx.load(str(out_dir / model_file.name), load_external_data=False)
+    inline = sum(len(t.raw_data) for t in kept.graph.initializer)
     assert (out_dir / "weights.bin").stat().st_size > 10 * inline, "the weights did not move out"
     return out_dir
 
 
 @pytest.mark.parametrize("layout", ["float", "int8 rewritten per item", "int8 as it is"])
-def test_model_with_external_data_gives_what_the_inline_model_gives(layout, zipformer2_model_dir, int8_model_dir, tmp_path):
+def test_model_with_external_data_gives_what_the_inline_model_gives(
+    layout, zipformer2_model_dir, int8_model_dir, tmp_path
+):
     source = zipformer2_model_dir if layout == "float" else int8_model_dir
     external = with_external_data(source, tmp_path / "external")
     per_item = layout != "int8 as it is"
@@ -58,3 +65,16 @@ def test_model_with_external_data_gives_what_the_inline_model_gives(layout, zipf
     for mine, theirs in zip(got_states, expected_states, strict=True):
         for a, b in zip(mine.tensors, theirs.tensors, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_offline_model_with_external_data_gives_what_the_inline_model_gives(sense_voice_dir, tmp_path):
+    external = with_external_data(sense_voice_dir, tmp_path / "external")
+    inline_model, external_model = load_offline_model(sense_voice_dir), load_offline_model(external)
+    rng = np.random.default_rng(2)
+    samples = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (8000, 12000)]
+    features = [inline_model.features(s) for s in samples]
+    conditioning = [Conditioning(), Conditioning(language="en", use_itn=True)]
+    expected = inline_model.run(features, conditioning)
+    got = external_model.run(features, conditioning)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
