@@ -8,8 +8,9 @@ of pytest's settings in ``pyproject.toml``.
 - :func:`speech` loads every WAV of the speech directory (the clips kept in
   ``tests/data/audio``, or ``$TRIO_ASR_SHARED_DIR/audio``) as 16 kHz mono float32;
 - :func:`fixture_model` writes the real-size synthetic Zipformer2-CTC model
-  (the default model's geometry, random weights) into ``benchmarks/.cache`` once,
-  in float32 or dynamically int8-quantized (the real default model is int8);
+  (the default model's geometry, random weights) into ``benchmarks/.cache``,
+  in float32 or dynamically int8-quantized (the real default model is int8),
+  once per version of its builder code;
 - :func:`sense_voice_fixture` does the same for the real-size synthetic
   SenseVoice-Small (the second pass's offline model);
 - :func:`write_results` stores a JSON record under ``benchmarks/results``;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -82,8 +84,47 @@ def tile_to(clips: list[tuple[str, np.ndarray]], seconds: float, offset: int = 0
     return np.tile(joined, -(-need // joined.size))[:need]
 
 
+def _fingerprint(modules: list[str], **options: object) -> str:
+    """What a cached fixture was built from: its builder modules' source,
+    onnxruntime's version (its quantizer writes the int8 files) and the
+    builder's options."""
+    import hashlib
+    import importlib
+
+    import onnxruntime
+
+    digest = hashlib.sha256()
+    for name in modules:
+        module = importlib.import_module(name)
+        digest.update(Path(str(module.__file__)).read_bytes())
+    digest.update(json.dumps({"onnxruntime": onnxruntime.__version__, **options}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _cached(directory: Path, fingerprint: str, build: Callable[[Path], object], what: str) -> Path:
+    """``directory``, rebuilt by ``build(directory)`` unless it was built from
+    the same ``fingerprint`` (kept in ``fixture.sha256`` beside the model):
+    a fixture made by older builder code is never measured by mistake."""
+    stamp = directory / "fixture.sha256"
+    if stamp.is_file() and stamp.read_text().strip() == fingerprint:
+        return directory
+    print(f"writing {what} into {directory}", file=sys.stderr)
+    if directory.exists():
+        shutil.rmtree(directory)
+    build(directory)
+    stamp.write_text(fingerprint + "\n")
+    return directory
+
+
+_ZIPFORMER_BUILDERS = ["trio_asr.testing.onnx_graph", "trio_asr.testing.zipformer2_ctc"]
+_SENSE_VOICE_BUILDERS = [
+    "trio_asr.testing.onnx_graph", "trio_asr.testing.sense_voice", "trio_asr.testing.sense_voice_real_size",
+]
+
+
 def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path:
-    """Directory of the real-size synthetic Zipformer2-CTC model, written on first use.
+    """Directory of the real-size synthetic Zipformer2-CTC model, written on
+    first use and again whenever its builder code changes.
 
     ``kind`` is ``"float32"`` (``model.onnx``, ~100 MB) or ``"int8"``
     (``model.int8.onnx``: onnxruntime dynamic quantization of the float32
@@ -91,46 +132,46 @@ def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path
     """
     if kind not in ("float32", "int8"):
         raise ValueError(f"kind must be float32 or int8, not {kind!r}")
-    float_dir = cache_dir / "zipformer2-ctc-real-size"
-    if not (float_dir / "model.onnx").is_file():
-        from trio_asr.testing.zipformer2_ctc import REAL_SIZE, write_model
+    from trio_asr.testing.int8 import quantize_model_dir
+    from trio_asr.testing.zipformer2_ctc import REAL_SIZE, write_model
 
-        print(f"writing the real-size fixture model into {float_dir}", file=sys.stderr)
-        write_model(float_dir, REAL_SIZE)
+    float_print = _fingerprint(_ZIPFORMER_BUILDERS)
+    float_dir = _cached(
+        cache_dir / "zipformer2-ctc-real-size", float_print,
+        lambda d: write_model(d, REAL_SIZE), "the real-size fixture model",
+    )  # fmt: skip
     if kind == "float32":
         return float_dir
-    int8_dir = cache_dir / "zipformer2-ctc-real-size-int8-matmul"
-    if not (int8_dir / "model.int8.onnx").is_file():
-        from trio_asr.testing.int8 import quantize_model_dir
-
-        print(f"quantizing the fixture model into {int8_dir}", file=sys.stderr)
-        quantize_model_dir(float_dir, int8_dir)
-    return int8_dir
+    return _cached(
+        cache_dir / "zipformer2-ctc-real-size-int8-matmul",
+        _fingerprint(["trio_asr.testing.int8"], made_from=float_print),
+        lambda d: quantize_model_dir(float_dir, d), "the int8 fixture model",
+    )  # fmt: skip
 
 
 def sense_voice_fixture(kind: str = "int8", *, cache_dir: Path = CACHE_DIR) -> Path:
     """Directory of the real-size synthetic SenseVoice-Small (offline CTC, for
-    the second pass), written on first use (about a minute): ``"float32"``
-    (``model.onnx``, ~950 MB) or ``"int8"`` (``model.int8.onnx``, ~250 MB, made
-    as sherpa-onnx's export makes it: dynamic quantization of the MatMuls,
-    QUInt8 weights)."""
+    the second pass), written on first use (about a minute) and again whenever
+    its builder code changes: ``"float32"`` (``model.onnx``, ~950 MB) or
+    ``"int8"`` (``model.int8.onnx``, ~250 MB, made as sherpa-onnx's export
+    makes it: dynamic quantization of the MatMuls, QUInt8 weights)."""
     if kind not in ("float32", "int8"):
         raise ValueError(f"kind must be float32 or int8, not {kind!r}")
-    float_dir = cache_dir / "sense-voice-small-real-size"
-    if not (float_dir / "model.onnx").is_file():
-        from trio_asr.testing.sense_voice_real_size import write_real_size_sense_voice_model
+    from trio_asr.testing.int8 import quantize_model_dir
+    from trio_asr.testing.sense_voice_real_size import write_real_size_sense_voice_model
 
-        print(f"writing the real-size SenseVoice fixture into {float_dir}", file=sys.stderr)
-        write_real_size_sense_voice_model(float_dir)
+    float_print = _fingerprint(_SENSE_VOICE_BUILDERS)
+    float_dir = _cached(
+        cache_dir / "sense-voice-small-real-size", float_print,
+        write_real_size_sense_voice_model, "the real-size SenseVoice fixture",
+    )  # fmt: skip
     if kind == "float32":
         return float_dir
-    int8_dir = cache_dir / "sense-voice-small-real-size-int8"
-    if not (int8_dir / "model.int8.onnx").is_file():
-        from trio_asr.testing.int8 import quantize_model_dir
-
-        print(f"quantizing the SenseVoice fixture into {int8_dir}", file=sys.stderr)
-        quantize_model_dir(float_dir, int8_dir, weight_type="QUInt8")
-    return int8_dir
+    return _cached(
+        cache_dir / "sense-voice-small-real-size-int8",
+        _fingerprint(["trio_asr.testing.int8"], made_from=float_print, weight_type="QUInt8"),
+        lambda d: quantize_model_dir(float_dir, d, weight_type="QUInt8"), "the int8 SenseVoice fixture",
+    )  # fmt: skip
 
 
 def write_results(name: str, record: dict, results_dir: Path = RESULTS_DIR) -> Path:
