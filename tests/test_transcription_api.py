@@ -368,3 +368,35 @@ def test_the_openai_client_talks_to_it():
         create(model="whisper-1", file=audio, response_format="srt", stream=True)
     assert info.value.status_code == 400 and info.value.param == "stream"
     assert "only for response_format json or text" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("detected", "asked", "name"),
+    [
+        ("en", None, "english"),
+        ("yue", "auto", "cantonese"),
+        ("zh", "en", "chinese"),  # what was heard wins over what was asked
+        (None, "ja", "japanese"),
+        ("nospeech", "ko", "korean"),  # SenseVoice's tags that are no language
+        ("nospeech", None, ""),
+        ("<unk>", "auto", ""),
+        (None, None, ""),
+    ],
+)
+def test_the_language_reported_is_a_language(detected, asked, name):
+    from trio_asr.protocol.transcripts import language_name
+
+    assert language_name(detected, asked) == name
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        ("talk.wav", "talk.wav"),
+        ("", "upload"),
+        ("a\nb\r\x00.wav", "a?b??.wav"),  # filename*= can carry any character: messages stay one line
+        ("x" * 5000 + ".flac", "..." + "x" * 56 + ".flac"),
+    ],
+)
+def test_the_file_name_that_messages_show_is_one_short_line(sent, shown):
+    assert parse([FormPart("file", AUDIO, filename=sent)]).filename == shown

@@ -142,6 +142,15 @@ def _short(value: str) -> str:
     return shown if len(shown) <= 40 else shown[:36] + '..."'
 
 
+def _file_name(name: str | None) -> str:
+    """The upload's name as messages show it: one line (control characters
+    as ``?``), at most 64 characters, keeping the end (the extension)."""
+    if not name:
+        return "upload"
+    name = "".join("?" if ch < " " or "\x7f" <= ch < "\xa0" else ch for ch in name)
+    return name if len(name) <= 64 else "..." + name[-61:]
+
+
 def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, message, param=param)
 
@@ -196,7 +205,7 @@ def parse_transcription_form(
             )
     return TranscriptionRequest(
         audio=file.data,
-        filename=file.filename or "upload",
+        filename=_file_name(file.filename),
         model=text.get("model", ""),
         language=_language(text.get("language")),
         prompt=text.get("prompt"),

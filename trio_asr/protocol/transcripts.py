@@ -22,11 +22,15 @@ __all__ = [
     "TranscriptSegment",
     "TranscriptWord",
     "json_bytes",
+    "language_name",
     "subrip",
     "transcript_from_result",
     "utf8",
     "webvtt",
 ]
+
+#: OpenAI's names of the languages SenseVoice tells apart
+LANGUAGE_NAMES = {"zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "yue": "cantonese"}
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ARROW = re.compile("-{2,}>")
@@ -85,6 +89,17 @@ def transcript_from_result(result: RecognitionResult, duration: float, language:
         segments=tuple(_segment(number, segment) for number, segment in enumerate(segments)),
         nbest=result.nbest,
     )
+
+
+def language_name(detected: str | None, asked: str | None) -> str:
+    """A transcript's language as OpenAI names it: the detected one, else
+    the one asked for (``auto`` is none), else ``""``.  SenseVoice also tags
+    audio ``nospeech`` or ``<unk>``: no language, so not one to report."""
+    if detected in LANGUAGE_NAMES:
+        return LANGUAGE_NAMES[detected]
+    if asked and asked != "auto":
+        return LANGUAGE_NAMES.get(asked, asked)
+    return ""
 
 
 def utf8(text: str) -> bytes:

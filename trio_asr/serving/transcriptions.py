@@ -54,6 +54,7 @@ from trio_asr.protocol.transcription_api import (
     text_done_event,
     transcript_from_result,
 )
+from trio_asr.protocol.transcripts import language_name
 from trio_asr.recognition.compile_queue import CompileQueueFull
 from trio_asr.recognition.hotwords import HotwordError
 from trio_asr.recognition.model_service import ModelServiceError
@@ -79,7 +80,6 @@ RECEIVING_PER_PLACE = 4
 #: how long a received upload waits for a place to decode in before it gets 429
 PLACE_WAIT_SECONDS = 10.0
 #: what ``verbose_json`` calls the languages the models name by code (as OpenAI's API does)
-LANGUAGE_NAMES = {"zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "yue": "cantonese"}
 _JSON = [("content-type", "application/json")]
 
 
@@ -134,17 +134,27 @@ class TranscriptionsApi:
         try:
             await self._transcribe(exchange)
         except ApiError as error:
-            if exchange.response_open:  # events have gone out: the error is one more
-                await exchange.send(error_event(error))
-                await exchange.end_response()
-            else:
-                if error.status in (408, 413) or error.status >= 500:
-                    exchange.close_after()  # the rest of the body is not read
-                await exchange.respond(error.status, error.body(), [*_JSON, *_retry_after(error)])
+            await self._refuse(exchange, error)
+        except (HttpError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise  # the connection's own failures, which the HTTP layer handles
+        except Exception:  # a bug: still an answer in OpenAI's shape, and the traceback in the log
+            log.exception("upload from %s failed", exchange.peer)
+            await self._refuse(exchange, ApiError(500, "the server failed on this upload; see its log",
+                                                  type="server_error"))  # fmt: skip
         finally:
             self.active -= 1
             self.metrics.upload_answered(time.perf_counter() - started)
             self.on_idle()
+
+    @staticmethod
+    async def _refuse(exchange: Exchange, error: ApiError) -> None:
+        if exchange.response_open:  # events have gone out: the error is one more
+            await exchange.send(error_event(error))
+            await exchange.end_response()
+            return
+        if error.status in (408, 413) or error.status >= 500:
+            exchange.close_after()  # the rest of the body may not have been read
+        await exchange.respond(error.status, error.body(), [*_JSON, *_retry_after(error)])
 
     async def _transcribe(self, exchange: Exchange) -> None:
         config = self.config
@@ -207,9 +217,10 @@ class TranscriptionsApi:
             await self._stream_events(exchange, samples, rate, file_request)
             return
         transcript = await self._decode(exchange, samples, rate, file_request)
-        language = transcript.language or request.language
-        content_type, payload = render_transcript(transcript_from_result(
-            transcript.result, transcript.duration, LANGUAGE_NAMES.get(language or "", language)), request)  # fmt: skip
+        language = language_name(transcript.language, request.language)
+        content_type, payload = render_transcript(
+            transcript_from_result(transcript.result, transcript.duration, language), request
+        )
         await exchange.respond(200, payload, [("content-type", content_type)])
 
     async def _decode_audio(self, request: TranscriptionRequest) -> tuple[np.ndarray, int]:
@@ -251,9 +262,12 @@ class TranscriptionsApi:
         return found
 
     async def _unless_stopped(self, decode: Callable[[], Awaitable[FileTranscript]]) -> FileTranscript | None:
-        """``decode()``, or None if the server stops (its grace period over) first."""
+        """``decode()``, or None if the server stops (its grace period over)
+        first.  What ``decode()`` raises comes out as it is, not wrapped in
+        the nursery's exception group, so callers can tell errors apart."""
         lifecycle = self.lifecycle
         found: FileTranscript | None = None
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
 
             async def cancel_on_stop() -> None:
@@ -263,8 +277,13 @@ class TranscriptionsApi:
 
             if lifecycle is not None:
                 nursery.start_soon(cancel_on_stop)
-            found = await decode()
+            try:
+                found = await decode()
+            except Exception as exc:  # Cancelled (a BaseException) goes to the nursery
+                failure = exc
             nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return found
 
     async def _stream_events(
