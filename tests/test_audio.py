@@ -14,11 +14,13 @@ from paths import SPEECH_FILES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_asr import audio
 from trio_asr.audio import (
     MAX_NAME_BYTES,
     WavWriter,
     create_unique_wav,
     down_mix,
+    parse_wav,
     pcm16_to_float,
     read_wav,
     safe_wav_name,
@@ -87,6 +89,53 @@ def test_read_wav_pcm_widths_and_float(tmp_path: Path) -> None:
         assert sr == 8000, name
         assert x.dtype == np.float32 and x.shape == (50, 2), name
         np.testing.assert_allclose(x, ref, atol=tol, err_msg=name)
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_integer_samples_are_exactly_the_value_over_full_scale(bits: int) -> None:
+    """Each value, over 2**(bits-1), rounded once to float32: the extremes
+    and values that need rounding (32-bit ones past 24 bits) included."""
+    info = np.iinfo(np.int16 if bits == 16 else np.int32)
+    rng = np.random.default_rng(bits)
+    values = np.concatenate([[info.min, info.min + 1, -1, 0, 1, info.max - 1, info.max],
+                             rng.integers(info.min, info.max, 5000, endpoint=True)])  # fmt: skip
+    ints = values.astype(f"<i{bits // 8}")
+    x, _ = parse_wav(_riff(_fmt(1, 1, 16000, bits), ints.tobytes()))
+    expected = (values.astype(np.float64) / float(1 << (bits - 1))).astype(np.float32)
+    np.testing.assert_array_equal(x[:, 0], expected)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 24, 32])
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_mono_decoding_is_the_down_mix_of_the_whole(bits: int, channels: int, monkeypatch) -> None:
+    """Down-mixed a block at a time as it is decoded: the same float32
+    values as decoding every channel and then down-mixing, blocks that do
+    not divide the file included."""
+    monkeypatch.setattr(audio, "_MIX_BLOCK_FRAMES", 7)
+    rng = np.random.default_rng(channels * bits)
+    data = rng.integers(0, 256, 101 * channels * bits // 8, dtype=np.uint8).tobytes()
+    wav = _riff(_fmt(1, channels, 16000, bits), data)
+    whole, rate = parse_wav(wav)
+    mono, mono_rate = parse_wav(wav, mono=True)
+    assert rate == mono_rate == 16000 and mono.shape == (101,) and mono.dtype == np.float32
+    np.testing.assert_array_equal(mono, down_mix(whole))
+
+
+def test_mono_decoding_never_holds_every_channel_as_floats() -> None:
+    """Six channels of 16-bit PCM (12 bytes a frame): decoding to mono
+    allocates little beyond its output (4 bytes a frame)."""
+    import tracemalloc
+
+    frames = 2_000_000
+    wav = _riff(_fmt(1, 6, 16000, 16), np.zeros(frames * 6, "<i2").tobytes())
+    tracemalloc.start()
+    try:
+        mono, _ = parse_wav(wav, mono=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert mono.shape == (frames,)
+    assert peak < 2 * mono.nbytes, f"{peak} bytes at the peak for a {mono.nbytes}-byte result"
 
 
 def test_read_wav_oversized_data_chunk_reads_whole_frames(tmp_path: Path) -> None:

@@ -48,11 +48,15 @@ def read_wav(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int
     return parse_wav(Path(path).read_bytes(), path)
 
 
-def parse_wav(data: bytes | bytearray | memoryview, name: object = "WAV") -> tuple[npt.NDArray[np.float32], int]:
+def parse_wav(
+    data: bytes | bytearray | memoryview, name: object = "WAV", *, mono: bool = False
+) -> tuple[npt.NDArray[np.float32], int]:
     """Parse a whole WAV file held in memory into float32 samples in [-1, 1].
 
     Returns ``(samples, sample_rate)`` with ``samples`` of shape
-    ``(frames, channels)``.  Accepts integer PCM of 8 (unsigned), 16, 24 or 32
+    ``(frames, channels)``, or ``(frames,)`` with ``mono``: the channels
+    averaged as :func:`down_mix` does, a block at a time, so that a file of
+    many channels never becomes a float array of all of them.  Accepts integer PCM of 8 (unsigned), 16, 24 or 32
     bits and IEEE float of 32 or 64 bits, plain or ``WAVE_FORMAT_EXTENSIBLE``.
     A data chunk whose declared size runs past the end of the data (as left
     by streaming writers) is read up to the last whole frame.
@@ -77,7 +81,7 @@ def parse_wav(data: bytes | bytearray | memoryview, name: object = "WAV") -> tup
                 raise ValueError(f"{name}: data chunk before fmt chunk")
             tag, channels, rate, bits = fmt
             payload = data[body : body + size]
-            return _decode(payload, tag, channels, bits), rate
+            return _decode(payload, tag, channels, bits, mono), rate
         pos = body + size + (size & 1)
     raise ValueError(f"{name}: truncated WAV (no {'data' if fmt else 'fmt'} chunk)")
 
@@ -108,22 +112,41 @@ def _parse_fmt(path: object, body: memoryview) -> tuple[int, int, int, int]:
     return tag, channels, rate, bits
 
 
-def _decode(payload: memoryview, tag: int, channels: int, bits: int) -> npt.NDArray[np.float32]:
+#: frames converted at once when a WAV is down-mixed as it is decoded
+_MIX_BLOCK_FRAMES = 1 << 16
+
+
+def _decode(payload: memoryview, tag: int, channels: int, bits: int, mono: bool) -> npt.NDArray[np.float32]:
     width = bits // 8
     frames = len(payload) // (width * channels)
-    raw = np.frombuffer(payload, dtype=np.uint8, count=frames * width * channels)
+    frame_bytes = width * channels
+    if not mono or channels == 1:
+        x = _to_float(payload[: frames * frame_bytes], tag, bits)
+        return x.reshape(frames) if mono else x.reshape(frames, channels)
+    out = np.empty(frames, np.float32)
+    for start in range(0, frames, _MIX_BLOCK_FRAMES):
+        stop = min(frames, start + _MIX_BLOCK_FRAMES)
+        block = _to_float(payload[start * frame_bytes : stop * frame_bytes], tag, bits)
+        out[start:stop] = down_mix(block.reshape(stop - start, channels))
+    return out
+
+
+def _to_float(payload: memoryview, tag: int, bits: int) -> npt.NDArray[np.float32]:
+    """Whole samples of one encoding as float32 in [-1, 1], one dimension."""
+    raw = np.frombuffer(payload, dtype=np.uint8)
     if tag == _FORMAT_IEEE_FLOAT:
-        x = raw.view("<f4" if bits == 32 else "<f8").astype(np.float32)
-    elif bits == 8:
-        x = (raw.astype(np.float32) - 128.0) / 128.0
-    elif bits == 24:
+        return raw.view("<f4" if bits == 32 else "<f8").astype(np.float32)
+    if bits == 8:
+        return (raw.astype(np.float32) - 128.0) / 128.0
+    if bits == 24:
         b = raw.reshape(-1, 3).astype(np.int32)
         ints = (b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8
-        x = ints.astype(np.float32) / float(1 << 23)
-    else:
-        ints = raw.view("<i2" if bits == 16 else "<i4")
-        x = (ints.astype(np.float64) / float(1 << (bits - 1))).astype(np.float32)
-    return x.reshape(frames, channels)
+        return ints.astype(np.float32) / float(1 << 23)
+    # Scaling by a power of two after rounding to float32 rounds as dividing
+    # exactly in float64 first would: the same values, half the memory.
+    x = raw.view("<i2" if bits == 16 else "<i4").astype(np.float32)
+    x *= np.float32(1.0 / (1 << (bits - 1)))
+    return x
 
 
 def pcm16_to_float(pcm: bytes | bytearray | memoryview) -> npt.NDArray[np.float32]:

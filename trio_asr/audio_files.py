@@ -171,12 +171,11 @@ def decode_audio(
     wav_error = ""
     if kind == "WAV":
         try:
-            samples, rate = parse_wav(view, f"{name}: cannot decode it as WAV")
+            samples, rate = parse_wav(view, f"{name}: cannot decode it as WAV", mono=mono)
         except ValueError as exc:
             wav_error = str(exc)  # perhaps a WAV encoding that soundfile reads (A-law ...)
         else:
-            samples, rate = _bounded(samples, rate, name, kind, max_seconds)
-            return (down_mix(samples) if mono else samples), rate
+            return _bounded(samples, rate, name, kind, max_seconds)
     soundfile = _soundfile()
     if soundfile is None:
         if wav_error:
