@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -151,6 +152,34 @@ def test_serve_on_a_port_in_use_is_one_line(zipformer2_model_dir, tmp_path):
                        "--audio-dir", str(tmp_path / "a"))  # fmt: skip
     assert proc.returncode == 1
     assert "--port" in one_line(proc.stderr, "serve")
+
+
+def test_serve_on_a_host_that_is_not_here_is_one_line_about_host(zipformer2_model_dir, tmp_path):
+    """An address this machine does not have: the hint is --host, not
+    --port, and no warning about who can reach it comes first."""
+    proc = run_cli("serve", "--host", "192.0.2.1", "--port", "0", "--model", str(zipformer2_model_dir),
+                   "--audio-dir", str(tmp_path / "a"))  # fmt: skip
+    assert proc.returncode == 1
+    line = one_line(proc.stderr, "serve")
+    assert "192.0.2.1" in line and "--host" in line and "--port" not in line
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (OSError(errno.EADDRINUSE, "Address already in use"), "pick another --port"),
+        (OSError(errno.EACCES, "Permission denied"), "below 1024"),
+        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), "check --host"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "check --host"),
+        (OSError(errno.EMFILE, "Too many open files"), None),
+    ],
+)
+def test_why_a_server_cannot_listen_names_the_setting_to_change(error, hint):
+    from trio_asr.serving.addresses import listen_error
+
+    line = listen_error("example.host", 8090, error)
+    assert line.startswith(f"cannot listen on example.host:8090: {error.strerror}")
+    assert (hint in line) if hint else "(" not in line
 
 
 def test_serve_with_an_unusable_audio_dir_is_one_line(zipformer2_model_dir, tmp_path):

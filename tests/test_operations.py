@@ -184,6 +184,8 @@ def test_exposure_warning_only_without_tls_and_tokens_off_loopback():
     assert exposure_warning("", tls=False, tokens=False)
     assert exposure_warning("192.168.1.5", tls=False, tokens=False)
     assert "--auth-token" in exposure_warning("::", tls=False, tokens=False)
+    assert "saved to disk" in exposure_warning("::", tls=False, tokens=False)
+    assert "saved to disk" not in exposure_warning("::", tls=False, tokens=False, saves_audio=False)
     for host in ("127.0.0.1", "127.1.2.3", "::1", "localhost"):
         assert exposure_warning(host, tls=False, tokens=False) is None
     assert exposure_warning("0.0.0.0", tls=True, tokens=False) is None
@@ -426,5 +428,6 @@ def test_operations_settings_from_toml_and_flags(tmp_path):
     assert "secret" not in str(info.value)
     with pytest.raises(ConfigError, match="keyfile needs certfile"):
         load_config(None, {"keyfile": "k.pem"})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         load_config(None, {"log_format": "xml"})
+    assert str(info.value) == "log_format must be one of text, json, got 'xml'"

@@ -47,7 +47,7 @@ import attrs
 import trio
 
 from trio_asr.cli.commands import CommandFailed, _build_recognizer, limit_malloc_arenas, settle_garbage_collector
-from trio_asr.serving.addresses import startup_line
+from trio_asr.serving.addresses import listen_error, startup_line
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.logs import configure_logging, log_event
 from trio_asr.serving.processes import (
@@ -119,10 +119,7 @@ def _hold_port(config: ServerConfig) -> Iterator[int]:
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind((address[0], port, *address[2:]))
     except OSError as exc:
-        raise CommandFailed(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc} "
-            "(is another server running? pick another --port)"
-        ) from None
+        raise CommandFailed(listen_error(config.host, config.port, exc)) from None
     with held:
         yield int(port)
 

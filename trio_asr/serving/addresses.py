@@ -10,12 +10,14 @@ use: loopback for a wildcard or loopback bind, the bound host otherwise.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from pathlib import Path
 
 from trio_asr.serving.config import ServerConfig
 
-__all__ = ["WILDCARD_HOSTS", "client_host", "exposure_warning", "is_loopback", "startup_line"]
+__all__ = ["WILDCARD_HOSTS", "client_host", "exposure_warning", "is_loopback", "listen_error", "startup_line"]
 
 #: hosts that bind every interface ("" is every interface of every family)
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
@@ -31,15 +33,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def exposure_warning(host: str, *, tls: bool, tokens: bool) -> str | None:
+def exposure_warning(host: str, *, tls: bool, tokens: bool, saves_audio: bool = True) -> str | None:
     """The startup warning for binding ``host`` with neither TLS nor tokens
     (``None`` for a loopback address, or with either)."""
     if tls or tokens or is_loopback(host):
         return None
+    saved = " (saved to disk)" if saves_audio else ""
     return (
-        "anyone who can reach this address can stream audio (saved to disk) in clear text; "
+        f"anyone who can reach this address can stream audio{saved} in clear text; "
         "use --auth-token/--auth-tokens-file and --certfile/--keyfile, or --host 127.0.0.1"
     )
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """The one line saying why the server cannot listen on ``host:port``,
+    with the setting to change."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        hint = " (is another server running? pick another --port)"
+    elif exc.errno == errno.EACCES:
+        hint = " (ports below 1024 need privileges: pick another --port)"
+    elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        hint = " (check --host: it must name an address of this machine)"
+    else:
+        hint = ""
+    return f"cannot listen on {host}:{port}: {reason}{hint}"
 
 
 def client_host(host: str) -> str:

@@ -59,6 +59,17 @@ def _bound(cls: type, name: str) -> Any:
     return attrs.fields_dict(cls)[name].validator
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """A validator whose error is one plain line (``attrs.validators.in_``
+    puts the attribute's whole repr in its arguments)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
 def _setting(
     default: Any = attrs.NOTHING,
     *,
@@ -76,7 +87,7 @@ def _setting(
     strings (a repeatable flag); ``secret`` keeps the value out of ``repr``."""
     validators = [validator] if validator is not None else []
     if choices is not None:
-        validators.append(attrs.validators.in_(choices))
+        validators.append(_one_of(choices))
     converter: Any = None
     if type is float:
         converter = attrs.converters.optional(float) if optional else float

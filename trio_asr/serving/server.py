@@ -40,7 +40,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from trio_asr.serving.addresses import exposure_warning
+from trio_asr.serving.addresses import exposure_warning, listen_error
 from trio_asr.serving.auth import TokenError, TokenGate, load_tokens
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.file_transcriber import FileTranscriber, vad_silences
@@ -157,19 +157,17 @@ class Server:
                 self.api.transcriber.silences = await trio.to_thread.run_sync(vad_silences, config.vad_threshold)
         except (TokenError, TlsError, ValueError) as exc:  # ModelError and HotwordError are ValueErrors
             raise ServerStartError(str(exc)) from None
-        warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self.router.gate.enabled)
-        if warning:
-            log_event(log, "exposed", logging.WARNING, host=config.host or "*", advice=warning)
         try:
             if self.shared is None:
                 self._listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
             else:
                 self._listeners = await open_reuseport_listeners(config.port, config.host or None)
         except OSError as exc:
-            where = f"{self.config.host}:{self.config.port}"
-            raise ServerStartError(
-                f"cannot listen on {where}: {exc.strerror or exc} (is another server running? pick another --port)"
-            ) from None
+            raise ServerStartError(listen_error(config.host, config.port, exc)) from None
+        warning = exposure_warning(config.host, tls=self._ssl_context is not None, tokens=self.router.gate.enabled,
+                                   saves_audio=config.save_audio)  # fmt: skip
+        if warning:
+            log_event(log, "exposed", logging.WARNING, host=config.host or "*", advice=warning)
 
     def shutdown(self, *, immediately: bool = False) -> None:
         """Start draining (see the module docstring); ``immediately`` (e.g. a
