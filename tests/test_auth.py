@@ -69,6 +69,13 @@ def test_redact_target_hides_only_the_token():
     assert SECRET not in redact_target(f"/p?a=b&token={SECRET}&token={SECRET}")
 
 
+@pytest.mark.parametrize("key", ["%74oken", "t%6Fken", "%74%6F%6B%65%6E"])
+def test_a_token_that_authenticates_is_never_logged_however_its_key_is_spelled(key):
+    target = f"/p?{key}={SECRET}".encode()
+    assert presented_token(target, []) == SECRET.encode(), "the key decodes to token, so it is one"
+    assert SECRET not in redact_target(target)
+
+
 def test_presented_token_prefers_the_header():
     assert presented_token(b"/?token=q", [(b"authorization", b"Bearer h")]) == b"h"
     assert presented_token(b"/?token=q", []) == b"q"

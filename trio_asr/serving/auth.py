@@ -124,10 +124,12 @@ def redact_target(target: bytes | str) -> str:
     """A request target safe to log: any ``token`` parameter's value replaced by ``***``."""
     text = target.decode("latin-1") if isinstance(target, bytes) else target
     path, sep, query = text.partition("?")
-    if not sep or TOKEN_PARAMETER not in query:
+    if not sep:
         return text
-    pairs = [(k, "***" if k == TOKEN_PARAMETER else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-    return f"{path}?{urlencode(pairs, safe='*')}"
+    pairs = parse_qsl(query, keep_blank_values=True)  # decoded, as presented_token reads them (%74oken is token)
+    if all(k != TOKEN_PARAMETER for k, _ in pairs):
+        return text
+    return f"{path}?{urlencode([(k, '***' if k == TOKEN_PARAMETER else v) for k, v in pairs], safe='*')}"
 
 
 def challenge_headers() -> list[tuple[str, str]]:
