@@ -236,6 +236,7 @@ async def test_max_connections_is_503(nursery: trio.Nursery, tmp_path: Path) -> 
         (['{"signal": "start", "nbest": 1}'], 1007, "start"),
         (['{"signal": "start", "name": "a", "nbest": true}'], 1007, "start"),
         (['{"signal": "pause", "name": "a"}'], 1008, "pause"),
+        (['{"signal": "%s"}' % ("x" * 100_000)], 1008, "x" * 64),  # not echoed whole
         ([b"\x00\x00"], 1008, None),
         (['{"signal": "end", "name": "a", "nbest": 1}'], 1008, "end"),
         ([start_msg(bitsPerSample=8)], 1003, "start"),

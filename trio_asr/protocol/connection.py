@@ -82,6 +82,8 @@ __all__ = ["PEER_REFUSALS", "ConnectionProtocol", "LocalProtocolError", "State"]
 #: close codes with which a peer (or the WebSocket library on our side)
 #: refuses what it was sent: worth noting in the connection's log line
 PEER_REFUSALS = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_PAYLOAD})
+#: characters of a refused message's "signal" that its error reply echoes
+MAX_SIGNAL_ECHO = 64
 
 class State(enum.Enum):
     IDLE = "idle"  # no stream open; waiting for start
@@ -335,6 +337,8 @@ class ConnectionProtocol:
         how = "shut down" if code == CLOSE_GOING_AWAY else "error"
         events: list[Event] = [self._end(reply=False, how=how)] if self._stream is not None else []
         self.state = State.CLOSED
+        if signal is not None and len(signal) > MAX_SIGNAL_ECHO:
+            signal = signal[:MAX_SIGNAL_ECHO]  # an unknown one can be as long as a frame: no reply that size
         events.append(ErrorReply(code, message, signal))
         return events
 
