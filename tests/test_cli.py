@@ -381,6 +381,7 @@ async def test_client_streams_several_files_one_stream_each_in_order(fixture_ser
     assert await trio.to_thread.run_sync(main, args) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in records] == [p.name for p in SPEECH_FILES[:3]]
+    assert [r["file"] for r in records] == paths  # the path, which two files of one name do not share
 
 
 @pytest.mark.parametrize("command", ["client", "transcribe"])

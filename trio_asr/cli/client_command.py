@@ -85,17 +85,20 @@ def run_client(args: argparse.Namespace) -> int:
             live.end(keep=True)
             raise
         live.end(keep=False)
-        _print_final(final, path if several else None, args)
+        _print_final(final, path, several, args)
     return BAD_INPUT if failures else 0
 
 
-def _print_final(final: dict[str, Any], path: Path | None, args: argparse.Namespace) -> None:
+def _print_final(final: dict[str, Any], path: Path, several: bool, args: argparse.Namespace) -> None:
+    """The end reply: as JSON with the file's path added (``file``, as
+    ``transcribe --json`` names it: the stream's name is only the base
+    name), else its text, after the path when there are several files."""
     from trio_asr.cli.transcribe import format_nbest
 
     if args.json:
-        print(json.dumps(final, ensure_ascii=False), flush=True)
+        print(json.dumps({"file": str(path), **final}, ensure_ascii=False), flush=True)
         return
-    print(f"{path}\t{final['result']}" if path is not None else final["result"])
+    print(f"{path}\t{final['result']}" if several else final["result"])
     for line in format_nbest((h["text"], h["score"]) for h in final.get("nbest", [])) if args.nbest > 1 else []:
         print(line)
     sys.stdout.flush()
