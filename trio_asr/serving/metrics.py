@@ -27,7 +27,7 @@ __all__ = ["HTTP_METHODS", "METRIC_NAMES", "REFUSAL_REASONS", "STREAM_OUTCOMES",
 #: cut by the server (shutdown, a client that stopped reading)
 STREAM_OUTCOMES = ("completed", "disconnected", "error", "aborted")
 #: why an upgrade got HTTP 503
-REFUSAL_REASONS = ("full", "overloaded", "shutting_down")
+REFUSAL_REASONS = ("full", "overloaded", "shutting_down", "connections")
 #: the methods counted by name in ``trio_asr_http_requests_total`` (any other is ``other``)
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 
@@ -83,7 +83,7 @@ class ServerMetrics:
         )
         self._refusals = Counter(
             "trio_asr_admission_refusals",
-            "WebSocket upgrades refused with HTTP 503, by reason",
+            "connections refused with HTTP 503, by reason (connections: over the bound on open ones)",
             ["reason"],
             registry=registry,
         )

@@ -45,7 +45,7 @@ from trio_asr.serving.auth import TokenError, TokenGate, load_tokens
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.file_transcriber import FileTranscriber, vad_silences
 from trio_asr.recognition.batched import SteppedRecognizer
-from trio_asr.serving.http import Exchange, HttpLimits, error_body, serve_http
+from trio_asr.serving.http import Exchange, HttpLimits, error_body
 from trio_asr.serving.lifecycle import Lifecycle
 from trio_asr.serving.logs import log_event
 from trio_asr.serving.metrics import ServerMetrics
@@ -57,7 +57,8 @@ from trio_asr.serving.transcriptions import MODELS_PATH, TRANSCRIPTIONS_PATH, Tr
 from trio_asr.serving.second_pass import TwoPassRecognizer, open_second_pass
 
 from trio_asr.serving.session import Session, SessionContext
-from trio_asr.serving.tls import TlsError, accept_tls, server_context
+from trio_asr.serving.tcp import ConnectionBound, open_connection_limit, serve_tcp
+from trio_asr.serving.tls import TlsError, server_context
 from trio_asr.serving.web import ASSET_PATHS, find_asset
 from trio_asr.serving.websocket import wrap_server_stream
 
@@ -112,6 +113,7 @@ class Server:
         self._all_closed = trio.Event()
         self._listeners: Sequence[trio.abc.Listener[Any]] = ()
         self._reserved = 0  # WebSocket connections handshaking or open
+        self._open = ConnectionBound(open_connection_limit(config))  # TCP connections in any phase
         #: admission's count of connections; a worker of ``serve --processes`` shares it (and sets ``shared``)
         self.places = LocalPlaces(config.max_connections)
         self.shared: SharedState | None = None
@@ -267,24 +269,8 @@ class Server:
         self.router.add(MODELS_PATH, ["GET"], self.api.models)
 
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
-        """Serve one TCP connection; its failures are logged, never propagated."""
-        try:
-            peer = "%s:%s" % stream.socket.getpeername()[:2]
-        except (OSError, TypeError):
-            peer = "?"
-        try:
-            async with stream:
-                if self._ssl_context is None:
-                    await serve_http(stream, self.router, self._limits, peer=peer, observe=self.router.observe)
-                else:
-                    tls = await accept_tls(stream, self._ssl_context, self._limits, peer, self.router.observe)
-                    if tls is not None:
-                        async with tls:  # its close_notify, then the socket's close
-                            await serve_http(tls, self.router, self._limits, peer=peer, observe=self.router.observe)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.debug("connection from %s broke", peer)
-        except Exception:
-            log.exception("connection from %s failed", peer)
+        await serve_tcp(stream, self.router, self._limits, tls=self._ssl_context, bound=self._open,
+                        on_refused=partial(self.metrics.refused, "connections"), observe=self.router.observe)  # fmt: skip
 
     async def _answer_health(self, exchange: Exchange) -> None:
         await exchange.respond_json(*self._health())
