@@ -266,6 +266,21 @@ async def test_a_connection_that_never_starts_a_stream_is_closed(nursery: trio.N
     assert code == 1008 and "no stream started" in replies[-1]["message"]
 
 
+def close_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (code, reason) of each close frame in a server's unmasked frames."""
+    found, pos = [], 0
+    while pos + 2 <= len(data):
+        opcode, size, pos = data[pos] & 0x0F, data[pos + 1] & 0x7F, pos + 2
+        if size == 126:
+            size, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
+        elif size == 127:
+            size, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
+        payload, pos = data[pos : pos + size], pos + size
+        if opcode == 0x8:
+            found.append((int.from_bytes(payload[:2], "big"), payload[2:]))
+    return found
+
+
 async def test_a_dead_peer_is_found_by_pings(nursery: trio.Nursery, tmp_path: Path) -> None:
     """A peer that answers nothing (not even pings) is dropped, long before
     the connection idle timeout."""
@@ -275,7 +290,11 @@ async def test_a_dead_peer_is_found_by_pings(nursery: trio.Nursery, tmp_path: Pa
     with trio.fail_after(5):
         while server.connections:
             await trio.sleep(0.05)
+        received = b""
+        while chunk := await stream.receive_some():
+            received += chunk
     await stream.aclose()
+    assert close_frames(received) == [(1011, b"no pong")], "not a normal close: the client did not end it"
     # a live client answers the pings (trio-websocket does) and stays
     async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
         await trio.sleep(1.0)

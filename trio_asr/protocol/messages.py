@@ -25,6 +25,7 @@ from trio_asr.recognition.stream_options import StreamOptions
 
 __all__ = [
     "CLOSE_GOING_AWAY",
+    "CLOSE_NORMAL",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_INVALID_PAYLOAD",
     "CLOSE_MESSAGE_TOO_BIG",
@@ -45,6 +46,7 @@ __all__ = [
     "encode_reply",
 ]
 
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003

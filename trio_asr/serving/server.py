@@ -327,7 +327,7 @@ class Server:
             finally:
                 with trio.move_on_after(config.close_timeout) as cleanup:
                     cleanup.shield = True
-                    await ws.aclose()
+                    await ws.aclose(*(session.closing if session is not None else (1000, None)))
                 closed = ws.closed.code if ws.closed is not None else None
                 self.metrics.connection_closed(session.close_code if session is not None else closed)
                 nursery.cancel_scope.cancel()

@@ -26,6 +26,7 @@ import trio
 import trio_websocket
 
 from trio_asr.protocol.connection import PEER_REFUSALS, ConnectionProtocol, LocalProtocolError, State
+from trio_asr.protocol.messages import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
 from trio_asr.protocol.messages import Audio, EndStream, ErrorReply, Event, Reply, ServerReady, StartStream
 from trio_asr.recognition.batched import BatchedRecognizer
 from trio_asr.recognition.compile_queue import CompileQueueFull
@@ -83,6 +84,8 @@ class Session:
         self._socket_open = True
         self._failed = False  # the decoder ended the connection (see _fail)
         self._sent_close_code: int | None = None  # the code of the close this session began
+        #: the close a connection given up on gets (see :attr:`closing`)
+        self._drop: tuple[int, str] | None = None
         self._reader_scope = trio.CancelScope()
         self._client_gone = False  # no reply can reach the client any more (see _lose_client)
         self._opening = trio.CancelScope()  # that of the stream being opened (see _open)
@@ -104,6 +107,17 @@ class Session:
             return self._sent_close_code
         closed = self.ws.closed
         return None if closed is None else int(closed.code)
+
+    @property
+    def closing(self) -> tuple[int, str | None]:
+        """The code and reason of the close the server sends once :meth:`run`
+        returns (if the socket is still open): a normal close, or why a
+        client that stopped answering pings or reading was given up on."""
+        return self._drop or (CLOSE_NORMAL, None)
+
+    def _give_up(self, code: int, reason: str) -> None:
+        self._drop = (code, reason)
+        self._sent_close_code = code
 
     async def run(self) -> None:
         size = self.config.channel_size
@@ -154,6 +168,7 @@ class Session:
                     return
             if scope.cancelled_caught:
                 log.info("connection id=%d: no pong within %g s; dropping it", self.id, interval)
+                self._give_up(CLOSE_INTERNAL_ERROR, "no pong")  # as the websockets library closes for it
                 self._peer_dead = True
                 self._wake()
                 return
@@ -358,6 +373,7 @@ class Session:
                 if scope.cancelled_caught:
                     log.info("connection id=%d: client stopped reading; dropping it", self.id)
                     self.outcome = "client stopped reading"
+                    self._give_up(CLOSE_POLICY_VIOLATION, "client stopped reading")
                     self._socket_open = False
                     self._reader_scope.cancel()  # what it received is still saved
                     continue
