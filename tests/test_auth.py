@@ -76,6 +76,12 @@ def test_a_token_that_authenticates_is_never_logged_however_its_key_is_spelled(k
     assert SECRET not in redact_target(target)
 
 
+def test_a_proxys_basic_login_leaves_the_query_token_counting():
+    basic = [(b"authorization", b"Basic dXNlcjpwYXNz")]
+    assert presented_token(b"/?token=q", basic) == b"q"
+    assert presented_token(b"/", basic) is None
+
+
 def test_presented_token_prefers_the_header():
     assert presented_token(b"/?token=q", [(b"authorization", b"Bearer h")]) == b"h"
     assert presented_token(b"/?token=q", []) == b"q"

@@ -105,13 +105,13 @@ class TokenGate:
 def presented_token(target: bytes | str, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     """The token a request presents: the ``Authorization: Bearer`` header if
     there is one (then the query is not looked at), else the ``token`` query
-    parameter; ``None`` if neither."""
+    parameter; ``None`` if neither.  An ``Authorization`` header of another
+    scheme (a reverse proxy's Basic login) is not ours: the query still counts."""
     for name, value in headers:
         if name.lower() == b"authorization":
             scheme, _, credentials = value.strip().partition(b" ")
-            if scheme.lower() != b"bearer":
-                return None
-            return credentials.strip() or None
+            if scheme.lower() == b"bearer":
+                return credentials.strip() or None
     text = target.decode("latin-1") if isinstance(target, bytes) else target
     _, _, query = text.partition("?")
     for key, param in parse_qsl(query, keep_blank_values=True):
