@@ -7,6 +7,8 @@ before the fix.  The recognizer is the counting test double (see
 
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import json
 from pathlib import Path
@@ -362,6 +364,25 @@ async def test_a_client_that_stops_reading_loses_no_audio(
     await stream.aclose()
     assert 0 < accepted["deaf.wav"] <= 40000
     assert saved_bytes(tmp_path / "audio" / "deaf.wav") == accepted["deaf.wav"]
+
+
+async def test_the_frame_that_crosses_the_length_limit_is_saved_too(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Past --max-stream-seconds the stream ends with an error, and every
+    byte received, the frame that crossed the limit included, is saved."""
+    server = await start_server(nursery, tmp_path, max_stream_seconds=0.5)
+    frames = [pcm16(3200).tobytes() for _ in range(4)]  # 0.2 s each: the third crosses 0.5 s
+    async with trio_websocket.open_websocket_url(ws_url(server.port)) as ws:
+        await ws.send_message(start_msg("long.wav"))
+        await recv_json(ws)
+        for frame in frames:
+            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                await ws.send_message(frame)
+        replies, code = await replies_until_close(ws)
+    assert code == 1008 and replies[-1]["status"] == "error"
+    with trio.fail_after(5):
+        while server.connections:
+            await trio.sleep(0.05)
+    assert saved_bytes(tmp_path / "audio" / "long.wav") == 3 * 6400
 
 
 async def test_a_stop_with_frames_queued_saves_them_all(tmp_path: Path, accepted: dict[str, int]) -> None:

@@ -255,8 +255,10 @@ def test_oversize_frames() -> None:
 def test_stream_length_limit() -> None:
     proto = started(ProtocolLimits(max_stream_seconds=0.001), sampleRate=8000)  # 8 samples
     assert isinstance(proto.receive_bytes(pcm([0] * 8))[0], Audio)
-    events = proto.receive_bytes(pcm([0]))
-    assert error_of(events).code == 1008 and isinstance(events[0], EndStream)
+    events = proto.receive_bytes(pcm([7, 8]))
+    assert error_of(events).code == 1008
+    audio, end = events[0], events[1]  # the frame over the limit was received: it is kept, then the stream ends
+    assert isinstance(audio, Audio) and audio.pcm == pcm([7, 8]) and isinstance(end, EndStream)
 
 
 @pytest.mark.parametrize("field", ["nbest_max", "max_message_bytes", "max_stream_seconds", "max_channels"])

@@ -322,12 +322,12 @@ class ConnectionProtocol:
         if stream.channels > 1:
             samples = down_mix(samples.reshape(-1, stream.channels))
         self._samples += len(samples)
-        if self._samples > self.limits.max_stream_seconds * stream.sample_rate:
-            return self._error(
-                CLOSE_POLICY_VIOLATION, f"stream longer than the limit of {self.limits.max_stream_seconds:g} s"
-            )
         event = Audio(samples=samples, pcm=bytes(data), frame_index=self._frames)
         self._frames += 1
+        if self._samples > self.limits.max_stream_seconds * stream.sample_rate:
+            # the frame that crosses the limit is still audio received: it ends the stream, saved with it
+            limit = f"stream longer than the limit of {self.limits.max_stream_seconds:g} s"
+            return [event, *self._error(CLOSE_POLICY_VIOLATION, limit)]
         return [event]
 
     def _too_big(self) -> str:
