@@ -182,6 +182,29 @@ def test_why_a_server_cannot_listen_names_the_setting_to_change(error, hint):
     assert (hint in line) if hint else "(" not in line
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.parametrize(
+    ("setting", "status"),
+    [
+        (("--auth-tokens-file", "EMPTY"), 2),  # a bad setting
+        (("--certfile", "MISSING"), 2),
+        (("--audio-dir", "FILE"), 1),  # the machine, not a setting's form
+    ],
+)
+def test_a_server_that_cannot_start_says_why_in_one_line(zipformer2_model_dir, tmp_path, processes, setting, status):
+    """With --processes as without: one line (the worker's reason, not the
+    supervisor's as well) and the status of what is at fault."""
+    files = {"EMPTY": tmp_path / "tokens.txt", "MISSING": tmp_path / "no-cert.pem", "FILE": tmp_path / "file"}
+    files["EMPTY"].write_text("# no token here\n")
+    files["FILE"].write_text("x")
+    flag, value = setting
+    argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--model", str(zipformer2_model_dir),
+            "--processes", processes, "--audio-dir", str(tmp_path / "audio"), flag, str(files[value])]  # fmt: skip
+    proc = run_cli(*argv)
+    assert proc.returncode == status, proc.stderr
+    assert str(files[value]) in one_line(proc.stderr, "serve")
+
+
 def test_serve_with_an_unusable_audio_dir_is_one_line(zipformer2_model_dir, tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")

@@ -225,11 +225,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = attrs.evolve(config, model=model_dir)  # the directory actually served (e.g. in /metrics)
     server = Server(config, recognizer)
 
-    async def run() -> str | None:
+    async def run() -> ServerStartError | None:
         try:
             await server.open()
         except ServerStartError as exc:
-            return str(exc)
+            return exc
         line = startup_line(config, scheme=server.scheme, port=server.port, ws_path=WS_PATH, model_dir=model_dir)
         print(line, file=sys.stderr)
         async with trio.open_nursery() as nursery:
@@ -240,8 +240,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     settle_garbage_collector()
     error = trio.run(run)
-    if error:
-        raise CommandFailed(error)
+    if error is not None:
+        raise CommandFailed(error, BAD_INPUT if error.bad_setting else FAILED)
     return 0
 
 

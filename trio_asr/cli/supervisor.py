@@ -46,7 +46,14 @@ from typing import Any
 import attrs
 import trio
 
-from trio_asr.cli.commands import CommandFailed, _build_recognizer, limit_malloc_arenas, settle_garbage_collector
+from trio_asr.cli.commands import (
+    BAD_INPUT,
+    FAILED,
+    CommandFailed,
+    _build_recognizer,
+    limit_malloc_arenas,
+    settle_garbage_collector,
+)
 from trio_asr.serving.addresses import listen_error, startup_line
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.logs import configure_logging, log_event
@@ -97,7 +104,7 @@ def supervise(config: ServerConfig) -> int:
         finally:
             state.close()
     if supervisor.failed:
-        raise CommandFailed(supervisor.failed)
+        raise CommandFailed(supervisor.failed, supervisor.failed_status)
     return 0
 
 
@@ -138,6 +145,7 @@ class Supervisor:
         self.config = config
         self.state = state
         self.failed: str | None = None
+        self.failed_status = FAILED
         self._procs: dict[int, trio.Process] = {}
         self._ready: set[int] = set()
         self._started = False
@@ -198,7 +206,9 @@ class Supervisor:
             if self._draining.is_set():
                 return
             if not self._started:
-                self.failed = f"worker process {index} stopped while starting ({_describe_exit(proc.returncode)})"
+                reason = _startup_failure(self.state.directory, index)
+                self.failed = reason or f"worker process {index} stopped while starting ({_describe_exit(proc.returncode)})"
+                self.failed_status = proc.returncode if reason and proc.returncode in (FAILED, BAD_INPUT) else FAILED
                 self._drain()
                 return
             delay = FIRST_BACKOFF if trio.current_time() - started > STEADY_SECONDS else backoff
@@ -267,6 +277,23 @@ class _JsonTag(logging.Filter):
         return True
 
 
+def _startup_failure(directory: Path, index: int) -> str | None:
+    """The one line in which worker ``index`` said why it could not start, if it did."""
+    try:
+        return (directory / f"worker-{index}.failed").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _report_startup_failure(spec: WorkerSpec, message: str) -> None:
+    """Leave the reason for the supervisor, which prints it as the command's
+    one line (printed here as well, it would be the first of two)."""
+    try:
+        (Path(spec.directory) / f"worker-{spec.index}.failed").write_text(message, encoding="utf-8")
+    except OSError:
+        print(f"trio-asr serve: {message}", file=sys.stderr)
+
+
 def run_worker(spec: WorkerSpec) -> int:
     config = spec.config
     configure_logging(config.log_level, config.log_format, log_transcripts=config.log_transcripts)
@@ -275,7 +302,7 @@ def run_worker(spec: WorkerSpec) -> int:
     try:
         _, recognizer = _build_recognizer(config)
     except CommandFailed as exc:
-        print(f"trio-asr serve: {exc}", file=sys.stderr)
+        _report_startup_failure(spec, str(exc))
         return exc.status
     state = SharedState(Path(spec.directory), config.processes, spec.index)
     server = Server(config, recognizer)
@@ -283,11 +310,11 @@ def run_worker(spec: WorkerSpec) -> int:
     server.places = SharedPlaces(state, CONNECTIONS, config.max_connections)
     server.api.places = SharedPlaces(state, UPLOADS, config.max_uploads)
 
-    async def run() -> str | None:
+    async def run() -> ServerStartError | None:
         try:
             await server.open()
         except ServerStartError as exc:
-            return str(exc)
+            return exc
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_worker_signals, server)
             nursery.start_soon(_publish, server, state, spec.parent)
@@ -300,9 +327,9 @@ def run_worker(spec: WorkerSpec) -> int:
     settle_garbage_collector()
     error = trio.run(run)
     state.close()
-    if error:
-        print(f"trio-asr serve: {error}", file=sys.stderr)
-        return 1
+    if error is not None:
+        _report_startup_failure(spec, str(error))
+        return BAD_INPUT if error.bad_setting else FAILED
     return 0
 
 

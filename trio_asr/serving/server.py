@@ -72,7 +72,12 @@ METRICS_PATH = "/metrics"
 
 
 class ServerStartError(Exception):
-    """The server cannot start (port in use, audio directory unusable)."""
+    """The server cannot start (port in use, audio directory unusable);
+    ``bad_setting`` when a setting is at fault (a token file, TLS files)."""
+
+    def __init__(self, message: str, *, bad_setting: bool = False) -> None:
+        super().__init__(message)
+        self.bad_setting = bad_setting
 
 
 class Server:
@@ -157,7 +162,9 @@ class Server:
             self.recognizer.second_pass = self.recognizer.second_pass or await open_second_pass(config, self.metrics)
             if self.recognizer.second_pass is not None:
                 self.api.transcriber.silences = await trio.to_thread.run_sync(vad_silences, config.vad_threshold)
-        except (TokenError, TlsError, ValueError) as exc:  # ModelError and HotwordError are ValueErrors
+        except (TokenError, TlsError) as exc:
+            raise ServerStartError(str(exc), bad_setting=True) from None
+        except ValueError as exc:  # ModelError and HotwordError are ValueErrors
             raise ServerStartError(str(exc)) from None
         try:
             if self.shared is None:
