@@ -85,20 +85,24 @@ def tile_to(clips: list[tuple[str, np.ndarray]], seconds: float, offset: int = 0
 
 
 def _fingerprint(modules: list[str], **options: object) -> str:
-    """What a cached fixture was built from: its builder modules' source,
-    onnxruntime's version (its quantizer writes the int8 files) and the
-    builder's options."""
+    """What a cached fixture was built from: its builder modules' source and
+    the builder's options (for an int8 fixture, onnxruntime's version: its
+    quantizer writes the file)."""
     import hashlib
     import importlib
-
-    import onnxruntime
 
     digest = hashlib.sha256()
     for name in modules:
         module = importlib.import_module(name)
         digest.update(Path(str(module.__file__)).read_bytes())
-    digest.update(json.dumps({"onnxruntime": onnxruntime.__version__, **options}, sort_keys=True).encode())
+    digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _int8_fingerprint(made_from: str, **options: object) -> str:
+    import onnxruntime
+
+    return _fingerprint(["trio_asr.testing.int8"], made_from=made_from, onnxruntime=onnxruntime.__version__, **options)
 
 
 def _cached(directory: Path, fingerprint: str, build: Callable[[Path], object], what: str) -> Path:
@@ -135,7 +139,7 @@ def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path
     from trio_asr.testing.int8 import quantize_model_dir
     from trio_asr.testing.zipformer2_ctc import REAL_SIZE, write_model
 
-    float_print = _fingerprint(_ZIPFORMER_BUILDERS)
+    float_print = _fingerprint(_ZIPFORMER_BUILDERS, geometry=repr(REAL_SIZE))
     float_dir = _cached(
         cache_dir / "zipformer2-ctc-real-size", float_print,
         lambda d: write_model(d, REAL_SIZE), "the real-size fixture model",
@@ -144,7 +148,7 @@ def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path
         return float_dir
     return _cached(
         cache_dir / "zipformer2-ctc-real-size-int8-matmul",
-        _fingerprint(["trio_asr.testing.int8"], made_from=float_print),
+        _int8_fingerprint(float_print),
         lambda d: quantize_model_dir(float_dir, d), "the int8 fixture model",
     )  # fmt: skip
 
@@ -169,7 +173,7 @@ def sense_voice_fixture(kind: str = "int8", *, cache_dir: Path = CACHE_DIR) -> P
         return float_dir
     return _cached(
         cache_dir / "sense-voice-small-real-size-int8",
-        _fingerprint(["trio_asr.testing.int8"], made_from=float_print, weight_type="QUInt8"),
+        _int8_fingerprint(float_print, weight_type="QUInt8"),
         lambda d: quantize_model_dir(float_dir, d, weight_type="QUInt8"), "the int8 SenseVoice fixture",
     )  # fmt: skip
 

@@ -49,9 +49,13 @@ def test_the_fingerprint_follows_the_builder_source_and_options(tmp_path, monkey
     assert common._fingerprint(["fake_builder"]) != first
 
 
-def test_a_fixture_from_an_older_builder_is_replaced(tmp_path):
-    """The real builders: a cached int8 model without the stamp (as every
-    cache before the stamps) is rebuilt, and gets today's convolutions."""
+def test_a_fixture_from_an_older_builder_is_replaced(tmp_path, monkeypatch):
+    """The real builders (at the tiny geometry, to be quick): a cached int8
+    model without the stamp (as every cache before the stamps) is rebuilt,
+    and gets today's convolutions."""
+    from trio_asr.testing import zipformer2_ctc
+
+    monkeypatch.setattr(zipformer2_ctc, "REAL_SIZE", zipformer2_ctc.TINY)
     stale = tmp_path / "zipformer2-ctc-real-size-int8-matmul"
     stale.mkdir()
     (stale / "model.int8.onnx").write_bytes(b"not a model")

@@ -192,7 +192,7 @@ async def test_errors_found_while_decoding_are_openai_errors_streamed_or_not(
     for streamed in (False, True):
         error = await error_of(("odd.wav", odd_rate.getvalue()), streamed=streamed)
         assert isinstance(error.body, dict) and error.body["param"] == "file", error.body
-        assert "7 Hz" in error.message or "rate" in error.message
+        assert "7 Hz" in error.message
         error = await error_of((files["wav"].name, files["wav"].read_bytes()), streamed=streamed,
                                extra_body={"hotwords": unspellable})  # fmt: skip
         assert isinstance(error.body, dict) and error.body["param"] == "hotwords", error.body

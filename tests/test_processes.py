@@ -316,3 +316,15 @@ def test_processes_is_validated_and_needs_so_reuseport(monkeypatch, capsys, zipf
     assert main(["serve", "--processes", "2", "--model", str(zipformer2_model_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "SO_REUSEPORT" in err and "--processes 1" in err
+
+
+def test_a_workers_reason_is_taken_once(tmp_path):
+    """The reason a worker leaves when it cannot start is read once, at its
+    exit: a later exit of a restarted worker is not blamed on it."""
+    from trio_asr.cli.supervisor import _startup_failure
+
+    assert _startup_failure(tmp_path, 0) is None
+    (tmp_path / "worker-0.failed").write_text("cannot read model.onnx\n", encoding="utf-8")
+    assert _startup_failure(tmp_path, 1) is None
+    assert _startup_failure(tmp_path, 0) == "cannot read model.onnx"
+    assert _startup_failure(tmp_path, 0) is None

@@ -394,7 +394,7 @@ def test_the_language_reported_is_a_language(detected, asked, name):
     [
         ("talk.wav", "talk.wav"),
         ("", "upload"),
-        ("a\nb\r\x00.wav", "a?b??.wav"),  # filename*= can carry any character: messages stay one line
+        ("a\nb\r\x00\u2028\u2029\x85.wav", "a?b?????.wav"),  # filename*= can carry any character: one line
         ("x" * 5000 + ".flac", "..." + "x" * 56 + ".flac"),
     ],
 )

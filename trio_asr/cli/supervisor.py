@@ -203,10 +203,10 @@ class Supervisor:
             del self._procs[index]
             self.state.clear(index)
             await trio.to_thread.run_sync(self.state.retire, index)
+            reason = _startup_failure(self.state.directory, index)
             if self._draining.is_set():
                 return
             if not self._started:
-                reason = _startup_failure(self.state.directory, index)
                 self.failed = reason or f"worker process {index} stopped while starting ({_describe_exit(proc.returncode)})"
                 self.failed_status = proc.returncode if reason and proc.returncode in (FAILED, BAD_INPUT) else FAILED
                 self._drain()
@@ -214,7 +214,7 @@ class Supervisor:
             delay = FIRST_BACKOFF if trio.current_time() - started > STEADY_SECONDS else backoff
             backoff = min(2 * delay, MAX_BACKOFF)  # for the next exit, if it comes soon
             log_event(log, "worker exited", logging.WARNING, worker=index, pid=proc.pid,
-                      how=_describe_exit(proc.returncode), restart_in_s=delay)  # fmt: skip
+                      how=_describe_exit(proc.returncode), reason=reason or "", restart_in_s=delay)  # fmt: skip
             with trio.move_on_after(delay):
                 await self._draining.wait()
 
@@ -278,11 +278,15 @@ class _JsonTag(logging.Filter):
 
 
 def _startup_failure(directory: Path, index: int) -> str | None:
-    """The one line in which worker ``index`` said why it could not start, if it did."""
+    """The one line in which worker ``index``, just exited, said why it could
+    not start, if it did; taken, so that a later start of it is not blamed."""
+    path = directory / f"worker-{index}.failed"
     try:
-        return (directory / f"worker-{index}.failed").read_text(encoding="utf-8").strip() or None
+        reason = path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
+    path.unlink(missing_ok=True)
+    return reason or None
 
 
 def _report_startup_failure(spec: WorkerSpec, message: str) -> None:

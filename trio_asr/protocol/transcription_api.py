@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,10 +145,11 @@ def _short(value: str) -> str:
 
 def _file_name(name: str | None) -> str:
     """The upload's name as messages show it: one line (control characters
-    as ``?``), at most 64 characters, keeping the end (the extension)."""
+    and line or paragraph separators as ``?``), at most 64 characters,
+    keeping the end (the extension)."""
     if not name:
         return "upload"
-    name = "".join("?" if ch < " " or "\x7f" <= ch < "\xa0" else ch for ch in name)
+    name = "".join("?" if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in name)
     return name if len(name) <= 64 else "..." + name[-61:]
 
 

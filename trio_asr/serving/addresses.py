@@ -49,12 +49,12 @@ def listen_error(host: str, port: int, exc: OSError) -> str:
     """The one line saying why the server cannot listen on ``host:port``,
     with the setting to change."""
     reason = exc.strerror or str(exc)
-    if exc.errno == errno.EADDRINUSE:
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:  # (gaierror's codes are no errnos)
+        hint = " (check --host: it must name an address of this machine)"
+    elif exc.errno == errno.EADDRINUSE:
         hint = " (is another server running? pick another --port)"
     elif exc.errno == errno.EACCES:
         hint = " (ports below 1024 need privileges: pick another --port)"
-    elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-        hint = " (check --host: it must name an address of this machine)"
     else:
         hint = ""
     return f"cannot listen on {host}:{port}: {reason}{hint}"

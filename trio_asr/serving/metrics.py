@@ -83,7 +83,7 @@ class ServerMetrics:
         )
         self._refusals = Counter(
             "trio_asr_admission_refusals",
-            "connections refused with HTTP 503, by reason (connections: over the bound on open ones)",
+            "connections refused with HTTP 503, by reason (connections: over the bound on open ones, TLS ones closed)",
             ["reason"],
             registry=registry,
         )

@@ -116,8 +116,7 @@ class Session:
         return self._drop or (CLOSE_NORMAL, None)
 
     def _give_up(self, code: int, reason: str) -> None:
-        self._drop = (code, reason)
-        self._sent_close_code = code
+        self._drop = (code, reason)  # sent (and then counted) once run() returns, unless the peer closed first
 
     async def run(self) -> None:
         size = self.config.channel_size

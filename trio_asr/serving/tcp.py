@@ -21,6 +21,7 @@ import trio
 
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.http import HttpLimits, Observer, serve_http
+from trio_asr.serving.http_wire import RECEIVE_BYTES
 from trio_asr.serving.routes import Router
 from trio_asr.serving.tls import accept_tls
 from trio_asr.serving.transcriptions import RECEIVING_PER_PLACE
@@ -39,6 +40,7 @@ _REFUSAL = (
     b"connection: close\r\ncontent-length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY
 )
 _REFUSAL_SECONDS = 1.0
+_REFUSAL_DRAIN_BYTES = 256 * 1024
 
 
 def open_connection_limit(config: ServerConfig) -> int:
@@ -68,6 +70,18 @@ class ConnectionBound:
             self.open -= 1
 
 
+async def _refuse(stream: trio.SocketStream) -> None:
+    """Send the canned 503, then let the request arrive for a moment (up to
+    :data:`_REFUSAL_DRAIN_BYTES`) before closing: closing a socket with
+    unread bytes resets it, and the client may lose the answer."""
+    with trio.move_on_after(_REFUSAL_SECONDS):
+        await stream.send_all(_REFUSAL)
+        await stream.send_eof()
+        drained = 0
+        while drained < _REFUSAL_DRAIN_BYTES and (data := await stream.receive_some(RECEIVE_BYTES)):
+            drained += len(data)
+
+
 async def serve_tcp(
     stream: trio.SocketStream,
     router: Router,
@@ -91,8 +105,7 @@ async def serve_tcp(
                     on_refused()
                     log.debug("connection from %s refused: %d open", peer, bound.open)
                     if tls is None:  # a TLS client is only closed: plain bytes would break its handshake
-                        with trio.move_on_after(_REFUSAL_SECONDS):
-                            await stream.send_all(_REFUSAL)
+                        await _refuse(stream)
                     return
                 if tls is None:
                     await serve_http(stream, router, limits, peer=peer, observe=observe)

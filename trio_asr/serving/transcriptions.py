@@ -59,6 +59,7 @@ from trio_asr.recognition.compile_queue import CompileQueueFull
 from trio_asr.recognition.hotwords import HotwordError
 from trio_asr.recognition.model_service import ModelServiceError
 from trio_asr.recognition.offline.service import SecondPassError
+from trio_asr.recognition.resample import MAX_RATE, MIN_RATE
 from trio_asr.recognition.segments import join_texts
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.file_transcriber import FileRequest, FileTranscriber, FileTranscript, SegmentSink
@@ -236,6 +237,9 @@ class TranscriptionsApi:
             raise ApiError(400, str(exc), param="file", code="invalid_audio") from None
         if len(samples) == 0:
             raise ApiError(400, f"{request.filename}: the file holds no audio", param="file", code="invalid_audio")
+        if rate != self.transcriber.sample_rate and not MIN_RATE <= rate <= MAX_RATE:
+            raise ApiError(400, f"{request.filename}: audio at {rate} Hz cannot be resampled (it takes "
+                           f"{MIN_RATE} to {MAX_RATE} Hz)", param="file", code="invalid_audio")  # fmt: skip
         return samples, rate
 
     async def _decode(
@@ -251,8 +255,6 @@ class TranscriptionsApi:
         except CompileQueueFull:
             raise ApiError(503, "server busy compiling hotwords; retry shortly", type="server_error",
                            code="overloaded") from None  # fmt: skip
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param="file") from None
         except (SecondPassError, ModelServiceError) as exc:
             log.error("upload from %s failed: %s", exchange.peer, exc)
             raise ApiError(500, "decoding failed on the server; see its log", type="server_error") from None
