@@ -50,7 +50,7 @@ from trio_asr.serving.http_exchange import (
     error_body,
     reason_phrase,
 )
-from trio_asr.serving.http_wire import RECEIVE_BYTES, ReplayStream, Wire
+from trio_asr.serving.http_wire import ReplayStream, Wire, drain_before_close
 
 __all__ = [
     "DRAIN_BYTES",
@@ -194,18 +194,9 @@ class _Connection:
 
     async def _linger(self) -> None:
         """Before closing with request bytes still coming, let them arrive
-        for a moment: closing a socket with unread data resets it, and the
-        client may lose the response."""
-        if self.wire.h11.their_state is not h11.SEND_BODY:
-            return
-        try:
-            if isinstance(self.stream, trio.abc.HalfCloseableStream):
-                await self.stream.send_eof()
-            with trio.move_on_after(_LINGER_SECONDS):
-                while await self.stream.receive_some(RECEIVE_BYTES):
-                    pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        for a moment (see :func:`drain_before_close`)."""
+        if self.wire.h11.their_state is h11.SEND_BODY:
+            await drain_before_close(self.stream, _LINGER_SECONDS)
 
     def _record_exchange(self, exchange: Exchange) -> None:
         self._record(Answered(method=exchange.method, target=exchange.target, route=exchange.route,

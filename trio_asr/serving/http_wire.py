@@ -15,9 +15,24 @@ import os
 import h11
 import trio
 
-__all__ = ["RECEIVE_BYTES", "ReplayStream", "Wire"]
+__all__ = ["RECEIVE_BYTES", "ReplayStream", "Wire", "drain_before_close"]
 
 RECEIVE_BYTES = 65536
+
+
+async def drain_before_close(stream: trio.abc.Stream, seconds: float, max_bytes: int | None = None) -> None:
+    """Half-close ``stream`` and read whatever the peer still sends, for at
+    most ``seconds`` (and ``max_bytes``): closing a socket with unread bytes
+    resets it, and the peer may lose the response just sent."""
+    drained = 0
+    try:
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        with trio.move_on_after(seconds):
+            while (max_bytes is None or drained < max_bytes) and (data := await stream.receive_some(RECEIVE_BYTES)):
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 class ReplayStream(trio.abc.Stream):

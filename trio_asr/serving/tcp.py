@@ -21,7 +21,7 @@ import trio
 
 from trio_asr.serving.config import ServerConfig
 from trio_asr.serving.http import HttpLimits, Observer, serve_http
-from trio_asr.serving.http_wire import RECEIVE_BYTES
+from trio_asr.serving.http_wire import drain_before_close
 from trio_asr.serving.routes import Router
 from trio_asr.serving.tls import accept_tls
 from trio_asr.serving.transcriptions import RECEIVING_PER_PLACE
@@ -71,15 +71,10 @@ class ConnectionBound:
 
 
 async def _refuse(stream: trio.SocketStream) -> None:
-    """Send the canned 503, then let the request arrive for a moment (up to
-    :data:`_REFUSAL_DRAIN_BYTES`) before closing: closing a socket with
-    unread bytes resets it, and the client may lose the answer."""
+    """Send the canned 503, then let the request arrive before closing."""
     with trio.move_on_after(_REFUSAL_SECONDS):
         await stream.send_all(_REFUSAL)
-        await stream.send_eof()
-        drained = 0
-        while drained < _REFUSAL_DRAIN_BYTES and (data := await stream.receive_some(RECEIVE_BYTES)):
-            drained += len(data)
+    await drain_before_close(stream, _REFUSAL_SECONDS, _REFUSAL_DRAIN_BYTES)
 
 
 async def serve_tcp(
