@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from trio_asr.recognition.hotwords import CompiledHotwords, Hotword
     from trio_asr.recognition.model import AcousticModel
     from trio_asr.recognition.recognizer import Recognizer
+    from trio_asr.serving.server import ServerStartError
 
 __all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "CommandFailed", "build_parser", "check_input_files", "main"]
 
@@ -241,8 +242,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     settle_garbage_collector()
     error = trio.run(run)
     if error is not None:
-        raise CommandFailed(error, BAD_INPUT if error.bad_setting else FAILED)
+        raise start_failure(error)
     return 0
+
+
+def start_failure(error: ServerStartError) -> CommandFailed:
+    """Why a server could not start, with its exit status: a bad setting
+    (a token or TLS file) is bad input, anything else a failure."""
+    return CommandFailed(error, BAD_INPUT if error.bad_setting else FAILED)
 
 
 #: gen-0 collections every 10,000 net allocations instead of 700

@@ -53,6 +53,7 @@ from trio_asr.cli.commands import (
     _build_recognizer,
     limit_malloc_arenas,
     settle_garbage_collector,
+    start_failure,
 )
 from trio_asr.serving.addresses import listen_error, startup_line
 from trio_asr.serving.config import ServerConfig
@@ -332,8 +333,9 @@ def run_worker(spec: WorkerSpec) -> int:
     error = trio.run(run)
     state.close()
     if error is not None:
-        _report_startup_failure(spec, str(error))
-        return BAD_INPUT if error.bad_setting else FAILED
+        failure = start_failure(error)
+        _report_startup_failure(spec, str(failure))
+        return failure.status
     return 0
 
 

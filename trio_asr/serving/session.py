@@ -26,8 +26,10 @@ import trio
 import trio_websocket
 
 from trio_asr.protocol.connection import PEER_REFUSALS, ConnectionProtocol, LocalProtocolError, State
-from trio_asr.protocol.messages import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
-from trio_asr.protocol.messages import Audio, EndStream, ErrorReply, Event, Reply, ServerReady, StartStream
+from trio_asr.protocol.messages import (
+    CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, Audio, EndStream, ErrorReply, Event, Reply, ServerReady,
+    StartStream,
+)  # fmt: skip
 from trio_asr.recognition.batched import BatchedRecognizer
 from trio_asr.recognition.compile_queue import CompileQueueFull
 from trio_asr.serving.channels import ByteBudget, send_soon
