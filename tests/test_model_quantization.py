@@ -58,7 +58,7 @@ from paths import AUDIO_DIR
 from serverutil import ControlledModel
 from trio_asr.audio import down_mix, read_wav
 from trio_asr.recognition.features import StreamingFbank
-from trio_asr.recognition.model import is_batch_invariant, load_model, quantization, quantized_ops
+from trio_asr.recognition.model import is_batch_invariant, kernel_probes, load_model, quantization, quantized_ops
 from trio_asr.recognition.model_service import BatchingPolicy, ModelService
 from trio_asr.recognition.recognizer import Recognizer
 from trio_asr.recognition.search import GreedySearch
@@ -437,12 +437,18 @@ def pair_saturating_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("depth", [15, 16])
 @pytest.mark.parametrize("w_zp", [0, 37])
-def test_extended_weight_sums_as_the_original_on_every_kernel(depth, w_zp) -> None:
+@pytest.mark.parametrize("exact_sums", [False, True])
+def test_extended_weight_sums_as_the_original_on_every_kernel(depth, w_zp, exact_sums) -> None:
     rng = np.random.default_rng(depth + w_zp)
     wq = rng.integers(-127, 64, (depth, 8)).astype(np.int8)
     wq[-1] = 127  # and positive rows appended: with an odd depth, a pair that saturates unless padded
-    extended = quantized_ops.extended_weight(wq, np.int8(w_zp))
+    extended = quantized_ops.extended_weight(wq, np.int8(w_zp), exact_sums=exact_sums)
     assert extended is not None and np.array_equal(extended[:depth], wq)
+    pair_safe = quantized_ops.extended_weight(wq, np.int8(w_zp))
+    assert pair_safe is not None
+    if exact_sums:  # the whole int8 range: about half the rows
+        assert len(extended) - depth <= (len(pair_safe) - depth) // 2 + 2
+    kernels = (exact_matmul,) if exact_sums else (exact_matmul, pair_saturating_matmul)
     # rows holding the weight zero point, as rewrite_matmul adds where another
     # matmul of the same input needs more columns
     extended = np.concatenate([extended, np.full((3, 8), w_zp, np.int8)])
@@ -450,7 +456,7 @@ def test_extended_weight_sums_as_the_original_on_every_kernel(depth, w_zp) -> No
     assert (pair_saturating_matmul(xq, wq) != exact_matmul(xq, wq)).any()  # the data saturates
     for zp in (0, 1, 128, 255):
         ours = np.concatenate([xq, np.full((64, len(extended) - depth), zp, np.uint8)], axis=1)
-        for matmul in (exact_matmul, pair_saturating_matmul):
+        for matmul in kernels:
             # as MLAS computes it: the kernel's sum of the stored values, then
             # the zero-point terms in int32
             colsum, rowsum = wq.sum(axis=0, dtype=np.int64), xq.sum(axis=1, keepdims=True, dtype=np.int64)
@@ -507,7 +513,8 @@ def test_rewrite_gives_each_item_the_original_kernel_s_integers(tmp_path) -> Non
         assert found, "the original's integers are neither the exact nor the pair-saturated sums"
         kernels |= found
     assert apart  # the data tells the two kernels apart
-    assert len(kernels) == 1, kernels  # one kernel on one machine
+    # one kernel on one machine, the one the probe names
+    assert kernels == {"exact_matmul" if kernel_probes.kernel_sums_exactly() else "pair_saturating_matmul"}
 
 
 def test_rewrite_keeps_the_scaling_a_subgraph_uses(tmp_path) -> None:

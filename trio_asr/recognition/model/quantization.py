@@ -19,7 +19,8 @@ input enters it with zero point 0, and the item's zero point term
     (Xq - zp[b]) @ (Wq - w_zp) = Xq @ (Wq - w_zp) - zp[b] * colsum(Wq - w_zp)
 
 comes out of the matmul itself when Wq is a weight: the input gets a few
-extra columns holding zp[b] and the weight as many extra int8 rows summing to
+extra columns holding zp[b] (zeros appended to the float input, which
+quantize to it) and the weight as many extra int8 rows summing to
 ``-colsum(Wq - w_zp)`` (:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`); otherwise (activation x
 activation, per-channel weight zero points) it is subtracted in int32, with
 the mirror term ``rowsum`` when the right-hand side is per-item too.  A
@@ -68,12 +69,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from trio_asr.recognition.model.base import ModelError
+from trio_asr.recognition.model.kernel_probes import kernel_scales_per_item
 from trio_asr.recognition.model.quantized_ops import (
     Builder,
     Consumers,
     extra_columns_needed,
     fuse_scaling,
-    kernel_scales_per_item,
     quantize_per_item,
     rewrite_conv,
     rewrite_matmul,

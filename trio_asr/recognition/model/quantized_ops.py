@@ -15,21 +15,20 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from trio_asr.recognition.model.kernel_probes import kernel_sums_exactly
 
 __all__ = [
     "Builder",
     "extended_weight",
     "extra_columns_needed",
     "fuse_scaling",
-    "kernel_scales_per_item",
     "quantize_per_item",
     "rewrite_conv",
     "rewrite_matmul",
@@ -95,9 +94,19 @@ def quantize_per_item(
     x = node.input[0]
     q_out, scale_out, zp_out = node.output
     others = [a for a in range(rank) if a != axis]
-    zero = b.const(np.float32(0.0), "zero")
-    lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
-    hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
+    if extra_columns:
+        # zeros appended to x quantize to the item's zero point: the columns
+        # extended_weight needs.  They also bring 0 into the item's range, as
+        # onnxruntime's kernel does with its min and max.
+        pads = np.zeros(2 * rank, np.int64)
+        pads[2 * rank - 1] = extra_columns
+        x = b.op("Pad", x, b.const(pads, "pads"))
+        lo = b.reduce("ReduceMin", x, others, keepdims=0)
+        hi = b.reduce("ReduceMax", x, others, keepdims=0)
+    else:
+        zero = b.const(np.float32(0.0), "zero")
+        lo = b.op("Min", b.reduce("ReduceMin", x, others, keepdims=0), zero)
+        hi = b.op("Max", b.reduce("ReduceMax", x, others, keepdims=0), zero)
     # onnxruntime's GetQuantizationParameter, per item: scale = (max - min) / 255,
     # or 1 when max == min (== 0: all zeros, which quantize to zero point 0 with
     # any positive scale, so the smallest normal float serves as well).
@@ -106,17 +115,7 @@ def quantize_per_item(
     # zp = round(clamp(0 - min / scale, 0, 255)): what QuantizeLinear computes for -min
     zp = b.op("QuantizeLinear", b.op("Neg", lo), scale, axis=0, out=zp_out)
     keep = b.const(np.array([-1 if a == axis else 1 for a in range(rank)], np.int64), "keep")
-    if extra_columns:
-        # the quantized values, then columns each holding the item's zero point
-        # (what zeros appended to x would quantize to)
-        q = b.op("QuantizeLinear", x, scale, zp, axis=axis)
-        start, stop = b.const(np.array([0], np.int64), "start"), b.const(np.array([-1], np.int64), "stop")
-        leading = b.op("Slice", b.op("Shape", q), start, stop)  # the shape of q but its last axis
-        shape = b.op("Concat", leading, b.const(np.array([extra_columns], np.int64), "cols"), axis=0)
-        columns = b.op("Expand", b.op("Reshape", zp, keep), shape)
-        b.op("Concat", q, columns, axis=-1, out=q_out)
-    else:
-        b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
+    b.op("QuantizeLinear", x, scale, zp, axis=axis, out=q_out)
     b.op("Reshape", scale, keep, out=scale_out)
     return scale, None if extra_columns else b.op("Reshape", _int32(b, zp), keep)
 
@@ -124,17 +123,21 @@ def quantize_per_item(
 # onnxruntime's (MLAS's) uint8 x int8 kernels without VNNI (AVX2, AVX-512BW)
 # multiply with vpmaddubsw: the products of input columns 2j and 2j+1 are
 # added in int16, saturating, before the int32 sum (VNNI and AMX kernels sum
-# exactly; uint8 x uint8 ones widen first).  The original file's matmul
-# saturates so on such a machine, so the rows appended to a weight must change
-# neither which columns pair up nor any pair's sum: they start at an even row,
-# and each is within +-64, so that two of them times any input zero point
-# (<= 255) fit in int16.
-_PAIR_SAFE = 64
+# exactly, see kernel_probes.kernel_sums_exactly; uint8 x uint8 ones widen
+# first).  The original file's matmul saturates so on such a machine, so the
+# rows appended to a weight must change neither which columns pair up nor any
+# pair's sum: they start at an even row, and each is within +-64, so that two
+# of them times any input zero point (<= 255) fit in int16.  On a kernel that
+# sums exactly, any int8 will do: half as many rows.
+PAIR_SAFE = 64
 
 
-def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray | None:
+def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None, *, exact_sums: bool = False) -> np.ndarray | None:
     """``wq`` (K, M) with rows appended whose sum, less the weight zero point,
     is ``-colsum(wq - w_zp)``; None if the weight zero point leaves no room.
+    ``exact_sums``: the machine's kernel sums int8 products exactly (see
+    :func:`~trio_asr.recognition.model.kernel_probes.kernel_sums_exactly`),
+    so the appended entries may take the whole int8 range.
 
     Multiplied by an input with as many extra columns, each the item's zero
     point zp, they add ``-zp * colsum(wq - w_zp)``: the integer matmul then
@@ -144,7 +147,10 @@ def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None) -> np.ndarray | Non
     pair of appended int8 entries times any zero point fits in int16.
     """
     zp = 0 if w_zp is None else int(w_zp)
-    lo, hi = (-_PAIR_SAFE, _PAIR_SAFE) if wq.dtype == np.int8 else (0, 255)
+    if wq.dtype != np.int8:
+        lo, hi = 0, 255
+    else:
+        lo, hi = (-128, 127) if exact_sums else (-PAIR_SAFE, PAIR_SAFE)
     bound = min(hi - zp, zp - lo)  # |entry - zp| that stays in range
     if bound <= 0:
         return None
@@ -170,7 +176,8 @@ def extra_columns_needed(
             return 0
         if w_zp and (w_zp not in weights or weights[w_zp].size != 1):
             return 0
-        extended = extended_weight(weights[w], weights[w_zp].reshape(()) if w_zp else None)
+        extended = extended_weight(weights[w], weights[w_zp].reshape(()) if w_zp else None,
+                                   exact_sums=kernel_sums_exactly())
         if extended is None:
             return 0
         columns = max(columns, len(extended) - len(weights[w]))
@@ -198,7 +205,7 @@ def rewrite_matmul(
     zero_u8 = b.const(np.uint8(0), "zp0")
     if a in extra_columns:  # the zero-point term comes out of the matmul itself
         zp = weights[w_zp].reshape(()) if w_zp else None
-        wq = extended_weight(weights[w], zp)
+        wq = extended_weight(weights[w], zp, exact_sums=kernel_sums_exactly())
         assert wq is not None  # extra_columns_needed checked it
         rows = len(weights[w]) + extra_columns[a]
         wq = np.concatenate([wq, np.full((rows - len(wq), wq.shape[1]), 0 if zp is None else zp, wq.dtype)])
@@ -296,7 +303,8 @@ def fuse_scaling(
     another order).  onnxruntime documents that scale as a scalar or a
     vector; its CPU kernel takes any shape that broadcasts over the output
     and multiplies the output by it in a pass of its own, which
-    :func:`kernel_scales_per_item` checks before anything is fused.
+    :func:`~trio_asr.recognition.model.kernel_probes.kernel_scales_per_item`
+    checks before anything is fused.
     Returns the nodes, in an order that is still topological.
     """
     users: dict[str, list[onnx.NodeProto]] = {}
@@ -339,41 +347,3 @@ def fuse_scaling(
         fused[id(mul)] = helper.make_node("MatMulIntegerToFloat", inputs, [mul.output[0]], domain="com.microsoft")
         dropped.update((id(node), id(cast)))
     return [fused.get(id(n), n) for n in nodes if id(n) not in dropped]
-
-
-@functools.cache
-def kernel_scales_per_item() -> bool:
-    """Whether this onnxruntime's ``MatMulIntegerToFloat`` takes a per-item
-    input scale (shape (N, 1, 1)) and computes ``float(acc) * scale`` with it
-    exactly, int32 sums past 2**24 included (checked once, on a small graph).
-
-    Only the scaling is in question: the integer sum is the same kernel's as
-    ``MatMulInteger``'s, saturating or not (see :data:`_PAIR_SAFE`), so the
-    probe's products stay clear of saturation (a pair at most 255 * 64 * 2)
-    and the exact sum is the reference on every machine; sums of 2048 of
-    them pass 2**24, where converting to float rounds."""
-    rng = np.random.default_rng(0)
-    batch, rows, depth, cols = 2, 3, 2048, 4
-    weight = rng.integers(32, _PAIR_SAFE + 1, (depth, cols)).astype(np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulIntegerToFloat", ["a", "w", "scale", "one", "zp"], ["y"], domain="com.microsoft")],
-        "probe", [helper.make_tensor_value_info("a", TensorProto.UINT8, [batch, rows, depth]),
-                  helper.make_tensor_value_info("scale", TensorProto.FLOAT, [batch, 1, 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones(1, np.float32), "one"),
-         numpy_helper.from_array(np.zeros((), np.uint8), "zp")],
-    )  # fmt: skip
-    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8  # what every supported onnxruntime reads
-    a = rng.integers(128, 256, (batch, rows, depth)).astype(np.uint8)
-    scale = rng.uniform(1e-4, 1e-2, (batch, 1, 1)).astype(np.float32)
-    acc = a.astype(np.int64) @ weight.astype(np.int64)
-    assert (acc > 2**24).any() and (acc < 2**31).all()
-    expected = acc.astype(np.float32) * scale
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        (got,) = session.run(["y"], {"a": a, "scale": scale})
-    except Exception:  # onnxruntime raises its own, undocumented classes
-        return False
-    return bool(np.array_equal(got, expected))
