@@ -188,6 +188,74 @@ async def test_a_call_takes_the_chunks_that_fit_in_its_cpu_budget(
     assert service.batch_limit in (2, 3)
 
 
+class BatchPenaltyModel(CostlyModel):
+    """Also spends ``call_seconds`` of CPU on every call, and ``batch_seconds``
+    more on every call of more than one chunk."""
+
+    call_seconds = batch_seconds = 0.0
+
+    def run(self, features: np.ndarray, states):
+        result = super().run(features, states)
+        until = time.thread_time() + self.call_seconds + (self.batch_seconds if len(features) > 1 else 0.0)
+        while time.thread_time() < until:
+            pass
+        return result
+
+
+async def rounds_of_three(nursery: trio.Nursery, model: BatchPenaltyModel, rounds: int) -> None:
+    """Rounds of one stream's chunk, then three queued while it runs, each
+    checked against its stream decoded alone."""
+    service = ModelService(model, BatchingPolicy(max_batch=16, exact=False, split_when_cheaper=True))
+    forget_probe(model)
+    await nursery.start(service.run)
+    for _ in range(rounds):
+        streams = [stream_with_chunks(model, 1) for _ in range(4)]
+        expected = [reference_log_probs(model, stream) for stream in streams]
+        got: dict[int, np.ndarray] = {}
+
+        async def decode(i: int) -> None:
+            got[i] = await service.decode(streams[i])
+
+        before = service.stats.batches
+        model.gate = threading.Event()
+        try:
+            async with trio.open_nursery() as clients:
+                clients.start_soon(decode, 0)
+                await wait_until_running(model)
+                for i in (1, 2, 3):
+                    clients.start_soon(decode, i)
+                await trio.testing.wait_all_tasks_blocked()
+                model.gate.set()
+        finally:
+            model.gate.set()
+        assert service.stats.batches == before + 2  # the first chunk, then the three together
+        for i, log_probs in enumerate(expected):
+            np.testing.assert_allclose(got[i], log_probs, atol=1e-5)
+
+
+async def test_batches_that_cost_more_than_single_calls_run_as_single_calls(
+    nursery: trio.Nursery, model: ControlledModel
+) -> None:
+    """A batch of three costs 3 ms a chunk + 15 ms here, single calls 3 ms:
+    once both are measured, the service's batches of three run as three
+    calls of one in the same worker thread, with the same results."""
+    costly = BatchPenaltyModel(model.inner)
+    costly.chunk_seconds, costly.batch_seconds = 0.003, 0.015
+    await rounds_of_three(nursery, costly, 4)
+    # round 1: 1, then 3 batched (measured); round 2 on: 1, then 1 + 1 + 1
+    assert costly.batch_sizes == [1, 3] + [1, 1, 1, 1] * 3, costly.batch_sizes
+
+
+async def test_batches_that_cost_less_than_single_calls_stay_batched(
+    nursery: trio.Nursery, model: ControlledModel
+) -> None:
+    """Here every call costs 15 ms and every chunk 1 ms more: batching pays."""
+    costly = BatchPenaltyModel(model.inner)
+    costly.chunk_seconds, costly.call_seconds = 0.001, 0.015
+    await rounds_of_three(nursery, costly, 4)
+    assert costly.batch_sizes == [1, 3] * 4, costly.batch_sizes
+
+
 def chunk_marks(model: ControlledModel, stream) -> list[float]:
     """The first feature value of each of ``stream``'s ready chunks, as
     ``ControlledModel.first_features`` records them when they run."""
