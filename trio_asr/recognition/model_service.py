@@ -7,12 +7,12 @@ The service (:meth:`ModelService.run`, started in the server's nursery) has
 ``concurrent_batches`` worker tasks.  Each takes the oldest requests queued
 right now (see *Order*), as many as the batch limit allows (see *Batch
 size*), stacks their chunks and states along the batch axis and runs one
-``model.run`` in a worker thread.  When the call returns, the worker records
-each new state in its stream (``ModelStream.advance``), queues the next chunk
-of every decode that has one, wakes the decoders whose chunks are all done,
-and starts the next batch before any of them runs: they search and reply on
-the event loop, which takes a while after a full batch, and a core would
-idle meanwhile.
+``model.run`` in a worker thread.  When
+the call returns, the worker records each new state in its stream
+(``ModelStream.advance``), queues the next chunk of every decode that has
+one, wakes the decoders whose chunks are all done, and starts the next batch
+before any of them runs: they search and reply on the event loop, which
+takes a while after a full batch, and a core would idle meanwhile.
 Requests that arrive while a batch runs wait for the next one.
 There is no timer: under low load a request runs at once in a batch of one,
 under high load batches grow by themselves.  The CTC search stays with the
@@ -28,16 +28,15 @@ sent seconds of audio at once) queue as they come, so one such client cannot
 hold up the others.  A decode of one chunk (the usual case) is served first
 come, first served.
 
-Batch size: a bigger call usually costs less per chunk, but every chunk of a
-call waits for all of it.  A call takes as many chunks as fit in
-``max_call_seconds`` of CPU at the model's cost per chunk over the recent
-calls (:class:`~trio_asr.recognition.batch_costs.BatchCosts`), and never
-more than ``max_batch``; until a call has been measured, ``max_batch``.  At
-2 cores the default model's geometry costs about 1.65 ms of CPU per chunk in
-int8 and 2.3 ms in float32, so the default 0.075 s gives batches of about 45
-and 32 (see ``benchmarks/README.md``).  Where batches of some size have cost
-more per chunk than single calls (an exact int8 batch of two to four, on a
-machine with VNNI), they can run as single calls (``split_when_cheaper``).
+Batch size: a bigger call costs less per chunk, but every chunk of a call
+waits for all of it.  A call takes as many chunks as fit in
+``max_call_seconds`` of CPU at the model's cost per chunk, measured over the
+recent calls (weighted by their chunks), and never more than ``max_batch``;
+until a call has been measured, ``max_batch``.  With two calls at once on
+2 cores, the default model's geometry costs about 1.65 ms of CPU per chunk
+in int8 and 2.3 ms in float32, so the default 0.075 s gives batches of
+about 45 and 32 (in A/B runs at the limit of streams, int8 did better with
+48 than with 32, float32 with 32 than with 48; see ``benchmarks/README.md``).
 
 Queue delay and admission: every request records when it was queued.
 :attr:`ModelService.queue_delay` is the longest wait among the requests
@@ -63,7 +62,6 @@ import outcome
 import trio
 
 from trio_asr.bounds import positive
-from trio_asr.recognition.batch_costs import BatchCosts
 from trio_asr.recognition.model import AcousticModel, ModelState, ModelStream, is_batch_invariant
 
 __all__ = ["BatchingPolicy", "ModelService", "ModelServiceError", "ServiceStats"]
@@ -72,7 +70,11 @@ log = logging.getLogger("trio_asr.server")
 
 #: chunks of one decode that queue with the time the decode began
 _CHUNKS_KEEPING_PLACE = 2
-#: one model call's log-probs (B, T_out, V), B new states and thread CPU seconds
+#: how much of the measured cost per chunk each earlier call keeps, per call
+_DECAY = 0.9
+
+#: what one model call returns: log-probs (B, T_out, V), the B new states,
+#: and the thread's CPU seconds
 _CallResult = tuple[np.ndarray, list[ModelState], float]
 
 
@@ -110,9 +112,8 @@ class _BatchCall:
     :meth:`result` waits for it.  A started call always runs to the end: a
     cancelled waiter still waits for it, so no thread outlives the service."""
 
-    def __init__(self, requests: list[_Request], now: float, split: bool = False) -> None:
+    def __init__(self, requests: list[_Request], now: float) -> None:
         self.requests = requests
-        self.split = split  # run as one call per chunk
         #: queued_at of its oldest request, and when it started
         self.since = min(r.queued_at for r in requests)
         self.started = now
@@ -167,7 +168,6 @@ class BatchingPolicy:
     max_queue_delay: float = attrs.field(default=0.5, validator=positive)
     concurrent_batches: int = attrs.field(default=1, validator=positive)
     exact: bool = True
-    split_when_cheaper: bool = False
 
 
 class ModelService:
@@ -181,7 +181,7 @@ class ModelService:
     how many calls run at once (each in its own worker thread, one per core:
     a call uses one core);
     ``max_queue_delay`` (s) is the queue delay above which :attr:`overloaded`
-    is true; ``split_when_cheaper``: see *Batch size* above.
+    is true.
 
     Contracts:
 
@@ -215,8 +215,8 @@ class ModelService:
             max_batch = 1
         self.max_batch = max_batch
         self.max_call_seconds = policy.max_call_seconds
-        self._costs = BatchCosts()
-        self._split_when_cheaper = policy.split_when_cheaper
+        # CPU seconds and chunks of recent calls, each call's share decaying by _DECAY per call
+        self._cpu_seconds = self._cpu_chunks = 0.0
         self.max_queue_delay = policy.max_queue_delay
         #: called after each successful model call with (chunks, seconds the
         #: oldest waited, CPU seconds of the call's thread)
@@ -238,9 +238,9 @@ class ModelService:
     @property
     def batch_limit(self) -> int:
         """Chunks the next call may take (see *Batch size* above)."""
-        per_chunk = self._costs.per_chunk
-        if not per_chunk:
+        if self._cpu_seconds <= 0:
             return self.max_batch
+        per_chunk = self._cpu_seconds / self._cpu_chunks
         return max(1, min(self.max_batch, int(self.max_call_seconds / per_chunk)))
 
     @property
@@ -335,15 +335,14 @@ class ModelService:
     def _start(self, batch: list[tuple[_Request, np.ndarray]]) -> _BatchCall | None:
         if not batch:
             return None
-        split = self._split_when_cheaper and self._costs.split(len(batch))
-        call = _BatchCall([r for r, _ in batch], trio.current_time(), split)
+        call = _BatchCall([r for r, _ in batch], trio.current_time())
         self._running_since.append(call.since)
         self._batches += 1
         self._chunks += len(batch)
         self._largest = max(self._largest, len(batch))
         chunks = [c for _, c in batch]
         states = [r.stream.state for r in call.requests]
-        call.start(functools.partial(self._call_model, chunks, states, split))
+        call.start(functools.partial(self._call_model, chunks, states))
         return call
 
     def _deliver(self, call: _BatchCall, result: outcome.Outcome[_CallResult]) -> None:
@@ -357,7 +356,8 @@ class ModelService:
             if not isinstance(exc, Exception):
                 raise
             return
-        self._costs.record(len(call.requests), cpu, split=call.split)
+        self._cpu_seconds = _DECAY * self._cpu_seconds + cpu
+        self._cpu_chunks = _DECAY * self._cpu_chunks + len(call.requests)
         for request, lp, state in zip(call.requests, log_probs, new_states):
             if request.abandoned:
                 continue
@@ -380,15 +380,10 @@ class ModelService:
             self.on_batch(len(call.requests), call.started - call.since, cpu)
 
     def _call_model(
-        self, chunks: list[np.ndarray], states: Sequence[ModelState], split: bool
+        self, chunks: list[np.ndarray], states: Sequence[ModelState]
     ) -> _CallResult:
         started = time.thread_time()
-        if split:
-            runs = [self.model.run(chunk[None], [state]) for chunk, state in zip(chunks, states)]
-            log_probs = np.concatenate([lp for lp, _ in runs])
-            new_states = [s for _, ss in runs for s in ss]
-        else:
-            log_probs, new_states = self.model.run(np.stack(chunks), states)
+        log_probs, new_states = self.model.run(np.stack(chunks), states)
         if len(log_probs) != len(chunks) or len(new_states) != len(chunks):
             raise ValueError(f"model returned {len(log_probs)} outputs for {len(chunks)} chunks")
         return log_probs, new_states, time.thread_time() - started

@@ -335,7 +335,6 @@ class ServerConfig:
             max_queue_delay=self.max_queue_delay,
             concurrent_batches=self.concurrent_batches,
             exact=self.exact_batching,
-            split_when_cheaper=True,
         )
 
     def protocol_limits(self) -> ProtocolLimits:
