@@ -10,6 +10,7 @@ batches model calls across connections or not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from serverutil import ws_url
 
 from trio_asr.audio import WavWriter, read_wav
 from trio_asr.cli.commands import main
-from trio_asr.cli.client import stream_file, stream_pcm
+from trio_asr.cli.client import ClientError, stream_file, stream_pcm
 from trio_asr.serving.config import ServerConfig
 from trio_asr.recognition.model import load_model
 from trio_asr.recognition.recognizer import Recognizer
@@ -217,3 +218,37 @@ async def test_client_command_reports_a_server_error_in_one_line(
         assert await trio.to_thread.run_sync(main, args) == 1
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("trio-asr client: ") and "2000 bytes" in err[0], err
+
+
+async def test_client_gives_up_on_a_server_that_stops_replying(
+    nursery: trio.Nursery, tmp_path: Path, capsys
+) -> None:
+    """A server that answers the start and then no frame: the client (lock-step
+    and pipelined, library and command) fails after --reply-timeout with one
+    line, instead of waiting for ever."""
+    import trio_websocket
+
+    async def silent(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        with contextlib.suppress(trio_websocket.ConnectionClosed), trio.move_on_after(30):
+            await ws.get_message()
+            await ws.send_message(json.dumps({"status": "ok", "signal": "server_ready"}))
+            while True:
+                await ws.get_message()
+
+    server = await nursery.start(trio_websocket.serve_websocket, silent, "127.0.0.1", 0, None)
+    url = f"ws://127.0.0.1:{server.port}/paddlespeech/asr/streaming"
+    pcm = to_pcm16(speechlike(0.5)).tobytes()
+    for pipeline in (False, True):
+        with trio.fail_after(5):
+            with pytest.raises(ClientError, match=r"no reply from the server in 0\.3 s"):
+                await stream_pcm(url, pcm, pipeline=pipeline, reply_timeout=0.3)
+    path = tmp_path / "speech.wav"
+    with WavWriter(path, 16000, 1) as wav:
+        wav.write(pcm)
+    args = ["client", str(path), "--url", url, "--reply-timeout", "0.3"]
+    assert await trio.to_thread.run_sync(main, args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "no reply from the server in 0.3 s" in err[0], err
+    assert await trio.to_thread.run_sync(main, [*args[:-1], "0"]) == 2
+    assert "--reply-timeout" in capsys.readouterr().err

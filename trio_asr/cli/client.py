@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 import numpy as np
 import trio
 import trio_websocket
@@ -33,9 +34,12 @@ from trio_asr.audio_files import AudioFileError, conversion_command, read_audio
 from trio_asr.protocol.limits import DEFAULT_SAMPLE_RATE, STANDARD_SAMPLE_RATES, ProtocolLimits
 from trio_asr.recognition.resample import resample
 
-__all__ = ["DEFAULT_URL", "ClientError", "fit_to_server", "stream_file", "stream_pcm"]
+__all__ = ["DEFAULT_REPLY_TIMEOUT", "DEFAULT_URL", "ClientError", "fit_to_server", "stream_file", "stream_pcm"]
 
 DEFAULT_URL = "ws://127.0.0.1:8090/paddlespeech/asr/streaming"
+
+#: seconds to wait for each reply before giving up on the server
+DEFAULT_REPLY_TIMEOUT = 30.0
 
 
 class ClientError(Exception):
@@ -47,9 +51,16 @@ def _to_pcm16(samples: np.ndarray) -> bytes:
     return scaled.astype("<i2").tobytes()
 
 
-async def _recv(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
+async def _recv(ws: trio_websocket.WebSocketConnection, timeout: float, grace: float = 0.0) -> dict[str, Any]:
+    """The next reply, due within ``timeout`` s (+ ``grace``: until its frame is sent)."""
     try:
-        message = await ws.get_message()
+        with trio.fail_after(timeout + grace):
+            message = await ws.get_message()
+    except trio.TooSlowError:
+        raise ClientError(
+            f"no reply from the server in {timeout:g} s (is it overloaded or stuck? "
+            "--reply-timeout sets the wait)"
+        ) from None
     except trio_websocket.ConnectionClosed as exc:
         why = f" ({exc.reason.code} {exc.reason.reason or exc.reason.name})" if exc.reason else ""
         raise ClientError(f"the server closed the connection{why}") from None
@@ -76,13 +87,15 @@ async def stream_pcm(
     on_partial: Callable[[dict[str, Any]], None] | None = None,
     token: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
 ) -> dict[str, Any]:
     """Stream PCM16 bytes as one stream; return the server's end reply.
 
     ``on_partial`` is called with every partial reply, in order.  ``token``
     is sent as ``Authorization: Bearer``; ``ssl_context`` verifies a
     ``wss://`` server (default: the system's CAs).  Raises
-    :class:`ClientError` on an error reply or a protocol violation.
+    :class:`ClientError` on an error reply, a protocol violation, or no
+    reply within ``reply_timeout`` seconds of when it was due.
     """
     frame_bytes = 2 * channels
     chunk_bytes = max(1, round(sample_rate * chunk_ms / 1000)) * frame_bytes
@@ -97,7 +110,7 @@ async def stream_pcm(
         async with trio_websocket.open_websocket_url(
             url, ssl_context, extra_headers=headers, max_message_size=16 << 20
         ) as ws:
-            final = await _stream(ws, chunks, start, name, nbest, chunk_ms, pipeline, partial)
+            final = await _stream(ws, chunks, start, _Pacing(chunk_ms, pipeline, reply_timeout), partial)
     except trio_websocket.ConnectionRejected as exc:
         body = (exc.body or b"").decode("utf-8", "replace").strip()
         raise ClientError(
@@ -155,21 +168,27 @@ _REJECTION_HINTS = {
 }
 
 
+@attrs.frozen
+class _Pacing:
+    chunk_ms: float
+    pipeline: bool
+    reply_timeout: float
+
+
 async def _stream(
     ws: trio_websocket.WebSocketConnection,
     chunks: list[bytes],
     start: dict[str, Any],
-    name: str,
-    nbest: int,
-    chunk_ms: float,
-    pipeline: bool,
+    pacing: _Pacing,
     partial: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
+    end = json.dumps({"name": start["name"], "signal": "end", "nbest": start["nbest"]})
+    timeout = pacing.reply_timeout
     await ws.send_message(json.dumps(start))
-    ready = await _recv(ws)
+    ready = await _recv(ws, timeout)
     if ready.get("signal") != "server_ready":
         raise ClientError(f"expected server_ready, got {ready}")
-    if pipeline:
+    if pacing.pipeline:
         final: dict[str, Any] = {}
         failure: list[ClientError] = []
         async with trio.open_nursery() as nursery:
@@ -177,8 +196,8 @@ async def _stream(
             async def reader() -> None:
                 try:
                     for _ in chunks:
-                        partial(await _recv(ws))
-                    final.update(await _recv(ws))
+                        partial(await _recv(ws, timeout, pacing.chunk_ms / 1000))
+                    final.update(await _recv(ws, timeout, pacing.chunk_ms / 1000))
                 except ClientError as exc:  # raised below, not as an exception group
                     failure.append(exc)
                     nursery.cancel_scope.cancel()
@@ -187,8 +206,8 @@ async def _stream(
             try:
                 for chunk in chunks:
                     await ws.send_message(chunk)
-                    await trio.sleep(chunk_ms / 1000 * len(chunk) / len(chunks[0]))  # real time
-                await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
+                    await trio.sleep(pacing.chunk_ms / 1000 * len(chunk) / len(chunks[0]))  # real time
+                await ws.send_message(end)
             except trio_websocket.ConnectionClosed:
                 pass  # the reader reports why
         if failure:
@@ -196,9 +215,9 @@ async def _stream(
     else:
         for chunk in chunks:
             await ws.send_message(chunk)
-            partial(await _recv(ws))
-        await ws.send_message(json.dumps({"name": name, "signal": "end", "nbest": nbest}))
-        final = await _recv(ws)
+            partial(await _recv(ws, timeout))
+        await ws.send_message(end)
+        final = await _recv(ws, timeout)
     return final
 
 

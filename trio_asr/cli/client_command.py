@@ -21,7 +21,7 @@ __all__ = ["add_client"]
 
 
 def add_client(commands: Any) -> None:
-    from trio_asr.cli.client import DEFAULT_URL
+    from trio_asr.cli.client import DEFAULT_REPLY_TIMEOUT, DEFAULT_URL
 
     parser = commands.add_parser(
         "client",
@@ -40,6 +40,10 @@ def add_client(commands: Any) -> None:
     parser.add_argument("--pipeline", action="store_true", help="send at real-time pace without waiting for replies")
     parser.add_argument("--json", action="store_true", help="print each file's end reply as JSON, one per line")
     parser.add_argument(
+        "--reply-timeout", type=float, default=DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
+        help=f"give up when a reply is this late (default {DEFAULT_REPLY_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--token", help="access token, sent as Authorization: Bearer (default: $TRIO_ASR_TOKEN, else none)"
     )
     parser.add_argument("--cafile", type=Path, help="for wss://: trust this CA or self-signed certificate (PEM)")
@@ -57,6 +61,8 @@ def run_client(args: argparse.Namespace) -> int:
 
     if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
         raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", BAD_INPUT)
+    if not math.isfinite(args.reply_timeout) or args.reply_timeout <= 0:
+        raise CommandFailed("--reply-timeout must be a number of seconds > 0", BAD_INPUT)
     check_input_files(args.files)
     try:
         ssl_context = client_context(args.cafile) if args.url.startswith("wss:") else None
@@ -65,7 +71,7 @@ def run_client(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get("TRIO_ASR_TOKEN") or None
     options = {
         "nbest": args.nbest, "chunk_ms": args.chunk_ms, "pipeline": args.pipeline,
-        "token": token, "ssl_context": ssl_context,
+        "token": token, "ssl_context": ssl_context, "reply_timeout": args.reply_timeout,
     }  # fmt: skip
     live = _LiveLine(sys.stderr.isatty() and not args.json)
     several = len(args.files) > 1
