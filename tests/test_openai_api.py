@@ -167,6 +167,22 @@ async def test_tokens_and_errors_as_openai_shapes_them(nursery, tmp_path, zipfor
     assert (await trio.to_thread.run_sync(lambda: call(files["wav"]))).text  # type: ignore[attr-defined]
 
 
+async def test_a_head_too_large_is_an_error_the_openai_client_reads(nursery, tmp_path, zipformer2_model_dir, files) -> None:
+    """A head refused before its path is known (431 here) has a body both
+    kinds of client read: the openai package's error, and our message."""
+    server = await start(nursery, tmp_path, zipformer2_model_dir)
+    big = client(server).with_options(default_headers={"X-Big": "a" * 20000}, max_retries=0)
+    upload = (files["wav"].name, files["wav"].read_bytes())
+    with pytest.raises(openai.APIStatusError) as info:
+        await trio.to_thread.run_sync(lambda: big.audio.transcriptions.create(model="m", file=upload))
+    assert info.value.status_code == 431
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "invalid_request_error" and "16384" in body["message"]
+    assert "16384" in info.value.message
+    response = info.value.response.json()
+    assert response["status"] == "error" and response["message"] == body["message"]
+
+
 async def test_errors_found_while_decoding_are_openai_errors_streamed_or_not(
     nursery, tmp_path, zipformer2_model_dir, files
 ) -> None:

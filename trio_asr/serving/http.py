@@ -48,6 +48,7 @@ from trio_asr.serving.http_exchange import (
     HttpLimits,
     RequestTooLarge,
     error_body,
+    head_error_body,
     reason_phrase,
 )
 from trio_asr.serving.http_wire import ReplayStream, Wire, drain_before_close
@@ -141,7 +142,7 @@ class _Connection:
         if status == 408 and not self.wire.head_begun():
             return None  # a silent client, or an idle keep-alive connection: nothing to answer
         started = time.monotonic()
-        body = json.dumps(error_body(message)).encode()
+        body = json.dumps(head_error_body(message)).encode()
         headers = [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]
         try:
             await self.wire.send(h11.Response(status_code=status, headers=headers, reason=reason_phrase(status)))

@@ -75,6 +75,14 @@ def error_body(message: str) -> dict[str, Any]:
     return {"status": "error", "message": message}
 
 
+def head_error_body(message: str) -> dict[str, Any]:
+    """The body of an error found before the request's path is known (a bad
+    or late head): ours and OpenAI's ``error`` object at once, so that both
+    our clients and the ``openai`` package read the message."""
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return {**error_body(message), "error": error}
+
+
 def reason_phrase(status: int) -> bytes:
     """The status line's reason: ``Not Found`` for 404 (empty for a status without one)."""
     try:
