@@ -170,6 +170,9 @@ _REJECTION_HINTS = {
 
 @attrs.frozen
 class _Pacing:
+    """How a stream is sent: audio per frame, at real-time pace (``pipeline``)
+    or each frame after the previous reply, and how long a reply may be late."""
+
     chunk_ms: float
     pipeline: bool
     reply_timeout: float
