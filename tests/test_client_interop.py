@@ -11,6 +11,7 @@ batches model calls across connections or not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from pathlib import Path
 
@@ -252,3 +253,52 @@ async def test_client_gives_up_on_a_server_that_stops_replying(
     assert len(err) == 1 and "no reply from the server in 0.3 s" in err[0], err
     assert await trio.to_thread.run_sync(main, [*args[:-1], "0"]) == 2
     assert "--reply-timeout" in capsys.readouterr().err
+
+
+async def test_client_gives_up_on_a_server_that_ignores_the_close(nursery: trio.Nursery) -> None:
+    """A server that stops short of everything, the closing handshake
+    included: the reply timeout's error comes after about twice the
+    timeout, not after trio-websocket's minute for the close."""
+    import wsproto
+    import wsproto.events
+
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        with trio.move_on_after(30):
+            while True:
+                data = await stream.receive_some()
+                if not data:
+                    return
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, wsproto.events.Request):
+                        await stream.send_all(ws.send(wsproto.events.AcceptConnection()))
+                    elif isinstance(event, wsproto.events.TextMessage):  # the start: then nothing more
+                        ready = json.dumps({"status": "ok", "signal": "server_ready"})
+                        await stream.send_all(ws.send(wsproto.events.Message(data=ready)))
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/paddlespeech/asr/streaming"
+    pcm = to_pcm16(speechlike(0.5)).tobytes()
+    for pipeline in (False, True):
+        started = trio.current_time()
+        with trio.fail_after(10):
+            with pytest.raises(ClientError, match=r"no reply from the server in 0\.3 s"):
+                await stream_pcm(url, pcm, pipeline=pipeline, reply_timeout=0.3)
+        assert trio.current_time() - started < 5
+
+
+async def test_client_gives_up_on_a_server_that_never_answers_the_handshake(nursery: trio.Nursery) -> None:
+    async def mute(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(30):
+            while await stream.receive_some():
+                pass
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+    url = f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/paddlespeech/asr/streaming"
+    with trio.fail_after(5):
+        with pytest.raises(ClientError, match=r"no answer to the opening handshake in 0\.3 s"):
+            await stream_pcm(url, b"\0\0" * 1600, reply_timeout=0.3)
+    with pytest.raises(ValueError, match="reply_timeout"):
+        await stream_pcm(url, b"\0\0" * 1600, reply_timeout=0)

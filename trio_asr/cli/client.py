@@ -18,6 +18,7 @@ or with more channels than it takes is mixed down to mono and resampled to
 from __future__ import annotations
 
 import json
+import math
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,8 @@ DEFAULT_URL = "ws://127.0.0.1:8090/paddlespeech/asr/streaming"
 
 #: seconds to wait for each reply before giving up on the server
 DEFAULT_REPLY_TIMEOUT = 30.0
+#: at most this long for the server's side of the closing handshake
+_CLOSE_SECONDS = 5.0
 
 
 class ClientError(Exception):
@@ -95,7 +98,8 @@ async def stream_pcm(
     is sent as ``Authorization: Bearer``; ``ssl_context`` verifies a
     ``wss://`` server (default: the system's CAs).  Raises
     :class:`ClientError` on an error reply, a protocol violation, or no
-    reply within ``reply_timeout`` seconds of when it was due.
+    reply (the opening handshake's included) within ``reply_timeout``
+    seconds of when it was due.
     """
     frame_bytes = 2 * channels
     chunk_bytes = max(1, round(sample_rate * chunk_ms / 1000)) * frame_bytes
@@ -103,14 +107,26 @@ async def stream_pcm(
     start = {"name": name, "signal": "start", "nbest": nbest, "sampleRate": sample_rate, "channels": channels}
     partial = on_partial or (lambda reply: None)
     headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
+    if not reply_timeout > 0:
+        raise ValueError(f"reply_timeout must be > 0 seconds, not {reply_timeout}")
+    final: dict[str, Any] | None = None
+    # the opening handshake (TLS's too) within reply_timeout: trio-websocket's
+    # own timeout leaves its reader waiting on a silent server
+    opening = trio.CancelScope(deadline=trio.current_time() + reply_timeout)
     try:
-        if url.startswith("wss:"):
-            ssl_context = ssl_context or ssl.create_default_context()
-            await _check_tls(url, ssl_context)
-        async with trio_websocket.open_websocket_url(
-            url, ssl_context, extra_headers=headers, max_message_size=16 << 20
-        ) as ws:
-            final = await _stream(ws, chunks, start, _Pacing(chunk_ms, pipeline, reply_timeout), partial)
+        with opening:
+            if url.startswith("wss:"):
+                ssl_context = ssl_context or ssl.create_default_context()
+                await _check_tls(url, ssl_context)
+            async with trio_websocket.open_websocket_url(
+                url, ssl_context, extra_headers=headers, max_message_size=16 << 20,
+                disconnect_timeout=min(reply_timeout, _CLOSE_SECONDS),
+            ) as ws:
+                opening.deadline = math.inf
+                final = await _stream(ws, chunks, start, _Pacing(chunk_ms, pipeline, reply_timeout), partial)
+    except trio_websocket.DisconnectionTimeout:  # the server ignored our close (after an error: that error)
+        if final is None:
+            raise ClientError(f"{url}: the server stopped answering") from None
     except trio_websocket.ConnectionRejected as exc:
         body = (exc.body or b"").decode("utf-8", "replace").strip()
         raise ClientError(
@@ -129,7 +145,9 @@ async def stream_pcm(
         _raise_if_untrusted(url, exc)
         hint = " (is it a plain ws:// server?)" if "WRONG_VERSION_NUMBER" in str(exc.__cause__) else ""
         raise ClientError(f"{url}: the connection broke ({exc.__cause__ or exc}){hint}") from None
-    if "result" not in final:
+    if opening.cancelled_caught:
+        raise ClientError(f"{url}: no answer to the opening handshake in {reply_timeout:g} s")
+    if final is None or "result" not in final:
         raise ClientError(f"expected the end reply, got {final}")
     return final
 

@@ -41,7 +41,7 @@ def add_client(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print each file's end reply as JSON, one per line")
     parser.add_argument(
         "--reply-timeout", type=float, default=DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
-        help=f"give up when a reply is this late (default {DEFAULT_REPLY_TIMEOUT:g})",
+        help=f"give up when a reply is this late (default {DEFAULT_REPLY_TIMEOUT:g}; inf: never)",
     )
     parser.add_argument(
         "--token", help="access token, sent as Authorization: Bearer (default: $TRIO_ASR_TOKEN, else none)"
@@ -61,8 +61,8 @@ def run_client(args: argparse.Namespace) -> int:
 
     if args.nbest < 1 or not math.isfinite(args.chunk_ms) or args.chunk_ms <= 0:
         raise CommandFailed("--nbest must be >= 1 and --chunk-ms > 0", BAD_INPUT)
-    if not math.isfinite(args.reply_timeout) or args.reply_timeout <= 0:
-        raise CommandFailed("--reply-timeout must be a number of seconds > 0", BAD_INPUT)
+    if not args.reply_timeout > 0:  # inf waits for ever
+        raise CommandFailed("--reply-timeout must be a number of seconds > 0 (or inf)", BAD_INPUT)
     check_input_files(args.files)
     try:
         ssl_context = client_context(args.cafile) if args.url.startswith("wss:") else None

@@ -108,10 +108,13 @@ class ApiError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def error_object(self) -> dict[str, str | None]:
+        """OpenAI's error object: ``message``, ``type``, ``param``, ``code``."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
     def body(self) -> bytes:
         """The response body: ``{"error": {"message", "type", "param", "code"}}``."""
-        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return json_bytes({"error": error})
+        return json_bytes({"error": self.error_object()})
 
 
 @attrs.frozen

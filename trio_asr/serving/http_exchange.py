@@ -17,6 +17,7 @@ import attrs
 import h11
 import trio
 
+from trio_asr.protocol.transcription_api import ApiError
 from trio_asr.serving.http_wire import ReplayStream, Wire
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "HttpLimits",
     "RequestTooLarge",
     "error_body",
+    "head_error_body",
     "reason_phrase",
 ]
 
@@ -79,8 +81,7 @@ def head_error_body(message: str) -> dict[str, Any]:
     """The body of an error found before the request's path is known (a bad
     or late head): ours and OpenAI's ``error`` object at once, so that both
     our clients and the ``openai`` package read the message."""
-    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
-    return {**error_body(message), "error": error}
+    return {**error_body(message), "error": ApiError(400, message).error_object()}
 
 
 def reason_phrase(status: int) -> bytes:

@@ -72,7 +72,7 @@ def kernel_scales_per_item() -> bool:
     converting to float rounds."""
     rng = np.random.default_rng(0)
     batch, rows, depth, cols = 2, 3, 2048, 4
-    weight = rng.integers(32, 65, (depth, cols)).astype(np.int8)
+    weight = rng.integers(32, 65, (depth, cols)).astype(np.int8)  # pairs within int16: 2 * 255 * 64
     a = rng.integers(128, 256, (batch, rows, depth)).astype(np.uint8)
     scale = rng.uniform(1e-4, 1e-2, (batch, 1, 1)).astype(np.float32)
     acc = a.astype(np.int64) @ weight.astype(np.int64)

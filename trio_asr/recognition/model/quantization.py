@@ -41,8 +41,9 @@ kernels without VNNI (AVX2, AVX-512BW) add pairs of adjacent products in
 int16 with saturation, so there the original's sums are not the exact ones
 (VNNI and AMX kernels sum exactly); either way a sum is a function of the
 item's row and the weight alone, and the rewrite keeps every input column
-where it was and appends only what cannot saturate
-(:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`); a
+where it was and appends only what cannot saturate on this machine's kernel
+(:func:`~trio_asr.recognition.model.quantized_ops.extended_weight`,
+:func:`~trio_asr.recognition.model.kernel_probes.kernel_sums_exactly`); a
 convolution's im2col matrix is the original's, element for element.  What
 differs in a batch is float rounding in the float parts of the model (a GEMM
 over many rows may round differently from one over a single row), which now

@@ -129,7 +129,7 @@ def quantize_per_item(
 # pair's sum: they start at an even row, and each is within +-64, so that two
 # of them times any input zero point (<= 255) fit in int16.  On a kernel that
 # sums exactly, any int8 will do: half as many rows.
-PAIR_SAFE = 64
+_PAIR_SAFE = 64
 
 
 def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None, *, exact_sums: bool = False) -> np.ndarray | None:
@@ -143,14 +143,15 @@ def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None, *, exact_sums: bool
     point zp, they add ``-zp * colsum(wq - w_zp)``: the integer matmul then
     comes out as ``(xq - zp) @ (wq - w_zp)`` with input zero point 0, as
     onnxruntime computes it for the original, saturating kernels included:
-    an odd K first gets a row of zeros (the kernel's own padding), and every
-    pair of appended int8 entries times any zero point fits in int16.
+    an odd K first gets a row of zeros (the kernel's own padding), and
+    (without ``exact_sums``) every pair of appended int8 entries times any
+    zero point fits in int16.
     """
     zp = 0 if w_zp is None else int(w_zp)
     if wq.dtype != np.int8:
         lo, hi = 0, 255
     else:
-        lo, hi = (-128, 127) if exact_sums else (-PAIR_SAFE, PAIR_SAFE)
+        lo, hi = (-128, 127) if exact_sums else (-_PAIR_SAFE, _PAIR_SAFE)
     bound = min(hi - zp, zp - lo)  # |entry - zp| that stays in range
     if bound <= 0:
         return None
