@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from trio_asr.testing import zipformer2_ctc
 from paths import MODELS_DIR
 from trio_asr.cli.model_store import DEFAULT_MODEL
-from trio_asr.recognition.tokens import BYTE_TO_CHAR, TokenTable
+from trio_asr.recognition.tokens import BYTE_TO_CHAR, TextMemo, TokenTable
 
 # icefall/byte_utils.py: the code point standing in for byte b is PUBLISHED[b].
 PUBLISHED = [
@@ -377,3 +377,60 @@ def test_pieces_equal_the_rule_applied_byte_by_byte_on_a_bbpe_table(ids):
     table = synthetic_bbpe()
     ids = [i % len(table) for i in ids]
     assert table.pieces(ids) == bytewise_pieces(table, ids)
+
+
+def edits(size: int):
+    """Token sequences one after another, each keeping a prefix of the one
+    before and adding tokens, as a search's best path changes."""
+    step = st.tuples(st.integers(0, 40), st.lists(st.integers(0, size - 1), max_size=12))
+    return st.lists(step, min_size=1, max_size=12)
+
+
+def replay(steps) -> list[list[int]]:
+    sequences, ids = [], []
+    for keep, added in steps:
+        ids = ids[: max(len(ids) - keep, 0)] + added
+        sequences.append(ids)
+    return sequences
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits(len(MIXED_PIECES)))
+def test_text_memo_gives_text_for_every_edit_on_a_mixed_table(steps):
+    table = TokenTable(MIXED_PIECES)
+    memo = TextMemo(table)
+    for ids in replay(steps):
+        assert memo.text(ids) == table.text(ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_text_memo_gives_text_for_every_edit_on_a_bbpe_table(data):
+    table = synthetic_bbpe()
+    memo = TextMemo(table)
+    for ids in replay(data.draw(edits(len(table)))):
+        assert memo.text(ids) == table.text(ids)
+
+
+def test_text_memo_converts_only_what_changed():
+    converted: list[int] = []
+
+    class CountingTable(TokenTable):
+        def _pieces_after(self, ids, previous, pending_space, marks):
+            converted.append(len(ids))
+            return super()._pieces_after(ids, previous, pending_space, marks)
+
+    table = CountingTable(MIXED_PIECES)
+    memo = TextMemo(table)
+    word = table.id("\u2581the")
+    ids = [word] * 200
+    assert memo.text(ids) == " ".join(["the"] * 200)
+    ids = ids[:-1] + [table.id("re"), word]  # the last token revised, one more added
+    assert memo.text(ids) == " ".join(["the"] * 199) + "re the"
+    # a pending byte-fallback character resumes from before its first byte
+    ids += [table.id("<0xE4>"), table.id("<0xB8>")]
+    memo.text(ids)
+    ids += [table.id("<0xAD>")]
+    text = memo.text(ids)
+    assert converted == [200, 2, 2, 3]
+    assert text == table.text(ids)

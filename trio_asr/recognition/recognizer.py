@@ -67,12 +67,14 @@ _FBANK_FLOAT_SCALE = 32768.0
 # a worker-thread round trip (an idle hop: ~0.09 ms; under load the hop waits
 # for a worker, tens of ms). Measured: features ~0.15 ms per 4096 samples; a
 # beam-10 search step plus its partial result ~0.2 ms for 32 frames (the
-# padded tail of a stream's end; the step's cost grows with the beam); texts
-# ~0.1-0.2 us per token and hypothesis; the final result, which times every
-# word of the open segment, ~1.4 us per token.
+# padded tail of a stream's end; the step's cost grows with the beam); a
+# partial result ~0.05 us per character of the open segment and hypothesis
+# (its tokens are read back whole; only the new ones are converted to text,
+# see TextMemo); the final result, which times every word of the open
+# segment, ~1.4 us per token.
 _CHEAP_SAMPLES = 4096
 _CHEAP_SEARCH = 320  # frames x beam width
-_CHEAP_TEXT = 1024  # characters x n-best, partial results
+_CHEAP_TEXT = 2048  # characters x n-best, partial results
 _CHEAP_FINAL_TEXT = 256  # characters x n-best, the final result
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from trio_asr.recognition.endpoint import EndpointDetector, EndpointRules
 from trio_asr.recognition.search import Hypothesis, Search
 from trio_asr.recognition.timestamps import token_spans, word_spans
-from trio_asr.recognition.tokens import TokenTable, is_unspaced
+from trio_asr.recognition.tokens import TextMemo, TokenTable, is_unspaced
 
 __all__ = ["RecognitionResult", "Segment", "SegmentedSearch", "TokenTime", "join_texts"]
 
@@ -128,6 +128,7 @@ class SegmentedSearch:
 
     def _begin_segment(self) -> None:
         self._search = self._new_search()
+        self._text = TextMemo(self._tokens)
         self._active = bytearray()  # per frame of the open segment
 
     def end_of_audio(self, seconds: float) -> None:
@@ -198,7 +199,7 @@ class SegmentedSearch:
 
     def _segment(self, final: bool) -> Segment:
         hypotheses = self._search.nbest(self._nbest)
-        nbest = tuple((self._tokens.text(h.tokens), h.score) for h in hypotheses)
+        nbest = tuple((self._text.text(h.tokens), h.score) for h in hypotheses)
         start = min(self._start_frame * self._shift, self._end_s)
         end = min(self.num_frames * self._shift, self._end_s)
         index = len(self._segments)

@@ -30,7 +30,7 @@ import attrs
 
 from trio_asr.recognition.spelling import Trie, is_unspaced, spell_steps, spelling_trie
 
-__all__ = ["BYTE_TO_CHAR", "CHAR_TO_BYTE", "TokenTable", "is_unspaced"]
+__all__ = ["BYTE_TO_CHAR", "CHAR_TO_BYTE", "TextMemo", "TokenTable", "is_unspaced"]
 
 WORD_BOUNDARY = "\u2581"
 BLANK_PIECES = ("<blk>", "<blank>")
@@ -57,6 +57,8 @@ _WHITESPACE_BYTES = frozenset(b" \t\n\r\x0b\x0c")
 
 # A token's content: byte values, with None marking a word boundary.
 _Units = tuple[int | None, ...]
+# Where a conversion can resume: the last character so far, and whether a word boundary is pending.
+_Mark = tuple[str, bool]
 
 def _looks_bbpe(pieces: Iterable[str]) -> bool:
     uses_high_bytes = False
@@ -199,12 +201,19 @@ class TokenTable:
         finishes a character (and blank/control tokens) contributes "". The
         space before a word is part of the piece of the token starting it.
         """
-        ids = list(ids)
+        return self._pieces_after(list(ids), "", False, None)
+
+    def _pieces_after(
+        self, ids: list[int], previous: str, pending_space: bool, marks: list[_Mark | None] | None
+    ) -> list[str]:
+        """:meth:`pieces` of ``ids`` following tokens whose text ended in
+        ``previous`` (its last character; "" if none) with a word boundary
+        ``pending_space`` and no character incomplete.  Appends to ``marks``,
+        per token, where a conversion could resume after it: (previous,
+        pending_space), or None while a character is incomplete."""
         out = [""] * len(ids)
         decoder = codecs.getincrementaldecoder("utf-8")("ignore")
         owner: int | None = None  # token holding the first byte of a pending character
-        pending_space = False
-        previous = ""
         for k, token_id in enumerate(ids):
             whole = self._whole[token_id]
             if whole is not None and owner is None:  # the usual token: whole characters, nothing pending
@@ -214,20 +223,22 @@ class TokenTable:
                     if pending_space and previous and not (is_unspaced(previous) or is_unspaced(text[0])):
                         text = " " + text
                     out[k], previous, pending_space = text, text[-1], False
-                continue
-            for unit in self._units[token_id]:
-                if unit is None:
-                    pending_space = True
-                    continue
-                if owner is None:
-                    owner = k
-                for ch in decoder.decode(bytes((unit,))):
-                    if pending_space and previous and not (is_unspaced(previous) or is_unspaced(ch)):
-                        out[owner] += " "
-                    out[owner] += ch
-                    previous, pending_space = ch, False
-                if not decoder.getstate()[0]:
-                    owner = None
+            else:
+                for unit in self._units[token_id]:
+                    if unit is None:
+                        pending_space = True
+                        continue
+                    if owner is None:
+                        owner = k
+                    for ch in decoder.decode(bytes((unit,))):
+                        if pending_space and previous and not (is_unspaced(previous) or is_unspaced(ch)):
+                            out[owner] += " "
+                        out[owner] += ch
+                        previous, pending_space = ch, False
+                    if not decoder.getstate()[0]:
+                        owner = None
+            if marks is not None:
+                marks.append((previous, pending_space) if owner is None else None)
         return out
 
     def encode(self, phrase: str) -> tuple[int, ...]:
@@ -264,3 +275,52 @@ class TokenTable:
         if not self._spelling:
             self._spelling.append(spelling_trie(self._units))
         return self._spelling[0]
+
+
+class TextMemo:
+    """:meth:`TokenTable.text` for sequences that mostly extend the last one
+    asked, as a search's best path does while it grows: each call converts
+    only the tokens after the longest prefix shared with the last sequence,
+    so a result costs what its new tokens cost, not the segment's length."""
+
+    def __init__(self, table: TokenTable) -> None:
+        self._table = table
+        self._ids: tuple[int, ...] = ()
+        self._text = ""
+        #: per prefix length j of ``_ids``: (text length, previous, pending
+        #: space) where conversion may resume after j tokens, else None
+        self._marks: list[tuple[int, str, bool] | None] = [(0, "", False)]
+
+    def text(self, ids: Sequence[int]) -> str:
+        ids = tuple(ids)
+        start = _shared_prefix(ids, self._ids)
+        while self._marks[start] is None:
+            start -= 1
+        resume = self._marks[start]
+        assert resume is not None  # the empty prefix always resumes
+        kept, previous, pending_space = resume
+        marks: list[_Mark | None] = []
+        pieces = self._table._pieces_after(list(ids[start:]), previous, pending_space, marks)
+        del self._marks[start + 1 :]
+        length = kept
+        for piece, mark in zip(pieces, marks):
+            length += len(piece)  # at a mark, the pieces before it are final
+            self._marks.append(None if mark is None else (length, *mark))
+        self._text = self._text[:kept] + "".join(pieces)
+        self._ids = ids
+        return self._text
+
+
+def _shared_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """The length of the longest common prefix of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n - 1  # a[:low] == b[:low]; a[:high + 1] != b[:high + 1]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
