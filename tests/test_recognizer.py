@@ -251,10 +251,10 @@ def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
     assert stream.cheap_to_search(16) and stream.cheap_to_flush()
     assert not stream.cheap_to_search(10_000)
     vocab = model.vocab_size
-    spoken = np.full((600, vocab), -30.0, np.float32)
-    spoken[np.arange(600), 1 + np.arange(600) % (vocab - 1)] = 0.0  # a new token every frame
+    spoken = np.full((1200, vocab), -30.0, np.float32)
+    spoken[np.arange(1200), 1 + np.arange(1200) % (vocab - 1)] = 0.0  # a new token every frame
     stream.accept_log_probs(spoken)
-    assert len(stream.result().text) * 2 > 1024
+    assert len(stream.result().text) * 2 > 2048
     assert not stream.cheap_to_search(16)
     assert stream.cheap_to_search(0)  # a frame that ran no chunk: the result is cached
     stream.flush_input()
@@ -267,7 +267,7 @@ def test_cheap_work_is_judged_by_the_open_text_also_after_the_end(model):
     # the final result times every word: a shorter text than a partial's is cheap
     medium = recognizer.create_stream(StreamOptions(nbest=1))
     medium.accept_log_probs(spoken[:400])
-    assert 256 < len(medium.result().text) <= 1024 and medium.cheap_to_search(32)
+    assert 256 < len(medium.result().text) <= 2048 and medium.cheap_to_search(32)
     medium.flush_input()
     assert not medium.cheap_to_search(32)
     wide = Recognizer(model, beam=256, endpoint=None).create_stream(StreamOptions(nbest=1))
