@@ -379,25 +379,33 @@ def test_pieces_equal_the_rule_applied_byte_by_byte_on_a_bbpe_table(ids):
     assert table.pieces(ids) == bytewise_pieces(table, ids)
 
 
+MEMO_PIECES = [*MIXED_PIECES, "<0xC3>", "<0xA9>"]
+
+
 def edits(size: int):
     """Token sequences one after another, each keeping a prefix of the one
-    before and adding tokens, as a search's best path changes."""
-    step = st.tuples(st.integers(0, 40), st.lists(st.integers(0, size - 1), max_size=12))
+    before (or all of it with one token replaced) and adding tokens, as a
+    search's best path changes."""
+    step = st.tuples(
+        st.integers(0, 40), st.lists(st.integers(0, size - 1), max_size=20), st.integers(0, 60), st.integers(0, size - 1)
+    )
     return st.lists(step, min_size=1, max_size=12)
 
 
 def replay(steps) -> list[list[int]]:
     sequences, ids = [], []
-    for keep, added in steps:
+    for keep, added, at, replacement in steps:
         ids = ids[: max(len(ids) - keep, 0)] + added
+        if at < len(ids) and at % 3 == 0:
+            ids[at] = replacement
         sequences.append(ids)
     return sequences
 
 
 @settings(max_examples=300, deadline=None)
-@given(edits(len(MIXED_PIECES)))
+@given(edits(len(MEMO_PIECES)))
 def test_text_memo_gives_text_for_every_edit_on_a_mixed_table(steps):
-    table = TokenTable(MIXED_PIECES)
+    table = TokenTable(MEMO_PIECES)
     memo = TextMemo(table)
     for ids in replay(steps):
         assert memo.text(ids) == table.text(ids)
@@ -412,6 +420,20 @@ def test_text_memo_gives_text_for_every_edit_on_a_bbpe_table(data):
         assert memo.text(ids) == table.text(ids)
 
 
+@settings(max_examples=300)
+@given(
+    st.lists(st.integers(0, 9), max_size=80),
+    st.lists(st.integers(0, 9), max_size=40),
+    st.lists(st.integers(0, 9), max_size=40),
+)
+def test_shared_prefix_is_the_longest_common_prefix(common, tail_a, tail_b):
+    from trio_asr.recognition.tokens import _shared_prefix
+
+    a, b = (*common, 10, *tail_a), (*common, 11, *tail_b)
+    assert _shared_prefix(a, b) == len(common) == _shared_prefix(b, a)
+    assert _shared_prefix(a, tuple(common)) == len(common) == _shared_prefix(tuple(common), b)
+
+
 def test_text_memo_converts_only_what_changed():
     converted: list[int] = []
 
@@ -420,17 +442,18 @@ def test_text_memo_converts_only_what_changed():
             converted.append(len(ids))
             return super()._pieces_after(ids, previous, pending_space, marks)
 
-    table = CountingTable(MIXED_PIECES)
+    table = CountingTable(MEMO_PIECES)
     memo = TextMemo(table)
-    word = table.id("\u2581the")
-    ids = [word] * 200
+    the, e4, b8, ad = (table.id(p) for p in ("\u2581the", "<0xE4>", "<0xB8>", "<0xAD>"))
+    ids = [the] * 200
     assert memo.text(ids) == " ".join(["the"] * 200)
-    ids = ids[:-1] + [table.id("re"), word]  # the last token revised, one more added
+    ids = ids[:-1] + [table.id("re"), the]  # the last token revised, one more added: from token 192
     assert memo.text(ids) == " ".join(["the"] * 199) + "re the"
-    # a pending byte-fallback character resumes from before its first byte
-    ids += [table.id("<0xE4>"), table.id("<0xB8>")]
+    assert converted == [200, 9]
+    # a character incomplete at a resume point: back to the point before it
+    ids = [the] * 15 + [e4, b8, ad]
     memo.text(ids)
-    ids += [table.id("<0xAD>")]
-    text = memo.text(ids)
-    assert converted == [200, 2, 2, 3]
-    assert text == table.text(ids)
+    converted.clear()
+    text = memo.text([*ids, the])
+    assert converted == [19]
+    assert text == table.text([*ids, the]) == " ".join(["the"] * 15) + "中the"

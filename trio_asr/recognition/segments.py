@@ -128,7 +128,7 @@ class SegmentedSearch:
 
     def _begin_segment(self) -> None:
         self._search = self._new_search()
-        self._text = TextMemo(self._tokens)
+        self._texts = [TextMemo(self._tokens) for _ in range(self._nbest)]  # one per rank
         self._active = bytearray()  # per frame of the open segment
 
     def end_of_audio(self, seconds: float) -> None:
@@ -199,7 +199,7 @@ class SegmentedSearch:
 
     def _segment(self, final: bool) -> Segment:
         hypotheses = self._search.nbest(self._nbest)
-        nbest = tuple((self._text.text(h.tokens), h.score) for h in hypotheses)
+        nbest = tuple((memo.text(h.tokens), h.score) for memo, h in zip(self._texts, hypotheses))
         start = min(self._start_frame * self._shift, self._end_s)
         end = min(self.num_frames * self._shift, self._end_s)
         index = len(self._segments)

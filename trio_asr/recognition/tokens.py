@@ -21,6 +21,7 @@ model would emit to spell it), which is what hotwords are matched on.
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
 import re
 import unicodedata
@@ -59,6 +60,8 @@ _WHITESPACE_BYTES = frozenset(b" \t\n\r\x0b\x0c")
 _Units = tuple[int | None, ...]
 # Where a conversion can resume: the last character so far, and whether a word boundary is pending.
 _Mark = tuple[str, bool]
+#: tokens between the points where TextMemo may resume a conversion
+_MARK_EVERY = 16
 
 def _looks_bbpe(pieces: Iterable[str]) -> bool:
     uses_high_bytes = False
@@ -204,13 +207,14 @@ class TokenTable:
         return self._pieces_after(list(ids), "", False, None)
 
     def _pieces_after(
-        self, ids: list[int], previous: str, pending_space: bool, marks: list[_Mark | None] | None
+        self, ids: Sequence[int], previous: str, pending_space: bool, marks: list[_Mark | None] | None
     ) -> list[str]:
         """:meth:`pieces` of ``ids`` following tokens whose text ended in
         ``previous`` (its last character; "" if none) with a word boundary
         ``pending_space`` and no character incomplete.  Appends to ``marks``,
-        per token, where a conversion could resume after it: (previous,
-        pending_space), or None while a character is incomplete."""
+        after every :data:`_MARK_EVERY` tokens, where a conversion could
+        resume: (previous, pending_space), or None while a character is
+        incomplete."""
         out = [""] * len(ids)
         decoder = codecs.getincrementaldecoder("utf-8")("ignore")
         owner: int | None = None  # token holding the first byte of a pending character
@@ -237,7 +241,7 @@ class TokenTable:
                         previous, pending_space = ch, False
                     if not decoder.getstate()[0]:
                         owner = None
-            if marks is not None:
+            if marks is not None and (k + 1) % _MARK_EVERY == 0:
                 marks.append((previous, pending_space) if owner is None else None)
         return out
 
@@ -278,34 +282,33 @@ class TokenTable:
 
 
 class TextMemo:
-    """:meth:`TokenTable.text` for sequences that mostly extend the last one
-    asked, as a search's best path does while it grows: each call converts
-    only the tokens after the longest prefix shared with the last sequence,
-    so a result costs what its new tokens cost, not the segment's length."""
+    """:meth:`TokenTable.text` of sequences that mostly extend the last one
+    converted, as a search's best path does while it grows.  A call converts
+    the tokens from the last resume point at or before the prefix it shares
+    with the last sequence: there is one every :data:`_MARK_EVERY` tokens
+    where no character is incomplete.  Finding the shared prefix and copying
+    the text kept are C-speed passes over the sequence."""
 
     def __init__(self, table: TokenTable) -> None:
         self._table = table
         self._ids: tuple[int, ...] = ()
         self._text = ""
-        #: per prefix length j of ``_ids``: (text length, previous, pending
-        #: space) where conversion may resume after j tokens, else None
+        #: after each _MARK_EVERY tokens of ``_ids``: (text length, previous
+        #: character, pending space), or None where a character is incomplete
         self._marks: list[tuple[int, str, bool] | None] = [(0, "", False)]
 
     def text(self, ids: Sequence[int]) -> str:
+        """``table.text(ids)``."""
         ids = tuple(ids)
-        start = _shared_prefix(ids, self._ids)
-        while self._marks[start] is None:
-            start -= 1
-        resume = self._marks[start]
-        assert resume is not None  # the empty prefix always resumes
+        mark = _shared_prefix(ids, self._ids) // _MARK_EVERY
+        while (resume := self._marks[mark]) is None:  # the empty prefix always resumes
+            mark -= 1
         kept, previous, pending_space = resume
-        marks: list[_Mark | None] = []
-        pieces = self._table._pieces_after(list(ids[start:]), previous, pending_space, marks)
-        del self._marks[start + 1 :]
-        length = kept
-        for piece, mark in zip(pieces, marks):
-            length += len(piece)  # at a mark, the pieces before it are final
-            self._marks.append(None if mark is None else (length, *mark))
+        states: list[_Mark | None] = []
+        pieces = self._table._pieces_after(ids[mark * _MARK_EVERY :], previous, pending_space, states)
+        ends = list(itertools.accumulate(map(len, pieces), initial=kept))  # at a mark, the pieces before it are final
+        del self._marks[mark + 1 :]
+        self._marks += [None if state is None else (ends[k * _MARK_EVERY], *state) for k, state in enumerate(states, 1)]
         self._text = self._text[:kept] + "".join(pieces)
         self._ids = ids
         return self._text
@@ -316,11 +319,16 @@ def _shared_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
-    low, high = 0, n - 1  # a[:low] == b[:low]; a[:high + 1] != b[:high + 1]
-    while low < high:
-        middle = (low + high + 1) // 2
+    # a[:low] == b[:low] and a[:high] != b[:high].  Paths mostly differ in
+    # their last tokens: step back from the end, then bisect.
+    low, high, step = n - 1, n, 1
+    while low > 0 and a[:low] != b[:low]:
+        high, step = low, 2 * step
+        low = max(high - step, 0)
+    while high - low > 1:
+        middle = (low + high) // 2
         if a[:middle] == b[:middle]:
             low = middle
         else:
-            high = middle - 1
+            high = middle
     return low
