@@ -713,15 +713,3 @@ def test_models_with_convolutions_load_batch_invariant(tmp_path, caplog, kind, o
     for i in range(3):
         alone, (new_alone,) = original.run(features[i : i + 1], [states[i]])
         assert_same_result(log_probs[i], alone[0], new_states[i], new_alone)
-
-
-def test_rewritten_model_sessions_share_one_arena(int8_dir) -> None:
-    """The batched session and the one for calls of one stream allocate from
-    the process's shared arena, so that they keep one high-water mark."""
-    model = load_model(int8_dir)
-    assert model._single_stream_session is not None
-    for session in (model._session, model._single_stream_session):
-        assert session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
-    plain = load_model(int8_dir, per_item_quantization=False)
-    with pytest.raises(RuntimeError):  # onnxruntime: no such entry
-        plain._session.get_session_options().get_session_config_entry("session.use_env_allocators")

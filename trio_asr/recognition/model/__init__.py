@@ -7,7 +7,6 @@ then add one entry to ``_FORMATS``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import tempfile
@@ -102,8 +101,7 @@ def load_model(
     each batch item is quantized on its own (see
     :mod:`trio_asr.recognition.model.quantization`): a stream's result is then the same
     in any batch as alone, as with a float model.  ``per_item_quantization=False``
-    loads the file as it is.  The rewritten model's two sessions share one
-    arena: ``session_options`` gains the entry that asks for it.
+    loads the file as it is.
     """
     model_dir = Path(model_dir)
     named: Path | None = None
@@ -169,28 +167,10 @@ def _detect(session: ort.InferenceSession, model_file: Path, tokens: TokenTable)
     )
 
 
-@functools.cache
-def _register_shared_arena() -> None:
-    ort.create_and_register_allocator(
-        ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None
-    )
-
-
-def _share_arena(options: ort.SessionOptions) -> None:
-    """Sessions made with ``options`` allocate from one process-wide arena.
-    A rewritten model has two sessions (batches, and calls of one stream),
-    each of which would otherwise keep its own high-water mark of working
-    memory and of the states it returned: 30-60 MB of RSS at 70 streams
-    (benchmarks/README.md)."""
-    _register_shared_arena()
-    options.add_session_config_entry("session.use_env_allocators", "1")
-
-
 def _load_per_item(model_file: Path, tokens: TokenTable, options: ort.SessionOptions) -> AcousticModel:
     """Load a dynamically quantized model rewritten for per-item quantization;
     batches of one run on the file as it is (identical for one stream, faster)."""
     quick = make_session_options(optimization="basic")
-    _share_arena(options)
     original = _detect(_session(model_file, model_file, options), model_file, tokens)
     try:  # with the external data files beside it, if any: the rewrite is loaded from bytes
         parsed = onnx.load(str(model_file))
