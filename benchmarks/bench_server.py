@@ -1,10 +1,11 @@
 """Max real-time streams: trio-asr against sherpa-onnx's C++ streaming server, side by side.
 
-    python benchmarks/bench_server.py [--fixture int8,float32 | --model DIR]
+    python benchmarks/bench_server.py [--fixture int8,float32,int8-whole | --model DIR]
         [--start 16] [--seconds 10] [--sherpa-server-script .../streaming_server.py]
 
-For each model (by default the real-size int8 and float32 fixtures: the
-default model's geometry, random weights) and each server (see servers.py:
+For each model (by default the real-size fixtures, int8 as icefall exports
+it, float32, and int8 of the whole model as sherpa-onnx's NeMo scripts
+quantize: the default model's geometry, random weights) and each server (see servers.py:
 ours with default flags; ours with ``--no-exact-batching`` for an int8 model;
 sherpa-onnx's C++ ``sherpa-onnx-online-websocket-server`` with
 ``--num-work-threads=2 --num-threads=1 --max-batch-size=5
@@ -51,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot
+from common import FIXTURE_KINDS, Progress, fixture_model, plotting_unavailable, speech, tile_to, write_results_and_plot
 from servers import (CHUNK_SAMPLES, OursAdapter, ServerProcess, SherpaAdapter, start_ours,
                      start_sherpa_cpp, start_sherpa_py)
 
@@ -396,8 +397,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=os.environ.get("TRIO_ASR_TEST_MODEL_DIR") or None,
                         help="model directory (default $TRIO_ASR_TEST_MODEL_DIR, else the real-size fixtures)")
-    parser.add_argument("--fixture", default="int8,float32",
-                        help="fixtures without --model, comma-separated (int8, float32)")
+    parser.add_argument("--fixture", default=",".join(FIXTURE_KINDS),
+                        help=f"fixtures without --model, comma-separated ({', '.join(FIXTURE_KINDS)})")
     parser.add_argument("--start", type=int, default=16, help="first N")
     parser.add_argument("--max-clients", type=int, default=400)
     parser.add_argument("--refine", type=int, default=3, help="at most this many bisection steps after the first failed N")

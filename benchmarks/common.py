@@ -126,16 +126,22 @@ _SENSE_VOICE_BUILDERS = [
 ]
 
 
+#: what ``fixture_model`` can write
+FIXTURE_KINDS = ("int8", "float32", "int8-whole")
+
+
 def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path:
     """Directory of the real-size synthetic Zipformer2-CTC model, written on
     first use and again whenever its builder code changes.
 
-    ``kind`` is ``"float32"`` (``model.onnx``, ~100 MB) or ``"int8"``
+    ``kind`` is ``"float32"`` (``model.onnx``, ~100 MB), ``"int8"``
     (``model.int8.onnx``: onnxruntime dynamic quantization of the float32
-    one's MatMuls, as icefall's export makes the real int8 models).
+    one's MatMuls, as icefall's export makes the real int8 models) or
+    ``"int8-whole"`` (the whole model quantized, QUInt8, as sherpa-onnx's
+    NeMo export scripts do: its convolutions become ``ConvInteger``).
     """
-    if kind not in ("float32", "int8"):
-        raise ValueError(f"kind must be float32 or int8, not {kind!r}")
+    if kind not in FIXTURE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(FIXTURE_KINDS)}, not {kind!r}")
     from trio_asr.testing.int8 import quantize_model_dir
     from trio_asr.testing.zipformer2_ctc import REAL_SIZE, write_model
 
@@ -146,6 +152,13 @@ def fixture_model(kind: str = "float32", *, cache_dir: Path = CACHE_DIR) -> Path
     )  # fmt: skip
     if kind == "float32":
         return float_dir
+    if kind == "int8-whole":
+        return _cached(
+            cache_dir / "zipformer2-ctc-real-size-int8-whole",
+            _int8_fingerprint(float_print, op_types=None, weight_type="QUInt8"),
+            lambda d: quantize_model_dir(float_dir, d, op_types=None, weight_type="QUInt8"),
+            "the whole-model int8 fixture model",
+        )  # fmt: skip
     return _cached(
         cache_dir / "zipformer2-ctc-real-size-int8-matmul",
         _int8_fingerprint(float_print),
