@@ -66,3 +66,23 @@ def test_a_fixture_from_an_older_builder_is_replaced(tmp_path, monkeypatch):
     stamp = (directory / "fixture.sha256").read_text()
     assert common.fixture_model("int8", cache_dir=tmp_path) == directory
     assert (directory / "fixture.sha256").read_text() == stamp
+
+
+def test_the_whole_model_fixture_quantizes_the_convolutions_too(tmp_path, monkeypatch):
+    """``int8-whole`` is quantized as sherpa-onnx's NeMo export scripts do
+    theirs (every op type, QUInt8 weights), beside the MatMul-only file."""
+    from trio_asr.testing import zipformer2_ctc
+
+    monkeypatch.setattr(zipformer2_ctc, "REAL_SIZE", zipformer2_ctc.TINY)
+    whole = common.fixture_model("int8-whole", cache_dir=tmp_path)
+    matmul = common.fixture_model("int8", cache_dir=tmp_path)
+    assert whole != matmul
+    graph = onnx.load(str(whole / "model.int8.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"ConvInteger", "MatMulInteger"} <= ops
+    assert "Conv" not in ops
+    weights = {t.name: t for t in graph.initializer}
+    conv_weights = [weights[n.input[1]] for n in graph.node if n.op_type == "ConvInteger"]
+    assert conv_weights and all(w.data_type == onnx.TensorProto.UINT8 for w in conv_weights)
+    with pytest.raises(ValueError, match="int8-whole"):
+        common.fixture_model("int4", cache_dir=tmp_path)
