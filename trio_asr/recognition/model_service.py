@@ -32,11 +32,10 @@ Batch size: a bigger call costs less per chunk, but every chunk of a call
 waits for all of it.  A call takes as many chunks as fit in
 ``max_call_seconds`` of CPU at the model's cost per chunk, measured over the
 recent calls (weighted by their chunks), and never more than ``max_batch``;
-until a call has been measured, ``max_batch``.  With two calls at once on
-2 cores, the default model's geometry costs about 1.65 ms of CPU per chunk
-in int8 and 2.3 ms in float32, so the default 0.075 s gives batches of
-about 45 and 32 (in A/B runs at the limit of streams, int8 did better with
-48 than with 32, float32 with 32 than with 48; see ``benchmarks/README.md``).
+until a call has been measured, ``max_batch``.  The default model's
+geometry costs about 4 ms of CPU per chunk in an int8 call of 16, so the
+default 0.075 s gives calls of a dozen to twenty chunks (0.05 s and 0.15 s
+did no better side by side; see ``benchmarks/README.md``).
 
 Queue delay and admission: every request records when it was queued.
 :attr:`ModelService.queue_delay` is the longest wait among the requests
