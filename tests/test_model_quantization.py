@@ -713,3 +713,34 @@ def test_models_with_convolutions_load_batch_invariant(tmp_path, caplog, kind, o
     for i in range(3):
         alone, (new_alone,) = original.run(features[i : i + 1], [states[i]])
         assert_same_result(log_probs[i], alone[0], new_states[i], new_alone)
+
+
+@pytest.mark.parametrize("weight_type", ["QUInt8", "QInt8"])
+def test_a_quantizer_shared_with_a_transpose_keeps_extended_weights(tmp_path, weight_type) -> None:
+    """Whole-model ``quantize_dynamic`` quantizes a Transpose of a matmul
+    input too (the zipformer's attention input feeds six projections and
+    a Transpose).  Its matmuls still take the zero-point term from extended
+    weights, not from an int32 correction after each of them, and the
+    Transpose gets the values without the extra columns (the property tests
+    above check the results)."""
+    zipformer2_ctc.write_model(tmp_path / "float")
+    int8_dir = quantize_whole_model(tmp_path / "float", tmp_path / "int8", weight_type)
+    graph = onnx.load(int8_dir / "model.int8.onnx").graph
+    users: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
+    shared = [n for n in graph.node
+              if n.op_type == "DynamicQuantizeLinear" and {"Transpose", "MatMulInteger"} <= users[n.output[0]]]  # fmt: skip
+    assert shared, "the fixture no longer has the pattern under test"
+    original = load_model(int8_dir, per_item_quantization=False)
+    rng = np.random.default_rng(3)
+
+    def feed(batch: int) -> dict[str, np.ndarray]:
+        features = np.stack([random_features(original, rng, 0.0) for _ in range(batch)])
+        return original.feed(features, [original.initial_state()] * batch)
+
+    rewritten, skipped = quantization.rewrite_model(onnx.load(int8_dir / "model.int8.onnx"), feed, session)
+    assert skipped == []
+    corrections = [t.name for t in onnx.load_from_string(rewritten).graph.initializer if "colsum" in t.name]
+    assert corrections == [], f"{len(corrections)} matmuls corrected in int32 instead of by extended weights"

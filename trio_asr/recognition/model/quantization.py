@@ -32,7 +32,9 @@ unpadded convolution runs with zero point 0, the term ``zp[b] * sum(Wq[m] -
 w_zp)`` (the same at every output position now) subtracted in int32
 (:func:`~trio_asr.recognition.model.quantized_ops.rewrite_conv`).  A
 quantized tensor that is only transposed and dequantized (``quantize_dynamic``
-does that to Transposes) is dequantized per item.  The scales multiply per
+does that to Transposes) is dequantized per item; where the same values
+feed matmuls with extended weights, the Transpose gets them without the
+extra columns.  The scales multiply per
 item, for extended-weight matmuls in the matmul's own kernel
 (:func:`~trio_asr.recognition.model.quantized_ops.fuse_scaling`).  Each item's integers
 are therefore those of running it alone through the original file on the
@@ -79,6 +81,7 @@ from trio_asr.recognition.model.quantized_ops import (
     quantize_per_item,
     rewrite_conv,
     rewrite_matmul,
+    without_extra_columns,
 )
 
 __all__ = [
@@ -245,6 +248,9 @@ def per_item_quantization(
         ):
             if rewrite_matmul(b, node, zp_int32, extra_columns, weights):
                 exact_matmuls.add(node.output[0])
+        elif node.op_type == "Transpose" and node.input[0] in extra_columns:
+            shape = shapes[sources[node.input[0]][0]]
+            without_extra_columns(b, node, shape[-1], len(shape))
         elif node.op_type == "ConvInteger" and node.input[0] in sources:
             rewrite_conv(b, node, sources[node.input[0]], zp_int32, weights)
         elif node.op_type == "DequantizeLinear" and node.output[0] in dequantize_axes:

@@ -7,6 +7,8 @@
   input padded explicitly (in float, by zeros, which quantize to the item's
   zero point, as the original kernel pads), zero point 0 and an int32
   correction;
+- :func:`without_extra_columns` gives a ``Transpose`` of such an input
+  (``quantize_dynamic`` quantizes Transposes) the values as they were;
 - :func:`fuse_scaling` then merges each extended-weight matmul with the
   ``Cast`` and per-item ``Mul`` after it into one ``MatMulIntegerToFloat``
   (the int32-correction ones keep theirs);
@@ -32,6 +34,7 @@ __all__ = [
     "quantize_per_item",
     "rewrite_conv",
     "rewrite_matmul",
+    "without_extra_columns",
 ]
 
 _PREFIX = "per_item/"
@@ -167,11 +170,15 @@ def extended_weight(wq: np.ndarray, w_zp: np.ndarray | None, *, exact_sums: bool
 def extra_columns_needed(
     node: onnx.NodeProto, consumers: Consumers, weights: Mapping[str, np.ndarray]
 ) -> int:
-    """Extra columns for a quantizer whose values feed only MatMulIntegers
-    as the left side, with 2-D weights and scalar weight zero points (the
-    usual case): the most any of them needs; 0 otherwise."""
+    """Extra columns for a quantizer whose values feed MatMulIntegers as the
+    left side, with 2-D weights and scalar weight zero points (the usual
+    case), and otherwise only Transposes (which get the values without the
+    extra columns, see :func:`without_extra_columns`): the most any of the
+    matmuls needs; 0 otherwise."""
     columns = 0
     for user, i in consumers[node.output[0]]:
+        if user.op_type == "Transpose":
+            continue
         w, w_zp = (list(user.input) + [""] * 4)[1:4:2]
         if user.op_type != "MatMulInteger" or i != 0 or w not in weights or weights[w].ndim != 2:
             return 0
@@ -183,6 +190,18 @@ def extra_columns_needed(
             return 0
         columns = max(columns, len(extended) - len(weights[w]))
     return columns
+
+
+def without_extra_columns(b: Builder, node: onnx.NodeProto, columns: int, rank: int) -> None:
+    """``node`` (a Transpose of quantized values that have extra columns,
+    see :func:`quantize_per_item`) on the values' first ``columns`` columns
+    only: what it transposed before the rewrite."""
+    kept = b.op("Slice", node.input[0], b.const(np.array([0], np.int64), "starts"),
+                b.const(np.array([columns], np.int64), "ends"), b.const(np.array([rank - 1], np.int64), "axes"))  # fmt: skip
+    transpose = onnx.NodeProto()
+    transpose.CopyFrom(node)
+    transpose.input[0] = kept
+    b.nodes.append(transpose)
 
 
 def _int32(b: Builder, x: str) -> str:
